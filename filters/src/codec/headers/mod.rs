@@ -1,0 +1,1 @@
+//! Typed custom headers.

@@ -1,0 +1,11 @@
+//! `rocketmesh-filters`: the RocketMQ Remoting protocol and the sans-IO filter logic of rocketmesh.
+//!
+//! This crate holds no sockets and no runtime: it turns bytes into typed commands and decisions,
+//! and decisions back into bytes, so that every part of it can be unit-tested and fuzzed.
+//!
+//! * [`codec`]: frames, JSON and ROCKETMQ binary headers, typed custom headers, JSON bodies,
+//!   message records and pop handles.
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations)]
+
+pub mod codec;
