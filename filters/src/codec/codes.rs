@@ -207,13 +207,16 @@ impl LanguageCode {
     pub const NODE_JS: Self = Self(13);
 
     const NAMES: [&'static str; 14] = [
-        "JAVA", "CPP", "DOTNET", "PYTHON", "DELPHI", "ERLANG", "RUBY", "OTHER", "HTTP", "GO", "PHP",
-        "OMS", "RUST", "NODE_JS",
+        "JAVA", "CPP", "DOTNET", "PYTHON", "DELPHI", "ERLANG", "RUBY", "OTHER", "HTTP", "GO",
+        "PHP", "OMS", "RUST", "NODE_JS",
     ];
 
     /// The enum name Java writes in JSON headers; codes we do not know are written as `OTHER`.
     pub fn name(self) -> &'static str {
-        Self::NAMES.get(usize::from(self.0)).copied().unwrap_or("OTHER")
+        Self::NAMES
+            .get(usize::from(self.0))
+            .copied()
+            .unwrap_or("OTHER")
     }
 
     /// Parses an enum name (as written in JSON headers). Unknown names give `None`.
@@ -277,13 +280,22 @@ mod tests {
 
     #[test]
     fn truncated_pop_codes_map_back() {
-        assert_eq!(request_code::from_truncated(3442), request_code::POP_MESSAGE);
-        assert_eq!(request_code::from_truncated(3443), request_code::ACK_MESSAGE);
+        assert_eq!(
+            request_code::from_truncated(3442),
+            request_code::POP_MESSAGE
+        );
+        assert_eq!(
+            request_code::from_truncated(3443),
+            request_code::ACK_MESSAGE
+        );
         assert_eq!(
             request_code::from_truncated(3445),
             request_code::CHANGE_MESSAGE_INVISIBLETIME
         );
-        assert_eq!(request_code::from_truncated(3543), request_code::BATCH_ACK_MESSAGE);
+        assert_eq!(
+            request_code::from_truncated(3543),
+            request_code::BATCH_ACK_MESSAGE
+        );
         assert_eq!(request_code::from_truncated(310), 310);
         assert!(!request_code::fits_binary(request_code::POP_MESSAGE));
         assert!(request_code::fits_binary(request_code::SEND_MESSAGE_V2));

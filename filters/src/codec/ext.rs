@@ -10,6 +10,10 @@ use std::str::FromStr;
 
 use thiserror::Error;
 
+/// Most ext fields a decoded header may carry. Real headers have about 20; the cap keeps a hostile
+/// header (a million one-byte keys) from costing quadratic time in the duplicate-key check.
+pub const MAX_EXT_FIELDS: usize = 1024;
+
 /// Longest value quoted back in an error message; longer values are cut (the input is untrusted).
 const MAX_QUOTED_VALUE: usize = 64;
 
@@ -267,7 +271,13 @@ mod tests {
 
     #[test]
     fn booleans_accept_java_and_cpp_forms() {
-        for (s, b) in [("true", true), ("TRUE", true), ("1", true), ("false", false), ("0", false)] {
+        for (s, b) in [
+            ("true", true),
+            ("TRUE", true),
+            ("1", true),
+            ("false", false),
+            ("0", false),
+        ] {
             assert_eq!(bool::from_ext_str(s), Some(b), "{s}");
         }
         assert_eq!(bool::from_ext_str("yes"), None);

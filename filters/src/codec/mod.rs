@@ -24,6 +24,6 @@ pub mod message;
 pub mod pop;
 
 pub use codes::{request_code, response_code, LanguageCode, SerializeType};
-// pub use command::{RemotingCommand, ResponseEncoding};
+pub use command::{RemotingCommand, ResponseEncoding};
 pub use ext::{CommandHeader, ExtFields, HeaderError};
-// pub use frame::{CodecError, FrameCodec, FrameLimits, RawFrame, RemotingCodec};
+pub use frame::{CodecError, FrameCodec, FrameLimits, RawFrame, RemotingCodec};
