@@ -219,6 +219,11 @@ impl LanguageCode {
             .unwrap_or("OTHER")
     }
 
+    /// The enum name, `None` for a code we do not know.
+    pub fn known_name(self) -> Option<&'static str> {
+        Self::NAMES.get(usize::from(self.0)).copied()
+    }
+
     /// Parses an enum name (as written in JSON headers). Unknown names give `None`.
     pub fn from_name(name: &str) -> Option<Self> {
         Self::NAMES

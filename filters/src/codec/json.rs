@@ -276,7 +276,12 @@ pub(crate) fn encode(fields: &HeaderFields, dst: &mut BytesMut) {
     dst.put_slice(b",\"flag\":");
     dst.put_slice(itoa.format(i64::from(fields.flag)));
     dst.put_slice(b",\"language\":");
-    write_str(fields.language.name(), dst);
+    match fields.language.known_name() {
+        Some(name) => write_str(name, dst),
+        // An unknown code is kept as its number (fastjson reads an enum from its ordinal too),
+        // so relaying it loses nothing.
+        None => dst.put_slice(itoa.format(i64::from(fields.language.0))),
+    }
     dst.put_slice(b",\"opaque\":");
     dst.put_slice(itoa.format(i64::from(fields.opaque)));
     if let Some(remark) = &fields.remark {
