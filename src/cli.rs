@@ -1,0 +1,160 @@
+//! Command line: `rocketmesh sidecar|broker|control-plane|demo|bench|inspect`.
+//!
+//! The flags follow the issues' command lines exactly; other tools script against them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// rocketmesh: a service-mesh sidecar for Apache RocketMQ (Remoting protocol), with a bundled
+/// broker node and an xDS control plane.
+#[derive(Debug, Parser)]
+#[command(name = "rocketmesh", version, about, long_about = None)]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `rocketmesh=debug`; RUST_LOG also works.
+    #[arg(long, global = true, default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar: one listener for nameserver and broker requests, routes from xDS.
+    Sidecar(SidecarArgs),
+    /// Run a broker node (commit log, consume queues, Pull, Pop/Ack).
+    Broker(BrokerArgs),
+    /// Run the control plane: nameserver role for brokers plus a delta/SotW ADS server.
+    ControlPlane(ControlPlaneArgs),
+    /// One command, no setup: control plane, two brokers, a sidecar and sample traffic.
+    Demo(DemoArgs),
+    /// Load generator speaking Remoting (send, pop+ack, pull) against any address.
+    Bench(BenchArgs),
+    /// Decode Remoting frames (hex, as in testdata/frames) and print them.
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SidecarArgs {
+    /// xDS (ADS) server address.
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    pub xds: SocketAddr,
+    /// Listener for SDK traffic (nameserver and broker requests alike); advertised in routes.
+    #[arg(long, default_value = "127.0.0.1:9876")]
+    pub listen: SocketAddr,
+    /// Admin server (/ready, /healthz, /stats/prometheus, /config_dump, /clusters).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+    /// More listeners, e.g. a broker port for iptables-redirected traffic.
+    #[arg(long = "extra-listen")]
+    pub extra_listen: Vec<SocketAddr>,
+    /// Static bootstrap (clusters and routes in YAML), usable without a control plane.
+    #[arg(long)]
+    pub bootstrap: Option<PathBuf>,
+    /// RDS route configuration name (VHDS names are `<route-config>/<topic>`).
+    #[arg(long, default_value = rocketmesh_xds::DEFAULT_ROUTE_CONFIG)]
+    pub route_config: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FlushMode {
+    /// Flush on an interval (default).
+    Async,
+    /// Group commit: a send is answered only after its fsync.
+    Sync,
+}
+
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    /// Remoting listener.
+    #[arg(long, default_value = "127.0.0.1:10911")]
+    pub listen: SocketAddr,
+    /// Data directory (commit log, consume queues, offsets, checkpoints).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Flush mode.
+    #[arg(long, value_enum, default_value_t = FlushMode::Async)]
+    pub flush: FlushMode,
+    /// Broker name.
+    #[arg(long, default_value = "broker-a")]
+    pub name: String,
+    /// Cluster name.
+    #[arg(long, default_value = "DefaultCluster")]
+    pub cluster: String,
+    /// Nameserver / control plane to register with; without it the broker is standalone and
+    /// answers route look-ups for itself.
+    #[arg(long)]
+    pub namesrv: Option<SocketAddr>,
+    /// Topics this broker serves read-only (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    pub read_only_topics: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ControlPlaneArgs {
+    /// Remoting port for the nameserver role.
+    #[arg(long, default_value = "127.0.0.1:9876")]
+    pub remoting: SocketAddr,
+    /// gRPC port of the ADS server.
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    pub xds: SocketAddr,
+    /// Serve resources from this YAML file (reloaded on change) instead of registrations.
+    #[arg(long = "static")]
+    pub static_file: Option<PathBuf>,
+    /// Read routes from an existing nameserver.
+    #[arg(long)]
+    pub upstream_namesrv: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Run the sample traffic, print the summary and exit (0 only if every message made it).
+    #[arg(long)]
+    pub once: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchMode {
+    Send,
+    Pop,
+    Pull,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Address to load (a broker, a sidecar, or a proxy in front of either).
+    #[arg(long)]
+    pub target: SocketAddr,
+    /// What to measure.
+    #[arg(long, value_enum)]
+    pub mode: BenchMode,
+    /// Topic.
+    #[arg(long, default_value = "BenchTopic")]
+    pub topic: String,
+    /// TCP connections.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 16)]
+    pub inflight: usize,
+    /// Message body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Duration in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Also print one JSON line with the figures.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Files holding hex frames (one or more frames per file, whitespace ignored); `-` for stdin.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Also decode message records in pull/pop response bodies.
+    #[arg(long)]
+    pub records: bool,
+}
