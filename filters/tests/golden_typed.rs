@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use bytes::{Bytes, BytesMut};
 use rocketmesh_filters::codec::body::{
     BatchAckMessageRequestBody, ConsumerListBody, HeartbeatData, RegisterBrokerBody,
-    RouteJsonStyle, TopicRouteData,
+    RouteJsonStyle, SubscriptionData, TopicRouteData,
 };
 use rocketmesh_filters::codec::codes::{request_code as rc, response_code};
 use rocketmesh_filters::codec::headers::*;
@@ -88,18 +88,43 @@ fn every_frame_has_a_typed_reading() {
                         let parsed = message::Properties::parse(props);
                         assert_eq!(parsed.to_wire_string(), *props, "{name}: properties");
                     }
+                    if h.is_batch(cmd.code()) {
+                        let msgs = message::decode_batch(body, &message::BatchLimits::default())
+                            .unwrap_or_else(|e| panic!("{name}: {e}"));
+                        assert!(msgs.len() > 1, "{name}: batch of {}", msgs.len());
+                        let again = message::encode_batch(&msgs).unwrap();
+                        assert_eq!(&again[..], &body[..], "{name}: batch re-encodes exactly");
+                    } else if message::is_compressed(h.sys_flag) {
+                        let plain = message::inflate_body(body, h.sys_flag, 4 << 20)
+                            .unwrap_or_else(|e| panic!("{name}: {e}"));
+                        assert!(plain.len() >= 4096, "{name}: compressed only above 4 KiB");
+                    }
                 }
                 rc::PULL_MESSAGE => {
                     let h: PullMessageRequestHeader = typed(&name, ext);
                     // the C++ client always posts its subscription with the pull
                     assert!(h.pull_sys_flag().has_subscription(), "{name}");
-                    assert_eq!(h.subscription.as_deref(), Some("*"), "{name}");
+                    let expr = h.subscription.as_deref().unwrap_or_default();
+                    let sub = SubscriptionData::from_expression(&h.topic, expr);
+                    assert!(
+                        sub.is_sub_all() || !sub.tags_set.is_empty(),
+                        "{name}: {expr}"
+                    );
                 }
                 rc::QUERY_CONSUMER_OFFSET => {
                     typed::<QueryConsumerOffsetRequestHeader>(&name, ext);
                 }
                 rc::UPDATE_CONSUMER_OFFSET => {
                     typed::<UpdateConsumerOffsetRequestHeader>(&name, ext);
+                }
+                rc::CONSUMER_SEND_MSG_BACK => {
+                    typed::<ConsumerSendMsgBackRequestHeader>(&name, ext);
+                }
+                rc::GET_MAX_OFFSET => {
+                    typed::<GetMaxOffsetRequestHeader>(&name, ext);
+                }
+                rc::GET_MIN_OFFSET => {
+                    typed::<GetMinOffsetRequestHeader>(&name, ext);
                 }
                 rc::UNREGISTER_CLIENT => {
                     typed::<UnregisterClientRequestHeader>(&name, ext);
@@ -167,11 +192,14 @@ fn every_frame_has_a_typed_reading() {
                         assert_eq!(TopicRouteData::parse(&route.encode(style)).unwrap(), route);
                     }
                 }
-                (Some(rc::SEND_MESSAGE), response_code::SUCCESS) => {
+                (Some(rc::SEND_MESSAGE | rc::SEND_MESSAGE_V2), response_code::SUCCESS) => {
                     let h: SendMessageResponseHeader = typed(&name, ext);
-                    let (_, offset) = message::decode_offset_msg_id(&h.msg_id)
-                        .unwrap_or_else(|e| panic!("{name}: {e}"));
-                    assert!(offset >= 0);
+                    // a batch answers with its offsetMsgIds joined by commas
+                    for id in h.msg_id.split(',') {
+                        let (_, offset) = message::decode_offset_msg_id(id)
+                            .unwrap_or_else(|e| panic!("{name}: {e}"));
+                        assert!(offset >= 0);
+                    }
                 }
                 (Some(rc::PULL_MESSAGE), code) => {
                     typed::<PullMessageResponseHeader>(&name, ext);
@@ -191,6 +219,9 @@ fn every_frame_has_a_typed_reading() {
                 (Some(rc::GET_CONSUMER_LIST_BY_GROUP), response_code::SUCCESS) => {
                     let b = ConsumerListBody::parse(body).unwrap_or_else(|e| panic!("{name}: {e}"));
                     assert!(!b.consumer_id_list.is_empty());
+                }
+                (Some(rc::GET_MAX_OFFSET | rc::GET_MIN_OFFSET), response_code::SUCCESS) => {
+                    typed::<OffsetResponseHeader>(&name, ext);
                 }
                 (Some(rc::QUERY_CONSUMER_OFFSET), response_code::SUCCESS) => {
                     typed::<QueryConsumerOffsetResponseHeader>(&name, ext);
