@@ -1,16 +1,13 @@
 //! The `rocketmesh` binary: CLI and process wiring.
 
-mod cli;
-mod demo;
-mod inspect;
-
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use cli::{Cli, Command};
+use rocketmesh::cli::{Cli, Command};
+use rocketmesh::{demo, inspect};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

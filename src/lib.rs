@@ -1,0 +1,7 @@
+//! The `rocketmesh` package: process wiring for the sidecar, the bundled broker node and the
+//! control plane. The binary (`src/main.rs`) is a thin CLI over this library, so integration
+//! tests can start the same components in-process.
+
+pub mod cli;
+pub mod demo;
+pub mod inspect;
