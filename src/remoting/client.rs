@@ -1,0 +1,313 @@
+//! A multiplexed Remoting client connection: many requests in flight on one TCP connection,
+//! matched to their responses by opaque.
+//!
+//! Used by the broker (registration with a nameserver), `rocketmesh bench`, and tests; the
+//! sidecar's upstream pools build on it. The peer may also send requests to us (a broker
+//! notifying consumers); those are handed to an optional channel.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use rocketmesh_filters::codec::{CodecError, FrameCodec, RemotingCodec, RemotingCommand};
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::codec::{Encoder, FramedRead};
+use tokio_util::sync::CancellationToken;
+
+/// Default cap on requests in flight on one connection.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
+/// Depth of the outgoing frame queue.
+const WRITE_QUEUE: usize = 1024;
+
+/// Errors of a client call.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// Could not connect.
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// No response within the timeout.
+    #[error("request code {code} to {addr} timed out after {timeout:?}")]
+    Timeout {
+        addr: SocketAddr,
+        code: i32,
+        timeout: Duration,
+    },
+    /// The connection closed (or failed) before the response arrived.
+    #[error("connection to {addr} closed: {reason}")]
+    Closed { addr: SocketAddr, reason: String },
+    /// The command could not be encoded.
+    #[error("cannot send: {0}")]
+    Encode(#[from] CodecError),
+}
+
+type Pending = Arc<Mutex<HashMap<i32, oneshot::Sender<RemotingCommand>>>>;
+
+/// One client connection. Cheap to clone; the connection closes when the last clone is dropped
+/// or [`RemotingClient::close`] is called.
+#[derive(Clone, Debug)]
+pub struct RemotingClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    addr: SocketAddr,
+    next_opaque: AtomicI32,
+    pending: Pending,
+    out: mpsc::Sender<RemotingCommand>,
+    slots: Semaphore,
+    closed: CancellationToken,
+    close_reason: Arc<Mutex<Option<String>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.closed.cancel();
+    }
+}
+
+impl RemotingClient {
+    /// Connects to `addr`. Requests the peer sends to us are forwarded to `inbound` when given
+    /// (and dropped otherwise).
+    pub async fn connect(
+        addr: SocketAddr,
+        inbound: Option<mpsc::Sender<RemotingCommand>>,
+    ) -> Result<Self, ClientError> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ClientError::Connect { addr, source })?;
+        let _ = stream.set_nodelay(true);
+        Ok(Self::from_stream(stream, addr, inbound))
+    }
+
+    /// Connects with a deadline.
+    pub async fn connect_timeout(
+        addr: SocketAddr,
+        timeout: Duration,
+        inbound: Option<mpsc::Sender<RemotingCommand>>,
+    ) -> Result<Self, ClientError> {
+        match tokio::time::timeout(timeout, Self::connect(addr, inbound)).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Connect {
+                addr,
+                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+            }),
+        }
+    }
+
+    fn from_stream(
+        stream: TcpStream,
+        addr: SocketAddr,
+        inbound: Option<mpsc::Sender<RemotingCommand>>,
+    ) -> Self {
+        let (read, mut write) = stream.into_split();
+        let (out, mut out_rx) = mpsc::channel::<RemotingCommand>(WRITE_QUEUE);
+        let pending: Pending = Arc::default();
+        let closed = CancellationToken::new();
+        let close_reason: Arc<Mutex<Option<String>>> = Arc::default();
+
+        // Writer: drain whatever is queued into one buffer, one write per batch.
+        let w_closed = closed.clone();
+        let w_reason = close_reason.clone();
+        tokio::spawn(async move {
+            let mut codec = RemotingCodec::default();
+            let mut buf = BytesMut::with_capacity(64 * 1024);
+            loop {
+                let first = tokio::select! {
+                    cmd = out_rx.recv() => cmd,
+                    () = w_closed.cancelled() => None,
+                };
+                let Some(first) = first else { break };
+                let mut next = Some(first);
+                while let Some(cmd) = next {
+                    if let Err(e) = codec.encode(&cmd, &mut buf) {
+                        tracing::warn!(%addr, "dropping unencodable command: {e}");
+                    }
+                    next = if buf.len() < 256 * 1024 {
+                        out_rx.try_recv().ok()
+                    } else {
+                        None
+                    };
+                }
+                if let Err(e) = write.write_all(&buf).await {
+                    set_reason(&w_reason, format!("write failed: {e}"));
+                    w_closed.cancel();
+                    break;
+                }
+                buf.clear();
+            }
+            let _ = write.shutdown().await;
+        });
+
+        // Reader: complete pending calls, forward peer requests.
+        let r_pending = pending.clone();
+        let r_closed = closed.clone();
+        let r_reason = close_reason.clone();
+        tokio::spawn(async move {
+            // Raw frames, headers parsed here: FramedRead ends the stream after any decoder error.
+            let mut frames = FramedRead::new(read, FrameCodec::default());
+            loop {
+                let next = tokio::select! {
+                    f = frames.next() => f,
+                    () = r_closed.cancelled() => break,
+                };
+                match next.map(|r| r.and_then(RemotingCodec::parse_frame)) {
+                    Some(Ok(cmd)) if cmd.is_response() => {
+                        let waiter = lock(&r_pending).remove(&cmd.opaque());
+                        if let Some(tx) = waiter {
+                            let _ = tx.send(cmd);
+                        }
+                    }
+                    Some(Ok(cmd)) => {
+                        if let Some(tx) = &inbound {
+                            let _ = tx.try_send(cmd);
+                        }
+                    }
+                    Some(Err(e)) if !e.is_fatal() => {
+                        tracing::warn!(%addr, "skipping malformed frame: {e}");
+                    }
+                    Some(Err(e)) => {
+                        set_reason(&r_reason, format!("read failed: {e}"));
+                        break;
+                    }
+                    None => {
+                        set_reason(&r_reason, "peer closed the connection".into());
+                        break;
+                    }
+                }
+            }
+            r_closed.cancel();
+            // Fail every waiter at once rather than letting each time out.
+            lock(&r_pending).clear();
+        });
+
+        Self {
+            inner: Arc::new(Inner {
+                addr,
+                next_opaque: AtomicI32::new(1),
+                pending,
+                out,
+                slots: Semaphore::new(DEFAULT_MAX_IN_FLIGHT),
+                closed,
+                close_reason,
+            }),
+        }
+    }
+
+    /// The peer address.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// Whether the connection is closed.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.is_cancelled()
+    }
+
+    /// Closes the connection; calls in flight fail with [`ClientError::Closed`].
+    pub fn close(&self) {
+        self.inner.closed.cancel();
+    }
+
+    fn closed_error(&self) -> ClientError {
+        ClientError::Closed {
+            addr: self.inner.addr,
+            reason: lock(&self.inner.close_reason)
+                .clone()
+                .unwrap_or_else(|| "closed".into()),
+        }
+    }
+
+    /// Sends a request and waits for its response. The command's opaque is replaced by one
+    /// unique on this connection.
+    pub async fn invoke(
+        &self,
+        mut cmd: RemotingCommand,
+        timeout: Duration,
+    ) -> Result<RemotingCommand, ClientError> {
+        let code = cmd.code();
+        let Ok(_slot) = self.inner.slots.acquire().await else {
+            return Err(self.closed_error());
+        };
+        if self.is_closed() {
+            return Err(self.closed_error());
+        }
+        let opaque = self.inner.next_opaque.fetch_add(1, Ordering::Relaxed);
+        cmd.set_opaque(opaque);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.inner.pending).insert(opaque, tx);
+        let guard = PendingGuard {
+            pending: &self.inner.pending,
+            opaque,
+        };
+        if self.inner.out.send(cmd).await.is_err() {
+            return Err(self.closed_error());
+        }
+        let result = tokio::select! {
+            r = tokio::time::timeout(timeout, rx) => r,
+            () = self.inner.closed.cancelled() => return Err(self.closed_error()),
+        };
+        drop(guard);
+        match result {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(_)) => Err(self.closed_error()),
+            Err(_) => Err(ClientError::Timeout {
+                addr: self.inner.addr,
+                code,
+                timeout,
+            }),
+        }
+    }
+
+    /// Sends a oneway request (flag bit 1 set); no response is expected.
+    pub async fn invoke_oneway(&self, cmd: RemotingCommand) -> Result<(), ClientError> {
+        let opaque = self.inner.next_opaque.fetch_add(1, Ordering::Relaxed);
+        let cmd = cmd.oneway().with_opaque(opaque);
+        self.inner
+            .out
+            .send(cmd)
+            .await
+            .map_err(|_| self.closed_error())
+    }
+
+    /// Sends a response to a request the peer made to us.
+    pub async fn respond(&self, resp: RemotingCommand) -> Result<(), ClientError> {
+        self.inner
+            .out
+            .send(resp)
+            .await
+            .map_err(|_| self.closed_error())
+    }
+}
+
+/// Removes a pending entry when the caller gives up (timeout or cancellation).
+struct PendingGuard<'a> {
+    pending: &'a Pending,
+    opaque: i32,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).remove(&self.opaque);
+    }
+}
+
+fn set_reason(slot: &Mutex<Option<String>>, reason: String) {
+    let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+    guard.get_or_insert(reason);
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,294 @@
+//! A Remoting server: accept loop, per-connection reader/writer tasks, bounded concurrency.
+//!
+//! * At most `max_connections` connections: the accept loop waits for a free slot.
+//! * At most `max_in_flight` requests per connection are handled at once; past that the reader
+//!   stops reading, so TCP backpressure reaches the client instead of memory growing here.
+//! * Responses are written in completion order (Remoting matches them by opaque); the writer
+//!   batches whatever is queued into one write.
+//! * A frame with a malformed header is answered with SYSTEM_ERROR naming the problem when its
+//!   opaque can be recovered, and the connection reads on; a stream that lost framing is closed.
+//! * The server can also send requests to a connected client ([`Connection::notify`],
+//!   [`Connection::invoke`]), as a broker does for NOTIFY_CONSUMER_IDS_CHANGED.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use rocketmesh_filters::codec::codes::response_code;
+use rocketmesh_filters::codec::{
+    CodecError, FrameCodec, FrameLimits, RemotingCodec, RemotingCommand, ResponseEncoding,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::codec::{Encoder, FramedRead};
+use tokio_util::sync::CancellationToken;
+
+/// Server limits.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerConfig {
+    /// Most connections served at once.
+    pub max_connections: usize,
+    /// Most requests handled at once per connection.
+    pub max_in_flight: usize,
+    /// Frame limits for decoding.
+    pub limits: FrameLimits,
+    /// Encoding of the error responses the server itself produces.
+    pub response_encoding: ResponseEncoding,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_in_flight: 1024,
+            limits: FrameLimits::default(),
+            response_encoding: ResponseEncoding::Json,
+        }
+    }
+}
+
+/// What a server does with requests.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one request; `None` means no response (oneway requests' responses are dropped
+    /// anyway).
+    fn handle(
+        self: &Arc<Self>,
+        request: RemotingCommand,
+        conn: &Arc<Connection>,
+    ) -> impl Future<Output = Option<RemotingCommand>> + Send;
+
+    /// Called once when a connection ends.
+    fn on_close(&self, _conn: &Arc<Connection>) {}
+}
+
+/// One client connection, as seen by handlers.
+#[derive(Debug)]
+pub struct Connection {
+    id: u64,
+    peer: SocketAddr,
+    local: SocketAddr,
+    out: mpsc::Sender<RemotingCommand>,
+    closed: CancellationToken,
+    next_opaque: AtomicI32,
+    pending: Mutex<HashMap<i32, oneshot::Sender<RemotingCommand>>>,
+}
+
+impl Connection {
+    /// Process-unique connection id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+    /// Our address on this connection.
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+    /// Closes the connection.
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+
+    /// Sends a oneway request to the client without waiting; false when the connection is gone
+    /// or its write queue is full (a notification is best effort).
+    pub fn notify(&self, cmd: RemotingCommand) -> bool {
+        let opaque = self.next_opaque.fetch_add(1, Ordering::Relaxed);
+        self.out.try_send(cmd.oneway().with_opaque(opaque)).is_ok()
+    }
+
+    /// Sends a request to the client and waits for its response.
+    pub async fn invoke(&self, cmd: RemotingCommand, timeout: Duration) -> Option<RemotingCommand> {
+        let opaque = self.next_opaque.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(opaque, tx);
+        let sent = self.out.send(cmd.with_opaque(opaque)).await.is_ok();
+        let resp = if sent {
+            tokio::time::timeout(timeout, rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            None
+        };
+        lock(&self.pending).remove(&opaque);
+        resp
+    }
+}
+
+static CONNECTION_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// Serves `listener` until `shutdown` fires.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let mut accept_backoff = Duration::from_millis(5);
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            () = shutdown.cancelled() => return,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = shutdown.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => {
+                accept_backoff = Duration::from_millis(5);
+                a
+            }
+            Err(e) => {
+                // e.g. EMFILE: back off instead of spinning.
+                tracing::warn!("accept failed: {e}; retrying in {accept_backoff:?}");
+                tokio::time::sleep(accept_backoff).await;
+                accept_backoff = (accept_backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let handler = handler.clone();
+        let shutdown = shutdown.child_token();
+        tokio::spawn(async move {
+            serve_connection(stream, peer, handler, config, shutdown).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection<H: Handler>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    handler: Arc<H>,
+    config: ServerConfig,
+    closed: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(peer);
+    let (read, mut write) = stream.into_split();
+    let (out, mut out_rx) = mpsc::channel::<RemotingCommand>(config.max_in_flight.max(16));
+    let conn = Arc::new(Connection {
+        id: CONNECTION_IDS.fetch_add(1, Ordering::Relaxed),
+        peer,
+        local,
+        out,
+        closed: closed.clone(),
+        next_opaque: AtomicI32::new(1),
+        pending: Mutex::default(),
+    });
+    tracing::debug!(conn = conn.id, %peer, "connection opened");
+
+    let w_closed = closed.clone();
+    let writer = tokio::spawn(async move {
+        let mut codec = RemotingCodec::new(config.limits);
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        loop {
+            let first = tokio::select! {
+                c = out_rx.recv() => c,
+                () = w_closed.cancelled() => None,
+            };
+            let Some(first) = first else { break };
+            let mut next = Some(first);
+            while let Some(cmd) = next {
+                if let Err(e) = codec.encode(&cmd, &mut buf) {
+                    tracing::warn!(%peer, "cannot encode response: {e}");
+                }
+                next = if buf.len() < 256 * 1024 {
+                    out_rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            if let Err(e) = write.write_all(&buf).await {
+                tracing::debug!(%peer, "write failed: {e}");
+                w_closed.cancel();
+                break;
+            }
+            buf.clear();
+        }
+        let _ = write.shutdown().await;
+    });
+
+    let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+    // Raw frames: FramedRead ends the stream after any decoder error, but a bad header in a
+    // well-delimited frame is recoverable, so headers are parsed here instead.
+    let mut frames = FramedRead::new(read, FrameCodec::new(config.limits));
+    loop {
+        let next = tokio::select! {
+            f = frames.next() => f,
+            () = closed.cancelled() => break,
+        };
+        let next = next.map(|r| r.and_then(RemotingCodec::parse_frame));
+        match next {
+            Some(Ok(cmd)) if cmd.is_response() => {
+                let waiter = lock(&conn.pending).remove(&cmd.opaque());
+                if let Some(tx) = waiter {
+                    let _ = tx.send(cmd);
+                }
+            }
+            Some(Ok(request)) => {
+                let permit = tokio::select! {
+                    p = in_flight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                    () = closed.cancelled() => break,
+                };
+                let handler = handler.clone();
+                let conn = conn.clone();
+                tokio::spawn(async move {
+                    let oneway = request.is_oneway();
+                    let response = handler.handle(request, &conn).await;
+                    if let (Some(resp), false) = (response, oneway) {
+                        let _ = conn.out.send(resp).await;
+                    }
+                    drop(permit);
+                });
+            }
+            Some(Err(CodecError::MalformedHeader {
+                kind,
+                opaque,
+                reason,
+            })) => {
+                tracing::warn!(%peer, "malformed {kind} header: {reason}");
+                if let Some(opaque) = opaque {
+                    let resp = RemotingCommand::request(0)
+                        .with_opaque(opaque)
+                        .response_to(response_code::SYSTEM_ERROR, config.response_encoding)
+                        .with_remark(format!("malformed {kind} header: {reason}"));
+                    let _ = conn.out.try_send(resp);
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(%peer, "closing connection: {e}");
+                break;
+            }
+            None => break,
+        }
+    }
+    // Let requests already being handled finish writing their responses, bounded.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        in_flight.acquire_many(config.max_in_flight.max(1) as u32),
+    )
+    .await;
+    closed.cancel();
+    let _ = writer.await;
+    lock(&conn.pending).clear();
+    handler.on_close(&conn);
+    tracing::debug!(conn = conn.id, %peer, "connection closed");
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,175 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rocketmesh_filters::codec::codes::{request_code, response_code};
+use rocketmesh_filters::codec::{RemotingCodec, RemotingCommand, ResponseEncoding};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+
+/// Echoes the body back; code 999 sleeps first (to show out-of-order completion); unknown codes
+/// get REQUEST_CODE_NOT_SUPPORTED.
+struct Echo;
+
+impl Handler for Echo {
+    async fn handle(
+        self: &Arc<Self>,
+        req: RemotingCommand,
+        _conn: &Arc<Connection>,
+    ) -> Option<RemotingCommand> {
+        match req.code() {
+            request_code::HEART_BEAT => Some(
+                req.response_to(response_code::SUCCESS, ResponseEncoding::Json)
+                    .with_body(req.body().clone()),
+            ),
+            999 => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Some(req.response_to(response_code::SUCCESS, ResponseEncoding::Json))
+            }
+            _ => Some(req.not_supported_response(ResponseEncoding::Json)),
+        }
+    }
+}
+
+async fn start() -> (std::net::SocketAddr, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(serve(
+        listener,
+        Arc::new(Echo),
+        ServerConfig::default(),
+        stop.clone(),
+    ));
+    (addr, stop)
+}
+
+#[tokio::test]
+async fn many_requests_in_flight_on_one_connection() {
+    let (addr, stop) = start().await;
+    let client = RemotingClient::connect(addr, None).await.unwrap();
+    let slow = {
+        let c = client.clone();
+        tokio::spawn(async move {
+            c.invoke(RemotingCommand::request(999), Duration::from_secs(5))
+                .await
+        })
+    };
+    let mut tasks = Vec::new();
+    for i in 0..500u32 {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = RemotingCommand::request(request_code::HEART_BEAT)
+                .with_body(i.to_be_bytes().to_vec());
+            let resp = c.invoke(req, Duration::from_secs(5)).await.unwrap();
+            assert_eq!(&resp.body()[..], &i.to_be_bytes());
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(!slow.is_finished(), "fast requests overtook the slow one");
+    assert_eq!(slow.await.unwrap().unwrap().code(), response_code::SUCCESS);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn unknown_code_names_the_code() {
+    let (addr, stop) = start().await;
+    let client = RemotingClient::connect(addr, None).await.unwrap();
+    let resp = client
+        .invoke(RemotingCommand::request(12345), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(resp.code(), response_code::REQUEST_CODE_NOT_SUPPORTED);
+    assert!(resp.remark().unwrap().contains("12345"));
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn malformed_header_gets_an_error_and_the_connection_lives() {
+    let (addr, stop) = start().await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let bad = br#"{"code":34,"opaque":5,"flag":"nope"}"#;
+    let good = br#"{"code":34,"opaque":6,"flag":0}"#;
+    for h in [&bad[..], &good[..]] {
+        s.write_all(&((4 + h.len()) as u32).to_be_bytes())
+            .await
+            .unwrap();
+        s.write_all(&(h.len() as u32).to_be_bytes()).await.unwrap();
+        s.write_all(h).await.unwrap();
+    }
+    let mut codec = RemotingCodec::default();
+    let mut buf = BytesMut::new();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read_buf(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        while let Some(cmd) = codec.decode(&mut buf).unwrap() {
+            got.push(cmd);
+        }
+    }
+    got.sort_by_key(RemotingCommand::opaque);
+    assert_eq!(got[0].code(), response_code::SYSTEM_ERROR);
+    assert!(got[0].remark().unwrap().contains("flag"));
+    assert_eq!(got[1].code(), response_code::SUCCESS);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_only_that_connection() {
+    let (addr, stop) = start().await;
+    let other = RemotingClient::connect(addr, None).await.unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink))
+        .await
+        .expect("server closes the connection")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let resp = other
+        .invoke(
+            RemotingCommand::request(request_code::HEART_BEAT),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.code(), response_code::SUCCESS);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn timeouts_and_closed_connections_fail_fast() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // a peer that accepts and never answers, then closes
+    let peer = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(s);
+    });
+    let client = RemotingClient::connect(addr, None).await.unwrap();
+    let err = client
+        .invoke(RemotingCommand::request(1), Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+    let started = std::time::Instant::now();
+    let err = client
+        .invoke(RemotingCommand::request(1), Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Closed { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    peer.await.unwrap();
+}
