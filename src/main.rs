@@ -7,7 +7,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use rocketmesh::cli::{Cli, Command};
-use rocketmesh::{demo, inspect};
+use rocketmesh::{bench, demo, inspect};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -40,7 +40,15 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::ControlPlane(_) => {
             not_built("control-plane", "Control plane and on-demand xDS client")
         }
-        Command::Bench(_) => not_built("bench", "The bundled broker node"),
+        Command::Bench(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let report = runtime.block_on(bench::run(&args))?;
+            println!("{}", report.human());
+            if args.json {
+                println!("{}", report.json());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -593,6 +593,99 @@ pub fn parse_pop_retry_topic(retry_topic: &str, group: &str) -> Option<(RetryFla
     (!topic.is_empty()).then(|| (flag, topic.to_owned()))
 }
 
+/// What a POP_MESSAGE response header says about the handles of the messages in its body, in the
+/// form a client needs to rebuild each message's `POP_CK` (protocol notes 6.2, the client's
+/// `processPopResponse`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PopResponseInfo {
+    /// `popTime` of the response.
+    pub pop_time: i64,
+    /// `invisibleTime` of the response.
+    pub invisible_time: i64,
+    /// `reviveQid` of the response.
+    pub revive_qid: i32,
+    /// Parsed `startOffsetInfo` (checkpoint start offset per queue key).
+    pub start_offsets: HashMap<QueueKey, i64>,
+    /// Parsed `msgOffsetInfo` (offsets returned per queue key, in order).
+    pub msg_offsets: HashMap<QueueKey, Vec<i64>>,
+}
+
+impl PopResponseInfo {
+    /// Parses the header strings; absent offset infos (very old brokers) give empty maps.
+    pub fn new(
+        pop_time: i64,
+        invisible_time: i64,
+        revive_qid: i32,
+        start_offset_info: Option<&str>,
+        msg_offset_info: Option<&str>,
+    ) -> Result<Self, PopError> {
+        Ok(Self {
+            pop_time,
+            invisible_time,
+            revive_qid,
+            start_offsets: match start_offset_info {
+                Some(s) if !s.is_empty() => parse_start_offset_info(s)?,
+                _ => HashMap::new(),
+            },
+            msg_offsets: match msg_offset_info {
+                Some(s) if !s.is_empty() => parse_msg_offset_info(s)?,
+                _ => HashMap::new(),
+            },
+        })
+    }
+
+    /// Parses a typed POP_MESSAGE response header.
+    pub fn from_header(
+        header: &crate::codec::headers::PopMessageResponseHeader,
+    ) -> Result<Self, PopError> {
+        Self::new(
+            header.pop_time,
+            header.invisible_time,
+            header.revive_qid,
+            header.start_offset_info.as_deref(),
+            header.msg_offset_info.as_deref(),
+        )
+    }
+
+    /// The handle of one returned message, given the record's topic, queue id, queue offset and
+    /// `POP_CK` property (present on retry records the broker re-encoded), and the name of the
+    /// broker that served the pop.
+    ///
+    /// A record carrying `POP_CK` keeps it. Otherwise the checkpoint start offset comes from
+    /// `startOffsetInfo` for the record's (retry flag, queue id), falling back, as the Java client
+    /// does for brokers that send none, to the first offset returned for that queue, and then to
+    /// the record's own offset.
+    pub fn handle_for(
+        &self,
+        record_topic: &str,
+        queue_id: i32,
+        queue_offset: i64,
+        pop_ck: Option<&str>,
+        broker_name: &str,
+    ) -> Result<PopHandle, PopError> {
+        if let Some(ck) = pop_ck.filter(|ck| !ck.is_empty()) {
+            return PopHandle::parse(ck);
+        }
+        let key = QueueKey::for_topic(record_topic, queue_id);
+        let ck_queue_offset = self
+            .start_offsets
+            .get(&key)
+            .copied()
+            .or_else(|| self.msg_offsets.get(&key).and_then(|v| v.first().copied()))
+            .unwrap_or(queue_offset);
+        Ok(PopHandle {
+            ck_queue_offset,
+            pop_time: self.pop_time,
+            invisible_time: self.invisible_time,
+            revive_qid: self.revive_qid,
+            retry: key.retry,
+            broker_name: broker_name.to_owned(),
+            queue_id,
+            queue_offset,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -772,5 +865,41 @@ mod tests {
         assert_eq!(RetryFlag::from_topic("%RETRY%G_T"), RetryFlag::RetryV1);
         assert_eq!(RetryFlag::from_topic("T"), RetryFlag::Normal);
         assert_eq!(QueueKey::for_topic("%RETRY%G_T", 0).to_string(), "1@0");
+    }
+
+    #[test]
+    fn handles_from_a_pop_response() {
+        let info = PopResponseInfo::new(
+            1712345678901,
+            60000,
+            5,
+            Some("0 3 1200;1 0 57"),
+            Some("0 3 1200,1201,1203;1 0 57"),
+        )
+        .unwrap();
+        let h = info
+            .handle_for("TopicA", 3, 1203, None, "broker-a")
+            .unwrap();
+        assert_eq!(
+            h.to_extra_info(),
+            "1200 1712345678901 60000 5 0 broker-a 3 1203"
+        );
+        let r = info
+            .handle_for("%RETRY%G_TopicA", 0, 57, None, "broker-a")
+            .unwrap();
+        assert_eq!(r.retry, RetryFlag::RetryV1);
+        assert_eq!(r.ck_queue_offset, 57);
+        let kept = info
+            .handle_for("TopicA", 3, 9, Some("1 2 3 4 0 broker-b 6 7"), "broker-a")
+            .unwrap();
+        assert_eq!(kept.broker_name, "broker-b");
+        let old = PopResponseInfo::new(1, 2, 3, None, None).unwrap();
+        assert_eq!(
+            old.handle_for("T", 1, 44, None, "b")
+                .unwrap()
+                .ck_queue_offset,
+            44
+        );
+        assert!(PopResponseInfo::new(1, 2, 3, Some("garbage"), None).is_err());
     }
 }
