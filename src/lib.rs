@@ -3,6 +3,7 @@
 //! tests can start the same components in-process.
 
 pub mod bench;
+pub mod broker;
 pub mod cli;
 pub mod demo;
 pub mod inspect;
