@@ -1,5 +1,304 @@
 //! The bundled broker node: a single-process RocketMQ broker that a 4.x SDK and a Pop client can
 //! use directly (design.md section 5).
+//!
+//! * [`store`]: commit log, consume queues, consumer offsets, pop checkpoints, flush and recovery.
+//! * [`processor`]: one function per request code.
+//! * [`pop`]: POP / ACK / CHANGE_INVISIBLETIME and the revive service.
+//! * [`schedule`]: delay levels (send-back retries, `DELAY` messages).
+//! * [`topics`], [`clients`], [`long_poll`], [`register`]: topic table, client table, parked
+//!   requests, registration with a nameserver.
 
 pub mod clients;
+pub mod long_poll;
+pub mod pop;
+pub mod processor;
+pub mod register;
+pub mod schedule;
+pub mod store;
 pub mod topics;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rocketmesh_filters::codec::codes::request_code;
+use rocketmesh_filters::codec::headers::NotifyConsumerIdsChangedRequestHeader;
+use rocketmesh_filters::codec::message::MessageExt;
+use rocketmesh_filters::codec::{RemotingCommand, ResponseEncoding};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use self::clients::ClientTable;
+use self::long_poll::ArrivalHub;
+use self::store::{FlushMode, GetResult, MessageStore, PutResult, StoreConfig, StoreError};
+use self::topics::TopicTable;
+use crate::remoting::{serve, ServerConfig};
+
+/// Broker settings.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Address written into routes and message ids; defaults to the bound listen address.
+    pub advertise: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Sync (group commit, answer after fsync) or async flushing.
+    pub sync_flush: bool,
+    /// Broker name.
+    pub name: String,
+    /// Cluster name.
+    pub cluster: String,
+    /// Nameserver to register with; standalone without.
+    pub namesrv: Option<SocketAddr>,
+    /// Topics served read-only.
+    pub read_only_topics: Vec<String>,
+    /// Whether sends may create topics.
+    pub auto_create_topics: bool,
+    /// Largest message body.
+    pub max_message_size: usize,
+    /// Most client connections.
+    pub max_connections: usize,
+    /// Most requests in flight per connection.
+    pub max_in_flight: usize,
+    /// Encoding of responses.
+    pub response_encoding: ResponseEncoding,
+    /// How often to re-register with the nameserver.
+    pub register_interval: Duration,
+}
+
+impl BrokerConfig {
+    /// Defaults for a broker listening on `listen` with data in `data_dir`.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Self {
+            listen,
+            advertise: listen,
+            data_dir,
+            sync_flush: false,
+            name: "broker-a".into(),
+            cluster: "DefaultCluster".into(),
+            namesrv: None,
+            read_only_topics: Vec::new(),
+            auto_create_topics: true,
+            max_message_size: 4 * 1024 * 1024,
+            max_connections: 10_000,
+            max_in_flight: 1024,
+            response_encoding: ResponseEncoding::Json,
+            register_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Shared state of a running broker.
+#[derive(Debug)]
+pub struct Broker {
+    pub(crate) config: BrokerConfig,
+    pub(crate) store: Arc<MessageStore>,
+    pub(crate) topics: TopicTable,
+    pub(crate) clients: ClientTable,
+    pub(crate) arrivals: ArrivalHub,
+    pub(crate) pop: pop::PopState,
+}
+
+/// A running broker.
+#[derive(Debug)]
+pub struct BrokerHandle {
+    /// The bound address.
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    broker: Arc<Broker>,
+}
+
+impl BrokerHandle {
+    /// Stops serving, unregisters from the nameserver, flushes and closes the store.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if let Some(namesrv) = self.broker.config.namesrv {
+            register::unregister(&self.broker, namesrv).await;
+        }
+        self.broker.store.shutdown();
+    }
+
+    /// Waits until the broker stops (it stops only on shutdown).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Opens the store and starts serving.
+pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    if config.advertise.port() == 0 || config.advertise == config.listen {
+        config.advertise = addr;
+    }
+    config.listen = addr;
+    let store = MessageStore::open(StoreConfig {
+        flush: if config.sync_flush {
+            FlushMode::Sync
+        } else {
+            FlushMode::default()
+        },
+        max_message_size: config.max_message_size,
+        ..StoreConfig::new(config.data_dir.clone())
+    })
+    .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let topics = TopicTable::open(
+        &config.data_dir,
+        config.auto_create_topics,
+        config.read_only_topics.clone(),
+    )?;
+    for t in &config.read_only_topics {
+        topics.ensure(t, 4)?;
+    }
+    let broker = Arc::new(Broker {
+        pop: pop::PopState::new(&config),
+        config,
+        store,
+        topics,
+        clients: ClientTable::new(),
+        arrivals: ArrivalHub::new(),
+    });
+    let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let server_config = ServerConfig {
+        max_connections: broker.config.max_connections,
+        max_in_flight: broker.config.max_in_flight,
+        response_encoding: broker.config.response_encoding,
+        ..ServerConfig::default()
+    };
+    let handler = Arc::new(processor::BrokerHandler {
+        broker: broker.clone(),
+    });
+    tasks.push(tokio::spawn(serve(
+        listener,
+        handler,
+        server_config,
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(expire_clients(broker.clone(), shutdown.clone())));
+    tasks.push(tokio::spawn(schedule::run(broker.clone(), shutdown.clone())));
+    tasks.push(tokio::spawn(pop::revive(broker.clone(), shutdown.clone())));
+    if let Some(namesrv) = broker.config.namesrv {
+        tasks.push(tokio::spawn(register::run(
+            broker.clone(),
+            namesrv,
+            shutdown.clone(),
+        )));
+    }
+    tracing::info!(%addr, name = %broker.config.name, "broker serving");
+    Ok(BrokerHandle {
+        addr,
+        shutdown,
+        tasks,
+        broker,
+    })
+}
+
+async fn expire_clients(broker: Arc<Broker>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let changed = broker.clients.expire(clients::CLIENT_EXPIRY);
+        broker.notify_groups(&changed);
+    }
+}
+
+impl Broker {
+    /// Tells every member of each group that membership changed, so they rebalance now.
+    pub(crate) fn notify_groups(&self, groups: &[String]) {
+        for group in groups {
+            let header = NotifyConsumerIdsChangedRequestHeader {
+                consumer_group: group.clone(),
+            };
+            for conn in self.clients.consumer_connections(group) {
+                let cmd = RemotingCommand::request_with_header(
+                    request_code::NOTIFY_CONSUMER_IDS_CHANGED,
+                    &header,
+                );
+                if !conn.notify(cmd) {
+                    tracing::debug!(%group, peer = %conn.peer(), "consumer ids notification dropped");
+                }
+            }
+        }
+    }
+
+    /// Appends messages (one lock hold for a batch); in sync-flush mode returns only after the
+    /// fsync that covers them. Wakes parked pulls and pops.
+    pub(crate) async fn put(&self, messages: Vec<MessageExt>) -> Result<Vec<PutResult>, StoreError> {
+        let store = self.store.clone();
+        let results = tokio::task::spawn_blocking(move || store.put_batch(messages))
+            .await
+            .map_err(|e| StoreError::Internal(format!("append task failed: {e}")))??;
+        if self.config.sync_flush {
+            if let Some(end) = results.iter().map(|r| r.end_offset()).max() {
+                self.store.wait_durable(end).await?;
+            }
+        }
+        for r in &results {
+            self.arrivals.arrived(&r.topic, r.queue_id);
+        }
+        Ok(results)
+    }
+
+    /// Reads from a consume queue, filtered by tag hash (`None` = all).
+    pub(crate) fn get(
+        &self,
+        topic: &str,
+        queue_id: i32,
+        offset: i64,
+        max_count: usize,
+        max_bytes: usize,
+        tag_codes: Option<&[i64]>,
+    ) -> Result<GetResult, StoreError> {
+        self.store
+            .get_messages(topic, queue_id, offset, max_count, max_bytes, |code| {
+                tag_codes.is_none_or(|codes| codes.contains(&code))
+            })
+    }
+
+    pub(crate) fn lookup(&self, phys_offset: i64) -> Result<MessageExt, StoreError> {
+        self.store.lookup_by_phys_offset(phys_offset)
+    }
+
+    pub(crate) fn max_offset(&self, topic: &str, queue_id: i32) -> i64 {
+        self.store.max_offset(topic, queue_id)
+    }
+
+    pub(crate) fn min_offset(&self, topic: &str, queue_id: i32) -> i64 {
+        self.store.min_offset(topic, queue_id)
+    }
+
+    pub(crate) fn search_offset(&self, topic: &str, queue_id: i32, ts: i64) -> Result<i64, StoreError> {
+        self.store.search_offset_by_timestamp(topic, queue_id, ts)
+    }
+
+    pub(crate) fn offsets_commit(&self, group: &str, topic: &str, queue_id: i32, offset: i64) {
+        self.store.offsets().commit(group, topic, queue_id, offset);
+    }
+
+    pub(crate) fn offsets_query(&self, group: &str, topic: &str, queue_id: i32) -> Option<i64> {
+        self.store.offsets().query(group, topic, queue_id)
+    }
+
+    /// Stores a message for delivery after `level`'s delay (see [`schedule`]).
+    pub(crate) async fn put_delayed(
+        &self,
+        msg: MessageExt,
+        level: i32,
+    ) -> Result<Vec<PutResult>, StoreError> {
+        let wrapped = schedule::wrap(msg, level);
+        self.put(vec![wrapped]).await
+    }
+}

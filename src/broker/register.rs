@@ -1,0 +1,115 @@
+//! Registration with a nameserver or the control plane: REGISTER_BROKER with the topic table at
+//! start, at once whenever the table changes (auto-created topics included), and every
+//! `register_interval`; UNREGISTER_BROKER on clean shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rocketmesh_filters::codec::body::RegisterBrokerBody;
+use rocketmesh_filters::codec::codes::{request_code, response_code};
+use rocketmesh_filters::codec::headers::{RegisterBrokerRequestHeader, UnregisterBrokerRequestHeader};
+use rocketmesh_filters::codec::RemotingCommand;
+use tokio_util::sync::CancellationToken;
+
+use super::Broker;
+use crate::remoting::RemotingClient;
+
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Shortest pause between two registrations triggered by topic changes (bursts coalesce).
+const MIN_GAP: Duration = Duration::from_millis(50);
+
+fn register_command(broker: &Broker) -> RemotingCommand {
+    let body = RegisterBrokerBody {
+        topic_config_serialize_wrapper: broker.topics.snapshot(),
+        filter_server_list: Vec::new(),
+    }
+    .to_json();
+    let header = RegisterBrokerRequestHeader {
+        broker_name: broker.config.name.clone(),
+        broker_addr: broker.config.advertise.to_string(),
+        cluster_name: broker.config.cluster.clone(),
+        ha_server_addr: broker.config.advertise.to_string(),
+        broker_id: 0,
+        compressed: Some(false),
+        body_crc32: Some(crc32(&body)),
+        ..RegisterBrokerRequestHeader::default()
+    };
+    RemotingCommand::request_with_header(request_code::REGISTER_BROKER, &header).with_body(body)
+}
+
+/// Java's `UtilAll.crc32`: CRC-32 masked to a non-negative int.
+fn crc32(bytes: &[u8]) -> i32 {
+    (crc32fast::hash(bytes) & 0x7FFF_FFFF) as i32
+}
+
+async fn register_once(broker: &Broker, client: &mut Option<RemotingClient>, namesrv: SocketAddr) -> bool {
+    if client.as_ref().is_none_or(RemotingClient::is_closed) {
+        match RemotingClient::connect_timeout(namesrv, RPC_TIMEOUT, None).await {
+            Ok(c) => *client = Some(c),
+            Err(e) => {
+                tracing::warn!(%namesrv, "cannot reach the nameserver: {e}");
+                return false;
+            }
+        }
+    }
+    let Some(c) = client.as_ref() else { return false };
+    match c.invoke(register_command(broker), RPC_TIMEOUT).await {
+        Ok(resp) if resp.code() == response_code::SUCCESS => {
+            tracing::debug!(%namesrv, "registered");
+            true
+        }
+        Ok(resp) => {
+            tracing::warn!(%namesrv, code = resp.code(), remark = ?resp.remark(), "registration refused");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(%namesrv, "registration failed: {e}");
+            false
+        }
+    }
+}
+
+/// Keeps the broker registered until `shutdown`.
+pub async fn run(broker: Arc<Broker>, namesrv: SocketAddr, shutdown: CancellationToken) {
+    let mut changes = broker.topics.subscribe();
+    let mut client = None;
+    let mut retry = Duration::from_millis(100);
+    loop {
+        let ok = register_once(&broker, &mut client, namesrv).await;
+        let wait = if ok {
+            retry = Duration::from_millis(100);
+            broker.config.register_interval
+        } else {
+            retry = (retry * 2).min(broker.config.register_interval);
+            retry
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            r = changes.changed() => {
+                if r.is_err() { return; }
+                tokio::time::sleep(MIN_GAP).await;
+                changes.mark_unchanged();
+            }
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// UNREGISTER_BROKER, best effort.
+pub async fn unregister(broker: &Broker, namesrv: SocketAddr) {
+    let header = UnregisterBrokerRequestHeader {
+        broker_name: broker.config.name.clone(),
+        broker_addr: broker.config.advertise.to_string(),
+        cluster_name: broker.config.cluster.clone(),
+        broker_id: 0,
+    };
+    let Ok(client) = RemotingClient::connect_timeout(namesrv, RPC_TIMEOUT, None).await else {
+        return;
+    };
+    let cmd = RemotingCommand::request_with_header(request_code::UNREGISTER_BROKER, &header);
+    if let Err(e) = client.invoke(cmd, RPC_TIMEOUT).await {
+        tracing::warn!(%namesrv, "unregister failed: {e}");
+    }
+    client.close();
+}
