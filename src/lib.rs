@@ -2,6 +2,7 @@
 //! control plane. The binary (`src/main.rs`) is a thin CLI over this library, so integration
 //! tests can start the same components in-process.
 
+pub mod broker;
 pub mod cli;
 pub mod demo;
 pub mod inspect;
