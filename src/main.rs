@@ -6,7 +6,8 @@ use anyhow::Result;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use rocketmesh::cli::{Cli, Command};
+use rocketmesh::broker::{self, BrokerConfig};
+use rocketmesh::cli::{BrokerArgs, Cli, Command, FlushMode};
 use rocketmesh::{bench, demo, inspect};
 
 fn main() -> ExitCode {
@@ -36,7 +37,11 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Demo(args) => demo::run(args.once).map(|()| ExitCode::SUCCESS),
         Command::Sidecar(_) => not_built("sidecar", "The sidecar data path"),
-        Command::Broker(_) => not_built("broker", "The bundled broker node"),
+        Command::Broker(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(run_broker(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::ControlPlane(_) => {
             not_built("control-plane", "Control plane and on-demand xDS client")
         }
@@ -55,4 +60,37 @@ fn run(command: Command) -> Result<ExitCode> {
 fn not_built(what: &str, issue: &str) -> Result<ExitCode> {
     eprintln!("rocketmesh {what}: not built yet (tracked in the issue \"{issue}\")");
     Ok(ExitCode::from(2))
+}
+
+async fn run_broker(args: BrokerArgs) -> Result<()> {
+    let mut config = BrokerConfig::new(args.listen, args.data_dir);
+    config.sync_flush = args.flush == FlushMode::Sync;
+    config.name = args.name;
+    config.cluster = args.cluster;
+    config.namesrv = args.namesrv;
+    config.read_only_topics = args.read_only_topics;
+    let handle = broker::start(config).await?;
+    // Scripts wait for this line.
+    println!("ready {}", handle.addr);
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    handle.shutdown().await;
+    Ok(())
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

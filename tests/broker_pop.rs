@@ -38,7 +38,8 @@ async fn send(c: &RemotingClient, topic: &str, body: &str) {
         i: Some(props.to_wire_string()),
         ..SendMessageRequestHeaderV2::default()
     };
-    let req = RemotingCommand::request_with_header(rc::SEND_MESSAGE_V2, &h).with_body(body.as_bytes().to_vec());
+    let req = RemotingCommand::request_with_header(rc::SEND_MESSAGE_V2, &h)
+        .with_body(body.as_bytes().to_vec());
     let resp = c.invoke(req, T).await.unwrap();
     assert_eq!(resp.code(), response_code::SUCCESS, "{:?}", resp.remark());
 }
@@ -61,7 +62,10 @@ async fn pop(c: &RemotingClient, topic: &str, invisible: i64, poll: i64) -> Vec<
         ..PopMessageRequestHeader::default()
     };
     let resp = c
-        .invoke(RemotingCommand::request_with_header(rc::POP_MESSAGE, &h), T + Duration::from_millis(poll as u64))
+        .invoke(
+            RemotingCommand::request_with_header(rc::POP_MESSAGE, &h),
+            T + Duration::from_millis(poll as u64),
+        )
         .await
         .unwrap();
     if resp.code() == response_code::POLLING_TIMEOUT {
@@ -76,7 +80,13 @@ async fn pop(c: &RemotingClient, topic: &str, invisible: i64, poll: i64) -> Vec<
         .map(|msg| {
             let ck = msg.properties.get(property_keys::POP_CK).map(str::to_owned);
             let handle = info
-                .handle_for(&msg.topic, msg.queue_id, msg.queue_offset, ck.as_deref(), "broker-a")
+                .handle_for(
+                    &msg.topic,
+                    msg.queue_id,
+                    msg.queue_offset,
+                    ck.as_deref(),
+                    "broker-a",
+                )
                 .unwrap();
             Popped { handle, msg }
         })
@@ -105,9 +115,12 @@ fn body(p: &Popped) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pop_ack_half_expire_rest_and_get_them_back() {
     let dir = temp_dir("pop");
-    let b = broker::start(BrokerConfig::new("127.0.0.1:0".parse().unwrap(), dir.clone()))
-        .await
-        .unwrap();
+    let b = broker::start(BrokerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.clone(),
+    ))
+    .await
+    .unwrap();
     let producer = RemotingClient::connect(b.addr, None).await.unwrap();
     let topic = "PopTopic";
     for i in 0..10 {
@@ -156,9 +169,12 @@ async fn pop_ack_half_expire_rest_and_get_them_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_invisible_time_and_batch_ack() {
     let dir = temp_dir("pop-ci");
-    let b = broker::start(BrokerConfig::new("127.0.0.1:0".parse().unwrap(), dir.clone()))
-        .await
-        .unwrap();
+    let b = broker::start(BrokerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.clone(),
+    ))
+    .await
+    .unwrap();
     let c = RemotingClient::connect(b.addr, None).await.unwrap();
     let topic = "PopTopic2";
     for i in 0..4 {
@@ -180,16 +196,22 @@ async fn change_invisible_time_and_batch_ack() {
         ..ChangeInvisibleTimeRequestHeader::default()
     };
     let resp = c
-        .invoke(RemotingCommand::request_with_header(rc::CHANGE_MESSAGE_INVISIBLETIME, &h), T)
+        .invoke(
+            RemotingCommand::request_with_header(rc::CHANGE_MESSAGE_INVISIBLETIME, &h),
+            T,
+        )
         .await
         .unwrap();
     assert_eq!(resp.code(), response_code::SUCCESS, "{:?}", resp.remark());
     // the old handle is dead now
     assert_eq!(
-        c.invoke(RemotingCommand::request_with_header(rc::CHANGE_MESSAGE_INVISIBLETIME, &h), T)
-            .await
-            .unwrap()
-            .code(),
+        c.invoke(
+            RemotingCommand::request_with_header(rc::CHANGE_MESSAGE_INVISIBLETIME, &h),
+            T
+        )
+        .await
+        .unwrap()
+        .code(),
         response_code::NO_MESSAGE
     );
 
@@ -216,7 +238,10 @@ async fn change_invisible_time_and_batch_ack() {
         }],
     };
     let resp = c
-        .invoke(RemotingCommand::request(rc::BATCH_ACK_MESSAGE).with_body(body.to_json()), T)
+        .invoke(
+            RemotingCommand::request(rc::BATCH_ACK_MESSAGE).with_body(body.to_json()),
+            T,
+        )
         .await
         .unwrap();
     assert_eq!(resp.code(), response_code::SUCCESS, "{:?}", resp.remark());

@@ -73,8 +73,14 @@ mod tests {
         b.as_mut().enable();
         c.as_mut().enable();
         hub.arrived("T", 1);
-        tokio::time::timeout(Duration::from_secs(1), a).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(1), b).await.unwrap();
-        assert!(tokio::time::timeout(Duration::from_millis(50), c).await.is_err());
+        tokio::time::timeout(Duration::from_secs(1), a)
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(1), b)
+            .await
+            .unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(50), c)
+            .await
+            .is_err());
     }
 }

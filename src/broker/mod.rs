@@ -122,7 +122,9 @@ impl BrokerHandle {
         if let Some(namesrv) = self.broker.config.namesrv {
             register::unregister(&self.broker, namesrv).await;
         }
-        self.broker.store.shutdown();
+        if let Err(e) = self.broker.store.shutdown() {
+            tracing::error!("store shutdown failed: {e}");
+        }
     }
 
     /// Waits until the broker stops (it stops only on shutdown).
@@ -142,7 +144,7 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
     }
     config.listen = addr;
     let store = MessageStore::open(StoreConfig {
-        flush: if config.sync_flush {
+        flush_mode: if config.sync_flush {
             FlushMode::Sync
         } else {
             FlushMode::default()
@@ -184,8 +186,14 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         server_config,
         shutdown.clone(),
     )));
-    tasks.push(tokio::spawn(expire_clients(broker.clone(), shutdown.clone())));
-    tasks.push(tokio::spawn(schedule::run(broker.clone(), shutdown.clone())));
+    tasks.push(tokio::spawn(expire_clients(
+        broker.clone(),
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(schedule::run(
+        broker.clone(),
+        shutdown.clone(),
+    )));
     tasks.push(tokio::spawn(pop::revive(broker.clone(), shutdown.clone())));
     if let Some(namesrv) = broker.config.namesrv {
         tasks.push(tokio::spawn(register::run(
@@ -236,8 +244,16 @@ impl Broker {
 
     /// Appends messages (one lock hold for a batch); in sync-flush mode returns only after the
     /// fsync that covers them. Wakes parked pulls and pops.
-    pub(crate) async fn put(&self, messages: Vec<MessageExt>) -> Result<Vec<PutResult>, StoreError> {
+    pub(crate) async fn put(
+        &self,
+        messages: Vec<MessageExt>,
+    ) -> Result<Vec<PutResult>, StoreError> {
         let store = self.store.clone();
+        let mut targets: Vec<(String, i32)> = messages
+            .iter()
+            .map(|m| (m.topic.clone(), m.queue_id))
+            .collect();
+        targets.dedup();
         let results = tokio::task::spawn_blocking(move || store.put_batch(messages))
             .await
             .map_err(|e| StoreError::Internal(format!("append task failed: {e}")))??;
@@ -246,8 +262,8 @@ impl Broker {
                 self.store.wait_durable(end).await?;
             }
         }
-        for r in &results {
-            self.arrivals.arrived(&r.topic, r.queue_id);
+        for (topic, queue_id) in &targets {
+            self.arrivals.arrived(topic, *queue_id);
         }
         Ok(results)
     }
@@ -280,12 +296,19 @@ impl Broker {
         self.store.min_offset(topic, queue_id)
     }
 
-    pub(crate) fn search_offset(&self, topic: &str, queue_id: i32, ts: i64) -> Result<i64, StoreError> {
+    pub(crate) fn search_offset(
+        &self,
+        topic: &str,
+        queue_id: i32,
+        ts: i64,
+    ) -> Result<i64, StoreError> {
         self.store.search_offset_by_timestamp(topic, queue_id, ts)
     }
 
     pub(crate) fn offsets_commit(&self, group: &str, topic: &str, queue_id: i32, offset: i64) {
-        self.store.offsets().commit(group, topic, queue_id, offset);
+        if let Err(e) = self.store.offsets().commit(group, topic, queue_id, offset) {
+            tracing::warn!(%group, %topic, queue_id, "offset not stored: {e}");
+        }
     }
 
     pub(crate) fn offsets_query(&self, group: &str, topic: &str, queue_id: i32) -> Option<i64> {

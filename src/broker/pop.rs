@@ -86,19 +86,53 @@ pub(crate) async fn pop(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingComma
         Err(resp) => return resp,
     };
     if h.max_msg_nums <= 0 || h.max_msg_nums > 32 {
-        return error(b, req, code::INVALID_PARAMETER, format!("the max message num {} must be within 1..=32", h.max_msg_nums));
+        return error(
+            b,
+            req,
+            code::INVALID_PARAMETER,
+            format!(
+                "the max message num {} must be within 1..=32",
+                h.max_msg_nums
+            ),
+        );
     }
     let Some(cfg) = b.topics.get(&h.topic) else {
-        return error(b, req, code::TOPIC_NOT_EXIST, format!("topic[{}] not exist, apply first please!", h.topic));
+        return error(
+            b,
+            req,
+            code::TOPIC_NOT_EXIST,
+            format!("topic[{}] not exist, apply first please!", h.topic),
+        );
     };
     if !perm::is_readable(cfg.perm) {
-        return error(b, req, code::NO_PERMISSION, format!("the topic[{}] peeking message is forbidden", h.topic));
+        return error(
+            b,
+            req,
+            code::NO_PERMISSION,
+            format!("the topic[{}] peeking message is forbidden", h.topic),
+        );
     }
     if h.queue_id >= cfg.read_queue_nums {
-        return error(b, req, code::INVALID_PARAMETER, format!("queueId[{}] is illegal, topic:[{}] readQueueNums:[{}]", h.queue_id, h.topic, cfg.read_queue_nums));
+        return error(
+            b,
+            req,
+            code::INVALID_PARAMETER,
+            format!(
+                "queueId[{}] is illegal, topic:[{}] readQueueNums:[{}]",
+                h.queue_id, h.topic, cfg.read_queue_nums
+            ),
+        );
     }
-    if h.exp_type.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case("TAG")) {
-        return error(b, req, code::SUBSCRIPTION_PARSE_FAILED, "only TAG expressions are supported by this broker");
+    if h.exp_type
+        .as_deref()
+        .is_some_and(|t| !t.eq_ignore_ascii_case("TAG"))
+    {
+        return error(
+            b,
+            req,
+            code::SUBSCRIPTION_PARSE_FAILED,
+            "only TAG expressions are supported by this broker",
+        );
     }
     let invisible = h.invisible_time.clamp(MIN_INVISIBLE, MAX_INVISIBLE);
     let sub = SubscriptionData::from_expression(&h.topic, h.exp.as_deref().unwrap_or("*"));
@@ -107,7 +141,14 @@ pub(crate) async fn pop(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingComma
     let poll = Duration::from_millis(h.poll_time.max(0) as u64).min(MAX_POLL);
     let deadline = Instant::now() + poll;
     loop {
-        let topic_waiter = b.arrivals.waiter(&h.topic, if h.queue_id < 0 { ANY_QUEUE } else { h.queue_id });
+        let topic_waiter = b.arrivals.waiter(
+            &h.topic,
+            if h.queue_id < 0 {
+                ANY_QUEUE
+            } else {
+                h.queue_id
+            },
+        );
         let retry_waiter = b.arrivals.waiter(&retry_topic, ANY_QUEUE);
         let (t, r) = (topic_waiter.notified(), retry_waiter.notified());
         tokio::pin!(t, r);
@@ -122,12 +163,24 @@ pub(crate) async fn pop(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingComma
         let mut reads: Vec<QueueRead> = Vec::new();
         let retry_first = count % 100 < RETRY_FIRST_PERCENT;
         let retry_exists = b.topics.get(&retry_topic).is_some();
-        let read_retry = |records: &mut Vec<Bytes>, reads: &mut Vec<QueueRead>| -> Result<(), StoreError> {
-            if retry_exists && records.len() < want {
-                read_queue(b, &h.consumer_group, &retry_topic, 0, RetryFlag::RetryV1, 0, want - records.len(), None, records, reads)?;
-            }
-            Ok(())
-        };
+        let read_retry =
+            |records: &mut Vec<Bytes>, reads: &mut Vec<QueueRead>| -> Result<(), StoreError> {
+                if retry_exists && records.len() < want {
+                    read_queue(
+                        b,
+                        &h.consumer_group,
+                        &retry_topic,
+                        0,
+                        RetryFlag::RetryV1,
+                        0,
+                        want - records.len(),
+                        None,
+                        records,
+                        reads,
+                    )?;
+                }
+                Ok(())
+            };
         let result: Result<(), StoreError> = (|| {
             if retry_first {
                 read_retry(&mut records, &mut reads)?;
@@ -143,7 +196,18 @@ pub(crate) async fn pop(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingComma
                 if records.len() >= want {
                     break;
                 }
-                read_queue(b, &h.consumer_group, &h.topic, qid, RetryFlag::Normal, h.init_mode, want - records.len(), filter.as_deref(), &mut records, &mut reads)?;
+                read_queue(
+                    b,
+                    &h.consumer_group,
+                    &h.topic,
+                    qid,
+                    RetryFlag::Normal,
+                    h.init_mode,
+                    want - records.len(),
+                    filter.as_deref(),
+                    &mut records,
+                    &mut reads,
+                )?;
             }
             if !retry_first {
                 read_retry(&mut records, &mut reads)?;
@@ -188,17 +252,32 @@ pub(crate) async fn pop(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingComma
                 msg_offsets: read.offsets.clone(),
                 acked: Default::default(),
             };
-            if let Err(e) = b.store.pop_store().add_checkpoint(ck) {
+            if let Err(e) = b.store.pop().add_checkpoint(ck) {
                 // Not handing the messages out; put the pop position back so they are popped again.
                 for read in &reads {
-                    let topic = if read.retry == RetryFlag::Normal { &h.topic } else { &retry_topic };
+                    let topic = if read.retry == RetryFlag::Normal {
+                        &h.topic
+                    } else {
+                        &retry_topic
+                    };
                     b.offsets_commit(&h.consumer_group, topic, read.queue_id, read.start);
                 }
-                return error(b, req, code::SYSTEM_ERROR, format!("cannot record the pop checkpoint: {e}"));
+                return error(
+                    b,
+                    req,
+                    code::SYSTEM_ERROR,
+                    format!("cannot record the pop checkpoint: {e}"),
+                );
             }
         }
-        let starts: Vec<(RetryFlag, i32, i64)> = reads.iter().map(|r| (r.retry, r.queue_id, r.start)).collect();
-        let offsets: Vec<(RetryFlag, i32, &[i64])> = reads.iter().map(|r| (r.retry, r.queue_id, r.offsets.as_slice())).collect();
+        let starts: Vec<(RetryFlag, i32, i64)> = reads
+            .iter()
+            .map(|r| (r.retry, r.queue_id, r.start))
+            .collect();
+        let offsets: Vec<(RetryFlag, i32, &[i64])> = reads
+            .iter()
+            .map(|r| (r.retry, r.queue_id, r.offsets.as_slice()))
+            .collect();
         let rest: i64 = (0..cfg.read_queue_nums)
             .map(|q| {
                 let pos = b.offsets_query(&h.consumer_group, &h.topic, q).unwrap_or(0);
@@ -214,7 +293,9 @@ pub(crate) async fn pop(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingComma
             msg_offset_info: Some(build_msg_offset_info(&offsets)),
             ..PopMessageResponseHeader::default()
         };
-        return reply(b, req, code::SUCCESS).with_header(&header).with_body(concat(&records));
+        return reply(b, req, code::SUCCESS)
+            .with_header(&header)
+            .with_body(concat(&records));
     }
 }
 
@@ -262,7 +343,9 @@ fn read_queue(
             });
             b.offsets_commit(group, topic, queue_id, got.next_begin_offset);
         }
-        GetStatus::NoMatchedMessage => b.offsets_commit(group, topic, queue_id, got.next_begin_offset),
+        GetStatus::NoMatchedMessage => {
+            b.offsets_commit(group, topic, queue_id, got.next_begin_offset)
+        }
         _ => {}
     }
     Ok(())
@@ -286,12 +369,33 @@ pub(crate) fn ack(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
     };
     let handle = match PopHandle::parse(&h.extra_info) {
         Ok(handle) => handle,
-        Err(e) => return error(b, req, code::INVALID_PARAMETER, format!("bad extraInfo: {e}")),
+        Err(e) => {
+            return error(
+                b,
+                req,
+                code::INVALID_PARAMETER,
+                format!("bad extraInfo: {e}"),
+            )
+        }
     };
-    if h.offset < b.min_offset(&h.topic, h.queue_id) || h.offset >= b.max_offset(&h.topic, h.queue_id) {
-        return error(b, req, code::NO_MESSAGE, format!("offset {} is out of range of {}:{}", h.offset, h.topic, h.queue_id));
+    if h.offset < b.min_offset(&h.topic, h.queue_id)
+        || h.offset >= b.max_offset(&h.topic, h.queue_id)
+    {
+        return error(
+            b,
+            req,
+            code::NO_MESSAGE,
+            format!(
+                "offset {} is out of range of {}:{}",
+                h.offset, h.topic, h.queue_id
+            ),
+        );
     }
-    match b.store.pop_store().ack(&key_of(&handle, &h.consumer_group, &h.topic), h.offset) {
+    match b
+        .store
+        .pop()
+        .ack(&key_of(&handle, &h.consumer_group, &h.topic), h.offset)
+    {
         // An ack for a checkpoint already revived is late, not wrong: the message was redelivered.
         Ok(_) => reply(b, req, code::SUCCESS),
         Err(e) => error(b, req, code::SYSTEM_ERROR, format!("ack failed: {e}")),
@@ -309,7 +413,9 @@ pub(crate) fn batch_ack(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
         let real_topic = match retry {
             RetryFlag::Normal => a.topic.clone(),
             RetryFlag::RetryV1 => pop_retry_topic_v1(&a.consumer_group, &a.topic),
-            RetryFlag::RetryV2 => rocketmesh_filters::codec::pop::pop_retry_topic_v2(&a.consumer_group, &a.topic),
+            RetryFlag::RetryV2 => {
+                rocketmesh_filters::codec::pop::pop_retry_topic_v2(&a.consumer_group, &a.topic)
+            }
         };
         let key = PopKey {
             group: a.consumer_group.clone(),
@@ -319,7 +425,7 @@ pub(crate) fn batch_ack(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
             pop_time: a.pop_time,
         };
         for offset in a.acked_offsets() {
-            if let Err(e) = b.store.pop_store().ack(&key, offset) {
+            if let Err(e) = b.store.pop().ack(&key, offset) {
                 return error(b, req, code::SYSTEM_ERROR, format!("ack failed: {e}"));
             }
         }
@@ -335,24 +441,57 @@ pub(crate) fn change_invisible(b: &Broker, req: &RemotingCommand) -> RemotingCom
     };
     let handle = match PopHandle::parse(&h.extra_info) {
         Ok(handle) => handle,
-        Err(e) => return error(b, req, code::INVALID_PARAMETER, format!("bad extraInfo: {e}")),
+        Err(e) => {
+            return error(
+                b,
+                req,
+                code::INVALID_PARAMETER,
+                format!("bad extraInfo: {e}"),
+            )
+        }
     };
-    if h.offset < b.min_offset(&h.topic, h.queue_id) || h.offset >= b.max_offset(&h.topic, h.queue_id) {
-        return error(b, req, code::NO_MESSAGE, format!("offset {} is out of range of {}:{}", h.offset, h.topic, h.queue_id));
+    if h.offset < b.min_offset(&h.topic, h.queue_id)
+        || h.offset >= b.max_offset(&h.topic, h.queue_id)
+    {
+        return error(
+            b,
+            req,
+            code::NO_MESSAGE,
+            format!(
+                "offset {} is out of range of {}:{}",
+                h.offset, h.topic, h.queue_id
+            ),
+        );
     }
     let now = now_ms();
     let invisible = h.invisible_time.clamp(0, MAX_INVISIBLE);
     let key = key_of(&handle, &h.consumer_group, &h.topic);
-    match b.store.pop_store().change_invisible(&key, h.offset, now, invisible) {
+    match b
+        .store
+        .pop()
+        .change_invisible(&key, h.offset, now, invisible)
+    {
         Ok(out) => match out.new_checkpoint {
-            Some(ck) => reply(b, req, code::SUCCESS).with_header(&ChangeInvisibleTimeResponseHeader {
-                pop_time: ck.pop_time,
-                invisible_time: ck.invisible_time,
-                revive_qid: ck.revive_queue_id,
-            }),
-            None => error(b, req, code::NO_MESSAGE, "the message handle is no longer valid (acked or already redelivered)"),
+            Some(ck) => {
+                reply(b, req, code::SUCCESS).with_header(&ChangeInvisibleTimeResponseHeader {
+                    pop_time: ck.pop_time,
+                    invisible_time: ck.invisible_time,
+                    revive_qid: ck.revive_queue_id,
+                })
+            }
+            None => error(
+                b,
+                req,
+                code::NO_MESSAGE,
+                "the message handle is no longer valid (acked or already redelivered)",
+            ),
         },
-        Err(e) => error(b, req, code::SYSTEM_ERROR, format!("change invisible time failed: {e}")),
+        Err(e) => error(
+            b,
+            req,
+            code::SYSTEM_ERROR,
+            format!("change invisible time failed: {e}"),
+        ),
     }
 }
 
@@ -365,14 +504,24 @@ pub async fn revive(b: Arc<Broker>, shutdown: CancellationToken) {
             _ = tick.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        for (ck, unacked) in b.store.pop_store().expired(now_ms()) {
+        let expired = b.store.pop().expired(now_ms());
+        if !expired.is_empty() {
+            tracing::debug!(
+                count = expired.len(),
+                live = b.store.pop().len(),
+                "reviving expired pop checkpoints"
+            );
+        }
+        for (ck, unacked) in expired {
             match revive_one(&b, &ck, &unacked).await {
                 Ok(()) => {
-                    if let Err(e) = b.store.pop_store().remove(&ck.key()) {
+                    if let Err(e) = b.store.pop().remove(&ck.key()) {
                         tracing::warn!("cannot drop a revived checkpoint: {e}");
                     }
                 }
-                Err(e) => tracing::warn!(topic = %ck.topic, queue = ck.queue_id, "revive failed, will retry: {e}"),
+                Err(e) => {
+                    tracing::warn!(topic = %ck.topic, queue = ck.queue_id, "revive failed, will retry: {e}")
+                }
             }
         }
     }
@@ -386,7 +535,11 @@ async fn revive_one(b: &Broker, ck: &PopCheckpoint, unacked: &[i64]) -> Result<(
     let retry_topic = pop_retry_topic_v1(&ck.group, &original_topic);
     for &offset in unacked {
         let got = b.get(&ck.topic, ck.queue_id, offset, 1, 8 << 20, None)?;
-        let Some(record) = got.records.first().filter(|_| got.status == GetStatus::Found) else {
+        let Some(record) = got
+            .records
+            .first()
+            .filter(|_| got.status == GetStatus::Found)
+        else {
             tracing::warn!(topic = %ck.topic, queue = ck.queue_id, offset, "message to revive is gone");
             continue;
         };

@@ -20,7 +20,7 @@ use rocketmesh_filters::codec::message::{
     decode_batch, property_keys, BatchLimits, MessageExt, Properties,
 };
 use rocketmesh_filters::codec::pop::{dlq_topic, retry_topic_v4, RETRY_GROUP_TOPIC_PREFIX};
-use rocketmesh_filters::codec::{CommandHeader, HeaderError, RemotingCommand, ResponseEncoding};
+use rocketmesh_filters::codec::{CommandHeader, HeaderError, RemotingCommand};
 
 use super::store::{GetStatus, PutResult, StoreError};
 use super::topics::{TopicError, AUTO_CREATE_TOPIC_KEY};
@@ -90,7 +90,12 @@ pub(crate) fn reply(b: &Broker, req: &RemotingCommand, code: i32) -> RemotingCom
     req.response_to(code, b.config.response_encoding)
 }
 
-pub(crate) fn error(b: &Broker, req: &RemotingCommand, code: i32, remark: impl Into<String>) -> RemotingCommand {
+pub(crate) fn error(
+    b: &Broker,
+    req: &RemotingCommand,
+    code: i32,
+    remark: impl Into<String>,
+) -> RemotingCommand {
     reply(b, req, code).with_remark(remark)
 }
 
@@ -99,6 +104,8 @@ fn not_supported(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
 }
 
 /// Parses a typed header or answers with `code` and a remark naming the field.
+// The error is the finished response, returned straight to the client, never propagated.
+#[allow(clippy::result_large_err)]
 pub(crate) fn header<H: CommandHeader>(
     b: &Broker,
     req: &RemotingCommand,
@@ -126,14 +133,25 @@ async fn send(b: &Arc<Broker>, req: &RemotingCommand, conn: &Arc<Connection>) ->
         Ok(h) => h,
         Err(e) => return error(b, req, code::MESSAGE_ILLEGAL, e.to_string()),
     };
-    let mut topic_cfg = match b.topics.for_send(&h.topic, Some(&h.default_topic), h.default_topic_queue_nums) {
-        Ok(cfg) => cfg,
-        Err(TopicError::InvalidName { topic, reason }) => {
-            return error(b, req, code::MESSAGE_ILLEGAL, format!("the topic[{topic}] is not valid: {reason}"))
-        }
-        Err(e @ TopicError::NotExist { .. }) => return error(b, req, code::TOPIC_NOT_EXIST, e.to_string()),
-        Err(e) => return error(b, req, code::SYSTEM_ERROR, e.to_string()),
-    };
+    let mut topic_cfg =
+        match b
+            .topics
+            .for_send(&h.topic, Some(&h.default_topic), h.default_topic_queue_nums)
+        {
+            Ok(cfg) => cfg,
+            Err(TopicError::InvalidName { topic, reason }) => {
+                return error(
+                    b,
+                    req,
+                    code::MESSAGE_ILLEGAL,
+                    format!("the topic[{topic}] is not valid: {reason}"),
+                )
+            }
+            Err(e @ TopicError::NotExist { .. }) => {
+                return error(b, req, code::TOPIC_NOT_EXIST, e.to_string())
+            }
+            Err(e) => return error(b, req, code::SYSTEM_ERROR, e.to_string()),
+        };
     if !perm::is_writable(topic_cfg.perm) {
         return error(
             b,
@@ -183,7 +201,14 @@ async fn send(b: &Arc<Broker>, req: &RemotingCommand, conn: &Arc<Connection>) ->
         let batch = match decode_batch(req.body(), &limits) {
             Ok(batch) if !batch.is_empty() => batch,
             Ok(_) => return error(b, req, code::MESSAGE_ILLEGAL, "empty batch"),
-            Err(e) => return error(b, req, code::MESSAGE_ILLEGAL, format!("bad batch body: {e}")),
+            Err(e) => {
+                return error(
+                    b,
+                    req,
+                    code::MESSAGE_ILLEGAL,
+                    format!("bad batch body: {e}"),
+                )
+            }
         };
         for m in batch {
             let mut props = m.properties;
@@ -192,7 +217,17 @@ async fn send(b: &Arc<Broker>, req: &RemotingCommand, conn: &Arc<Connection>) ->
                     props.insert(k, v);
                 }
             }
-            messages.push(b.new_message(&topic, queue_id, m.flag, h.sys_flag, h.born_timestamp, born_host, reconsume_times, m.body, props));
+            messages.push(b.new_message(
+                &topic,
+                queue_id,
+                m.flag,
+                h.sys_flag,
+                h.born_timestamp,
+                born_host,
+                reconsume_times,
+                m.body,
+                props,
+            ));
         }
     } else {
         if req.body().len() > b.config.max_message_size {
@@ -200,7 +235,10 @@ async fn send(b: &Arc<Broker>, req: &RemotingCommand, conn: &Arc<Connection>) ->
                 b,
                 req,
                 code::MESSAGE_ILLEGAL,
-                format!("the message body size over max value, MAX: {}", b.config.max_message_size),
+                format!(
+                    "the message body size over max value, MAX: {}",
+                    b.config.max_message_size
+                ),
             );
         }
         messages.push(b.new_message(
@@ -262,10 +300,20 @@ async fn pull(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingCommand {
         Err(resp) => return resp,
     };
     let Some(cfg) = b.topics.get(&h.topic) else {
-        return error(b, req, code::TOPIC_NOT_EXIST, format!("topic[{}] not exist, apply first please!", h.topic));
+        return error(
+            b,
+            req,
+            code::TOPIC_NOT_EXIST,
+            format!("topic[{}] not exist, apply first please!", h.topic),
+        );
     };
     if !perm::is_readable(cfg.perm) {
-        return error(b, req, code::NO_PERMISSION, format!("the topic[{}] pulling message is forbidden", h.topic));
+        return error(
+            b,
+            req,
+            code::NO_PERMISSION,
+            format!("the topic[{}] pulling message is forbidden", h.topic),
+        );
     }
     if h.queue_id < 0 || h.queue_id >= cfg.read_queue_nums {
         return error(
@@ -281,8 +329,16 @@ async fn pull(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingCommand {
     let flags = h.pull_sys_flag();
     let sub = match h.subscription.as_deref() {
         Some(expr) if flags.has_subscription() => {
-            if h.expression_type.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case("TAG")) {
-                return error(b, req, code::SUBSCRIPTION_PARSE_FAILED, "only TAG expressions are supported by this broker");
+            if h.expression_type
+                .as_deref()
+                .is_some_and(|t| !t.eq_ignore_ascii_case("TAG"))
+            {
+                return error(
+                    b,
+                    req,
+                    code::SUBSCRIPTION_PARSE_FAILED,
+                    "only TAG expressions are supported by this broker",
+                );
             }
             Some(SubscriptionData::from_expression(&h.topic, expr))
         }
@@ -305,7 +361,14 @@ async fn pull(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingCommand {
         let notified = notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let result = match b.get(&h.topic, h.queue_id, h.queue_offset, max, MAX_PULL_BYTES, filter.as_deref()) {
+        let result = match b.get(
+            &h.topic,
+            h.queue_id,
+            h.queue_offset,
+            max,
+            MAX_PULL_BYTES,
+            filter.as_deref(),
+        ) {
             Ok(r) => r,
             Err(e) => return store_error(b, req, e),
         };
@@ -366,12 +429,23 @@ fn query_offset(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
         Some(o) => Some(o),
         // No stored offset: a queue that still starts at 0 is read from 0 (as a Java broker does
         // while offset 0 is still present); otherwise the client decides from consumeFromWhere.
-        None if h.set_zero_if_not_found != Some(false) && b.min_offset(&h.topic, h.queue_id) <= 0 => Some(0),
+        None if h.set_zero_if_not_found != Some(false)
+            && b.min_offset(&h.topic, h.queue_id) <= 0 =>
+        {
+            Some(0)
+        }
         None => None,
     };
     match offset {
-        Some(offset) => reply(b, req, code::SUCCESS).with_header(&QueryConsumerOffsetResponseHeader { offset }),
-        None => error(b, req, code::QUERY_NOT_FOUND, "Not found, maybe this group consumer boot first"),
+        Some(offset) => {
+            reply(b, req, code::SUCCESS).with_header(&QueryConsumerOffsetResponseHeader { offset })
+        }
+        None => error(
+            b,
+            req,
+            code::QUERY_NOT_FOUND,
+            "Not found, maybe this group consumer boot first",
+        ),
     }
 }
 
@@ -391,8 +465,10 @@ enum OffsetKind {
 
 fn queue_offset(b: &Broker, req: &RemotingCommand, kind: OffsetKind) -> RemotingCommand {
     let topic_qid = match kind {
-        OffsetKind::Max => header::<GetMaxOffsetRequestHeader>(b, req, code::SYSTEM_ERROR).map(|h| (h.topic, h.queue_id)),
-        OffsetKind::Min => header::<GetMinOffsetRequestHeader>(b, req, code::SYSTEM_ERROR).map(|h| (h.topic, h.queue_id)),
+        OffsetKind::Max => header::<GetMaxOffsetRequestHeader>(b, req, code::SYSTEM_ERROR)
+            .map(|h| (h.topic, h.queue_id)),
+        OffsetKind::Min => header::<GetMinOffsetRequestHeader>(b, req, code::SYSTEM_ERROR)
+            .map(|h| (h.topic, h.queue_id)),
     };
     let (topic, qid) = match topic_qid {
         Ok(t) => t,
@@ -439,7 +515,9 @@ fn unregister(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingCommand {
         Err(resp) => return resp,
     };
     let group = h.consumer_group.as_deref();
-    if b.clients.unregister(&h.client_id, h.producer_group.as_deref(), group) {
+    if b.clients
+        .unregister(&h.client_id, h.producer_group.as_deref(), group)
+    {
         if let Some(g) = group {
             b.notify_groups(&[g.to_owned()]);
         }
@@ -454,9 +532,19 @@ fn consumer_list(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
     };
     let ids = b.clients.consumer_ids(&h.consumer_group);
     if ids.is_empty() {
-        return error(b, req, code::SYSTEM_ERROR, format!("no consumer for this group, {}", h.consumer_group));
+        return error(
+            b,
+            req,
+            code::SYSTEM_ERROR,
+            format!("no consumer for this group, {}", h.consumer_group),
+        );
     }
-    reply(b, req, code::SUCCESS).with_body(ConsumerListBody { consumer_id_list: ids }.to_json())
+    reply(b, req, code::SUCCESS).with_body(
+        ConsumerListBody {
+            consumer_id_list: ids,
+        }
+        .to_json(),
+    )
 }
 
 /// CONSUMER_SEND_MSG_BACK: the message at `offset` (physical) goes to `%RETRY%<group>` after the
@@ -469,7 +557,12 @@ async fn send_back(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingCommand {
     let original = match b.lookup(h.offset) {
         Ok(m) => m,
         Err(e) => {
-            return error(b, req, code::SYSTEM_ERROR, format!("look message by offset failed, {}: {e}", h.offset));
+            return error(
+                b,
+                req,
+                code::SYSTEM_ERROR,
+                format!("look message by offset failed, {}: {e}", h.offset),
+            );
         }
     };
     let max = h.max_reconsume_times.unwrap_or(DEFAULT_MAX_RECONSUME_TIMES);
@@ -482,15 +575,25 @@ async fn send_back(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingCommand {
     let mut props = original.properties.clone();
     props.insert(property_keys::RETRY_TOPIC, origin_topic.as_str());
     if props.get(property_keys::ORIGIN_MESSAGE_ID).is_none() {
-        let id = h.origin_msg_id.clone().unwrap_or_else(|| original.offset_msg_id());
+        let id = h
+            .origin_msg_id
+            .clone()
+            .unwrap_or_else(|| original.offset_msg_id());
         props.insert(property_keys::ORIGIN_MESSAGE_ID, id);
     }
     props.remove(property_keys::POP_CK);
     let (topic, delay_level) = if reconsume > max || h.delay_level < 0 {
         (dlq_topic(&h.group), 0)
     } else {
-        let level = if h.delay_level == 0 { 3 + original.reconsume_times } else { h.delay_level };
-        (retry_topic_v4(&h.group), level.clamp(1, super::schedule::MAX_DELAY_LEVEL))
+        let level = if h.delay_level == 0 {
+            3 + original.reconsume_times
+        } else {
+            h.delay_level
+        };
+        (
+            retry_topic_v4(&h.group),
+            level.clamp(1, super::schedule::MAX_DELAY_LEVEL),
+        )
     };
     if let Err(e) = b.topics.ensure(&topic, 1) {
         return error(b, req, code::SYSTEM_ERROR, e.to_string());
@@ -529,7 +632,10 @@ fn route(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
             b,
             req,
             code::TOPIC_NOT_EXIST,
-            format!("No topic route info in name server for the topic: {}", h.topic),
+            format!(
+                "No topic route info in name server for the topic: {}",
+                h.topic
+            ),
         );
     };
     let route = TopicRouteData {
@@ -543,13 +649,15 @@ fn route(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
         broker_datas: vec![b.broker_data()],
         ..TopicRouteData::default()
     };
-    let style = RouteJsonStyle::for_request(req.version(), h.accept_standard_json_only.unwrap_or(false));
+    let style =
+        RouteJsonStyle::for_request(req.version(), h.accept_standard_json_only.unwrap_or(false));
     reply(b, req, code::SUCCESS).with_body(route.encode(style))
 }
 
 fn cluster_info(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
     let mut info = ClusterInfo::default();
-    info.broker_addr_table.insert(b.config.name.clone(), b.broker_data());
+    info.broker_addr_table
+        .insert(b.config.name.clone(), b.broker_data());
     info.cluster_addr_table.insert(
         b.config.cluster.clone(),
         std::iter::once(b.config.name.clone()).collect(),
@@ -564,7 +672,12 @@ fn create_topic(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
         Err(resp) => return resp,
     };
     if h.topic == AUTO_CREATE_TOPIC_KEY {
-        return error(b, req, code::SYSTEM_ERROR, "the topic conflicts with the auto-create key");
+        return error(
+            b,
+            req,
+            code::SYSTEM_ERROR,
+            "the topic conflicts with the auto-create key",
+        );
     }
     let cfg = TopicConfig {
         topic_name: h.topic,
@@ -627,9 +740,4 @@ impl Broker {
             ..MessageExt::default()
         }
     }
-}
-
-/// Responses use the broker's configured encoding.
-pub(crate) fn encoding(b: &Broker) -> ResponseEncoding {
-    b.config.response_encoding
 }

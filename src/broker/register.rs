@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use rocketmesh_filters::codec::body::RegisterBrokerBody;
 use rocketmesh_filters::codec::codes::{request_code, response_code};
-use rocketmesh_filters::codec::headers::{RegisterBrokerRequestHeader, UnregisterBrokerRequestHeader};
+use rocketmesh_filters::codec::headers::{
+    RegisterBrokerRequestHeader, UnregisterBrokerRequestHeader,
+};
 use rocketmesh_filters::codec::RemotingCommand;
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +45,11 @@ fn crc32(bytes: &[u8]) -> i32 {
     (crc32fast::hash(bytes) & 0x7FFF_FFFF) as i32
 }
 
-async fn register_once(broker: &Broker, client: &mut Option<RemotingClient>, namesrv: SocketAddr) -> bool {
+async fn register_once(
+    broker: &Broker,
+    client: &mut Option<RemotingClient>,
+    namesrv: SocketAddr,
+) -> bool {
     if client.as_ref().is_none_or(RemotingClient::is_closed) {
         match RemotingClient::connect_timeout(namesrv, RPC_TIMEOUT, None).await {
             Ok(c) => *client = Some(c),
@@ -53,7 +59,9 @@ async fn register_once(broker: &Broker, client: &mut Option<RemotingClient>, nam
             }
         }
     }
-    let Some(c) = client.as_ref() else { return false };
+    let Some(c) = client.as_ref() else {
+        return false;
+    };
     match c.invoke(register_command(broker), RPC_TIMEOUT).await {
         Ok(resp) if resp.code() == response_code::SUCCESS => {
             tracing::debug!(%namesrv, "registered");

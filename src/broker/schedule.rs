@@ -129,7 +129,11 @@ async fn deliver_level(broker: &Broker, level: i32) -> Result<(), super::store::
                     let real = fresh(real);
                     broker.put(vec![real]).await?;
                 }
-                None => tracing::warn!(level, offset = next, "scheduled message without REAL_TOPIC skipped"),
+                None => tracing::warn!(
+                    level,
+                    offset = next,
+                    "scheduled message without REAL_TOPIC skipped"
+                ),
             }
             next += 1;
             broker.offsets_commit(SCHEDULE_GROUP, SCHEDULE_TOPIC, qid, next);

@@ -1,0 +1,121 @@
+//! Small helpers shared by the store modules: name validation, file naming, fsync of
+//! directories, atomic file replacement, the wall clock.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::error::{IoContext, Result, StoreError};
+
+/// Longest topic or group name accepted (RocketMQ's limit for 4.x clients).
+pub const MAX_NAME_LEN: usize = 127;
+
+fn validate_name(kind: &'static str, name: &str) -> Result<()> {
+    let err = |reason| StoreError::InvalidName {
+        kind,
+        name: name.chars().take(200).collect(),
+        reason,
+    };
+    if name.is_empty() {
+        return Err(err("empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(err("longer than 127 characters"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'%' | b'|' | b'_' | b'-'))
+    {
+        return Err(err("only the characters [%|a-zA-Z0-9_-] are allowed"));
+    }
+    Ok(())
+}
+
+/// Checks that `topic` is a valid RocketMQ topic name (`[%|a-zA-Z0-9_-]{1,127}`), which also
+/// makes it safe as a directory name (no `/`, no `.`, no `..`).
+pub fn validate_topic(topic: &str) -> Result<()> {
+    validate_name("topic", topic)
+}
+
+/// Checks that `group` is a valid RocketMQ consumer group name (same rule as topics).
+pub fn validate_group(group: &str) -> Result<()> {
+    validate_name("group", group)
+}
+
+/// The 20-digit zero-padded file name of a segment starting at `start`.
+pub fn segment_file_name(start: u64) -> String {
+    format!("{start:020}")
+}
+
+/// Parses a 20-digit segment file name; `None` for any other name.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    if name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()) {
+        name.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// fsyncs a directory so that file creations, renames and removals in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+/// Creates `dir` (and its parents).
+pub fn create_dir_all(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).at(dir)
+}
+
+/// Replaces `path` with `data` atomically: writes `path.tmp`, fsyncs it, renames it over
+/// `path` and fsyncs the directory.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .at(&tmp)?;
+        f.write_all(data).at(&tmp)?;
+        f.sync_all().at(&tmp)?;
+    }
+    fs::rename(&tmp, path).at(path)?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// `path` with `.tmp` appended.
+pub fn tmp_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".tmp");
+    PathBuf::from(s)
+}
+
+/// Reads a whole file of at most `max` bytes; `Ok(None)` when it does not exist.
+pub fn read_bounded(path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io(path, e)),
+    };
+    if meta.len() > max {
+        return Err(StoreError::corrupt(
+            path,
+            0,
+            format!("file is {} bytes, more than the {max} allowed", meta.len()),
+        ));
+    }
+    fs::read(path).map(Some).at(path)
+}
