@@ -1,0 +1,337 @@
+//! Broker behaviour at the protocol's edges, over loopback: registration with a nameserver,
+//! limits, malformed headers, unknown codes, pull long polling, offsets.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rocketmesh::broker::{self, BrokerConfig, BrokerHandle};
+use rocketmesh::remoting::{serve, Connection, Handler, RemotingClient, ServerConfig};
+use rocketmesh_filters::codec::body::{RegisterBrokerBody, TopicRouteData};
+use rocketmesh_filters::codec::codes::{request_code as rc, response_code};
+use rocketmesh_filters::codec::headers::*;
+use rocketmesh_filters::codec::message::decode_records;
+use rocketmesh_filters::codec::{RemotingCommand, ResponseEncoding};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const T: Duration = Duration::from_secs(10);
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("rocketmesh-proto-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+async fn start(
+    name: &str,
+    tweak: impl FnOnce(&mut BrokerConfig),
+) -> (BrokerHandle, std::path::PathBuf) {
+    let dir = temp_dir(name);
+    let mut cfg = BrokerConfig::new("127.0.0.1:0".parse().unwrap(), dir.clone());
+    tweak(&mut cfg);
+    (broker::start(cfg).await.unwrap(), dir)
+}
+
+fn send_req(topic: &str, queue: i32, body: Vec<u8>) -> RemotingCommand {
+    let h = SendMessageRequestHeaderV2 {
+        a: "pg".into(),
+        b: topic.into(),
+        c: "TBW102".into(),
+        d: 4,
+        e: queue,
+        f: 0,
+        g: 0,
+        h: 0,
+        ..SendMessageRequestHeaderV2::default()
+    };
+    RemotingCommand::request_with_header(rc::SEND_MESSAGE_V2, &h).with_body(body)
+}
+
+/// A nameserver stand-in that records what brokers send it.
+#[derive(Default)]
+struct FakeNamesrv {
+    seen: Mutex<Vec<RemotingCommand>>,
+}
+
+impl Handler for FakeNamesrv {
+    async fn handle(
+        self: &Arc<Self>,
+        req: RemotingCommand,
+        _c: &Arc<Connection>,
+    ) -> Option<RemotingCommand> {
+        self.seen.lock().unwrap().push(req.clone());
+        Some(req.response_to(response_code::SUCCESS, ResponseEncoding::Json))
+    }
+}
+
+impl FakeNamesrv {
+    fn registered_topics(&self) -> Vec<Vec<String>> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.code() == rc::REGISTER_BROKER)
+            .map(|c| {
+                let h: RegisterBrokerRequestHeader = c.decode_header().unwrap();
+                assert_eq!(h.broker_name, "broker-a");
+                let body =
+                    RegisterBrokerBody::decode(c.body(), h.compressed.unwrap_or(false)).unwrap();
+                body.topic_config_serialize_wrapper
+                    .topic_config_table
+                    .keys()
+                    .cloned()
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !f() {
+        assert!(started.elapsed() < T, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_at_start_on_topic_creation_and_unregisters_on_shutdown() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ns_addr = listener.local_addr().unwrap();
+    let ns = Arc::new(FakeNamesrv::default());
+    let stop = CancellationToken::new();
+    tokio::spawn(serve(
+        listener,
+        ns.clone(),
+        ServerConfig::default(),
+        stop.clone(),
+    ));
+
+    let (b, dir) = start("register", |c| {
+        c.namesrv = Some(ns_addr);
+        c.read_only_topics = vec!["ReadOnlyTopic".into()];
+    })
+    .await;
+    wait_until("first registration", || !ns.registered_topics().is_empty()).await;
+    let first = ns.registered_topics()[0].clone();
+    assert!(first.contains(&"TBW102".to_owned()));
+    assert!(first.contains(&"ReadOnlyTopic".to_owned()));
+
+    // auto-creating a topic re-registers at once, not after 30 s
+    let c = RemotingClient::connect(b.addr, None).await.unwrap();
+    let resp = c
+        .invoke(send_req("FreshTopic", 0, b"x".to_vec()), T)
+        .await
+        .unwrap();
+    assert_eq!(resp.code(), response_code::SUCCESS);
+    wait_until("re-registration with the new topic", || {
+        ns.registered_topics()
+            .iter()
+            .any(|t| t.contains(&"FreshTopic".to_owned()))
+    })
+    .await;
+
+    // a send to the read-only topic is refused; the route says perm 4
+    let resp = c
+        .invoke(send_req("ReadOnlyTopic", 0, b"x".to_vec()), T)
+        .await
+        .unwrap();
+    assert_eq!(resp.code(), response_code::NO_PERMISSION);
+    b.shutdown().await;
+    wait_until("unregistration", || {
+        ns.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| c.code() == rc::UNREGISTER_BROKER)
+    })
+    .await;
+    stop.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors() {
+    let (b, dir) = start("bad", |c| c.max_message_size = 1024).await;
+    let c = RemotingClient::connect(b.addr, None).await.unwrap();
+
+    // unknown code: REQUEST_CODE_NOT_SUPPORTED naming it
+    let resp = c.invoke(RemotingCommand::request(4242), T).await.unwrap();
+    assert_eq!(resp.code(), response_code::REQUEST_CODE_NOT_SUPPORTED);
+    assert!(resp.remark().unwrap().contains("4242"));
+
+    // a send without its topic field: the remark names the field
+    let mut req = send_req("T", 0, b"x".to_vec());
+    req.ext_mut().remove("b");
+    let resp = c.invoke(req, T).await.unwrap();
+    assert_eq!(resp.code(), response_code::MESSAGE_ILLEGAL);
+    assert!(
+        resp.remark().unwrap().contains("`b`"),
+        "{:?}",
+        resp.remark()
+    );
+
+    // a pull with a malformed queueId
+    let mut pull = RemotingCommand::request_with_header(
+        rc::PULL_MESSAGE,
+        &PullMessageRequestHeader {
+            consumer_group: "g".into(),
+            topic: "T".into(),
+            ..PullMessageRequestHeader::default()
+        },
+    );
+    pull.ext_mut().insert("queueId", "zero");
+    let resp = c.invoke(pull, T).await.unwrap();
+    assert_eq!(resp.code(), response_code::SYSTEM_ERROR);
+    assert!(
+        resp.remark().unwrap().contains("queueId"),
+        "{:?}",
+        resp.remark()
+    );
+
+    // a body over the limit
+    let resp = c.invoke(send_req("T", 0, vec![0; 2048]), T).await.unwrap();
+    assert_eq!(resp.code(), response_code::MESSAGE_ILLEGAL);
+
+    // a queue id beyond the topic's queues
+    let resp = c.invoke(send_req("T", 99, b"x".to_vec()), T).await.unwrap();
+    assert_eq!(resp.code(), response_code::SYSTEM_ERROR);
+
+    // an invalid topic name
+    let resp = c
+        .invoke(send_req("bad topic", 0, b"x".to_vec()), T)
+        .await
+        .unwrap();
+    assert_eq!(resp.code(), response_code::MESSAGE_ILLEGAL);
+
+    // the connection still works
+    let resp = c.invoke(send_req("T", 0, b"ok".to_vec()), T).await.unwrap();
+    assert_eq!(resp.code(), response_code::SUCCESS);
+    b.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_long_polls_until_a_message_arrives() {
+    let (b, dir) = start("longpoll", |_| {}).await;
+    let c = RemotingClient::connect(b.addr, None).await.unwrap();
+    assert_eq!(
+        c.invoke(send_req("LP", 0, b"first".to_vec()), T)
+            .await
+            .unwrap()
+            .code(),
+        0
+    );
+    let route = c
+        .invoke(
+            RemotingCommand::request_with_header(
+                rc::GET_ROUTEINFO_BY_TOPIC,
+                &GetRouteInfoRequestHeader {
+                    topic: "LP".into(),
+                    accept_standard_json_only: None,
+                },
+            ),
+            T,
+        )
+        .await
+        .unwrap();
+    let route = TopicRouteData::parse(route.body()).unwrap();
+    assert_eq!(
+        route.broker_datas[0].master_addr(),
+        Some(b.addr.to_string().as_str())
+    );
+
+    let pull = |offset: i64| {
+        let h = PullMessageRequestHeader {
+            consumer_group: "lpg".into(),
+            topic: "LP".into(),
+            queue_id: 0,
+            queue_offset: offset,
+            max_msg_nums: 32,
+            sys_flag: PullSysFlag::new(false, true, true, false).into(),
+            commit_offset: 0,
+            suspend_timeout_millis: 5_000,
+            sub_version: 0,
+            subscription: Some("*".into()),
+            ..PullMessageRequestHeader::default()
+        };
+        RemotingCommand::request_with_header(rc::PULL_MESSAGE, &h)
+    };
+    let resp = c.invoke(pull(0), T).await.unwrap();
+    assert_eq!(resp.code(), response_code::SUCCESS);
+    let h: PullMessageResponseHeader = resp.decode_header().unwrap();
+    assert_eq!(h.next_begin_offset, 1);
+
+    // a pull at the end is held, then answered as soon as a message arrives
+    let waiter = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let resp = c.invoke(pull(1), T).await.unwrap();
+            (resp, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "the pull is parked");
+    assert_eq!(
+        c.invoke(send_req("LP", 0, b"second".to_vec()), T)
+            .await
+            .unwrap()
+            .code(),
+        0
+    );
+    let (resp, took) = waiter.await.unwrap();
+    assert_eq!(resp.code(), response_code::SUCCESS);
+    assert!(
+        took < Duration::from_secs(3),
+        "woken by the send, not the timeout: {took:?}"
+    );
+    let msgs = decode_records(resp.body()).unwrap();
+    assert_eq!(&msgs[0].body[..], b"second");
+
+    // no message: PULL_NOT_FOUND after the suspend time, with the four required fields
+    let resp = c.invoke(pull(2), T).await.unwrap();
+    assert_eq!(resp.code(), response_code::PULL_NOT_FOUND);
+    let h: PullMessageResponseHeader = resp.decode_header().unwrap();
+    assert_eq!(h.next_begin_offset, 2);
+    assert_eq!(h.max_offset, 2);
+
+    // offsets: commit, query, max/min
+    let upd = UpdateConsumerOffsetRequestHeader {
+        consumer_group: "lpg".into(),
+        topic: "LP".into(),
+        queue_id: 0,
+        commit_offset: 2,
+        ..UpdateConsumerOffsetRequestHeader::default()
+    };
+    c.invoke_oneway(RemotingCommand::request_with_header(
+        rc::UPDATE_CONSUMER_OFFSET,
+        &upd,
+    ))
+    .await
+    .unwrap();
+    let q = QueryConsumerOffsetRequestHeader {
+        consumer_group: "lpg".into(),
+        topic: "LP".into(),
+        queue_id: 0,
+        ..QueryConsumerOffsetRequestHeader::default()
+    };
+    let started = Instant::now();
+    loop {
+        let resp = c
+            .invoke(
+                RemotingCommand::request_with_header(rc::QUERY_CONSUMER_OFFSET, &q),
+                T,
+            )
+            .await
+            .unwrap();
+        let h: QueryConsumerOffsetResponseHeader = resp.decode_header().unwrap();
+        if h.offset == 2 {
+            break;
+        }
+        assert!(started.elapsed() < T);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
