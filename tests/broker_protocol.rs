@@ -335,3 +335,96 @@ async fn pull_long_polls_until_a_message_arrives() {
     b.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_messages_and_send_back_arrive_after_their_delay() {
+    use rocketmesh_filters::codec::message::{property_keys, Properties};
+    let (b, dir) = start("delay", |_| {}).await;
+    let c = RemotingClient::connect(b.addr, None).await.unwrap();
+    let get = |topic: &'static str| {
+        let c = c.clone();
+        async move {
+            let h = PullMessageRequestHeader {
+                consumer_group: "dg".into(),
+                topic: topic.into(),
+                queue_id: 0,
+                queue_offset: 0,
+                max_msg_nums: 32,
+                sub_version: 0,
+                ..PullMessageRequestHeader::default()
+            };
+            let resp = c
+                .invoke(
+                    RemotingCommand::request_with_header(rc::PULL_MESSAGE, &h),
+                    T,
+                )
+                .await
+                .unwrap();
+            if resp.code() == response_code::SUCCESS {
+                decode_records(resp.body()).unwrap()
+            } else {
+                Vec::new()
+            }
+        }
+    };
+    // DELAY=1 (1 s): not visible at once, visible after the delay
+    let mut props = Properties::default();
+    props.insert(property_keys::DELAY, "1");
+    let mut req = send_req("DelayT", 0, b"later".to_vec());
+    req.ext_mut().insert("i", props.to_wire_string());
+    let sent_at = Instant::now();
+    assert_eq!(
+        c.invoke(req, T).await.unwrap().code(),
+        response_code::SUCCESS
+    );
+    assert!(
+        get("DelayT").await.is_empty(),
+        "delayed message visible too early"
+    );
+    let started = Instant::now();
+    let msgs = loop {
+        let m = get("DelayT").await;
+        if !m.is_empty() {
+            break m;
+        }
+        assert!(started.elapsed() < T, "delayed message never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(sent_at.elapsed() >= Duration::from_millis(900));
+    assert_eq!(&msgs[0].body[..], b"later");
+    assert!(msgs[0].properties.get(property_keys::REAL_TOPIC).is_none());
+
+    // CONSUMER_SEND_MSG_BACK with delay level 1: into %RETRY%<group> with reconsumeTimes 1
+    let back = ConsumerSendMsgBackRequestHeader {
+        offset: msgs[0].commit_log_offset,
+        group: "dg".into(),
+        delay_level: 1,
+        origin_topic: Some("DelayT".into()),
+        ..ConsumerSendMsgBackRequestHeader::default()
+    };
+    let resp = c
+        .invoke(
+            RemotingCommand::request_with_header(rc::CONSUMER_SEND_MSG_BACK, &back),
+            T,
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.code(), response_code::SUCCESS, "{:?}", resp.remark());
+    let started = Instant::now();
+    let retried = loop {
+        let m = get("%RETRY%dg").await;
+        if !m.is_empty() {
+            break m;
+        }
+        assert!(started.elapsed() < T, "retry never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(&retried[0].body[..], b"later");
+    assert_eq!(retried[0].reconsume_times, 1);
+    assert_eq!(
+        retried[0].properties.get(property_keys::RETRY_TOPIC),
+        Some("DelayT")
+    );
+    b.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

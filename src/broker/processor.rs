@@ -253,7 +253,22 @@ async fn send(b: &Arc<Broker>, req: &RemotingCommand, conn: &Arc<Connection>) ->
             header_props,
         ));
     }
-    let results = match b.put(messages).await {
+    // A single message with a DELAY level goes through the schedule topic (batches cannot be
+    // delayed, as in RocketMQ).
+    let delayed = match messages.as_slice() {
+        [m] => super::schedule::requested_level(m),
+        _ => None,
+    };
+    let put = match delayed {
+        Some(level) => {
+            let Some(msg) = messages.pop() else {
+                return error(b, req, code::SYSTEM_ERROR, "no message to send");
+            };
+            b.put_delayed(msg, level).await
+        }
+        None => b.put(messages).await,
+    };
+    let results = match put {
         Ok(r) => r,
         Err(e) => return store_error(b, req, e),
     };
