@@ -11,14 +11,14 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use futures_util::StreamExt;
-use rocketmesh_filters::codec::{CodecError, FrameCodec, RemotingCodec, RemotingCommand};
+use rocketmesh_filters::codec::{
+    CodecError, FrameCodec, FrameLimits, RemotingCodec, RemotingCommand,
+};
 use thiserror::Error;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio_util::codec::{Encoder, FramedRead};
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 /// Default cap on requests in flight on one connection.
@@ -111,8 +111,8 @@ impl RemotingClient {
         addr: SocketAddr,
         inbound: Option<mpsc::Sender<RemotingCommand>>,
     ) -> Self {
-        let (read, mut write) = stream.into_split();
-        let (out, mut out_rx) = mpsc::channel::<RemotingCommand>(WRITE_QUEUE);
+        let (read, write) = stream.into_split();
+        let (out, out_rx) = mpsc::channel::<RemotingCommand>(WRITE_QUEUE);
         let pending: Pending = Arc::default();
         let closed = CancellationToken::new();
         let close_reason: Arc<Mutex<Option<String>>> = Arc::default();
@@ -121,33 +121,11 @@ impl RemotingClient {
         let w_closed = closed.clone();
         let w_reason = close_reason.clone();
         tokio::spawn(async move {
-            let mut codec = RemotingCodec::default();
-            let mut buf = BytesMut::with_capacity(64 * 1024);
-            loop {
-                let first = tokio::select! {
-                    cmd = out_rx.recv() => cmd,
-                    () = w_closed.cancelled() => None,
-                };
-                let Some(first) = first else { break };
-                let mut next = Some(first);
-                while let Some(cmd) = next {
-                    if let Err(e) = codec.encode(&cmd, &mut buf) {
-                        tracing::warn!(%addr, "dropping unencodable command: {e}");
-                    }
-                    next = if buf.len() < 256 * 1024 {
-                        out_rx.try_recv().ok()
-                    } else {
-                        None
-                    };
-                }
-                if let Err(e) = write.write_all(&buf).await {
-                    set_reason(&w_reason, format!("write failed: {e}"));
-                    w_closed.cancel();
-                    break;
-                }
-                buf.clear();
+            if let Some(e) =
+                super::write_loop(write, out_rx, FrameLimits::default(), w_closed).await
+            {
+                set_reason(&w_reason, format!("write failed: {e}"));
             }
-            let _ = write.shutdown().await;
         });
 
         // Reader: complete pending calls, forward peer requests.

@@ -5,6 +5,57 @@ pub mod client;
 pub mod server;
 
 pub use client::{ClientError, RemotingClient};
+
+use bytes::BytesMut;
+use rocketmesh_filters::codec::{FrameLimits, RemotingCodec, RemotingCommand};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+use tokio_util::codec::Encoder;
+use tokio_util::sync::CancellationToken;
+
+/// Largest batch of queued frames written with one `write_all`.
+const WRITE_BATCH: usize = 256 * 1024;
+
+/// Writes queued commands until the queue closes or `closed` fires: everything already queued
+/// is encoded into one buffer and written at once (one syscall for a burst of responses).
+/// Returns why it stopped when a write failed; cancels `closed` then.
+pub(crate) async fn write_loop(
+    mut write: OwnedWriteHalf,
+    mut queue: mpsc::Receiver<RemotingCommand>,
+    limits: FrameLimits,
+    closed: CancellationToken,
+) -> Option<std::io::Error> {
+    let mut codec = RemotingCodec::new(limits);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut failure = None;
+    loop {
+        let first = tokio::select! {
+            c = queue.recv() => c,
+            () = closed.cancelled() => None,
+        };
+        let Some(first) = first else { break };
+        let mut next = Some(first);
+        while let Some(cmd) = next {
+            if let Err(e) = codec.encode(&cmd, &mut buf) {
+                tracing::warn!("dropping a command that cannot be encoded: {e}");
+            }
+            next = if buf.len() < WRITE_BATCH {
+                queue.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if let Err(e) = write.write_all(&buf).await {
+            failure = Some(e);
+            closed.cancel();
+            break;
+        }
+        buf.clear();
+    }
+    let _ = write.shutdown().await;
+    failure
+}
 pub use server::{serve, Connection, Handler, ServerConfig};
 
 #[cfg(test)]

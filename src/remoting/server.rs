@@ -17,16 +17,14 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use futures_util::StreamExt;
 use rocketmesh_filters::codec::codes::response_code;
 use rocketmesh_filters::codec::{
     CodecError, FrameCodec, FrameLimits, RemotingCodec, RemotingCommand, ResponseEncoding,
 };
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio_util::codec::{Encoder, FramedRead};
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 /// Server limits.
@@ -178,8 +176,8 @@ async fn serve_connection<H: Handler>(
 ) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
-    let (read, mut write) = stream.into_split();
-    let (out, mut out_rx) = mpsc::channel::<RemotingCommand>(config.max_in_flight.max(16));
+    let (read, write) = stream.into_split();
+    let (out, out_rx) = mpsc::channel::<RemotingCommand>(config.max_in_flight.max(16));
     let conn = Arc::new(Connection {
         id: CONNECTION_IDS.fetch_add(1, Ordering::Relaxed),
         peer,
@@ -191,35 +189,13 @@ async fn serve_connection<H: Handler>(
     });
     tracing::debug!(conn = conn.id, %peer, "connection opened");
 
-    let w_closed = closed.clone();
-    let writer = tokio::spawn(async move {
-        let mut codec = RemotingCodec::new(config.limits);
-        let mut buf = BytesMut::with_capacity(64 * 1024);
-        loop {
-            let first = tokio::select! {
-                c = out_rx.recv() => c,
-                () = w_closed.cancelled() => None,
-            };
-            let Some(first) = first else { break };
-            let mut next = Some(first);
-            while let Some(cmd) = next {
-                if let Err(e) = codec.encode(&cmd, &mut buf) {
-                    tracing::warn!(%peer, "cannot encode response: {e}");
-                }
-                next = if buf.len() < 256 * 1024 {
-                    out_rx.try_recv().ok()
-                } else {
-                    None
-                };
-            }
-            if let Err(e) = write.write_all(&buf).await {
+    let writer = tokio::spawn({
+        let closed = closed.clone();
+        async move {
+            if let Some(e) = super::write_loop(write, out_rx, config.limits, closed).await {
                 tracing::debug!(%peer, "write failed: {e}");
-                w_closed.cancel();
-                break;
             }
-            buf.clear();
         }
-        let _ = write.shutdown().await;
     });
 
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
