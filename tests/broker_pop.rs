@@ -256,3 +256,53 @@ async fn change_invisible_time_and_batch_ack() {
     b.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pops_never_hand_out_a_message_twice() {
+    let dir = temp_dir("pop-concurrent");
+    let b = broker::start(BrokerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.clone(),
+    ))
+    .await
+    .unwrap();
+    let producer = RemotingClient::connect(b.addr, None).await.unwrap();
+    let topic = "PopConcurrent";
+    let total = 1500;
+    let mut sends = Vec::new();
+    for i in 0..total {
+        let p = producer.clone();
+        sends.push(tokio::spawn(async move {
+            send(&p, topic, &format!("c{i}")).await
+        }));
+    }
+    for s in sends {
+        s.await.unwrap();
+    }
+    let mut poppers = Vec::new();
+    for _ in 0..8 {
+        let c = RemotingClient::connect(b.addr, None).await.unwrap();
+        poppers.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut empty = 0;
+            while empty < 3 {
+                let batch = pop(&c, topic, 60_000, 0).await;
+                if batch.is_empty() {
+                    empty += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                got.extend(batch.iter().map(body));
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for p in poppers {
+        all.extend(p.await.unwrap());
+    }
+    let unique: BTreeSet<_> = all.iter().cloned().collect();
+    assert_eq!(unique.len(), total, "every message popped");
+    assert_eq!(all.len(), total, "{} duplicates", all.len() - unique.len());
+    b.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

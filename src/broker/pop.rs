@@ -13,8 +13,9 @@
 //! * Records are returned as stored; retry records keep their retry topic, from which clients
 //!   derive the handle's retry flag (the Java client resets the topic to the one it asked for).
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -54,6 +55,10 @@ const REVIVE_TICK: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 pub struct PopState {
     counter: AtomicU64,
+    /// Queues being popped right now, by (group, topic, queue): reading a queue's pop position,
+    /// reading messages and advancing the position must not interleave between two pops, or both
+    /// would hand out the same messages.
+    busy: Mutex<HashSet<(String, String, i32)>>,
 }
 
 impl PopState {
@@ -61,7 +66,32 @@ impl PopState {
     pub fn new(_config: &BrokerConfig) -> Self {
         Self {
             counter: AtomicU64::new(0),
+            busy: Mutex::default(),
         }
+    }
+
+    /// Claims a queue for one pop; `None` when another pop holds it (the caller skips the queue,
+    /// as a Java broker does).
+    fn try_lock(&self, group: &str, topic: &str, queue_id: i32) -> Option<QueueLock<'_>> {
+        let key = (group.to_owned(), topic.to_owned(), queue_id);
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        // `then`, not `then_some`: a lock built and dropped on contention would release the
+        // other pop's claim (and deadlock on this mutex).
+        busy.insert(key.clone())
+            .then(|| QueueLock { state: self, key })
+    }
+}
+
+/// A claimed queue; released on drop.
+struct QueueLock<'a> {
+    state: &'a PopState,
+    key: (String, String, i32),
+}
+
+impl Drop for QueueLock<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.state.busy.lock().unwrap_or_else(|e| e.into_inner());
+        busy.remove(&self.key);
     }
 }
 
@@ -313,6 +343,9 @@ fn read_queue(
     records: &mut Vec<Bytes>,
     reads: &mut Vec<QueueRead>,
 ) -> Result<(), StoreError> {
+    let Some(_claim) = b.pop.try_lock(group, topic, queue_id) else {
+        return Ok(());
+    };
     let min = b.min_offset(topic, queue_id);
     let max = b.max_offset(topic, queue_id);
     let start = match b.offsets_query(group, topic, queue_id) {
