@@ -525,6 +525,33 @@ fn produce_and_consume_exactly() {
         "duplicate deliveries with one consumer and no failures"
     );
     println!("first consumer shutdown took {}s", r["shutdown_s"]);
+    // Orderly sends: the sharding key (i % 7) picks the queue, so every message of one key is in
+    // one queue, stored in send order.
+    let mut by_key: BTreeMap<u64, Vec<(u64, i64, i64)>> = BTreeMap::new();
+    for m in received
+        .iter()
+        .filter(|m| s(m, "body").starts_with("first-orderly-"))
+    {
+        let i: u64 = props(m)["idx"].parse().unwrap();
+        let (q, off) = (
+            m["queue_id"].as_i64().unwrap(),
+            m["queue_offset"].as_i64().unwrap(),
+        );
+        by_key.entry(i % 7).or_default().push((i, q, off));
+    }
+    for (key, mut v) in by_key {
+        v.sort();
+        let queues: BTreeSet<i64> = v.iter().map(|x| x.1).collect();
+        assert_eq!(
+            queues.len(),
+            1,
+            "orderly key {key} spread over queues: {v:?}"
+        );
+        assert!(
+            v.windows(2).all(|w| w[0].2 < w[1].2),
+            "orderly key {key} not stored in send order: {v:?}"
+        );
+    }
 
     // 50 more while nobody consumes; a new consumer of the same group gets only those.
     let more = produce(&dir, &b, topic, "second", plan(50, 0, 0, 0.0));
@@ -765,6 +792,46 @@ fn sync_flush_survives_sigkill() {
         bodies.len(),
         recovered.len(),
         "duplicate records after recovery"
+    );
+    let attempted_bodies: BTreeSet<String> =
+        (0..attempted).map(|i| format!("crash-{i:07}")).collect();
+    let foreign: Vec<_> = recovered.difference(&attempted_bodies).collect();
+    assert!(
+        foreign.is_empty(),
+        "recovered records nobody sent: {foreign:?}"
+    );
+
+    // The restarted broker appends after the recovered end: 20 more sends, then everything
+    // (recovered + new) reads back from a second fresh group.
+    let after = produce(&dir, &b2, topic, "after", plan(20, 0, 0, 0.0));
+    let pulled2 = py_run(
+        &dir,
+        "pull_all",
+        &[
+            ("namesrv", b2.namesrv()),
+            ("topic", topic.into()),
+            ("group", "CG_InteropCrashCheck2".into()),
+            ("max_seconds", "60".into()),
+        ],
+        Duration::from_secs(90),
+    );
+    let bodies2: Vec<String> = pulled2["bodies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap().to_owned())
+        .collect();
+    let expected: BTreeSet<String> = recovered
+        .iter()
+        .cloned()
+        .chain(after.iter().map(|m| s(m, "body")))
+        .collect();
+    let got2: BTreeSet<String> = bodies2.iter().cloned().collect();
+    assert_eq!(bodies2.len(), got2.len(), "duplicates after the restart");
+    assert_eq!(
+        got2.symmetric_difference(&expected).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "after the restart: recovered + new sends should read back exactly"
     );
     b2.stop();
     println!("sync_flush_survives_sigkill: {:?}", started.elapsed());
