@@ -16,7 +16,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -80,16 +80,18 @@ fn build_venv() -> Result<PathBuf, String> {
         Command::new(&base).arg("-m").arg("venv").arg(&staging),
         &format!("{base} -m venv {}", staging.display()),
     )?;
-    run(
+    if let Err(e) = run(
         Command::new(staging.join("bin/pip"))
             .args(["install", "-q", "--disable-pip-version-check", SDK_VERSION])
             .arg("--timeout")
             .arg("60"),
         &format!("pip install {SDK_VERSION}"),
-    )?;
-    // The venv's scripts hard-code its path; `python -m` through bin/python works after a rename
-    // because bin/python is a symlink to the base interpreter and pyvenv.cfg is found relative
-    // to it.
+    ) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    // The venv's bin/ scripts (pip...) hard-code the staging path, but bin/python keeps working
+    // after the rename: it finds pyvenv.cfg and site-packages relative to its own location.
     match std::fs::rename(&staging, &venv) {
         Ok(()) => {}
         Err(_) if venv_works(&python) => {
@@ -114,9 +116,8 @@ fn build_venv() -> Result<PathBuf, String> {
 
 /// The venv's python, built on first use. Panics (the test fails) when it cannot be built.
 fn python() -> PathBuf {
+    // get_or_init runs build_venv once; concurrent tests block until it is done.
     static VENV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     match VENV.get_or_init(build_venv) {
         Ok(p) => p.clone(),
         Err(e) => panic!(
@@ -488,6 +489,7 @@ fn consume(
 #[test]
 fn produce_and_consume_exactly() {
     let started = Instant::now();
+    python(); // build the venv (or fail) before starting anything
     let dir = work_dir("exact");
     let b = BrokerProc::start(&dir, "data", "127.0.0.1:0", &[]);
     let topic = "InteropExact";
@@ -591,6 +593,7 @@ fn produce_and_consume_exactly() {
 #[test]
 fn reconsume_later_redelivers_through_retry_topic() {
     let started = Instant::now();
+    python(); // build the venv (or fail) before starting anything
     let dir = work_dir("retry");
     let b = BrokerProc::start(&dir, "data", "127.0.0.1:0", &[]);
     let topic = "InteropRetry";
@@ -699,6 +702,7 @@ fn reconsume_later_redelivers_through_retry_topic() {
 #[test]
 fn sync_flush_survives_sigkill() {
     let started = Instant::now();
+    python(); // build the venv (or fail) before starting anything
     let dir = work_dir("crash");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
