@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""Drives the real Apache RocketMQ C++ client (PyPI rocketmq==0.4.4, librocketmq.so through its
+ctypes API) against a rocketmesh broker, for tests/interop_cpp.rs. Stdlib + rocketmq only.
+Loopback only: the name server address is the broker's own (standalone broker answers routes).
+
+Every mode prints progress lines to stdout and exactly one final line `RESULT <json>`; the caller
+bounds the process with a timeout. The client writes its own logs under $HOME/logs.
+
+Modes (argument 1), options as --key value:
+  produce  --namesrv A --topic T --group G --count N [--oneway N] [--orderly N] [--prefix P]
+           [--interval S]  (sleep S seconds after each send)
+           send N sync messages (keys, TagA/TagB, user properties), then the oneway and orderly ones;
+           RESULT {"sent": [{body, tags, keys, props, kind, status, msg_id, offset}], "errors": [...]}
+  consume  --namesrv A --topic T --group G --expect N [--max-seconds S] [--settle S]
+           [--persist-wait S] [--fail-marker M]
+           push consumer (CLUSTERING, "*"); stops once N distinct bodies were seen and every
+           marked message (body containing M) was seen twice, or at max-seconds; then waits settle
+           (to catch duplicates) and persist-wait (the client commits offsets every 5 s) and shuts
+           down. Messages whose body contains M get RECONSUME_LATER the first time they are seen.
+           Prints `GOT <body>` for every delivery as it happens.
+           RESULT {"received": [{body, topic, tags, keys, props, reconsume_times, retry_topic,
+           msg_id, queue_id, queue_offset, t}], "shutdown_s": ...}
+  produce_until_failure  --namesrv A --topic T --group G [--max N]
+           send sync in a loop; prints `ACK <i>` for every OK send as it happens and stops at the
+           first failure (the broker is killed by the caller). RESULT {"acked": [i...],
+           "attempted": n, "error": "..."}
+  pull_all --namesrv A --topic T --group G [--max-seconds S]
+           PullConsumer: every queue of T from offset 0 to the end. RESULT {"bodies": [...]}
+"""
+import json
+import os
+import sys
+import threading
+import time
+
+from rocketmq.client import Message, Producer, PushConsumer, PullConsumer, SendStatus
+from rocketmq.ffi import dll, _CConsumeStatus
+
+PROP_NAMES = ('idx', 'color', 'run')
+
+
+def opts(argv):
+    o = {}
+    for i in range(0, len(argv), 2):
+        o[argv[i].lstrip('-').replace('-', '_')] = argv[i + 1]
+    return o
+
+
+def s(v):
+    if v is None:
+        return None
+    if isinstance(v, bytes):
+        return v.decode('utf-8', 'replace')
+    return v
+
+
+def result(obj):
+    sys.stdout.write('RESULT ' + json.dumps(obj) + '\n')
+    sys.stdout.flush()
+
+
+def make(topic, body, tags, keys, props):
+    m = Message(topic)
+    m.set_keys(keys)
+    m.set_tags(tags)
+    for k, v in props.items():
+        m.set_property(k, v)
+    m.set_body(body)
+    return m
+
+
+def producer(o):
+    p = Producer(o['group'], timeout=int(o.get('timeout_ms', 3000)))
+    p.set_namesrv_addr(o['namesrv'])
+    p.start()
+    return p
+
+
+def produce(o):
+    topic = o['topic']
+    prefix = o.get('prefix', 'm')
+    n, n_oneway, n_orderly = int(o['count']), int(o.get('oneway', 0)), int(o.get('orderly', 0))
+    p = producer(o)
+    sent, errors = [], []
+    interval = float(o.get('interval', 0))
+    plan = ([('sync', i) for i in range(n)] + [('oneway', i) for i in range(n_oneway)]
+            + [('orderly', i) for i in range(n_orderly)])
+    for kind, i in plan:
+        body = '%s-%s-%05d' % (prefix, kind, i)
+        tags = 'TagA' if i % 3 else 'TagB'
+        keys = 'k-%s-%s-%d k2-%d' % (prefix, kind, i, i)
+        props = {'idx': str(i), 'color': ('red', 'green', 'blue')[i % 3], 'run': prefix}
+        rec = {'body': body, 'tags': tags, 'keys': keys, 'props': props, 'kind': kind}
+        try:
+            m = make(topic, body, tags, keys, props)
+            if kind == 'sync':
+                r = p.send_sync(m)
+            elif kind == 'oneway':
+                p.send_oneway(m)
+                r = None
+            else:
+                r = p.send_orderly(m, i % 7)
+            if r is not None:
+                rec.update(status=SendStatus(r.status).name, msg_id=r.msg_id, offset=r.offset)
+            sent.append(rec)
+            if interval:
+                time.sleep(interval)
+        except Exception as e:  # recorded, the caller asserts there are none
+            errors.append('%s: %r' % (body, e))
+    time.sleep(0.5)  # let oneway sends leave the socket before shutdown
+    p.shutdown()
+    result({'sent': sent, 'errors': errors})
+
+
+def consume(o):
+    expect = int(o['expect'])
+    max_s = float(o.get('max_seconds', 60))
+    settle = float(o.get('settle', 2))
+    persist_wait = float(o.get('persist_wait', 0))
+    marker = o.get('fail_marker', '').encode() or None
+    lock = threading.Lock()
+    received, seen = [], {}
+    done = threading.Event()
+    t0 = time.time()
+
+    def complete():
+        if len(seen) < expect:
+            return False
+        if marker:
+            return all(n >= 2 for b, n in seen.items() if marker in b)
+        return True
+
+    def on_message(_consumer, cmsg):
+        body = dll.GetMessageBody(cmsg) or b''
+        rec = {
+            'body': s(body),
+            'topic': s(dll.GetMessageTopic(cmsg)),
+            'tags': s(dll.GetMessageTags(cmsg)),
+            'keys': s(dll.GetMessageKeys(cmsg)),
+            'props': {k: s(dll.GetMessageProperty(cmsg, k.encode())) for k in PROP_NAMES},
+            'reconsume_times': dll.GetMessageReconsumeTimes(cmsg),
+            'retry_topic': s(dll.GetMessageProperty(cmsg, b'RETRY_TOPIC')),
+            'msg_id': s(dll.GetMessageId(cmsg)),
+            'queue_id': dll.GetMessageQueueId(cmsg),
+            'queue_offset': dll.GetMessageQueueOffset(cmsg),
+            't': round(time.time() - t0, 3),
+        }
+        with lock:
+            n = seen.get(body, 0)
+            seen[body] = n + 1
+            fail = bool(marker and marker in body and n == 0)
+            rec['status'] = 'RECONSUME_LATER' if fail else 'CONSUME_SUCCESS'
+            received.append(rec)
+            if complete():
+                done.set()
+            # One write under the lock: print() from two client threads can interleave lines.
+            sys.stdout.write('GOT %s\n' % rec['body'])
+            sys.stdout.flush()
+        if fail:
+            return _CConsumeStatus.RECONSUME_LATER.value
+        return _CConsumeStatus.CONSUME_SUCCESS.value
+
+    c = PushConsumer(o['group'])
+    c.set_namesrv_addr(o['namesrv'])
+    c.set_thread_count(2)
+    c.set_message_batch_max_size(1)
+    from rocketmq.exceptions import ffi_check
+    ffi_check(dll.Subscribe(c._handle, o['topic'].encode(), b'*'))
+    c._register_callback(on_message)
+    c.start()
+    print('consumer started', flush=True)
+    done.wait(max_s)
+    completed = done.is_set()
+    print('consumer complete=%s after %.1fs' % (completed, time.time() - t0), flush=True)
+    time.sleep(settle)
+    time.sleep(persist_wait)
+    ts = time.time()
+    c.shutdown()
+    shutdown_s = time.time() - ts
+    with lock:
+        out = list(received)
+    result({'received': out, 'completed': completed, 'shutdown_s': round(shutdown_s, 3)})
+
+
+def produce_until_failure(o):
+    p = producer(o)
+    acked, attempted, error = [], 0, None
+    limit = int(o.get('max', 1000000))
+    for i in range(limit):
+        attempted += 1
+        try:
+            r = p.send_sync(make(o['topic'], 'crash-%07d' % i, 'TagA', 'crash-%d' % i,
+                                 {'idx': str(i)}))
+        except Exception as e:
+            error = repr(e)
+            break
+        if r.status != SendStatus.OK:
+            error = 'status %s' % r.status
+            break
+        acked.append(i)
+        print('ACK %d' % i, flush=True)
+    result({'acked': acked, 'attempted': attempted, 'error': error})
+    sys.stdout.flush()
+    os._exit(0)  # the broker is dead: skip the client's shutdown (it would retry unregistering)
+
+
+def pull_all(o):
+    pc = PullConsumer(o['group'])
+    pc.set_namesrv_addr(o['namesrv'])
+    pc.start()
+    deadline = time.time() + float(o.get('max_seconds', 30))
+    bodies = []
+    for m in pc.pull(o['topic'], '*', 32):
+        bodies.append(s(m.body))
+        if time.time() > deadline:
+            break
+    pc.shutdown()
+    result({'bodies': bodies, 'timed_out': time.time() > deadline})
+
+
+if __name__ == '__main__':
+    mode = sys.argv[1]
+    o = opts(sys.argv[2:])
+    {'produce': produce, 'consume': consume, 'produce_until_failure': produce_until_failure,
+     'pull_all': pull_all}[mode](o)
+    sys.stdout.flush()
+    os._exit(0)  # skip ctypes destructors calling shutdown a second time
