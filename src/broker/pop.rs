@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rocketmesh_filters::codec::body::{perm, BatchAckMessageRequestBody, SubscriptionData};
+use rocketmesh_filters::codec::body::{BatchAckMessageRequestBody, SubscriptionData};
 use rocketmesh_filters::codec::codes::response_code as code;
 use rocketmesh_filters::codec::headers::{
     AckMessageRequestHeader, ChangeInvisibleTimeRequestHeader, ChangeInvisibleTimeResponseHeader,
@@ -34,7 +34,9 @@ use rocketmesh_filters::codec::RemotingCommand;
 use tokio_util::sync::CancellationToken;
 
 use super::long_poll::ANY_QUEUE;
-use super::processor::{concat, error, header, reply, tag_filter, DEFAULT_MAX_RECONSUME_TIMES};
+use super::processor::{
+    concat, error, header, readable_topic, reply, tag_filter, DEFAULT_MAX_RECONSUME_TIMES,
+};
 use super::store::{GetStatus, PopCheckpoint, PopKey, StoreError};
 use super::{Broker, BrokerConfig};
 
@@ -126,22 +128,10 @@ pub(crate) async fn pop(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingComma
             ),
         );
     }
-    let Some(cfg) = b.topics.get(&h.topic) else {
-        return error(
-            b,
-            req,
-            code::TOPIC_NOT_EXIST,
-            format!("topic[{}] not exist, apply first please!", h.topic),
-        );
+    let cfg = match readable_topic(b, req, &h.topic) {
+        Ok(cfg) => cfg,
+        Err(resp) => return resp,
     };
-    if !perm::is_readable(cfg.perm) {
-        return error(
-            b,
-            req,
-            code::NO_PERMISSION,
-            format!("the topic[{}] peeking message is forbidden", h.topic),
-        );
-    }
     if h.queue_id >= cfg.read_queue_nums {
         return error(
             b,
@@ -394,36 +384,47 @@ fn key_of(handle: &PopHandle, group: &str, real_topic: &str) -> PopKey {
     }
 }
 
+/// The pop handle of an ack or change-invisible request, checked: `extraInfo` parses and the
+/// offset lies in the queue. Otherwise the error response (INVALID_PARAMETER or NO_MESSAGE).
+// The error is the finished response, returned straight to the client.
+#[allow(clippy::result_large_err)]
+fn checked_handle(
+    b: &Broker,
+    req: &RemotingCommand,
+    extra_info: &str,
+    topic: &str,
+    queue_id: i32,
+    offset: i64,
+) -> Result<PopHandle, RemotingCommand> {
+    let handle = PopHandle::parse(extra_info).map_err(|e| {
+        error(
+            b,
+            req,
+            code::INVALID_PARAMETER,
+            format!("bad extraInfo: {e}"),
+        )
+    })?;
+    if offset < b.min_offset(topic, queue_id) || offset >= b.max_offset(topic, queue_id) {
+        return Err(error(
+            b,
+            req,
+            code::NO_MESSAGE,
+            format!("offset {offset} is out of range of {topic}:{queue_id}"),
+        ));
+    }
+    Ok(handle)
+}
+
 /// ACK_MESSAGE.
 pub(crate) fn ack(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
     let h: AckMessageRequestHeader = match header(b, req, code::INVALID_PARAMETER) {
         Ok(h) => h,
         Err(resp) => return resp,
     };
-    let handle = match PopHandle::parse(&h.extra_info) {
+    let handle = match checked_handle(b, req, &h.extra_info, &h.topic, h.queue_id, h.offset) {
         Ok(handle) => handle,
-        Err(e) => {
-            return error(
-                b,
-                req,
-                code::INVALID_PARAMETER,
-                format!("bad extraInfo: {e}"),
-            )
-        }
+        Err(resp) => return resp,
     };
-    if h.offset < b.min_offset(&h.topic, h.queue_id)
-        || h.offset >= b.max_offset(&h.topic, h.queue_id)
-    {
-        return error(
-            b,
-            req,
-            code::NO_MESSAGE,
-            format!(
-                "offset {} is out of range of {}:{}",
-                h.offset, h.topic, h.queue_id
-            ),
-        );
-    }
     match b
         .store
         .pop()
@@ -472,30 +473,10 @@ pub(crate) fn change_invisible(b: &Broker, req: &RemotingCommand) -> RemotingCom
         Ok(h) => h,
         Err(resp) => return resp,
     };
-    let handle = match PopHandle::parse(&h.extra_info) {
+    let handle = match checked_handle(b, req, &h.extra_info, &h.topic, h.queue_id, h.offset) {
         Ok(handle) => handle,
-        Err(e) => {
-            return error(
-                b,
-                req,
-                code::INVALID_PARAMETER,
-                format!("bad extraInfo: {e}"),
-            )
-        }
+        Err(resp) => return resp,
     };
-    if h.offset < b.min_offset(&h.topic, h.queue_id)
-        || h.offset >= b.max_offset(&h.topic, h.queue_id)
-    {
-        return error(
-            b,
-            req,
-            code::NO_MESSAGE,
-            format!(
-                "offset {} is out of range of {}:{}",
-                h.offset, h.topic, h.queue_id
-            ),
-        );
-    }
     let now = now_ms();
     let invisible = h.invisible_time.clamp(0, MAX_INVISIBLE);
     let key = key_of(&handle, &h.consumer_group, &h.topic);

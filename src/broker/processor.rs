@@ -309,27 +309,42 @@ pub(crate) fn tag_filter(sub: Option<&SubscriptionData>) -> Option<Vec<i64>> {
     Some(sub.code_set.iter().map(|c| i64::from(*c)).collect())
 }
 
+/// The config of a topic a consumer reads: TOPIC_NOT_EXIST or NO_PERMISSION otherwise.
+// The error is the finished response, returned straight to the client.
+#[allow(clippy::result_large_err)]
+pub(crate) fn readable_topic(
+    b: &Broker,
+    req: &RemotingCommand,
+    topic: &str,
+) -> Result<TopicConfig, RemotingCommand> {
+    let Some(cfg) = b.topics.get(topic) else {
+        return Err(error(
+            b,
+            req,
+            code::TOPIC_NOT_EXIST,
+            format!("topic[{topic}] not exist, apply first please!"),
+        ));
+    };
+    if !perm::is_readable(cfg.perm) {
+        return Err(error(
+            b,
+            req,
+            code::NO_PERMISSION,
+            format!("the topic[{topic}] reading is forbidden"),
+        ));
+    }
+    Ok(cfg)
+}
+
 async fn pull(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingCommand {
     let h: PullMessageRequestHeader = match header(b, req, code::SYSTEM_ERROR) {
         Ok(h) => h,
         Err(resp) => return resp,
     };
-    let Some(cfg) = b.topics.get(&h.topic) else {
-        return error(
-            b,
-            req,
-            code::TOPIC_NOT_EXIST,
-            format!("topic[{}] not exist, apply first please!", h.topic),
-        );
+    let cfg = match readable_topic(b, req, &h.topic) {
+        Ok(cfg) => cfg,
+        Err(resp) => return resp,
     };
-    if !perm::is_readable(cfg.perm) {
-        return error(
-            b,
-            req,
-            code::NO_PERMISSION,
-            format!("the topic[{}] pulling message is forbidden", h.topic),
-        );
-    }
     if h.queue_id < 0 || h.queue_id >= cfg.read_queue_nums {
         return error(
             b,
