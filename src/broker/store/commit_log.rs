@@ -29,7 +29,7 @@ use rocketmesh_filters::codec::message::{
 use tracing::{debug, error, warn};
 
 use super::error::{IoContext, Result, StoreError};
-use super::util::{create_dir_all, now_ms, parse_segment_file_name, segment_file_name, sync_dir};
+use super::util::{create_dir_all, now_ms, open_segment_files, segment_file_name, sync_dir};
 
 /// Default segment size: 64 MiB.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
@@ -227,50 +227,17 @@ impl CommitLog {
             )));
         }
         create_dir_all(&dir)?;
-        let mut bases = Vec::new();
-        for entry in fs::read_dir(&dir).at(&dir)? {
-            let entry = entry.at(&dir)?;
-            let name = entry.file_name();
-            match name.to_str().and_then(parse_segment_file_name) {
-                Some(base) => bases.push(base),
-                None => debug!(file = ?name, "ignoring non-segment file in commit log directory"),
-            }
-        }
-        bases.sort_unstable();
-        let mut segments = Vec::with_capacity(bases.len());
-        for (i, &base) in bases.iter().enumerate() {
-            let path = dir.join(segment_file_name(base));
-            if base % segment_size != 0 {
-                return Err(StoreError::corrupt(
-                    &path,
-                    0,
-                    format!("segment base is not a multiple of the segment size {segment_size}"),
-                ));
-            }
-            if i > 0 && base != bases[i - 1] + segment_size {
-                return Err(StoreError::corrupt(
-                    &path,
-                    0,
-                    "commit log segments are not contiguous (a segment is missing)",
-                ));
-            }
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .at(&path)?;
-            let len = file.metadata().at(&path)?.len();
-            if len > segment_size {
-                return Err(StoreError::corrupt(
-                    &path,
-                    segment_size,
-                    format!(
-                        "segment file is {len} bytes, longer than the segment size {segment_size}"
-                    ),
-                ));
-            }
-            segments.push(Arc::new(Segment { base, path, file }));
-        }
+        let segments: Vec<Arc<Segment>> =
+            open_segment_files(&dir, segment_size, segment_size, "commit log")?
+                .into_iter()
+                .map(|f| {
+                    Arc::new(Segment {
+                        base: f.base,
+                        path: f.path,
+                        file: f.file,
+                    })
+                })
+                .collect();
         let end = match segments.last() {
             Some(s) => s.base + s.file.metadata().at(&s.path)?.len(),
             None => 0,

@@ -17,11 +17,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tracing::{debug, warn};
+use tracing::warn;
 
 use super::error::{IoContext, Result, StoreError};
 use super::util::{
-    create_dir_all, parse_segment_file_name, segment_file_name, sync_dir, validate_topic,
+    create_dir_all, open_segment_files, segment_file_name, sync_dir, validate_topic,
 };
 
 /// Size of one consume queue entry.
@@ -145,56 +145,24 @@ impl ConsumeQueue {
         }
         let dir = Self::queue_dir(root, topic, queue_id);
         let seg_bytes = per_segment * CQ_ENTRY_SIZE;
-        let mut starts = Vec::new();
-        for entry in fs::read_dir(&dir).at(&dir)? {
-            let entry = entry.at(&dir)?;
-            let name = entry.file_name();
-            match name.to_str().and_then(parse_segment_file_name) {
-                Some(s) => starts.push(s),
-                None => debug!(file = ?name, "ignoring non-segment file in consume queue"),
-            }
-        }
-        starts.sort_unstable();
-        let mut segments = Vec::with_capacity(starts.len());
-        let mut lens = Vec::with_capacity(starts.len());
-        for (i, &start) in starts.iter().enumerate() {
-            let path = dir.join(segment_file_name(start));
-            if start % per_segment != 0 {
+        let files = open_segment_files(&dir, per_segment, seg_bytes, "consume queue")?;
+        let count = files.len();
+        let mut segments = Vec::with_capacity(count);
+        let mut lens = Vec::with_capacity(count);
+        for (i, f) in files.into_iter().enumerate() {
+            if i + 1 < count && f.len != seg_bytes {
                 return Err(StoreError::corrupt(
-                    &path,
-                    0,
-                    "consume queue file start is not a multiple of the entries per file",
-                ));
-            }
-            if i > 0 && start != starts[i - 1] + per_segment {
-                return Err(StoreError::corrupt(
-                    &path,
-                    0,
-                    "consume queue files are not contiguous",
-                ));
-            }
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .at(&path)?;
-            let len = file.metadata().at(&path)?.len();
-            if len > seg_bytes {
-                return Err(StoreError::corrupt(
-                    &path,
-                    seg_bytes,
-                    "consume queue file longer than a segment",
-                ));
-            }
-            if i + 1 < starts.len() && len != seg_bytes {
-                return Err(StoreError::corrupt(
-                    &path,
-                    len,
+                    &f.path,
+                    f.len,
                     "consume queue file before the last one is not full",
                 ));
             }
-            lens.push(len);
-            segments.push(Arc::new(CqSegment { start, path, file }));
+            lens.push(f.len);
+            segments.push(Arc::new(CqSegment {
+                start: f.base,
+                path: f.path,
+                file: f.file,
+            }));
         }
         let min = segments.first().map_or(0, |s| s.start);
         let mut max = match (segments.last(), lens.last()) {

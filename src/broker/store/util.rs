@@ -119,3 +119,77 @@ pub fn read_bounded(path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
     }
     fs::read(path).map(Some).at(path)
 }
+
+/// One numbered segment file of a segmented log, opened for reading and writing.
+#[derive(Debug)]
+pub struct SegmentFile {
+    /// First unit (byte offset or entry index) the file holds; its name.
+    pub base: u64,
+    /// Path of the file.
+    pub path: PathBuf,
+    /// The open file.
+    pub file: File,
+    /// Its length in bytes.
+    pub len: u64,
+}
+
+/// Lists and opens the segment files of `dir` (20-digit names; other names are ignored), in
+/// order, checking that every base is a multiple of `unit`, that they are contiguous, and that no
+/// file is longer than `max_len` bytes. `what` names the log in errors.
+pub fn open_segment_files(
+    dir: &Path,
+    unit: u64,
+    max_len: u64,
+    what: &str,
+) -> Result<Vec<SegmentFile>> {
+    let mut bases = Vec::new();
+    for entry in fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let name = entry.file_name();
+        match name.to_str().and_then(parse_segment_file_name) {
+            Some(base) => bases.push(base),
+            None => {
+                tracing::debug!(file = ?name, "ignoring non-segment file in the {what} directory")
+            }
+        }
+    }
+    bases.sort_unstable();
+    let mut out: Vec<SegmentFile> = Vec::with_capacity(bases.len());
+    for base in bases {
+        let path = dir.join(segment_file_name(base));
+        if base % unit != 0 {
+            return Err(StoreError::corrupt(
+                &path,
+                0,
+                format!("{what} segment name is not a multiple of {unit}"),
+            ));
+        }
+        if out.last().is_some_and(|prev| base != prev.base + unit) {
+            return Err(StoreError::corrupt(
+                &path,
+                0,
+                format!("{what} segments are not contiguous (a segment is missing)"),
+            ));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .at(&path)?;
+        let len = file.metadata().at(&path)?.len();
+        if len > max_len {
+            return Err(StoreError::corrupt(
+                &path,
+                max_len,
+                format!("{what} segment file is {len} bytes, longer than a segment ({max_len})"),
+            ));
+        }
+        out.push(SegmentFile {
+            base,
+            path,
+            file,
+            len,
+        });
+    }
+    Ok(out)
+}
