@@ -31,7 +31,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use self::clients::ClientTable;
-use self::long_poll::ArrivalHub;
 use self::store::{FlushMode, GetResult, MessageStore, PutResult, StoreConfig, StoreError};
 use self::topics::TopicTable;
 use crate::remoting::{serve, ServerConfig};
@@ -98,7 +97,6 @@ pub struct Broker {
     pub(crate) store: Arc<MessageStore>,
     pub(crate) topics: TopicTable,
     pub(crate) clients: ClientTable,
-    pub(crate) arrivals: ArrivalHub,
     pub(crate) pop: pop::PopState,
 }
 
@@ -167,7 +165,6 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         store,
         topics,
         clients: ClientTable::new(),
-        arrivals: ArrivalHub::new(),
     });
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
@@ -243,17 +240,12 @@ impl Broker {
     }
 
     /// Appends messages (one lock hold for a batch); in sync-flush mode returns only after the
-    /// fsync that covers them. Wakes parked pulls and pops.
+    /// fsync that covers them. The store wakes parked pulls and pops.
     pub(crate) async fn put(
         &self,
         messages: Vec<MessageExt>,
     ) -> Result<Vec<PutResult>, StoreError> {
         let store = self.store.clone();
-        let mut targets: Vec<(String, i32)> = messages
-            .iter()
-            .map(|m| (m.topic.clone(), m.queue_id))
-            .collect();
-        targets.dedup();
         let results = tokio::task::spawn_blocking(move || store.put_batch(messages))
             .await
             .map_err(|e| StoreError::Internal(format!("append task failed: {e}")))??;
@@ -261,9 +253,6 @@ impl Broker {
             if let Some(end) = results.iter().map(|r| r.end_offset()).max() {
                 self.store.wait_durable(end).await?;
             }
-        }
-        for (topic, queue_id) in &targets {
-            self.arrivals.arrived(topic, *queue_id);
         }
         Ok(results)
     }

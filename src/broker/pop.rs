@@ -161,7 +161,7 @@ pub(crate) async fn pop(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingComma
     let poll = Duration::from_millis(h.poll_time.max(0) as u64).min(MAX_POLL);
     let deadline = Instant::now() + poll;
     loop {
-        let topic_waiter = b.arrivals.waiter(
+        let topic_waiter = b.store.arrivals().waiter(
             &h.topic,
             if h.queue_id < 0 {
                 ANY_QUEUE
@@ -169,7 +169,7 @@ pub(crate) async fn pop(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingComma
                 h.queue_id
             },
         );
-        let retry_waiter = b.arrivals.waiter(&retry_topic, ANY_QUEUE);
+        let retry_waiter = b.store.arrivals().waiter(&retry_topic, ANY_QUEUE);
         let (t, r) = (topic_waiter.notified(), retry_waiter.notified());
         tokio::pin!(t, r);
         t.as_mut().enable();

@@ -387,7 +387,7 @@ async fn pull(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingCommand {
     let deadline = Instant::now() + suspend;
     loop {
         // Register for arrivals before looking, so nothing slips between look and wait.
-        let notify = b.arrivals.waiter(&h.topic, h.queue_id);
+        let notify = b.store.arrivals().waiter(&h.topic, h.queue_id);
         let notified = notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();

@@ -35,7 +35,7 @@ pub mod util;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,7 +46,9 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use rocketmesh_filters::codec::message::record::store_timestamp_position;
 use rocketmesh_filters::codec::message::{MessageExt, RecordView};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
+
+use super::long_poll::ArrivalHub;
 use tracing::{error, info, warn};
 
 pub use checkpoint::StoreCheckpoint;
@@ -107,8 +109,6 @@ pub struct StoreConfig {
     pub max_pop_checkpoints: usize,
     /// Pop checkpoint log lines before compaction is considered (default 10 000).
     pub pop_log_compact_threshold: usize,
-    /// Capacity of the arrival broadcast channel (default 1024).
-    pub arrival_channel_capacity: usize,
 }
 
 impl StoreConfig {
@@ -123,7 +123,6 @@ impl StoreConfig {
             offsets_persist_interval: Duration::from_secs(5),
             max_pop_checkpoints: 100_000,
             pop_log_compact_threshold: 10_000,
-            arrival_channel_capacity: 1024,
         }
     }
 
@@ -136,9 +135,6 @@ impl StoreConfig {
         }
         if self.offsets_persist_interval.is_zero() {
             return bad("offsets persist interval must not be zero".into());
-        }
-        if self.arrival_channel_capacity == 0 {
-            return bad("arrival channel capacity must not be zero".into());
         }
         if self.max_message_size == 0 || self.max_message_size > i32::MAX as usize {
             return bad(format!(
@@ -222,17 +218,6 @@ impl GetResult {
     }
 }
 
-/// A message arrival, broadcast after each put (one per queue written).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Arrival {
-    /// Topic.
-    pub topic: String,
-    /// Queue id.
-    pub queue_id: i32,
-    /// The queue's new max offset.
-    pub max_offset: i64,
-}
-
 /// Counters of the store.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -304,7 +289,7 @@ pub struct MessageStore {
     offsets: OffsetStore,
     pop: PopStore,
     durable_tx: watch::Sender<Durable>,
-    arrivals: broadcast::Sender<Arrival>,
+    arrivals: ArrivalHub,
     signal: Arc<FlushSignal>,
     flush_thread: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
@@ -492,7 +477,6 @@ impl MessageStore {
             failed: false,
             stopped: false,
         });
-        let (arrivals, _) = broadcast::channel(config.arrival_channel_capacity);
         let store = Arc::new(Self {
             commit_log,
             cq_root,
@@ -506,7 +490,7 @@ impl MessageStore {
             offsets,
             pop,
             durable_tx,
-            arrivals,
+            arrivals: ArrivalHub::new(),
             signal: Arc::new(FlushSignal::default()),
             flush_thread: Mutex::new(None),
             closed: AtomicBool::new(false),
@@ -791,16 +775,13 @@ impl MessageStore {
             f.pending = true;
             self.signal.cv.notify_one();
         }
-        let mut notified = HashSet::new();
+        // Wake parked pulls and pops once per queue written (a batch writes one queue).
+        let mut last: Option<(&str, i32)> = None;
         for m in &msgs {
-            if notified.insert((m.topic.as_str(), m.queue_id)) {
-                if let Some((q, _)) = next.get(&(m.topic.clone(), m.queue_id)) {
-                    let _ = self.arrivals.send(Arrival {
-                        topic: m.topic.clone(),
-                        queue_id: m.queue_id,
-                        max_offset: q.max_offset() as i64,
-                    });
-                }
+            let target = (m.topic.as_str(), m.queue_id);
+            if last != Some(target) {
+                self.arrivals.arrived(target.0, target.1);
+                last = Some(target);
             }
         }
         Ok(results)
@@ -938,13 +919,10 @@ impl MessageStore {
         r1.and(r2)
     }
 
-    /// Subscribes to message arrivals: one [`Arrival`] per queue written by each put, sent
-    /// after the write (before it is durable). Long polling parks requests and re-runs
-    /// `get_messages` when an arrival for its queue comes. A receiver that falls behind gets
-    /// `RecvError::Lagged`: treat that as "anything may have arrived" and re-check every
-    /// parked request.
-    pub fn subscribe_arrivals(&self) -> broadcast::Receiver<Arrival> {
-        self.arrivals.subscribe()
+    /// The hub that wakes requests parked until a message arrives on a queue; every put
+    /// signals it once per queue written.
+    pub fn arrivals(&self) -> &ArrivalHub {
+        &self.arrivals
     }
 
     /// The max offset of a queue (next offset to be written; 0 when the queue does not exist).

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use rocketmesh_filters::codec::body::java_string_hash;
 use rocketmesh_filters::codec::message::{
     decode_records, property_keys, MessageExt, Properties, BLANK_MAGIC_CODE,
@@ -181,7 +182,15 @@ fn put_get_round_trip() {
 fn batch_put_and_arrivals() {
     let d = TestDir::new("batch");
     let store = MessageStore::open(small_config(d.path())).unwrap();
-    let mut rx = store.subscribe_arrivals();
+    // Parked requests of queue T/0 are woken by the put; those of T/1 are not.
+    let (on_q0, on_q1) = (
+        store.arrivals().waiter("T", 0),
+        store.arrivals().waiter("T", 1),
+    );
+    let mut woken = std::pin::pin!(on_q0.notified());
+    let mut untouched = std::pin::pin!(on_q1.notified());
+    woken.as_mut().enable();
+    untouched.as_mut().enable();
     store.put(msg("T", 0, b"first", None)).unwrap();
     let batch: Vec<MessageExt> = (0..30).map(|i| msg("T", 0, &body(i, 200), None)).collect();
     let rs = store.put_batch(batch).unwrap();
@@ -189,16 +198,8 @@ fn batch_put_and_arrivals() {
     assert_eq!(offsets, (1..31).collect::<Vec<i64>>());
     // 30 * ~300 bytes crosses 4 KiB segments.
     assert!(rs.last().unwrap().commit_log_offset > 4096);
-    let a = rx.try_recv().unwrap();
-    assert_eq!(
-        a,
-        Arrival {
-            topic: "T".into(),
-            queue_id: 0,
-            max_offset: 1
-        }
-    );
-    assert_eq!(rx.try_recv().unwrap().max_offset, 31);
+    assert!(woken.as_mut().now_or_never().is_some(), "put woke T/0");
+    assert!(untouched.as_mut().now_or_never().is_none(), "T/1 not woken");
     let got = pull_all(&store, "T", 0);
     assert_eq!(got.len(), 31);
     assert_eq!(got[5].body.as_ref(), body(4, 200).as_slice());
