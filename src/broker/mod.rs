@@ -124,11 +124,6 @@ impl BrokerHandle {
             tracing::error!("store shutdown failed: {e}");
         }
     }
-
-    /// Waits until the broker stops (it stops only on shutdown).
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
 }
 
 /// Opens the store and starts serving.
@@ -160,7 +155,7 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         topics.ensure(t, 4)?;
     }
     let broker = Arc::new(Broker {
-        pop: pop::PopState::new(&config),
+        pop: pop::PopState::default(),
         config,
         store,
         topics,

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rocketmesh_filters::codec::body::{BatchAckMessageRequestBody, SubscriptionData};
+use rocketmesh_filters::codec::body::BatchAckMessageRequestBody;
 use rocketmesh_filters::codec::codes::response_code as code;
 use rocketmesh_filters::codec::headers::{
     AckMessageRequestHeader, ChangeInvisibleTimeRequestHeader, ChangeInvisibleTimeResponseHeader,
@@ -35,10 +35,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::long_poll::ANY_QUEUE;
 use super::processor::{
-    concat, error, header, readable_topic, reply, tag_filter, DEFAULT_MAX_RECONSUME_TIMES,
+    concat, error, header, readable_topic, reply, tag_filter, tag_subscription,
+    DEFAULT_MAX_RECONSUME_TIMES,
 };
 use super::store::{GetStatus, PopCheckpoint, PopKey, StoreError};
-use super::{Broker, BrokerConfig};
+use super::Broker;
 
 /// Number of revive queues (only reported in handles, as `reviveQid`).
 pub const REVIVE_QUEUES: u64 = 8;
@@ -54,7 +55,7 @@ const RETRY_FIRST_PERCENT: u64 = 20;
 const REVIVE_TICK: Duration = Duration::from_millis(500);
 
 /// Per-broker Pop state that is not persisted.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct PopState {
     counter: AtomicU64,
     /// Queues being popped right now, by (group, topic, queue): reading a queue's pop position,
@@ -64,14 +65,6 @@ pub struct PopState {
 }
 
 impl PopState {
-    /// New state.
-    pub fn new(_config: &BrokerConfig) -> Self {
-        Self {
-            counter: AtomicU64::new(0),
-            busy: Mutex::default(),
-        }
-    }
-
     /// Claims a queue for one pop; `None` when another pop holds it (the caller skips the queue,
     /// as a Java broker does).
     fn try_lock(&self, group: &str, topic: &str, queue_id: i32) -> Option<QueueLock<'_>> {
@@ -143,19 +136,12 @@ pub(crate) async fn pop(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingComma
             ),
         );
     }
-    if h.exp_type
-        .as_deref()
-        .is_some_and(|t| !t.eq_ignore_ascii_case("TAG"))
-    {
-        return error(
-            b,
-            req,
-            code::SUBSCRIPTION_PARSE_FAILED,
-            "only TAG expressions are supported by this broker",
-        );
-    }
+    let expr = h.exp.as_deref().unwrap_or("*");
+    let sub = match tag_subscription(b, req, &h.topic, h.exp_type.as_deref(), expr) {
+        Ok(sub) => sub,
+        Err(resp) => return resp,
+    };
     let invisible = h.invisible_time.clamp(MIN_INVISIBLE, MAX_INVISIBLE);
-    let sub = SubscriptionData::from_expression(&h.topic, h.exp.as_deref().unwrap_or("*"));
     let filter = tag_filter(Some(&sub));
     let retry_topic = pop_retry_topic_v1(&h.consumer_group, &h.topic);
     let poll = Duration::from_millis(h.poll_time.max(0) as u64).min(MAX_POLL);

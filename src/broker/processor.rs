@@ -133,7 +133,7 @@ async fn send(b: &Arc<Broker>, req: &RemotingCommand, conn: &Arc<Connection>) ->
         Ok(h) => h,
         Err(e) => return error(b, req, code::MESSAGE_ILLEGAL, e.to_string()),
     };
-    let mut topic_cfg =
+    let topic_cfg =
         match b
             .topics
             .for_send(&h.topic, Some(&h.default_topic), h.default_topic_queue_nums)
@@ -183,9 +183,8 @@ async fn send(b: &Arc<Broker>, req: &RemotingCommand, conn: &Arc<Connection>) ->
         let max = h.max_reconsume_times.unwrap_or(DEFAULT_MAX_RECONSUME_TIMES);
         if reconsume_times >= max {
             topic = dlq_topic(group);
-            match b.topics.ensure(&topic, 1) {
-                Ok(cfg) => topic_cfg = cfg,
-                Err(e) => return error(b, req, code::SYSTEM_ERROR, e.to_string()),
+            if let Err(e) = b.topics.ensure(&topic, 1) {
+                return error(b, req, code::SYSTEM_ERROR, e.to_string());
             }
             queue_id = 0;
             reconsume_times = reconsume_times.max(max);
@@ -272,13 +271,12 @@ async fn send(b: &Arc<Broker>, req: &RemotingCommand, conn: &Arc<Connection>) ->
         Ok(r) => r,
         Err(e) => return store_error(b, req, e),
     };
-    send_response(b, req, &topic_cfg, queue_id, &results)
+    send_response(b, req, queue_id, &results)
 }
 
 fn send_response(
     b: &Broker,
     req: &RemotingCommand,
-    _cfg: &TopicConfig,
     queue_id: i32,
     results: &[PutResult],
 ) -> RemotingCommand {
@@ -299,6 +297,28 @@ fn send_response(
 }
 
 // ----- pull -----
+
+/// A consumer's subscription expression, which must be a TAG expression (`expr_type` absent or
+/// `TAG`): SUBSCRIPTION_PARSE_FAILED otherwise.
+// The error is the finished response, returned straight to the client.
+#[allow(clippy::result_large_err)]
+pub(crate) fn tag_subscription(
+    b: &Broker,
+    req: &RemotingCommand,
+    topic: &str,
+    expr_type: Option<&str>,
+    expr: &str,
+) -> Result<SubscriptionData, RemotingCommand> {
+    if expr_type.is_some_and(|t| !t.eq_ignore_ascii_case("TAG")) {
+        return Err(error(
+            b,
+            req,
+            code::SUBSCRIPTION_PARSE_FAILED,
+            "only TAG expressions are supported by this broker",
+        ));
+    }
+    Ok(SubscriptionData::from_expression(topic, expr))
+}
 
 /// The tag filter of a subscription: `None` accepts everything.
 pub(crate) fn tag_filter(sub: Option<&SubscriptionData>) -> Option<Vec<i64>> {
@@ -359,18 +379,10 @@ async fn pull(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingCommand {
     let flags = h.pull_sys_flag();
     let sub = match h.subscription.as_deref() {
         Some(expr) if flags.has_subscription() => {
-            if h.expression_type
-                .as_deref()
-                .is_some_and(|t| !t.eq_ignore_ascii_case("TAG"))
-            {
-                return error(
-                    b,
-                    req,
-                    code::SUBSCRIPTION_PARSE_FAILED,
-                    "only TAG expressions are supported by this broker",
-                );
+            match tag_subscription(b, req, &h.topic, h.expression_type.as_deref(), expr) {
+                Ok(sub) => Some(sub),
+                Err(resp) => return resp,
             }
-            Some(SubscriptionData::from_expression(&h.topic, expr))
         }
         _ => b.clients.subscription(&h.consumer_group, &h.topic),
     };

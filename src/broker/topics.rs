@@ -127,8 +127,8 @@ impl TopicTable {
                 });
         }
         let read_only: HashSet<String> = read_only.into_iter().collect();
-        for (name, cfg) in topics.iter_mut() {
-            apply_read_only(&read_only, name, cfg);
+        for cfg in topics.values_mut() {
+            apply_read_only(&read_only, cfg);
         }
         let (changes, _) = watch::channel(0);
         let table = Self {
@@ -214,7 +214,7 @@ impl TopicTable {
         validate_topic_name(&cfg.topic_name)?;
         cfg.read_queue_nums = cfg.read_queue_nums.clamp(1, MAX_QUEUES);
         cfg.write_queue_nums = cfg.write_queue_nums.clamp(1, MAX_QUEUES);
-        apply_read_only(&self.read_only, &cfg.topic_name.clone(), &mut cfg);
+        apply_read_only(&self.read_only, &mut cfg);
         let version = {
             let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
             if inner.topics.get(&cfg.topic_name) == Some(&cfg) {
@@ -263,8 +263,8 @@ impl TopicTable {
     }
 }
 
-fn apply_read_only(read_only: &HashSet<String>, name: &str, cfg: &mut TopicConfig) {
-    if read_only.contains(name) {
+fn apply_read_only(read_only: &HashSet<String>, cfg: &mut TopicConfig) {
+    if read_only.contains(&cfg.topic_name) {
         cfg.perm = perm::PERM_READ;
     }
 }
