@@ -1,8 +1,16 @@
-//! `rocketmesh-xds`: the xDS side of rocketmesh (client with on-demand subscriptions, route
-//! snapshot cache, ADS server and the RocketMQ <-> Envoy resource model).
+//! `rocketmesh-xds`: the xDS side of rocketmesh.
 //!
-//! Built in the issue "Control plane and on-demand xDS client"; this crate is the home for it.
+//! * [`model`]: our own routing types (topic routes, clusters, endpoints). The rest of rocketmesh
+//!   sees only these; xds-api protos stay inside this crate.
+//! * [`resources`]: model <-> Envoy resources, validated both ways.
+//! * [`catalog`]: the control plane's resource store (what the ADS server serves).
+//! * [`client`] / [`cache`]: the sidecar's on-demand delta ADS client and its route snapshot.
+//! * [`server`]: the delta + SotW ADS server.
 #![forbid(unsafe_code)]
+
+pub mod catalog;
+pub mod model;
+pub mod resources;
 
 /// The default RDS route configuration name the sidecar subscribes under (`<route_config>/<topic>`).
 pub const DEFAULT_ROUTE_CONFIG: &str = "rocketmq";

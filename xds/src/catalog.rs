@@ -1,0 +1,583 @@
+//! The control plane's resource store: what the ADS server serves.
+//!
+//! Two kinds of content, usable together:
+//! * **topic routes** as a nameserver knows them ([`TopicRouteSpec`], fed by broker registration or
+//!   an upstream nameserver). Their VirtualHost / Cluster / ClusterLoadAssignment are derived on
+//!   demand ([`crate::resources::build_topic`]), so 100,000 registered topics cost one small record
+//!   each, not three materialised protos;
+//! * **static resources** (virtual hosts, clusters, load assignments from a YAML file), which take
+//!   precedence over derived ones of the same name.
+//!
+//! Every change bumps a revision, appends the changed keys to a bounded change log and wakes the
+//! server's streams through a `watch` channel; a stream that fell behind the log re-checks all of
+//! its names. Versions are content hashes ([`content_version`]), stable across restarts, so a
+//! reconnecting client's `initial_resource_versions` are honoured.
+//!
+//! Names the catalog does not know are `Absent`, unless a demand handler is installed (upstream
+//! nameserver mode): then the first lookup is `Pending` and the handler is asked to fetch it; the
+//! fetcher answers with [`Catalog::set_topic`] or [`Catalog::mark_absent`].
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::model::{content_version, ClusterSpec, LoadAssignment, TopicRouteSpec, VirtualHostSpec};
+use crate::resources::{build_load_assignment, build_topic, topic_cluster_name};
+use crate::DEFAULT_ROUTE_CONFIG;
+
+/// Most changes remembered for incremental pushes; a stream further behind re-checks everything.
+const CHANGE_LOG_LIMIT: usize = 65_536;
+
+/// The result of looking a name up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup<T> {
+    Found(T),
+    /// The catalog knows the name does not exist.
+    Absent,
+    /// Being fetched from an upstream nameserver; the answer comes as a change.
+    Pending,
+}
+
+impl<T> Lookup<T> {
+    pub fn found(self) -> Option<T> {
+        match self {
+            Lookup::Found(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// A resource and its version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    pub version: String,
+    pub value: Arc<T>,
+}
+
+/// A key whose resources changed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Changed {
+    /// A topic's virtual host (and, for registered topics, its cluster and load assignment).
+    Topic(String),
+    /// A static cluster or load assignment.
+    Cluster(String),
+}
+
+/// Resource store options.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogOptions {
+    /// Serve endpoints of registered topics through EDS instead of inline.
+    pub eds: bool,
+}
+
+
+#[derive(Default)]
+struct State {
+    rev: u64,
+    routes: HashMap<String, Versioned<TopicRouteSpec>>,
+    vhosts: HashMap<String, Versioned<VirtualHostSpec>>,
+    clusters: HashMap<String, Versioned<ClusterSpec>>,
+    load_assignments: HashMap<String, Versioned<LoadAssignment>>,
+    /// Topics an upstream nameserver says do not exist.
+    absent: HashSet<String>,
+    log: VecDeque<(u64, Changed)>,
+}
+
+impl State {
+    fn record(&mut self, changed: Vec<Changed>) -> bool {
+        if changed.is_empty() {
+            return false;
+        }
+        self.rev += 1;
+        for c in changed {
+            if self.log.len() == CHANGE_LOG_LIMIT {
+                self.log.pop_front();
+            }
+            self.log.push_back((self.rev, c));
+        }
+        true
+    }
+}
+
+/// The control plane's resource store. Cheap to share (`Arc<Catalog>`).
+pub struct Catalog {
+    opts: CatalogOptions,
+    state: RwLock<State>,
+    changed: watch::Sender<u64>,
+    demand: Option<mpsc::Sender<String>>,
+    pending: Mutex<HashSet<String>>,
+}
+
+impl Catalog {
+    pub fn new(opts: CatalogOptions) -> Self {
+        Catalog {
+            opts,
+            state: RwLock::new(State::default()),
+            changed: watch::channel(0).0,
+            demand: None,
+            pending: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// A catalog that asks `demand` for topics it does not know (upstream nameserver mode).
+    pub fn with_demand(opts: CatalogOptions, demand: mpsc::Sender<String>) -> Self {
+        Catalog {
+            demand: Some(demand),
+            ..Catalog::new(opts)
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self, rev: u64) {
+        self.changed.send_replace(rev);
+    }
+
+    /// Current revision; bumps on every effective change.
+    pub fn revision(&self) -> u64 {
+        self.read().rev
+    }
+
+    /// Wakes whenever the revision changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Keys changed after revision `since`, or None when the log no longer reaches back that far.
+    pub fn changes_since(&self, since: u64) -> Option<(u64, Vec<Changed>)> {
+        let s = self.read();
+        if since >= s.rev {
+            return Some((s.rev, Vec::new()));
+        }
+        match s.log.front() {
+            Some(&(first, _)) if first <= since + 1 => {}
+            _ => return None,
+        }
+        let mut seen = HashSet::new();
+        let out = s
+            .log
+            .iter()
+            .filter(|(rev, _)| *rev > since)
+            .filter(|(_, c)| seen.insert(c.clone()))
+            .map(|(_, c)| c.clone())
+            .collect();
+        Some((s.rev, out))
+    }
+
+    /// Sets (or replaces) a registered topic's route. Returns whether anything changed.
+    pub fn set_topic(&self, route: TopicRouteSpec) -> bool {
+        let topic = route.topic.clone();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&topic);
+        let version = content_version(&route);
+        let mut s = self.write();
+        let was_absent = s.absent.remove(&topic);
+        if !was_absent && s.routes.get(&topic).is_some_and(|v| v.version == version) {
+            return false;
+        }
+        s.routes.insert(
+            topic.clone(),
+            Versioned {
+                version,
+                value: Arc::new(route),
+            },
+        );
+        s.record(vec![Changed::Topic(topic)]);
+        let rev = s.rev;
+        drop(s);
+        self.publish(rev);
+        true
+    }
+
+    /// Applies many topic routes at once (one revision). Topics not in `routes` are kept.
+    pub fn set_topics(&self, routes: impl IntoIterator<Item = TopicRouteSpec>) -> usize {
+        let mut s = self.write();
+        let mut changed = Vec::new();
+        for route in routes {
+            let version = content_version(&route);
+            let was_absent = s.absent.remove(&route.topic);
+            if !was_absent
+                && s.routes
+                    .get(&route.topic)
+                    .is_some_and(|v| v.version == version)
+            {
+                continue;
+            }
+            changed.push(Changed::Topic(route.topic.clone()));
+            s.routes.insert(
+                route.topic.clone(),
+                Versioned {
+                    version,
+                    value: Arc::new(route),
+                },
+            );
+        }
+        let n = changed.len();
+        if s.record(changed) {
+            let rev = s.rev;
+            drop(s);
+            self.publish(rev);
+        }
+        n
+    }
+
+    /// Removes a registered topic. Returns whether it existed.
+    pub fn remove_topic(&self, topic: &str) -> bool {
+        let mut s = self.write();
+        if s.routes.remove(topic).is_none() {
+            return false;
+        }
+        s.record(vec![Changed::Topic(topic.to_owned())]);
+        let rev = s.rev;
+        drop(s);
+        self.publish(rev);
+        true
+    }
+
+    /// Records that an upstream nameserver does not know `topic` (answers Pending lookups).
+    pub fn mark_absent(&self, topic: &str) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(topic);
+        let mut s = self.write();
+        let existed = s.routes.remove(topic).is_some();
+        if !s.absent.insert(topic.to_owned()) && !existed {
+            return;
+        }
+        s.record(vec![Changed::Topic(topic.to_owned())]);
+        let rev = s.rev;
+        drop(s);
+        self.publish(rev);
+    }
+
+    /// Forgets that `topic` was absent upstream, so the next lookup asks again.
+    pub fn forget_absent(&self, topic: &str) {
+        self.write().absent.remove(topic);
+    }
+
+    /// Replaces every static resource at once (a static file (re)load). Registered topics stay.
+    pub fn replace_static(
+        &self,
+        vhosts: Vec<VirtualHostSpec>,
+        clusters: Vec<ClusterSpec>,
+        load_assignments: Vec<LoadAssignment>,
+    ) -> usize {
+        fn diff<T: serde::Serialize>(
+            old: &mut HashMap<String, Versioned<T>>,
+            new: Vec<(String, T)>,
+            mk: impl Fn(String) -> Changed,
+            out: &mut Vec<Changed>,
+        ) {
+            let mut next = HashMap::with_capacity(new.len());
+            for (key, value) in new {
+                let version = content_version(&value);
+                if old.get(&key).is_none_or(|v| v.version != version) {
+                    out.push(mk(key.clone()));
+                }
+                next.insert(
+                    key,
+                    Versioned {
+                        version,
+                        value: Arc::new(value),
+                    },
+                );
+            }
+            for key in old.keys() {
+                if !next.contains_key(key) {
+                    out.push(mk(key.clone()));
+                }
+            }
+            *old = next;
+        }
+        let mut s = self.write();
+        let mut changed = Vec::new();
+        let vh = vhosts.into_iter().map(|v| (v.topic.clone(), v)).collect();
+        diff(&mut s.vhosts, vh, Changed::Topic, &mut changed);
+        let cl = clusters.into_iter().map(|c| (c.name.clone(), c)).collect();
+        diff(&mut s.clusters, cl, Changed::Cluster, &mut changed);
+        let la = load_assignments
+            .into_iter()
+            .map(|l| (l.cluster_name.clone(), l))
+            .collect();
+        diff(&mut s.load_assignments, la, Changed::Cluster, &mut changed);
+        changed.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        changed.dedup();
+        let n = changed.len();
+        if s.record(changed) {
+            let rev = s.rev;
+            drop(s);
+            self.publish(rev);
+        }
+        n
+    }
+
+    fn unknown_topic<T>(&self, topic: &str, absent: bool) -> Lookup<T> {
+        let Some(demand) = &self.demand else {
+            return Lookup::Absent;
+        };
+        if absent {
+            return Lookup::Absent;
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.contains(topic) {
+            return Lookup::Pending;
+        }
+        match demand.try_send(topic.to_owned()) {
+            Ok(()) => {
+                pending.insert(topic.to_owned());
+                Lookup::Pending
+            }
+            // The fetcher is saturated: say so rather than hold a client forever; it will ask again.
+            Err(_) => Lookup::Absent,
+        }
+    }
+
+    /// The virtual host of `topic`, named `name` (the requested VHDS name).
+    pub fn vhost(&self, topic: &str, name: &str) -> Lookup<Versioned<VirtualHostSpec>> {
+        let s = self.read();
+        if let Some(v) = s.vhosts.get(topic) {
+            let mut spec = (*v.value).clone();
+            spec.name = name.to_owned();
+            return Lookup::Found(Versioned {
+                version: v.version.clone(),
+                value: Arc::new(spec),
+            });
+        }
+        if let Some(r) = s.routes.get(topic) {
+            let (vhost, _) = build_topic(name, &r.value, self.opts.eds);
+            return Lookup::Found(Versioned {
+                version: r.version.clone(),
+                value: Arc::new(vhost),
+            });
+        }
+        let absent = s.absent.contains(topic);
+        drop(s);
+        self.unknown_topic(topic, absent)
+    }
+
+    /// A cluster by name: static ones first, then the derived cluster of a registered topic.
+    pub fn cluster(&self, name: &str) -> Lookup<Versioned<ClusterSpec>> {
+        let s = self.read();
+        if let Some(c) = s.clusters.get(name) {
+            return Lookup::Found(c.clone());
+        }
+        let Some(topic) = Self::topic_of_cluster(name) else {
+            return Lookup::Absent;
+        };
+        if let Some(r) = s.routes.get(topic) {
+            let (_, cluster) = build_topic(
+                &crate::vhds_name(DEFAULT_ROUTE_CONFIG, topic),
+                &r.value,
+                self.opts.eds,
+            );
+            return Lookup::Found(Versioned {
+                version: self.derived_version(&r.version),
+                value: Arc::new(cluster),
+            });
+        }
+        let absent = s.absent.contains(topic);
+        drop(s);
+        self.unknown_topic(topic, absent)
+    }
+
+    /// An EDS resource by cluster (service) name.
+    pub fn load_assignment(&self, name: &str) -> Lookup<Versioned<LoadAssignment>> {
+        let s = self.read();
+        if let Some(l) = s.load_assignments.get(name) {
+            return Lookup::Found(l.clone());
+        }
+        let Some(topic) = Self::topic_of_cluster(name) else {
+            return Lookup::Absent;
+        };
+        match s.routes.get(topic) {
+            Some(r) => Lookup::Found(Versioned {
+                version: r.version.clone(),
+                value: Arc::new(build_load_assignment(&r.value)),
+            }),
+            None => Lookup::Absent,
+        }
+    }
+
+    fn derived_version(&self, v: &str) -> String {
+        if self.opts.eds {
+            format!("{v}-eds")
+        } else {
+            v.to_owned()
+        }
+    }
+
+    fn topic_of_cluster(name: &str) -> Option<&str> {
+        let prefix = topic_cluster_name("");
+        name.strip_prefix(prefix.as_str()).filter(|t| !t.is_empty())
+    }
+
+    /// The resource names a change touches, per kind: (topics, cluster / load-assignment names).
+    pub fn names_of(change: &Changed) -> (Option<&str>, Vec<String>) {
+        match change {
+            Changed::Topic(t) => (Some(t), vec![topic_cluster_name(t)]),
+            Changed::Cluster(c) => (None, vec![c.clone()]),
+        }
+    }
+
+    /// Every topic with a virtual host (static or registered), sorted.
+    pub fn topics(&self) -> Vec<String> {
+        let s = self.read();
+        let mut out: Vec<String> = s
+            .vhosts
+            .keys()
+            .chain(s.routes.keys().filter(|t| !s.vhosts.contains_key(*t)))
+            .cloned()
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Every cluster name (static and derived), sorted.
+    pub fn cluster_names(&self) -> Vec<String> {
+        let s = self.read();
+        let mut out: Vec<String> = s.clusters.keys().cloned().collect();
+        out.extend(
+            s.routes
+                .keys()
+                .map(|t| topic_cluster_name(t))
+                .filter(|n| !s.clusters.contains_key(n)),
+        );
+        out.sort();
+        out
+    }
+
+    /// Registered topic routes (for GET_ROUTEINFO_BY_TOPIC-style reads and introspection).
+    pub fn topic_route(&self, topic: &str) -> Option<Arc<TopicRouteSpec>> {
+        self.read().routes.get(topic).map(|v| v.value.clone())
+    }
+
+    /// Counts for introspection: (registered topics, static vhosts, static clusters, revision).
+    pub fn stats(&self) -> BTreeMap<&'static str, u64> {
+        let s = self.read();
+        BTreeMap::from([
+            ("topics", s.routes.len() as u64),
+            ("static_virtual_hosts", s.vhosts.len() as u64),
+            ("static_clusters", s.clusters.len() as u64),
+            ("static_load_assignments", s.load_assignments.len() as u64),
+            ("revision", s.rev),
+        ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::BrokerQueues;
+
+    fn route(topic: &str, perm: u32) -> TopicRouteSpec {
+        TopicRouteSpec {
+            topic: topic.into(),
+            brokers: vec![BrokerQueues {
+                broker_name: "b".into(),
+                cluster_name: "C".into(),
+                addrs: BTreeMap::from([(0, "127.0.0.1:10911".into())]),
+                perm,
+                read_queue_num: 4,
+                write_queue_num: 4,
+            }],
+        }
+    }
+
+    #[test]
+    fn derived_resources_and_versions() {
+        let c = Catalog::new(CatalogOptions::default());
+        assert_eq!(c.vhost("T", "rocketmq/T"), Lookup::Absent);
+        assert!(c.set_topic(route("T", 6)));
+        assert!(!c.set_topic(route("T", 6)), "same content, no change");
+        let v1 = c.vhost("T", "rc/T").found().unwrap();
+        assert_eq!(v1.value.name, "rc/T");
+        let cl = c.cluster("rocketmq.topic.T").found().unwrap();
+        assert_eq!(cl.value.name, "rocketmq.topic.T");
+        assert_eq!(
+            c.changes_since(0).unwrap().1,
+            vec![Changed::Topic("T".into())]
+        );
+        let rev = c.revision();
+        assert!(c.set_topic(route("T", 4)));
+        let v2 = c.vhost("T", "rc/T").found().unwrap();
+        assert_ne!(v1.version, v2.version);
+        assert_eq!(
+            c.changes_since(rev).unwrap(),
+            (rev + 1, vec![Changed::Topic("T".into())])
+        );
+        assert!(c.remove_topic("T"));
+        assert_eq!(c.cluster("rocketmq.topic.T"), Lookup::Absent);
+    }
+
+    #[test]
+    fn change_log_is_bounded() {
+        let c = Catalog::new(CatalogOptions::default());
+        for i in 0..(CHANGE_LOG_LIMIT + 10) {
+            c.set_topic(route(&format!("T{i}"), 6));
+        }
+        assert!(
+            c.changes_since(1).is_none(),
+            "too far behind: re-check everything"
+        );
+        let rev = c.revision();
+        assert_eq!(c.changes_since(rev - 2).unwrap().1.len(), 2);
+    }
+
+    #[test]
+    fn demand_makes_unknown_topics_pending_once() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let c = Catalog::with_demand(CatalogOptions::default(), tx);
+        assert_eq!(c.vhost("T", "rocketmq/T"), Lookup::Pending);
+        assert_eq!(c.vhost("T", "rocketmq/T"), Lookup::Pending);
+        assert_eq!(rx.try_recv().unwrap(), "T");
+        assert!(rx.try_recv().is_err(), "one fetch for concurrent lookups");
+        c.mark_absent("T");
+        assert_eq!(c.vhost("T", "rocketmq/T"), Lookup::Absent);
+        c.set_topic(route("T", 6));
+        assert!(c.vhost("T", "rocketmq/T").found().is_some());
+    }
+
+    #[test]
+    fn static_resources_win_and_diff() {
+        let c = Catalog::new(CatalogOptions::default());
+        c.set_topic(route("T", 6));
+        let (mut vh, cl) = build_topic("rocketmq/T", &route("T", 6), false);
+        vh.routes.truncate(1);
+        let mut cl2 = cl.clone();
+        cl2.name = "static-c".into();
+        assert_eq!(
+            c.replace_static(vec![vh.clone()], vec![cl2.clone()], vec![]),
+            2
+        );
+        assert_eq!(
+            c.vhost("T", "rocketmq/T")
+                .found()
+                .unwrap()
+                .value
+                .routes
+                .len(),
+            1
+        );
+        assert_eq!(c.replace_static(vec![vh], vec![cl2], vec![]), 0);
+        assert_eq!(c.replace_static(vec![], vec![], vec![]), 2);
+        assert_eq!(
+            c.vhost("T", "rocketmq/T")
+                .found()
+                .unwrap()
+                .value
+                .routes
+                .len(),
+            3
+        );
+    }
+}
