@@ -8,7 +8,9 @@
 //! * [`server`]: the delta + SotW ADS server.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod catalog;
+pub mod client;
 pub mod model;
 pub mod resources;
 
