@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod client;
 pub mod model;
 pub mod resources;
+pub mod server;
 
 /// The default RDS route configuration name the sidecar subscribes under (`<route_config>/<topic>`).
 pub const DEFAULT_ROUTE_CONFIG: &str = "rocketmq";
