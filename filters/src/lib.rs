@@ -5,7 +5,10 @@
 //!
 //! * [`codec`]: frames, JSON and ROCKETMQ binary headers, typed custom headers, JSON bodies,
 //!   message records and pop handles.
+//! * [`route`]: the queue view the sidecar presents for a topic (one virtual broker) and the
+//!   mapping of virtual queue ids back to real brokers.
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
 pub mod codec;
+pub mod route;
