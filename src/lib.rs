@@ -2,9 +2,11 @@
 //! control plane. The binary (`src/main.rs`) is a thin CLI over this library, so integration
 //! tests can start the same components in-process.
 
+pub mod admin;
 pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod demo;
 pub mod inspect;
+pub mod metrics;
 pub mod remoting;

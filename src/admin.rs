@@ -1,0 +1,464 @@
+//! The admin server: a small HTTP/1.1 server (hyper) on a loopback address.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /` | the list of routes |
+//! | `GET /ready` | 200 `LIVE` when ready, else 503 with one reason per line |
+//! | `GET /healthz` | 200 `ok` while the process serves (liveness) |
+//! | `GET /stats/prometheus` | the `metrics` recorder's Prometheus text exposition |
+//! | `GET /config_dump` | [`AdminSource::config_dump`] as pretty JSON |
+//! | `GET /clusters` | [`AdminSource::clusters`], Envoy-like text |
+//!
+//! Other paths answer 404, other methods 405. Request bodies are never read.
+//!
+//! Bounded: at most [`AdminConfig::max_connections`] connections (further ones get a 503 and are
+//! closed at once), request heads must arrive within [`AdminConfig::header_read_timeout`] (which
+//! also closes idle keep-alive connections), head size is capped, and a connection serves at most
+//! [`AdminConfig::max_requests_per_connection`] requests and lives at most
+//! [`AdminConfig::max_connection_age`].
+//!
+//! Shutdown: when the token is cancelled the listener closes, idle connections close, in-flight
+//! requests finish, and whatever is still open after [`AdminConfig::drain_deadline`] is dropped.
+//!
+//! [`Ready`] is the readiness gate the sidecar feeds into [`AdminSource::ready`]: each startup
+//! step holds a [`BlockReady`] guard and the process is ready once every guard is gone.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+/// Whether the process should receive traffic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// Ready.
+    Ready,
+    /// Not ready, with what is still missing.
+    NotReady {
+        /// One line per missing piece.
+        reasons: Vec<String>,
+    },
+}
+
+impl Readiness {
+    /// `true` for [`Readiness::Ready`].
+    pub fn is_ready(&self) -> bool {
+        matches!(self, Readiness::Ready)
+    }
+}
+
+/// What the admin server shows; implemented by the process wiring.
+pub trait AdminSource: Send + Sync + 'static {
+    /// Readiness for `/ready`.
+    fn ready(&self) -> Readiness;
+    /// The current configuration for `/config_dump`.
+    fn config_dump(&self) -> serde_json::Value;
+    /// Envoy-like text for `/clusters`: one line per cluster/endpoint with its stats.
+    fn clusters(&self) -> String;
+}
+
+/// Admin server limits.
+#[derive(Clone, Copy, Debug)]
+pub struct AdminConfig {
+    /// Address to bind; keep it on loopback.
+    pub addr: SocketAddr,
+    /// Most connections served at once.
+    pub max_connections: usize,
+    /// Time allowed for a request head to arrive, and for an idle keep-alive connection to send
+    /// its next request.
+    pub header_read_timeout: Duration,
+    /// Largest read buffer per connection, which caps the request head (at least 8 KiB).
+    pub max_head_size: usize,
+    /// Requests served per connection before it is closed.
+    pub max_requests_per_connection: u64,
+    /// Longest a connection is kept open.
+    pub max_connection_age: Duration,
+    /// Time in-flight requests get to finish after shutdown begins.
+    pub drain_deadline: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 15000)),
+            max_connections: 64,
+            header_read_timeout: Duration::from_secs(10),
+            max_head_size: 16 * 1024,
+            max_requests_per_connection: 1000,
+            max_connection_age: Duration::from_secs(300),
+            drain_deadline: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A running admin server.
+#[derive(Debug)]
+pub struct AdminServer {
+    local_addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Binds `config.addr` and serves until `shutdown` is cancelled. `stats` is rendered at
+    /// `/stats/prometheus` (normally [`crate::metrics::install`]). Limits below hyper's minimums
+    /// (8 KiB head buffer, one connection, one request per connection) are raised to them.
+    pub async fn start(
+        config: AdminConfig,
+        source: Arc<dyn AdminSource>,
+        stats: PrometheusHandle,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        // hyper panics on smaller buffers; raise rather than fail.
+        let config = AdminConfig {
+            max_head_size: config.max_head_size.max(8192),
+            max_connections: config.max_connections.max(1),
+            max_requests_per_connection: config.max_requests_per_connection.max(1),
+            ..config
+        };
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("binding the admin server to {}", config.addr))?;
+        let local_addr = listener.local_addr().context("admin listener address")?;
+        tracing::info!(%local_addr, "admin server listening");
+        let app = Arc::new(App { source, stats });
+        let task = tokio::spawn(serve(listener, config, app, shutdown));
+        Ok(Self { local_addr, task })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Waits until the server has stopped: shutdown was requested and connections drained or
+    /// their deadline passed.
+    pub async fn stopped(self) {
+        if let Err(e) = self.task.await {
+            tracing::error!("admin server task failed: {e}");
+        }
+    }
+}
+
+struct App {
+    source: Arc<dyn AdminSource>,
+    stats: PrometheusHandle,
+}
+
+const BUSY_RESPONSE: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 5\r\nconnection: close\r\n\r\nbusy\n";
+
+async fn serve(
+    listener: TcpListener,
+    config: AdminConfig,
+    app: Arc<App>,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let mut conns = JoinSet::new();
+    let mut accept_backoff = Duration::from_millis(10);
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            Some(joined) = conns.join_next(), if !conns.is_empty() => {
+                if let Err(e) = joined {
+                    tracing::error!("admin connection task failed: {e}");
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    accept_backoff = Duration::from_millis(10);
+                    let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                        tracing::debug!(%peer, "admin connection refused: at max_connections");
+                        // Best effort: a full socket buffer just means a plain close.
+                        let _ = stream.try_write(BUSY_RESPONSE);
+                        continue;
+                    };
+                    let app = Arc::clone(&app);
+                    let shutdown = shutdown.clone();
+                    conns.spawn(async move {
+                        serve_connection(stream, peer, config, app, shutdown).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("admin accept failed: {e}; retrying in {accept_backoff:?}");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(accept_backoff) => {}
+                    }
+                    accept_backoff = (accept_backoff * 2).min(Duration::from_secs(1));
+                }
+            },
+        }
+    }
+    drop(listener);
+    let open = conns.len();
+    tracing::debug!(open, "admin server draining");
+    let drained = tokio::time::timeout(config.drain_deadline, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            remaining = conns.len(),
+            deadline = ?config.drain_deadline,
+            "admin connections still open at the drain deadline; closing them"
+        );
+        conns.shutdown().await;
+    }
+    tracing::info!("admin server stopped");
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    config: AdminConfig,
+    app: Arc<App>,
+    shutdown: CancellationToken,
+) {
+    let served = Arc::new(AtomicU64::new(0));
+    let limit = config.max_requests_per_connection;
+    let service = service_fn(move |req| {
+        let app = Arc::clone(&app);
+        let served = Arc::clone(&served);
+        async move {
+            let mut response = app.handle(&req);
+            if served.fetch_add(1, Ordering::Relaxed) + 1 >= limit {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(config.max_head_size)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let age = tokio::time::sleep(config.max_connection_age);
+    tokio::pin!(age);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, "admin connection ended: {e}");
+                }
+                return;
+            }
+            () = shutdown.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = &mut age, if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+const INDEX: &str = "rocketmesh admin\n\
+    \n\
+    /ready              200 when ready to take traffic, 503 with reasons otherwise\n\
+    /healthz            200 while the process runs\n\
+    /stats/prometheus   metrics, Prometheus text format\n\
+    /config_dump        current configuration, JSON\n\
+    /clusters           clusters and endpoints with their stats\n";
+
+impl App {
+    fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = req.uri().path();
+        let known = matches!(
+            path,
+            "/" | "/ready" | "/healthz" | "/stats/prometheus" | "/config_dump" | "/clusters"
+        );
+        if !known {
+            return text(StatusCode::NOT_FOUND, format!("no route {path}\n"));
+        }
+        if req.method() != Method::GET {
+            let mut response = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} {path}: only GET\n", req.method()),
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET"));
+            return response;
+        }
+        match path {
+            "/" => text(StatusCode::OK, INDEX.to_owned()),
+            "/ready" => match self.source.ready() {
+                Readiness::Ready => text(StatusCode::OK, "LIVE\n".to_owned()),
+                Readiness::NotReady { reasons } => {
+                    let mut body = String::from("NOT READY\n");
+                    for reason in reasons {
+                        body.push_str(&reason);
+                        body.push('\n');
+                    }
+                    text(StatusCode::SERVICE_UNAVAILABLE, body)
+                }
+            },
+            "/healthz" => text(StatusCode::OK, "ok\n".to_owned()),
+            "/stats/prometheus" => respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.stats.render(),
+            ),
+            "/config_dump" => match serde_json::to_string_pretty(&self.source.config_dump()) {
+                Ok(mut json) => {
+                    json.push('\n');
+                    respond(StatusCode::OK, "application/json", json)
+                }
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("config dump failed: {e}\n"),
+                ),
+            },
+            _ => text(StatusCode::OK, self.source.clusters()),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    respond(status, "text/plain; charset=utf-8", body)
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// The readiness gate: ready once no [`BlockReady`] guard is alive.
+///
+/// Register every startup step before serving `/ready` (a gate with no blockers is ready).
+/// Cloning shares the gate.
+#[derive(Clone, Debug)]
+pub struct Ready {
+    inner: Arc<ReadyInner>,
+}
+
+#[derive(Debug)]
+struct ReadyInner {
+    blockers: watch::Sender<BTreeMap<usize, String>>,
+    next_id: AtomicUsize,
+    created: Instant,
+}
+
+impl Default for Ready {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Ready {
+    /// A gate with no blockers.
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(ReadyInner {
+                blockers: watch::Sender::new(BTreeMap::new()),
+                next_id: AtomicUsize::new(0),
+                created: Instant::now(),
+            }),
+        }
+    }
+
+    /// Holds readiness back until the returned guard is dropped; `name` shows in `/ready`.
+    pub fn block(&self, name: impl Into<String>) -> BlockReady {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let name = name.into();
+        self.inner.blockers.send_modify(|b| {
+            b.insert(id, name);
+        });
+        BlockReady {
+            gate: Arc::clone(&self.inner),
+            id,
+        }
+    }
+
+    /// `true` when no blocker is alive.
+    pub fn is_ready(&self) -> bool {
+        self.inner.blockers.borrow().is_empty()
+    }
+
+    /// The blockers still alive, oldest first.
+    pub fn pending(&self) -> Vec<String> {
+        self.inner.blockers.borrow().values().cloned().collect()
+    }
+
+    /// Readiness, with one `waiting for <name>` reason per live blocker.
+    pub fn readiness(&self) -> Readiness {
+        let blockers = self.inner.blockers.borrow();
+        if blockers.is_empty() {
+            Readiness::Ready
+        } else {
+            Readiness::NotReady {
+                reasons: blockers
+                    .values()
+                    .map(|name| format!("waiting for {name}"))
+                    .collect(),
+            }
+        }
+    }
+
+    /// Resolves once no blocker is alive.
+    pub async fn wait(&self) {
+        let mut rx = self.inner.blockers.subscribe();
+        // The sender lives in `self.inner`, so the channel cannot close while we wait.
+        let _ = rx.wait_for(BTreeMap::is_empty).await;
+    }
+}
+
+/// Holds a [`Ready`] gate closed while alive.
+#[derive(Debug)]
+#[must_use = "readiness is released as soon as the guard is dropped"]
+pub struct BlockReady {
+    gate: Arc<ReadyInner>,
+    id: usize,
+}
+
+impl Drop for BlockReady {
+    fn drop(&mut self) {
+        let mut released = None;
+        let mut now_ready = false;
+        self.gate.blockers.send_modify(|b| {
+            released = b.remove(&self.id);
+            now_ready = b.is_empty();
+        });
+        let name = released.unwrap_or_default();
+        if now_ready {
+            tracing::info!(
+                elapsed = ?self.gate.created.elapsed(),
+                "ready (last blocker: {name})"
+            );
+        } else {
+            tracing::debug!("readiness blocker {name} released");
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! Process metrics: the global `metrics` recorder (Prometheus exposition, served by
+//! [`crate::admin`] at `/stats/prometheus`) and the sidecar's stat names.
+//!
+//! # Names
+//!
+//! The names follow Envoy's `rocketmq_proxy` network filter so existing dashboards keep working.
+//! Envoy publishes them as `rocketmq.<stat_prefix>.<stat>`; the metrics are registered under
+//! exactly that dotted name and the Prometheus exporter turns every character Prometheus does not
+//! allow into `_`, so with `stat_prefix: mq` the counter `request` is scraped as
+//! `rocketmq_mq_request`. Counters get no `_total` suffix (Envoy's exposition has none either).
+//!
+//! | kind | stats | Envoy |
+//! |---|---|---|
+//! | counter | `request`, `request_decoding_error`, `request_decoding_success` | same |
+//! | counter | `response`, `response_decoding_error`, `response_decoding_success`, `response_error`, `response_success` | same |
+//! | counter | `heartbeat`, `unregister`, `get_topic_route`, `send_message_v1`, `send_message_v2`, `pop_message`, `ack_message`, `get_consumer_list` | same |
+//! | counter | `maintenance_failure` | same |
+//! | counter | `send_message_batch`, `pull_message` | ours: request codes Envoy does not handle |
+//! | counter | `pull_converted`, `acks_from_commits`, `send_backs`, `renewals` | ours: the pull→pop translator (pulls answered by pops, acks derived from offset commits, messages sent back, invisible-time renewals) |
+//! | gauge | `request_active`, `send_message_v1_active`, `send_message_v2_active`, `pop_message_active`, `get_topic_route_active` | same |
+//! | gauge | `send_message_pending`, `pop_message_pending`, `get_topic_route_pending`, `total_pending` | same (Envoy never updates them; we count requests parked on on-demand xDS) |
+//! | gauge | `outstanding_handles`, `downstream_connections` | ours: pop handles not yet acked, open SDK connections |
+//! | histogram | `upstream_rq_time{code}` (seconds) | replaces Envoy's unused `request_time_ms` |
+//!
+//! # Use
+//!
+//! Call [`install`] once at start (later calls return the same handle), then build one [`Stats`]
+//! per stat prefix. `Stats` registers every handle up front, so counting on the data path is an
+//! atomic add with no name formatting or map lookup.
+//!
+//! Bounded: the histogram's `code` label keeps at most [`MAX_CODE_LABELS`] distinct values, later
+//! codes share `code="other"`; a background thread drains histogram samples every
+//! [`UPKEEP_INTERVAL`] whether or not anyone scrapes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// First segment of every stat name, as in Envoy.
+pub const ROOT: &str = "rocketmq";
+
+/// Histogram buckets in seconds: 100 µs to 10 s, roughly 1-2.5-5 per decade.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// How often histogram samples are folded into buckets when nobody scrapes.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Most distinct `code` label values per [`Stats`]; further codes are recorded as `other`.
+pub const MAX_CODE_LABELS: usize = 32;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder on first call and returns its handle; later
+/// calls return the same handle.
+///
+/// # Panics
+///
+/// If another `metrics` recorder was installed by other means first: the sidecar's metrics would
+/// silently go nowhere, which is a wiring bug.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets(LATENCY_BUCKETS)
+                .expect("LATENCY_BUCKETS is not empty")
+                .install_recorder()
+                .expect("no other metrics recorder is installed in this process");
+            let upkeep = handle.clone();
+            let spawned = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP_INTERVAL);
+                    upkeep.run_upkeep();
+                });
+            if let Err(e) = spawned {
+                // Rendering drains histograms too, so scrapes still bound the memory.
+                tracing::warn!("metrics upkeep thread not started: {e}");
+            }
+            tracing::debug!("prometheus metrics recorder installed");
+            handle
+        })
+        .clone()
+}
+
+/// A stat prefix that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid stat prefix {0:?}: must be non-empty ASCII letters, digits and '_'")]
+pub struct InvalidStatPrefix(pub String);
+
+macro_rules! stat_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $stat:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)+
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The stat's name below the prefix, as Envoy spells it.
+            pub const fn stat(self) -> &'static str {
+                match self {
+                    $($name::$variant => $stat,)+
+                }
+            }
+        }
+    };
+}
+
+stat_enum! {
+    /// Monotonic counters.
+    Counter {
+        /// Every frame received from a client, decodable or not.
+        Request => "request",
+        /// Client frames that failed to decode.
+        RequestDecodingError => "request_decoding_error",
+        /// Client frames decoded.
+        RequestDecodingSuccess => "request_decoding_success",
+        /// Every frame received from an upstream broker.
+        Response => "response",
+        /// Upstream frames that failed to decode.
+        ResponseDecodingError => "response_decoding_error",
+        /// Upstream frames decoded.
+        ResponseDecodingSuccess => "response_decoding_success",
+        /// Requests that ended without an upstream answer (reset, timeout, no route).
+        ResponseError => "response_error",
+        /// Requests answered.
+        ResponseSuccess => "response_success",
+        /// HEART_BEAT (34).
+        Heartbeat => "heartbeat",
+        /// UNREGISTER_CLIENT (35).
+        Unregister => "unregister",
+        /// GET_ROUTEINFO_BY_TOPIC (105).
+        GetTopicRoute => "get_topic_route",
+        /// SEND_MESSAGE (10).
+        SendMessageV1 => "send_message_v1",
+        /// SEND_MESSAGE_V2 (310).
+        SendMessageV2 => "send_message_v2",
+        /// SEND_BATCH_MESSAGE (320).
+        SendMessageBatch => "send_message_batch",
+        /// POP_MESSAGE (200050).
+        PopMessage => "pop_message",
+        /// ACK_MESSAGE (200051) and BATCH_ACK_MESSAGE (200151).
+        AckMessage => "ack_message",
+        /// PULL_MESSAGE (11).
+        PullMessage => "pull_message",
+        /// GET_CONSUMER_LIST_BY_GROUP (38).
+        GetConsumerList => "get_consumer_list",
+        /// Background upkeep (expiry, revive of stale state) that failed.
+        MaintenanceFailure => "maintenance_failure",
+        /// Pulls answered by the pull→pop translator.
+        PullConverted => "pull_converted",
+        /// Acks the translator derived from consumer offset commits.
+        AcksFromCommits => "acks_from_commits",
+        /// Messages sent back (CONSUMER_SEND_MSG_BACK) through the translator.
+        SendBacks => "send_backs",
+        /// Invisible-time renewals (CHANGE_INVISIBLE_TIME) issued for held pop handles.
+        Renewals => "renewals",
+    }
+}
+
+stat_enum! {
+    /// Gauges: current levels.
+    Gauge {
+        /// Requests in flight, all codes.
+        RequestActive => "request_active",
+        /// SEND_MESSAGE requests in flight.
+        SendMessageV1Active => "send_message_v1_active",
+        /// SEND_MESSAGE_V2 requests in flight.
+        SendMessageV2Active => "send_message_v2_active",
+        /// POP_MESSAGE requests in flight.
+        PopMessageActive => "pop_message_active",
+        /// GET_ROUTEINFO_BY_TOPIC requests in flight.
+        GetTopicRouteActive => "get_topic_route_active",
+        /// Sends parked until their topic's route arrives.
+        SendMessagePending => "send_message_pending",
+        /// Pops parked until their topic's route arrives.
+        PopMessagePending => "pop_message_pending",
+        /// Route lookups parked until their topic's route arrives.
+        GetTopicRoutePending => "get_topic_route_pending",
+        /// All parked requests.
+        TotalPending => "total_pending",
+        /// Pop handles handed out by the translator and not yet acked.
+        OutstandingHandles => "outstanding_handles",
+        /// Open client connections.
+        DownstreamConnections => "downstream_connections",
+    }
+}
+
+/// Name of the upstream latency histogram below the prefix.
+pub const UPSTREAM_RQ_TIME: &str = "upstream_rq_time";
+
+/// Label of [`UPSTREAM_RQ_TIME`] carrying the request code.
+pub const CODE_LABEL: &str = "code";
+
+/// The full dotted name of `stat` under `stat_prefix`: `rocketmq.<stat_prefix>.<stat>`.
+pub fn full_name(stat_prefix: &str, stat: &str) -> String {
+    format!("{ROOT}.{stat_prefix}.{stat}")
+}
+
+/// The stats of one stat prefix, with every handle registered up front.
+///
+/// Build it after [`install`]: handles bind to the recorder installed when they are created.
+/// Cloning is cheap (one `Arc`).
+#[derive(Clone)]
+pub struct Stats {
+    inner: Arc<StatsInner>,
+}
+
+struct StatsInner {
+    prefix: String,
+    counters: Vec<metrics::Counter>,
+    gauges: Vec<metrics::Gauge>,
+    histogram_name: String,
+    by_code: Mutex<HashMap<i32, metrics::Histogram>>,
+    other_code: metrics::Histogram,
+}
+
+impl std::fmt::Debug for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stats")
+            .field("prefix", &self.inner.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stats {
+    /// Registers (and describes) every stat under `rocketmq.<stat_prefix>.`.
+    pub fn new(stat_prefix: &str) -> Result<Self, InvalidStatPrefix> {
+        let valid = !stat_prefix.is_empty()
+            && stat_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            return Err(InvalidStatPrefix(stat_prefix.to_owned()));
+        }
+        let counters = Counter::ALL
+            .iter()
+            .map(|c| {
+                let name = full_name(stat_prefix, c.stat());
+                metrics::describe_counter!(name.clone(), counter_help(*c));
+                metrics::counter!(name)
+            })
+            .collect();
+        let gauges = Gauge::ALL
+            .iter()
+            .map(|g| {
+                let name = full_name(stat_prefix, g.stat());
+                metrics::describe_gauge!(name.clone(), gauge_help(*g));
+                metrics::gauge!(name)
+            })
+            .collect();
+        let histogram_name = full_name(stat_prefix, UPSTREAM_RQ_TIME);
+        metrics::describe_histogram!(
+            histogram_name.clone(),
+            metrics::Unit::Seconds,
+            "Time from forwarding a request upstream to its response, by request code"
+        );
+        let other_code = metrics::histogram!(histogram_name.clone(), CODE_LABEL => "other");
+        Ok(Self {
+            inner: Arc::new(StatsInner {
+                prefix: stat_prefix.to_owned(),
+                counters,
+                gauges,
+                histogram_name,
+                by_code: Mutex::new(HashMap::new()),
+                other_code,
+            }),
+        })
+    }
+
+    /// The stat prefix.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The handle of one counter.
+    pub fn counter(&self, counter: Counter) -> &metrics::Counter {
+        &self.inner.counters[counter as usize]
+    }
+
+    /// Adds one to a counter.
+    pub fn inc(&self, counter: Counter) {
+        self.counter(counter).increment(1);
+    }
+
+    /// The handle of one gauge.
+    pub fn gauge(&self, gauge: Gauge) -> &metrics::Gauge {
+        &self.inner.gauges[gauge as usize]
+    }
+
+    /// Raises `gauge` by one until the returned guard is dropped (Envoy's `*_active` pattern).
+    pub fn track(&self, gauge: Gauge) -> GaugeGuard {
+        let handle = self.gauge(gauge).clone();
+        handle.increment(1.0);
+        GaugeGuard { gauge: handle }
+    }
+
+    /// Records one upstream round trip of a request with `code`.
+    pub fn upstream_rq_time(&self, code: i32, elapsed: Duration) {
+        self.code_histogram(code).record(elapsed.as_secs_f64());
+    }
+
+    fn code_histogram(&self, code: i32) -> metrics::Histogram {
+        // A poisoned map only holds handles, which stay valid.
+        let mut by_code = self
+            .inner
+            .by_code
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(h) = by_code.get(&code) {
+            return h.clone();
+        }
+        if by_code.len() >= MAX_CODE_LABELS {
+            return self.inner.other_code.clone();
+        }
+        let h =
+            metrics::histogram!(self.inner.histogram_name.clone(), CODE_LABEL => code.to_string());
+        by_code.insert(code, h.clone());
+        h
+    }
+}
+
+/// Holds a gauge one higher while alive.
+#[derive(Debug)]
+#[must_use = "the gauge drops back as soon as the guard is dropped"]
+pub struct GaugeGuard {
+    gauge: metrics::Gauge,
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.gauge.decrement(1.0);
+    }
+}
+
+fn counter_help(c: Counter) -> &'static str {
+    match c {
+        Counter::Request => "Frames received from clients, decodable or not",
+        Counter::RequestDecodingError => "Client frames that failed to decode",
+        Counter::RequestDecodingSuccess => "Client frames decoded",
+        Counter::Response => "Frames received from upstream brokers",
+        Counter::ResponseDecodingError => "Upstream frames that failed to decode",
+        Counter::ResponseDecodingSuccess => "Upstream frames decoded",
+        Counter::ResponseError => "Requests that ended without an upstream answer",
+        Counter::ResponseSuccess => "Requests answered",
+        Counter::Heartbeat => "HEART_BEAT requests",
+        Counter::Unregister => "UNREGISTER_CLIENT requests",
+        Counter::GetTopicRoute => "GET_ROUTEINFO_BY_TOPIC requests",
+        Counter::SendMessageV1 => "SEND_MESSAGE requests",
+        Counter::SendMessageV2 => "SEND_MESSAGE_V2 requests",
+        Counter::SendMessageBatch => "SEND_BATCH_MESSAGE requests",
+        Counter::PopMessage => "POP_MESSAGE requests",
+        Counter::AckMessage => "ACK_MESSAGE and BATCH_ACK_MESSAGE requests",
+        Counter::PullMessage => "PULL_MESSAGE requests",
+        Counter::GetConsumerList => "GET_CONSUMER_LIST_BY_GROUP requests",
+        Counter::MaintenanceFailure => "Background maintenance runs that failed",
+        Counter::PullConverted => "Pulls answered by the pull-to-pop translator",
+        Counter::AcksFromCommits => "Acks derived from consumer offset commits",
+        Counter::SendBacks => "Messages sent back through the translator",
+        Counter::Renewals => "Invisible-time renewals of held pop handles",
+    }
+}
+
+fn gauge_help(g: Gauge) -> &'static str {
+    match g {
+        Gauge::RequestActive => "Requests in flight",
+        Gauge::SendMessageV1Active => "SEND_MESSAGE requests in flight",
+        Gauge::SendMessageV2Active => "SEND_MESSAGE_V2 requests in flight",
+        Gauge::PopMessageActive => "POP_MESSAGE requests in flight",
+        Gauge::GetTopicRouteActive => "GET_ROUTEINFO_BY_TOPIC requests in flight",
+        Gauge::SendMessagePending => "Sends waiting for their topic's route",
+        Gauge::PopMessagePending => "Pops waiting for their topic's route",
+        Gauge::GetTopicRoutePending => "Route lookups waiting for their topic's route",
+        Gauge::TotalPending => "Requests waiting for a route",
+        Gauge::OutstandingHandles => "Pop handles not yet acked",
+        Gauge::DownstreamConnections => "Open client connections",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_envoy_shaped() {
+        assert_eq!(
+            full_name("mq", Counter::Request.stat()),
+            "rocketmq.mq.request"
+        );
+        assert_eq!(Counter::ALL.len(), 23);
+        assert_eq!(Gauge::ALL.len(), 11);
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+        for (i, g) in Gauge::ALL.iter().enumerate() {
+            assert_eq!(*g as usize, i);
+        }
+    }
+
+    #[test]
+    fn prefix_is_validated() {
+        assert!(Stats::new("mq_1").is_ok());
+        assert!(Stats::new("").is_err());
+        assert!(Stats::new("a.b").is_err());
+        assert!(Stats::new("a b").is_err());
+    }
+
+    #[test]
+    fn buckets_are_increasing() {
+        assert!(LATENCY_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+    }
+}

@@ -1,0 +1,516 @@
+//! The admin server over real loopback HTTP/1.1. All metric assertions live in this file: the
+//! `metrics` recorder is process-wide and `rocketmesh::metrics::install` is idempotent.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rocketmesh::admin::{AdminConfig, AdminServer, AdminSource, Readiness, Ready};
+use rocketmesh::metrics::{self, Counter, Gauge, Stats};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+const STEP: Duration = Duration::from_secs(5);
+
+struct TestSource {
+    ready: Ready,
+}
+
+impl AdminSource for TestSource {
+    fn ready(&self) -> Readiness {
+        self.ready.readiness()
+    }
+
+    fn config_dump(&self) -> serde_json::Value {
+        serde_json::json!({
+            "clusters": [{"name": "broker-a", "endpoints": ["127.0.0.1:10911"]}],
+            "xds": {"cds": {"version": "3", "nonce": "n3"}},
+        })
+    }
+
+    fn clusters(&self) -> String {
+        "broker-a::127.0.0.1:10911::cx_active::1\nbroker-a::127.0.0.1:10911::health_flags::healthy\n"
+            .to_owned()
+    }
+}
+
+fn loopback() -> AdminConfig {
+    AdminConfig {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..AdminConfig::default()
+    }
+}
+
+async fn start(config: AdminConfig, ready: Ready) -> (AdminServer, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let server = AdminServer::start(
+        config,
+        Arc::new(TestSource { ready }),
+        metrics::install(),
+        shutdown.clone(),
+    )
+    .await
+    .expect("admin server starts");
+    (server, shutdown)
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one response whose body is delimited by content-length (hyper sets it for full bodies).
+async fn read_reply(stream: &mut TcpStream) -> Reply {
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.expect("read response");
+        assert!(n > 0, "connection closed before a full response head");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8(buf[..head_end].to_vec()).expect("utf-8 head");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().expect("status line");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (n, v) = l.split_once(':').expect("header line");
+            (n.trim().to_owned(), v.trim().to_owned())
+        })
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.parse().expect("content-length"))
+        .expect("content-length header");
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < len {
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.expect("read body");
+        assert!(n > 0, "connection closed inside the body");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(len);
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8(body).expect("utf-8 body"),
+    }
+}
+
+async fn request(addr: SocketAddr, method: &str, path: &str) -> Reply {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let req = format!("{method} {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
+        stream.write_all(req.as_bytes()).await.expect("write");
+        read_reply(&mut stream).await
+    };
+    tokio::time::timeout(STEP, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path} timed out"))
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Reply {
+    request(addr, "GET", path).await
+}
+
+/// Reads until EOF (or a reset); fails the test if the peer keeps the connection open.
+async fn expect_closed(stream: &mut TcpStream) {
+    let mut sink = Vec::new();
+    let eof = tokio::time::timeout(STEP, stream.read_to_end(&mut sink)).await;
+    assert!(eof.is_ok(), "server kept the connection open");
+}
+
+#[tokio::test]
+async fn readiness_follows_blockers() {
+    let ready = Ready::new();
+    let listeners = ready.block("listeners");
+    let config = ready.block("first config");
+    let (server, shutdown) = start(loopback(), ready.clone()).await;
+    let addr = server.local_addr();
+
+    let reply = get(addr, "/ready").await;
+    assert_eq!(reply.status, 503);
+    assert!(
+        reply.body.contains("waiting for listeners"),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.body.contains("waiting for first config"),
+        "{}",
+        reply.body
+    );
+
+    drop(listeners);
+    let reply = get(addr, "/ready").await;
+    assert_eq!(reply.status, 503);
+    assert!(!reply.body.contains("listeners"), "{}", reply.body);
+    assert_eq!(ready.pending(), vec!["first config".to_owned()]);
+
+    let waiter = {
+        let ready = ready.clone();
+        tokio::spawn(async move { ready.wait().await })
+    };
+    drop(config);
+    tokio::time::timeout(STEP, waiter)
+        .await
+        .expect("wait() returns once the last blocker drops")
+        .expect("waiter task");
+    assert!(ready.is_ready());
+    let reply = get(addr, "/ready").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "LIVE\n");
+
+    shutdown.cancel();
+    tokio::time::timeout(STEP, server.stopped())
+        .await
+        .expect("stops");
+}
+
+#[tokio::test]
+async fn routes_answer() {
+    let (server, shutdown) = start(loopback(), Ready::new()).await;
+    let addr = server.local_addr();
+
+    let reply = get(addr, "/healthz").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "ok\n"));
+
+    let reply = get(addr, "/").await;
+    assert_eq!(reply.status, 200);
+    for route in [
+        "/ready",
+        "/healthz",
+        "/stats/prometheus",
+        "/config_dump",
+        "/clusters",
+    ] {
+        assert!(reply.body.contains(route), "index lacks {route}");
+    }
+
+    let reply = get(addr, "/config_dump?resource=clusters").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let dump: serde_json::Value = serde_json::from_str(&reply.body).expect("valid JSON");
+    assert_eq!(dump["xds"]["cds"]["nonce"], "n3");
+    assert!(reply.body.contains("\n  "), "pretty-printed");
+
+    let reply = get(addr, "/clusters").await;
+    assert_eq!(reply.status, 200);
+    assert!(reply
+        .header("content-type")
+        .is_some_and(|v| v.starts_with("text/plain")));
+    assert!(reply
+        .body
+        .contains("broker-a::127.0.0.1:10911::cx_active::1"));
+
+    let reply = get(addr, "/no/such/route").await;
+    assert_eq!(reply.status, 404);
+
+    let reply = request(addr, "POST", "/ready").await;
+    assert_eq!(reply.status, 405);
+    assert_eq!(reply.header("allow"), Some("GET"));
+    let reply = request(addr, "DELETE", "/stats/prometheus").await;
+    assert_eq!(reply.status, 405);
+
+    shutdown.cancel();
+    tokio::time::timeout(STEP, server.stopped())
+        .await
+        .expect("stops");
+}
+
+#[tokio::test]
+async fn prometheus_exposition() {
+    let handle = metrics::install();
+    // Idempotent: a second install is the same recorder.
+    let again = metrics::install();
+    let stats = Stats::new("admin_test").expect("valid prefix");
+    stats.inc(Counter::Request);
+    stats.inc(Counter::Request);
+    stats.counter(Counter::SendMessageV2).increment(5);
+    let active = stats.track(Gauge::SendMessageV2Active);
+    stats.upstream_rq_time(310, Duration::from_millis(3));
+    stats.upstream_rq_time(200050, Duration::from_millis(40));
+
+    let (server, shutdown) = start(loopback(), Ready::new()).await;
+    let reply = get(server.local_addr(), "/stats/prometheus").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let body = reply.body;
+    assert!(body.contains("\nrocketmq_admin_test_request 2\n"), "{body}");
+    assert!(
+        body.contains("\nrocketmq_admin_test_send_message_v2 5\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("\nrocketmq_admin_test_send_message_v2_active 1\n"),
+        "{body}"
+    );
+    // Every stat is registered up front, so untouched ones show as zero.
+    assert!(
+        body.contains("\nrocketmq_admin_test_renewals 0\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("\nrocketmq_admin_test_downstream_connections 0\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("# HELP rocketmq_admin_test_request "),
+        "{body}"
+    );
+    assert!(
+        body.contains("rocketmq_admin_test_upstream_rq_time_bucket{code=\"310\",le=\"0.005\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains(
+            "rocketmq_admin_test_upstream_rq_time_bucket{code=\"200050\",le=\"0.025\"} 0"
+        ),
+        "{body}"
+    );
+    assert!(
+        body.contains("rocketmq_admin_test_upstream_rq_time_count{code=\"200050\"} 1"),
+        "{body}"
+    );
+
+    drop(active);
+    assert!(again
+        .render()
+        .contains("\nrocketmq_admin_test_send_message_v2_active 0\n"));
+    assert!(handle
+        .render()
+        .contains("\nrocketmq_admin_test_request 2\n"));
+
+    shutdown.cancel();
+    tokio::time::timeout(STEP, server.stopped())
+        .await
+        .expect("stops");
+}
+
+#[tokio::test]
+async fn histogram_code_labels_are_bounded() {
+    let handle = metrics::install();
+    let stats = Stats::new("admin_bound").expect("valid prefix");
+    for code in 0..(metrics::MAX_CODE_LABELS as i32 + 10) {
+        stats.upstream_rq_time(1000 + code, Duration::from_micros(50));
+    }
+    let body = handle.render();
+    let labelled = body
+        .lines()
+        .filter(|l| l.starts_with("rocketmq_admin_bound_upstream_rq_time_count{"))
+        .count();
+    assert_eq!(labelled, metrics::MAX_CODE_LABELS + 1, "{body}");
+    assert!(
+        body.contains("rocketmq_admin_bound_upstream_rq_time_count{code=\"other\"} 10"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn excess_connections_are_turned_away() {
+    let config = AdminConfig {
+        max_connections: 4,
+        ..loopback()
+    };
+    let (server, shutdown) = start(config, Ready::new()).await;
+    let addr = server.local_addr();
+
+    // Fill every slot with a connection that never sends a request.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    // Let the server accept them all before the burst.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let burst: Vec<_> = (0..32)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut stream = TcpStream::connect(addr).await.expect("connect");
+                // The server may already have closed the socket; only the read matters.
+                let _ = stream
+                    .write_all(b"GET /healthz HTTP/1.1\r\nhost: admin\r\n\r\n")
+                    .await;
+                let mut answer = Vec::new();
+                let _ = stream.read_to_end(&mut answer).await;
+                String::from_utf8_lossy(&answer).into_owned()
+            })
+        })
+        .collect();
+    let answers = tokio::time::timeout(STEP, futures_util::future::join_all(burst))
+        .await
+        .expect("refused connections are closed, not left hanging");
+    let answers: Vec<String> = answers
+        .into_iter()
+        .map(|a| a.expect("client task"))
+        .collect();
+    for answer in &answers {
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 503"),
+            "{answer}"
+        );
+    }
+    assert!(answers.iter().any(|a| a.starts_with("HTTP/1.1 503")));
+
+    // Freed slots are reused.
+    drop(idle);
+    let deadline = Instant::now() + STEP;
+    loop {
+        let reply = get(addr, "/healthz").await;
+        if reply.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slots never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    shutdown.cancel();
+    tokio::time::timeout(STEP, server.stopped())
+        .await
+        .expect("stops");
+}
+
+#[tokio::test]
+async fn keep_alive_is_bounded_per_connection() {
+    let config = AdminConfig {
+        max_requests_per_connection: 3,
+        ..loopback()
+    };
+    let (server, shutdown) = start(config, Ready::new()).await;
+    let mut stream = TcpStream::connect(server.local_addr())
+        .await
+        .expect("connect");
+    for i in 1..=3 {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: admin\r\n\r\n")
+            .await
+            .expect("write");
+        let reply = tokio::time::timeout(STEP, read_reply(&mut stream))
+            .await
+            .expect("reply");
+        assert_eq!(reply.status, 200);
+        let close = reply
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        assert_eq!(close, i == 3, "request {i}");
+    }
+    expect_closed(&mut stream).await;
+
+    shutdown.cancel();
+    tokio::time::timeout(STEP, server.stopped())
+        .await
+        .expect("stops");
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_time_out() {
+    let config = AdminConfig {
+        header_read_timeout: Duration::from_millis(300),
+        ..loopback()
+    };
+    let (server, shutdown) = start(config, Ready::new()).await;
+    let mut stream = TcpStream::connect(server.local_addr())
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: admin\r\n\r\n")
+        .await
+        .expect("write");
+    let reply = tokio::time::timeout(STEP, read_reply(&mut stream))
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, 200);
+    let started = Instant::now();
+    expect_closed(&mut stream).await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    shutdown.cancel();
+    tokio::time::timeout(STEP, server.stopped())
+        .await
+        .expect("stops");
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections() {
+    let config = AdminConfig {
+        drain_deadline: Duration::from_secs(2),
+        ..loopback()
+    };
+    let (server, shutdown) = start(config, Ready::new()).await;
+    let addr = server.local_addr();
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: admin\r\n\r\n")
+        .await
+        .expect("write");
+    let reply = tokio::time::timeout(STEP, read_reply(&mut stream))
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, 200);
+    assert!(reply.header("connection").is_none(), "kept alive");
+
+    let started = Instant::now();
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(2), server.stopped())
+        .await
+        .expect("an idle keep-alive connection does not hold shutdown up");
+    // Idle connections close at once, well inside the drain deadline.
+    assert!(started.elapsed() < Duration::from_secs(1));
+    expect_closed(&mut stream).await;
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "listener closed after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_forces_stuck_connections_at_the_deadline() {
+    let config = AdminConfig {
+        drain_deadline: Duration::from_millis(300),
+        header_read_timeout: Duration::from_secs(30),
+        ..loopback()
+    };
+    let (server, shutdown) = start(config, Ready::new()).await;
+    let mut stream = TcpStream::connect(server.local_addr())
+        .await
+        .expect("connect");
+    // Half a request head: the connection is busy, not idle, so graceful close waits on it.
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: ad")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let started = Instant::now();
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(3), server.stopped())
+        .await
+        .expect("shutdown ends at the drain deadline");
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
+    expect_closed(&mut stream).await;
+}
