@@ -71,7 +71,6 @@ pub struct CatalogOptions {
     pub eds: bool,
 }
 
-
 #[derive(Default)]
 struct State {
     rev: u64,

@@ -4,6 +4,7 @@
 //!   sees only these; xds-api protos stay inside this crate.
 //! * [`resources`]: model <-> Envoy resources, validated both ways.
 //! * [`catalog`]: the control plane's resource store (what the ADS server serves).
+//! * [`static_config`]: static clusters and topic routes from a YAML file.
 //! * [`client`] / [`cache`]: the sidecar's on-demand delta ADS client and its route snapshot.
 //! * [`server`]: the delta + SotW ADS server.
 #![forbid(unsafe_code)]
@@ -11,6 +12,7 @@
 pub mod catalog;
 pub mod model;
 pub mod resources;
+pub mod static_config;
 
 /// The default RDS route configuration name the sidecar subscribes under (`<route_config>/<topic>`).
 pub const DEFAULT_ROUTE_CONFIG: &str = "rocketmq";
