@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod broker;
 pub mod cli;
+pub mod control_plane;
 pub mod demo;
 pub mod inspect;
 pub mod remoting;
