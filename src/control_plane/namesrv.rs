@@ -842,6 +842,30 @@ mod tests {
     }
 
     #[test]
+    fn unchanged_re_registration_of_many_topics_touches_nothing() {
+        let catalog = Arc::new(Catalog::new(CatalogOptions::default()));
+        let ns = NameServer::new(catalog.clone(), None, NamesrvOptions::default());
+        let names: Vec<String> = (0..100_000).map(|i| format!("T{i}")).collect();
+        let topics: Vec<(&str, i32)> = names.iter().map(|t| (t.as_str(), 6)).collect();
+        let apply = |r: Registration| {
+            let mut g = ns.lock();
+            let affected = g.register(r, Instant::now(), 10).unwrap();
+            let n = affected.len();
+            ns.publish(&g, affected);
+            n
+        };
+        assert_eq!(apply(reg("a:1", "A", 0, &topics)), 100_000);
+        assert_eq!(catalog.stats()["topics"], 100_000);
+        let rev = catalog.revision();
+        assert_eq!(apply(reg("a:1", "A", 0, &topics)), 0);
+        assert_eq!(catalog.revision(), rev, "the catalog was not touched");
+        let mut one_changed = topics.clone();
+        one_changed[7].1 = 4;
+        assert_eq!(apply(reg("a:1", "A", 0, &one_changed)), 1);
+        assert_eq!(catalog.revision(), rev + 1);
+    }
+
+    #[test]
     fn catalog_sees_changes_and_removals() {
         let catalog = Arc::new(Catalog::new(CatalogOptions::default()));
         let ns = NameServer::new(catalog.clone(), None, NamesrvOptions::default());
