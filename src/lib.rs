@@ -6,6 +6,7 @@ pub mod admin;
 pub mod bench;
 pub mod broker;
 pub mod cli;
+pub mod control_plane;
 pub mod demo;
 pub mod inspect;
 pub mod metrics;

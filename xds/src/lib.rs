@@ -4,8 +4,11 @@
 //!   sees only these; xds-api protos stay inside this crate.
 //! * [`resources`]: model <-> Envoy resources, validated both ways.
 //! * [`catalog`]: the control plane's resource store (what the ADS server serves).
+//! * [`static_config`]: static clusters and topic routes from a YAML file.
 //! * [`client`] / [`cache`]: the sidecar's on-demand delta ADS client and its route snapshot.
 //! * [`server`]: the delta + SotW ADS server.
+//! * [`static_config`]: the YAML schema of static resources (control plane `--static`, sidecar
+//!   `--bootstrap`).
 #![forbid(unsafe_code)]
 
 pub mod cache;
@@ -14,6 +17,7 @@ pub mod client;
 pub mod model;
 pub mod resources;
 pub mod server;
+pub mod static_config;
 
 /// The default RDS route configuration name the sidecar subscribes under (`<route_config>/<topic>`).
 pub const DEFAULT_ROUTE_CONFIG: &str = "rocketmq";

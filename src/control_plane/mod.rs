@@ -1,0 +1,259 @@
+//! The control plane: the nameserver role on a Remoting port ([`namesrv`]), optionally routes
+//! from an upstream nameserver ([`upstream`]), and static resources from a YAML file, all feeding
+//! one xDS [`Catalog`] (what the ADS server serves).
+//!
+//! [`start`] binds the Remoting listener and starts the broker sweeper, the static file reloader
+//! and the upstream fetcher; [`ControlPlane::shutdown`] stops them. The gRPC ADS listener is wired
+//! separately over [`ControlPlane::catalog`].
+
+pub mod namesrv;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use rocketmesh_xds::catalog::{Catalog, CatalogOptions};
+use rocketmesh_xds::static_config::{self, StaticResources};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use self::namesrv::{NameServer, NamesrvOptions};
+use self::upstream::{Upstream, UpstreamOptions};
+use crate::remoting::{serve, ServerConfig};
+
+/// Depth of the catalog's demand channel (topics waiting for the upstream fetcher). When full,
+/// lookups answer "absent" instead of queueing without bound.
+const DEMAND_QUEUE: usize = 4096;
+
+/// Control plane settings.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    /// Remoting (nameserver) listen address.
+    pub remoting: SocketAddr,
+    /// Static resources file, loaded at start and reloaded on change.
+    pub static_file: Option<PathBuf>,
+    /// Upstream nameserver to read routes from on demand.
+    pub upstream_namesrv: Option<SocketAddr>,
+    /// Brokers silent longer than this are removed (Apache's nameserver: 120 s).
+    pub broker_expiry: Duration,
+    /// Serve registered topics' endpoints through EDS instead of inline.
+    pub eds: bool,
+    /// Most brokers registered at once.
+    pub max_brokers: usize,
+    /// How often topics fetched from the upstream are refreshed.
+    pub upstream_refresh: Duration,
+    /// How long a topic the upstream does not know stays absent before it is asked again.
+    pub upstream_absent_ttl: Duration,
+    /// Deadline of one upstream request.
+    pub upstream_timeout: Duration,
+    /// Most upstream requests in flight.
+    pub upstream_concurrency: usize,
+    /// How often the static file's mtime and length are checked.
+    pub static_poll: Duration,
+    /// Remoting server limits.
+    pub server: ServerConfig,
+}
+
+impl ControlPlaneConfig {
+    /// Defaults with the Remoting listener on `remoting`.
+    pub fn new(remoting: SocketAddr) -> Self {
+        Self {
+            remoting,
+            static_file: None,
+            upstream_namesrv: None,
+            broker_expiry: Duration::from_secs(120),
+            eds: false,
+            max_brokers: NamesrvOptions::default().max_brokers,
+            upstream_refresh: Duration::from_secs(30),
+            upstream_absent_ttl: Duration::from_secs(10),
+            upstream_timeout: Duration::from_secs(3),
+            upstream_concurrency: 16,
+            static_poll: Duration::from_secs(1),
+            server: ServerConfig::default(),
+        }
+    }
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    /// The bound Remoting address.
+    pub remoting_addr: SocketAddr,
+    /// The resource catalog (for the ADS server and introspection).
+    pub catalog: Arc<Catalog>,
+    nameserver: Arc<NameServer>,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("remoting_addr", &self.remoting_addr)
+            .field("nameserver", &self.nameserver)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlPlane {
+    /// The nameserver role (registry introspection).
+    pub fn nameserver(&self) -> &Arc<NameServer> {
+        &self.nameserver
+    }
+
+    /// Stops every task and closes the listener.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Starts the control plane. Fails fast on a bad static file or a listener that cannot bind.
+pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
+    let catalog_opts = CatalogOptions { eds: config.eds };
+    let (catalog, demand) = match config.upstream_namesrv {
+        Some(_) => {
+            let (tx, rx) = mpsc::channel(DEMAND_QUEUE);
+            (Catalog::with_demand(catalog_opts, tx), Some(rx))
+        }
+        None => (Catalog::new(catalog_opts), None),
+    };
+    let catalog = Arc::new(catalog);
+
+    // Static resources first: a bad file stops the start.
+    let static_state = match &config.static_file {
+        Some(path) => {
+            let stamp = file_stamp(path);
+            let resources = static_config::load(path)
+                .with_context(|| format!("loading static resources from {}", path.display()))?;
+            apply_static(&catalog, path, resources);
+            Some((path.clone(), stamp))
+        }
+        None => None,
+    };
+
+    let upstream = config.upstream_namesrv.map(|addr| {
+        Arc::new(Upstream::new(UpstreamOptions {
+            request_timeout: config.upstream_timeout,
+            refresh: config.upstream_refresh,
+            absent_ttl: config.upstream_absent_ttl,
+            concurrency: config.upstream_concurrency,
+            ..UpstreamOptions::new(addr)
+        }))
+    });
+    let nameserver = Arc::new(NameServer::new(
+        catalog.clone(),
+        upstream.clone(),
+        NamesrvOptions {
+            broker_expiry: config.broker_expiry,
+            max_brokers: config.max_brokers,
+            response_encoding: config.server.response_encoding,
+        },
+    ));
+
+    let listener = TcpListener::bind(config.remoting)
+        .await
+        .with_context(|| format!("binding the Remoting listener on {}", config.remoting))?;
+    let remoting_addr = listener.local_addr()?;
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = vec![
+        tokio::spawn(serve(
+            listener,
+            nameserver.clone(),
+            config.server,
+            shutdown.clone(),
+        )),
+        tokio::spawn(namesrv::sweep(nameserver.clone(), shutdown.clone())),
+    ];
+    if let Some((path, stamp)) = static_state {
+        tasks.push(tokio::spawn(reload_static(
+            catalog.clone(),
+            path,
+            stamp,
+            config.static_poll,
+            shutdown.clone(),
+        )));
+    }
+    if let (Some(upstream), Some(demand)) = (upstream, demand) {
+        tasks.push(tokio::spawn(upstream::run_fetcher(
+            upstream,
+            catalog.clone(),
+            nameserver.clone(),
+            demand,
+            shutdown.clone(),
+        )));
+    }
+    tracing::info!(
+        remoting = %remoting_addr,
+        upstream = ?config.upstream_namesrv,
+        static_file = ?config.static_file,
+        "control plane serving"
+    );
+    Ok(ControlPlane {
+        remoting_addr,
+        catalog,
+        nameserver,
+        shutdown,
+        tasks,
+    })
+}
+
+/// What identifies a version of the static file: modification time and length.
+type FileStamp = Option<(SystemTime, u64)>;
+
+fn file_stamp(path: &Path) -> FileStamp {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+fn apply_static(catalog: &Catalog, path: &Path, r: StaticResources) {
+    let (vhosts, clusters, las) = (r.vhosts.len(), r.clusters.len(), r.load_assignments.len());
+    let changed = catalog.replace_static(r.vhosts, r.clusters, r.load_assignments);
+    tracing::info!(
+        file = %path.display(), vhosts, clusters, load_assignments = las, changed,
+        "static resources loaded"
+    );
+}
+
+/// Polls the static file every `period`; a changed file is loaded and replaces the static
+/// resources, a bad one is logged and the last good content stays.
+async fn reload_static(
+    catalog: Arc<Catalog>,
+    path: PathBuf,
+    mut seen: FileStamp,
+    period: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(period.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let p = path.clone();
+        let Ok((stamp, loaded)) = tokio::task::spawn_blocking(move || {
+            let stamp = file_stamp(&p);
+            (stamp, (stamp != seen).then(|| static_config::load(&p)))
+        })
+        .await
+        else {
+            continue;
+        };
+        let Some(loaded) = loaded else { continue };
+        seen = stamp;
+        match loaded {
+            Ok(resources) => apply_static(&catalog, &path, resources),
+            Err(e) => tracing::error!(
+                file = %path.display(),
+                "static resources not reloaded, keeping the last good ones: {e}"
+            ),
+        }
+    }
+}
