@@ -33,6 +33,11 @@ pub enum Command {
     Bench(BenchArgs),
     /// Decode Remoting frames (hex, as in testdata/frames) and print them.
     Inspect(InspectArgs),
+    /// On-demand (delta) vs SotW xDS at catalogue scale: client memory and time to first route.
+    BenchXds(BenchXdsArgs),
+    /// One xDS client run for bench-xds (prints one JSON line).
+    #[command(hide = true)]
+    XdsProbe(XdsProbeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -105,6 +110,12 @@ pub struct ControlPlaneArgs {
     /// Read routes from an existing nameserver.
     #[arg(long)]
     pub upstream_namesrv: Option<SocketAddr>,
+    /// Serve registered topics' endpoints through EDS (ClusterLoadAssignment) instead of inline.
+    #[arg(long)]
+    pub eds: bool,
+    /// Remove brokers silent for this many seconds (Apache's nameserver: 120).
+    #[arg(long = "broker-expiry", default_value_t = 120)]
+    pub broker_expiry_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -157,4 +168,35 @@ pub struct InspectArgs {
     /// Also decode message records in pull/pop response bodies.
     #[arg(long)]
     pub records: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchXdsArgs {
+    /// Topics registered with the control plane (by two brokers).
+    #[arg(long, default_value_t = 100_000)]
+    pub topics: usize,
+    /// Topics the client asks for.
+    #[arg(long, default_value_t = 10)]
+    pub subscribe: usize,
+    /// Also print one JSON line with the figures.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProbeMode {
+    Delta,
+    Sotw,
+}
+
+#[derive(Debug, Args)]
+pub struct XdsProbeArgs {
+    /// ADS server.
+    #[arg(long)]
+    pub server: SocketAddr,
+    #[arg(long, value_enum)]
+    pub mode: ProbeMode,
+    /// Topics to ask for (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    pub topics: Vec<String>,
 }

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod bench_xds;
 pub mod broker;
 pub mod cli;
 pub mod control_plane;

@@ -7,8 +7,10 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use rocketmesh::broker::{self, BrokerConfig};
-use rocketmesh::cli::{BrokerArgs, Cli, Command, FlushMode};
-use rocketmesh::{bench, demo, inspect};
+use rocketmesh::cli::{BrokerArgs, Cli, Command, ControlPlaneArgs, FlushMode, ProbeMode};
+use rocketmesh::control_plane::{self, ControlPlaneConfig};
+use rocketmesh::{bench, bench_xds, demo, inspect};
+use rocketmesh_xds::client::XdsMode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -42,8 +44,34 @@ fn run(command: Command) -> Result<ExitCode> {
             runtime.block_on(run_broker(args))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::ControlPlane(_) => {
-            not_built("control-plane", "Control plane and on-demand xDS client")
+        Command::ControlPlane(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(run_control_plane(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::XdsProbe(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let mode = match args.mode {
+                ProbeMode::Delta => XdsMode::Delta,
+                ProbeMode::Sotw => XdsMode::Sotw,
+            };
+            let report = runtime.block_on(bench_xds::probe(
+                args.server,
+                mode,
+                &args.topics,
+                std::time::Duration::from_secs(120),
+            ));
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchXds(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let report = runtime.block_on(bench_xds::run(&args))?;
+            println!("{}", report.human());
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
             let runtime = tokio::runtime::Runtime::new()?;
@@ -75,6 +103,23 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
     wait_for_signal().await;
     tracing::info!("shutting down");
     handle.shutdown().await;
+    Ok(())
+}
+
+async fn run_control_plane(args: ControlPlaneArgs) -> Result<()> {
+    let mut config = ControlPlaneConfig::new(args.remoting);
+    config.xds = Some(args.xds);
+    config.static_file = args.static_file;
+    config.upstream_namesrv = args.upstream_namesrv;
+    config.eds = args.eds;
+    config.broker_expiry = std::time::Duration::from_secs(args.broker_expiry_secs);
+    let cp = control_plane::start(config).await?;
+    let xds = cp.xds_addr.map(|a| a.to_string()).unwrap_or_default();
+    // Scripts wait for this line.
+    println!("ready remoting={} xds={xds}", cp.remoting_addr);
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    cp.shutdown().await;
     Ok(())
 }
 

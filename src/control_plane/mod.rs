@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use rocketmesh_xds::catalog::{Catalog, CatalogOptions};
+use rocketmesh_xds::server::{AdsServer, ServerOptions};
 use rocketmesh_xds::static_config::{self, StaticResources};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -34,6 +35,10 @@ const DEMAND_QUEUE: usize = 4096;
 pub struct ControlPlaneConfig {
     /// Remoting (nameserver) listen address.
     pub remoting: SocketAddr,
+    /// gRPC listen address of the ADS server (delta + SotW); none = no xDS (nameserver only).
+    pub xds: Option<SocketAddr>,
+    /// ADS server limits.
+    pub xds_options: ServerOptions,
     /// Static resources file, loaded at start and reloaded on change.
     pub static_file: Option<PathBuf>,
     /// Upstream nameserver to read routes from on demand.
@@ -63,6 +68,8 @@ impl ControlPlaneConfig {
     pub fn new(remoting: SocketAddr) -> Self {
         Self {
             remoting,
+            xds: None,
+            xds_options: ServerOptions::default(),
             static_file: None,
             upstream_namesrv: None,
             broker_expiry: Duration::from_secs(120),
@@ -82,8 +89,11 @@ impl ControlPlaneConfig {
 pub struct ControlPlane {
     /// The bound Remoting address.
     pub remoting_addr: SocketAddr,
+    /// The bound ADS (gRPC) address, when serving xDS.
+    pub xds_addr: Option<SocketAddr>,
     /// The resource catalog (for the ADS server and introspection).
     pub catalog: Arc<Catalog>,
+    ads: Option<AdsServer>,
     nameserver: Arc<NameServer>,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -104,7 +114,12 @@ impl ControlPlane {
         &self.nameserver
     }
 
-    /// Stops every task and closes the listener.
+    /// The ADS server (stream and ACK/NACK statistics), when serving xDS.
+    pub fn ads(&self) -> Option<&AdsServer> {
+        self.ads.as_ref()
+    }
+
+    /// Stops every task and closes the listeners (open ADS streams end with OK).
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         for t in self.tasks {
@@ -160,6 +175,18 @@ pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
         .await
         .with_context(|| format!("binding the Remoting listener on {}", config.remoting))?;
     let remoting_addr = listener.local_addr()?;
+    let xds_listener = match config.xds {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the xDS listener on {addr}"))?,
+        ),
+        None => None,
+    };
+    let xds_addr = xds_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
 
     let shutdown = CancellationToken::new();
     let mut tasks = vec![
@@ -189,15 +216,29 @@ pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
             shutdown.clone(),
         )));
     }
+    let ads = xds_listener.map(|listener| {
+        let ads = AdsServer::new(catalog.clone(), config.xds_options.clone());
+        let server = ads.clone();
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = server.serve(listener, stop.cancelled_owned()).await {
+                tracing::error!("ADS server failed: {e}");
+            }
+        }));
+        ads
+    });
     tracing::info!(
         remoting = %remoting_addr,
+        xds = ?xds_addr,
         upstream = ?config.upstream_namesrv,
         static_file = ?config.static_file,
         "control plane serving"
     );
     Ok(ControlPlane {
         remoting_addr,
+        xds_addr,
         catalog,
+        ads,
         nameserver,
         shutdown,
         tasks,

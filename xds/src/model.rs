@@ -136,7 +136,7 @@ pub enum StringMatch {
     Suffix(String),
     Contains(String),
     /// Full-string match of a RE2-style pattern.
-    Regex(#[serde(with = "regex_serde")] regex::Regex),
+    Regex(#[serde(with = "regex_serde")] Arc<regex::Regex>),
     Present,
 }
 
@@ -189,15 +189,34 @@ impl StringMatch {
     }
 }
 
-fn compile_full(pattern: &str) -> Result<regex::Regex, regex::Error> {
+/// Most distinct patterns kept compiled for reuse. Control planes repeat the same few patterns in
+/// every virtual host, so interning turns "one compiled regex per route per topic" (tens of KiB
+/// each) into one per pattern.
+const REGEX_CACHE_LIMIT: usize = 1024;
+
+static REGEX_CACHE: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, Arc<regex::Regex>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+fn compile_full(pattern: &str) -> Result<Arc<regex::Regex>, regex::Error> {
+    let mut cache = REGEX_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(r) = cache.get(pattern) {
+        return Ok(r.clone());
+    }
     // Compile the bare pattern first: it proves the pattern is balanced on its own, so wrapping it
     // cannot change its meaning (e.g. "a)|(b").
     regex::RegexBuilder::new(pattern)
         .size_limit(1 << 20)
         .build()?;
-    regex::RegexBuilder::new(&anchored(pattern))
-        .size_limit(1 << 20)
-        .build()
+    let r = Arc::new(
+        regex::RegexBuilder::new(&anchored(pattern))
+            .size_limit(1 << 20)
+            .build()?,
+    );
+    if cache.len() < REGEX_CACHE_LIMIT {
+        cache.insert(pattern.to_owned(), r.clone());
+    }
+    Ok(r)
 }
 
 fn anchored(pattern: &str) -> String {
@@ -215,11 +234,16 @@ pub fn regex_source(r: &regex::Regex) -> &str {
 mod regex_serde {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(r: &regex::Regex, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        r: &std::sync::Arc<regex::Regex>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_str(super::regex_source(r))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<regex::Regex, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<std::sync::Arc<regex::Regex>, D::Error> {
         let p = String::deserialize(d)?;
         super::compile_full(&p).map_err(serde::de::Error::custom)
     }
