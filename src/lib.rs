@@ -12,3 +12,4 @@ pub mod demo;
 pub mod inspect;
 pub mod metrics;
 pub mod remoting;
+pub mod sidecar;

@@ -7,8 +7,11 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use rocketmesh::broker::{self, BrokerConfig};
-use rocketmesh::cli::{BrokerArgs, Cli, Command, ControlPlaneArgs, FlushMode, ProbeMode};
+use rocketmesh::cli::{
+    BrokerArgs, Cli, Command, ControlPlaneArgs, FlushMode, ProbeMode, SidecarArgs,
+};
 use rocketmesh::control_plane::{self, ControlPlaneConfig};
+use rocketmesh::sidecar::{self, SidecarConfig};
 use rocketmesh::{bench, bench_xds, demo, inspect};
 use rocketmesh_xds::client::XdsMode;
 
@@ -38,7 +41,11 @@ fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => demo::run(args.once).map(|()| ExitCode::SUCCESS),
-        Command::Sidecar(_) => not_built("sidecar", "The sidecar data path"),
+        Command::Sidecar(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(run_sidecar(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Broker(args) => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(run_broker(args))?;
@@ -85,11 +92,6 @@ fn run(command: Command) -> Result<ExitCode> {
     }
 }
 
-fn not_built(what: &str, issue: &str) -> Result<ExitCode> {
-    eprintln!("rocketmesh {what}: not built yet (tracked in the issue \"{issue}\")");
-    Ok(ExitCode::from(2))
-}
-
 async fn run_broker(args: BrokerArgs) -> Result<()> {
     let mut config = BrokerConfig::new(args.listen, args.data_dir);
     config.sync_flush = args.flush == FlushMode::Sync;
@@ -103,6 +105,32 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
     wait_for_signal().await;
     tracing::info!("shutting down");
     handle.shutdown().await;
+    Ok(())
+}
+
+async fn run_sidecar(args: SidecarArgs) -> Result<()> {
+    let mut config = SidecarConfig::new(args.listen);
+    config.extra_listen = args.extra_listen;
+    config.admin = Some(args.admin);
+    config.xds = Some(args.xds.to_string());
+    config.bootstrap = args.bootstrap;
+    config.route_config = args.route_config;
+    let sidecar = sidecar::start(config).await?;
+    let waiting = async {
+        while !sidecar.wait_ready(std::time::Duration::from_secs(5)).await {
+            tracing::info!("not ready yet: waiting for the xDS server");
+        }
+    };
+    tokio::select! {
+        () = waiting => {
+            // Scripts wait for this line.
+            println!("ready {}", sidecar.addr);
+            wait_for_signal().await;
+        }
+        () = wait_for_signal() => {}
+    }
+    tracing::info!("draining");
+    sidecar.shutdown().await;
     Ok(())
 }
 

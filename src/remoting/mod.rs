@@ -56,7 +56,7 @@ pub(crate) async fn write_loop(
     let _ = write.shutdown().await;
     failure
 }
-pub use server::{serve, Connection, Handler, ServerConfig};
+pub use server::{serve, serve_until, Connection, Handler, ServerConfig};
 
 #[cfg(test)]
 mod tests;

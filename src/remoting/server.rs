@@ -127,13 +127,27 @@ impl Connection {
 
 static CONNECTION_IDS: AtomicU64 = AtomicU64::new(1);
 
-/// Serves `listener` until `shutdown` fires.
+/// Serves `listener` until `shutdown` fires (which also closes every connection).
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     config: ServerConfig,
     shutdown: CancellationToken,
 ) {
+    serve_until(listener, handler, config, shutdown.clone(), shutdown).await
+}
+
+/// Serves `listener`: accepts until `stop_accepting` fires (the listener is closed then), and
+/// keeps the accepted connections until `close` fires. Between the two, a caller can drain:
+/// let in-flight requests finish while no new connection comes in.
+pub async fn serve_until<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    config: ServerConfig,
+    stop_accepting: CancellationToken,
+    close: CancellationToken,
+) {
+    let shutdown = stop_accepting;
     let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let mut accept_backoff = Duration::from_millis(5);
     loop {
@@ -159,9 +173,9 @@ pub async fn serve<H: Handler>(
             }
         };
         let handler = handler.clone();
-        let shutdown = shutdown.child_token();
+        let closed = close.child_token();
         tokio::spawn(async move {
-            serve_connection(stream, peer, handler, config, shutdown).await;
+            serve_connection(stream, peer, handler, config, closed).await;
             drop(permit);
         });
     }

@@ -1,0 +1,250 @@
+//! The sidecar's client table: which client (id, downstream connection) is in which consumer and
+//! producer group, fed by HEART_BEAT / UNREGISTER_CLIENT and connection closes, with expiry.
+//!
+//! Unlike Envoy's filter (a table per downstream connection that never adds a second member),
+//! one table per sidecar, new members are added, expired members are not listed, and the table is
+//! bounded.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rocketmesh_filters::codec::body::HeartbeatData;
+
+use crate::remoting::Connection;
+
+/// Most groups and most members per group kept.
+pub const MAX_GROUPS: usize = 10_000;
+pub const MAX_MEMBERS: usize = 1_000;
+
+#[derive(Debug, Clone)]
+struct Member {
+    conn: Arc<Connection>,
+    last_seen: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    consumers: HashMap<String, HashMap<String, Member>>,
+    producers: HashMap<String, HashMap<String, Member>>,
+    /// The last heartbeat body per client (what the sidecar repeats to brokers on its behalf).
+    heartbeats: HashMap<String, (HeartbeatData, Instant)>,
+}
+
+/// Consumer / producer group membership.
+#[derive(Debug)]
+pub struct Groups {
+    expiry: Duration,
+    t: Mutex<Tables>,
+}
+
+fn upsert(
+    map: &mut HashMap<String, HashMap<String, Member>>,
+    group: &str,
+    client: &str,
+    conn: &Arc<Connection>,
+    now: Instant,
+) -> bool {
+    if !map.contains_key(group) && map.len() >= MAX_GROUPS {
+        return false;
+    }
+    let members = map.entry(group.to_owned()).or_default();
+    if let Some(m) = members.get_mut(client) {
+        m.last_seen = now;
+        if m.conn.id() != conn.id() {
+            m.conn = conn.clone();
+        }
+        return false;
+    }
+    if members.len() >= MAX_MEMBERS {
+        return false;
+    }
+    members.insert(
+        client.to_owned(),
+        Member {
+            conn: conn.clone(),
+            last_seen: now,
+        },
+    );
+    true
+}
+
+impl Groups {
+    pub fn new(expiry: Duration) -> Self {
+        Groups {
+            expiry,
+            t: Mutex::new(Tables::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
+        self.t.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a heartbeat. Returns the consumer groups that gained a member.
+    pub fn heartbeat(&self, conn: &Arc<Connection>, hb: &HeartbeatData) -> Vec<String> {
+        let now = Instant::now();
+        let mut t = self.lock();
+        let mut joined = Vec::new();
+        for c in &hb.consumer_data_set {
+            if upsert(&mut t.consumers, &c.group_name, &hb.client_id, conn, now) {
+                joined.push(c.group_name.clone());
+            }
+        }
+        for p in &hb.producer_data_set {
+            upsert(&mut t.producers, &p.group_name, &hb.client_id, conn, now);
+        }
+        if t.heartbeats.len() < MAX_GROUPS || t.heartbeats.contains_key(&hb.client_id) {
+            t.heartbeats.insert(hb.client_id.clone(), (hb.clone(), now));
+        }
+        joined
+    }
+
+    /// UNREGISTER_CLIENT: removes the client from the named groups (and its heartbeat when it
+    /// leaves every group).
+    pub fn unregister(
+        &self,
+        client: &str,
+        producer_group: Option<&str>,
+        consumer_group: Option<&str>,
+    ) {
+        let mut t = self.lock();
+        if let Some(g) = consumer_group.filter(|g| !g.is_empty()) {
+            remove_member(&mut t.consumers, g, client);
+        }
+        if let Some(g) = producer_group.filter(|g| !g.is_empty()) {
+            remove_member(&mut t.producers, g, client);
+        }
+        let still = t
+            .consumers
+            .values()
+            .chain(t.producers.values())
+            .any(|m| m.contains_key(client));
+        if !still {
+            t.heartbeats.remove(client);
+        }
+    }
+
+    /// Live client ids of a consumer group, sorted.
+    pub fn consumers(&self, group: &str) -> Vec<String> {
+        let now = Instant::now();
+        let t = self.lock();
+        let mut out: Vec<String> = t
+            .consumers
+            .get(group)
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, m)| {
+                        now.duration_since(m.last_seen) <= self.expiry && !m.conn.is_closed()
+                    })
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// Live downstream connections of a consumer group (one per client).
+    pub fn consumer_connections(&self, group: &str) -> Vec<Arc<Connection>> {
+        self.connections(|t| t.consumers.get(group))
+    }
+
+    /// Live downstream connections of a producer group.
+    pub fn producer_connections(&self, group: &str) -> Vec<Arc<Connection>> {
+        self.connections(|t| t.producers.get(group))
+    }
+
+    fn connections(
+        &self,
+        pick: impl Fn(&Tables) -> Option<&HashMap<String, Member>>,
+    ) -> Vec<Arc<Connection>> {
+        let t = self.lock();
+        pick(&t)
+            .map(|m| {
+                m.values()
+                    .filter(|m| !m.conn.is_closed())
+                    .map(|m| m.conn.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A downstream connection closed: its clients leave every group. Returns the consumer
+    /// groups that lost a member.
+    pub fn connection_closed(&self, conn_id: u64) -> Vec<String> {
+        let mut t = self.lock();
+        let mut left = BTreeSet::new();
+        for (g, members) in t.consumers.iter_mut() {
+            let before = members.len();
+            members.retain(|_, m| m.conn.id() != conn_id);
+            if members.len() != before {
+                left.insert(g.clone());
+            }
+        }
+        for members in t.producers.values_mut() {
+            members.retain(|_, m| m.conn.id() != conn_id);
+        }
+        t.consumers.retain(|_, m| !m.is_empty());
+        t.producers.retain(|_, m| !m.is_empty());
+        let Tables {
+            consumers,
+            producers,
+            heartbeats,
+        } = &mut *t;
+        heartbeats.retain(|client, _| {
+            consumers
+                .values()
+                .chain(producers.values())
+                .any(|m| m.contains_key(client))
+        });
+        left.into_iter().collect()
+    }
+
+    /// Drops members not heard from within the expiry. Returns the consumer groups that changed.
+    pub fn expire(&self) -> Vec<String> {
+        let now = Instant::now();
+        let expiry = self.expiry;
+        let mut t = self.lock();
+        let mut changed = Vec::new();
+        for (g, members) in t.consumers.iter_mut() {
+            let before = members.len();
+            members.retain(|_, m| now.duration_since(m.last_seen) <= expiry);
+            if members.len() != before {
+                changed.push(g.clone());
+            }
+        }
+        for members in t.producers.values_mut() {
+            members.retain(|_, m| now.duration_since(m.last_seen) <= expiry);
+        }
+        t.consumers.retain(|_, m| !m.is_empty());
+        t.producers.retain(|_, m| !m.is_empty());
+        t.heartbeats
+            .retain(|_, (_, at)| now.duration_since(*at) <= expiry);
+        changed
+    }
+
+    /// The clients' latest heartbeats (to repeat towards brokers).
+    pub fn heartbeats(&self) -> Vec<HeartbeatData> {
+        self.lock()
+            .heartbeats
+            .values()
+            .map(|(h, _)| h.clone())
+            .collect()
+    }
+
+    /// (consumer groups, producer groups, clients) for introspection.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let t = self.lock();
+        (t.consumers.len(), t.producers.len(), t.heartbeats.len())
+    }
+}
+
+fn remove_member(map: &mut HashMap<String, HashMap<String, Member>>, group: &str, client: &str) {
+    if let Some(m) = map.get_mut(group) {
+        m.remove(client);
+        if m.is_empty() {
+            map.remove(group);
+        }
+    }
+}

@@ -1,0 +1,624 @@
+//! The downstream side: one Remoting handler for nameserver and broker requests alike.
+//!
+//! ```text
+//! 105 GET_ROUTEINFO_BY_TOPIC        answered here: one virtual broker over the topic's writable /
+//!                                   readable endpoints, every address = the sidecar's
+//! 10/310/320 SEND                   virtual write queue -> (writable broker, queue) -> upstream
+//! 200050 POP                        virtual read queue (or any readable broker for -1) -> upstream
+//! 200051 ACK, 200053 CHANGE_INVIS.  broker named in the pop handle (extraInfo) -> upstream
+//! 200151 BATCH_ACK                  broker named in the body -> upstream
+//! 34/35/38                          answered from the client table (groups.rs)
+//! 37 END_TRANSACTION                broker encoded in the message's offsetMsgId (if pooled)
+//! anything else                     REQUEST_CODE_NOT_SUPPORTED, remark names the code
+//! ```
+//!
+//! Requests for a topic not yet known wait on the xDS client (one subscription per topic, bounded
+//! by the route timeout): Missing -> TOPIC_NOT_EXIST at once, Timeout -> SYSTEM_ERROR saying what
+//! timed out. A send whose topic is missing but names a `defaultTopic` (a legacy producer's
+//! auto-create) goes to a writable broker of the default topic.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rocketmesh_filters::codec::body::{
+    BatchAckMessageRequestBody, ConsumerListBody, HeartbeatData, RouteJsonStyle,
+};
+use rocketmesh_filters::codec::codes::{request_code as rc, response_code};
+use rocketmesh_filters::codec::headers::{
+    AckMessageRequestHeader, ChangeInvisibleTimeRequestHeader, EndTransactionRequestHeader,
+    GetConsumerListByGroupRequestHeader, GetRouteInfoRequestHeader, PopMessageRequestHeader,
+    UnregisterClientRequestHeader,
+};
+use rocketmesh_filters::codec::message::decode_offset_msg_id;
+use rocketmesh_filters::codec::pop::{is_retry_topic, parse_pop_retry_topic, PopHandle};
+use rocketmesh_filters::codec::{RemotingCommand, ResponseEncoding};
+use rocketmesh_filters::route::{topic_route_data, BrokerView, VirtualQueues};
+use rocketmesh_xds::client::{RouteError, XdsClient};
+use rocketmesh_xds::model::{Endpoint, RouteRequest, TopicRoute};
+
+use super::groups::Groups;
+use super::upstream::{UpstreamError, Upstreams};
+use crate::metrics::{Counter, Gauge, Stats};
+use crate::remoting::{Connection, Handler};
+
+/// Settings the handler needs.
+#[derive(Debug, Clone)]
+pub struct HandlerConfig {
+    /// Address written into route answers (`host:port` of the main listener).
+    pub advertise: String,
+    /// Name of the virtual broker in route answers.
+    pub virtual_broker: String,
+    /// Upstream request timeout (pops add their poll time).
+    pub request_timeout: Duration,
+    pub response_encoding: ResponseEncoding,
+}
+
+/// Shared state of a sidecar's data path.
+pub struct SidecarCore {
+    pub cfg: HandlerConfig,
+    pub xds: XdsClient,
+    pub upstreams: Arc<Upstreams>,
+    pub groups: Arc<Groups>,
+    pub stats: Arc<Stats>,
+    rr: AtomicUsize,
+    in_flight: AtomicUsize,
+}
+
+impl std::fmt::Debug for SidecarCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SidecarCore")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A failed request: the response code and remark to answer with.
+#[derive(Debug)]
+struct Reject(i32, String);
+
+impl Reject {
+    fn system(msg: impl Into<String>) -> Self {
+        Reject(response_code::SYSTEM_ERROR, msg.into())
+    }
+}
+
+impl From<rocketmesh_filters::codec::ext::HeaderError> for Reject {
+    fn from(e: rocketmesh_filters::codec::ext::HeaderError) -> Self {
+        Reject::system(e.to_string())
+    }
+}
+
+fn route_reject(e: RouteError) -> Reject {
+    match e {
+        RouteError::Missing(topic) => Reject(
+            response_code::TOPIC_NOT_EXIST,
+            format!("No topic route info in name server for the topic: {topic}"),
+        ),
+        other => Reject::system(other.to_string()),
+    }
+}
+
+fn upstream_reject(e: UpstreamError) -> Reject {
+    Reject::system(e.to_string())
+}
+
+/// What a code sends where: a writable subset for sends, readable for pops.
+const SEND_PROBE: i32 = rc::SEND_MESSAGE_V2;
+const POP_PROBE: i32 = rc::POP_MESSAGE;
+
+/// The queue view of a route: brokers (masters) with perms from the route's own subsets.
+pub fn queue_view(route: &TopicRoute) -> (Vec<BrokerView>, VirtualQueues) {
+    let masters = |code: i32| -> Vec<&Endpoint> {
+        route
+            .select(&RouteRequest {
+                code,
+                ..Default::default()
+            })
+            .map(|s| s.endpoints.into_iter().filter(|e| e.is_master()).collect())
+            .unwrap_or_default()
+    };
+    let writable = masters(SEND_PROBE);
+    let readable = masters(POP_PROBE);
+    let mut views: Vec<BrokerView> = Vec::new();
+    for e in writable.iter().chain(readable.iter()) {
+        if views.iter().any(|v| v.name == e.broker_name) {
+            continue;
+        }
+        let mut perm = 0;
+        if writable.iter().any(|w| w.broker_name == e.broker_name) {
+            perm |= rocketmesh_filters::codec::body::perm::PERM_WRITE;
+        }
+        if readable.iter().any(|r| r.broker_name == e.broker_name) {
+            perm |= rocketmesh_filters::codec::body::perm::PERM_READ;
+        }
+        views.push(BrokerView {
+            name: e.broker_name.clone(),
+            cluster: e.cluster_name.clone(),
+            perm,
+            read_queues: e.read_queue_num,
+            write_queues: e.write_queue_num,
+        });
+    }
+    let vq = VirtualQueues::new(&views);
+    (views, vq)
+}
+
+impl SidecarCore {
+    pub fn new(
+        cfg: HandlerConfig,
+        xds: XdsClient,
+        upstreams: Arc<Upstreams>,
+        groups: Arc<Groups>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        SidecarCore {
+            cfg,
+            xds,
+            upstreams,
+            groups,
+            stats,
+            rr: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// Requests being handled now (graceful drain waits for 0).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn reply(&self, req: &RemotingCommand, code: i32, remark: Option<String>) -> RemotingCommand {
+        let mut r = req.response_to(code, self.cfg.response_encoding);
+        if let Some(m) = remark {
+            r = r.with_remark(m);
+        }
+        r
+    }
+
+    /// The topic's route, counting parked requests while it is being fetched.
+    async fn route(&self, topic: &str, pending: Gauge) -> Result<Arc<TopicRoute>, RouteError> {
+        if let Some(r) = self.xds.snapshot().route(topic) {
+            return Ok(r.clone());
+        }
+        let _p = self.stats.track(pending);
+        let _t = self.stats.track(Gauge::TotalPending);
+        self.xds.route(topic).await
+    }
+
+    fn next(&self) -> usize {
+        self.rr.fetch_add(1, Ordering::Relaxed)
+    }
+
+    async fn forward(
+        &self,
+        endpoint: &Endpoint,
+        connect_timeout: Option<Duration>,
+        req: RemotingCommand,
+        timeout: Duration,
+    ) -> Result<RemotingCommand, UpstreamError> {
+        let (code, opaque) = (req.code(), req.opaque());
+        if req.is_oneway() {
+            // No answer comes back; the caller discards what we return.
+            self.upstreams.send_oneway(&endpoint.address, req).await?;
+            return Ok(RemotingCommand::request(code));
+        }
+        let start = Instant::now();
+        let r = self
+            .upstreams
+            .invoke(&endpoint.address, req, timeout, connect_timeout)
+            .await;
+        self.stats.upstream_rq_time(code, start.elapsed());
+        match r {
+            Ok(mut resp) => {
+                self.stats.inc(Counter::Response);
+                self.stats.inc(Counter::ResponseDecodingSuccess);
+                resp.set_opaque(opaque);
+                Ok(resp)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    // ----- 105 ---------------------------------------------------------------------------
+
+    async fn get_route(&self, req: &RemotingCommand) -> Result<RemotingCommand, Reject> {
+        self.stats.inc(Counter::GetTopicRoute);
+        let _a = self.stats.track(Gauge::GetTopicRouteActive);
+        let h: GetRouteInfoRequestHeader = req.decode_header()?;
+        let route = self
+            .route(&h.topic, Gauge::GetTopicRoutePending)
+            .await
+            .map_err(route_reject)?;
+        let (views, vq) = queue_view(&route);
+        let data = topic_route_data(&views, &vq, &self.cfg.virtual_broker, &self.cfg.advertise);
+        let style = RouteJsonStyle::for_request(
+            req.version(),
+            h.accept_standard_json_only.unwrap_or(false),
+        );
+        Ok(self
+            .reply(req, response_code::SUCCESS, None)
+            .with_body(data.encode(style)))
+    }
+
+    // ----- sends -------------------------------------------------------------------------
+
+    async fn send(&self, req: RemotingCommand) -> Result<RemotingCommand, Reject> {
+        let code = req.code();
+        let (counter, active) = match code {
+            rc::SEND_MESSAGE => (Counter::SendMessageV1, Gauge::SendMessageV1Active),
+            rc::SEND_BATCH_MESSAGE => (Counter::SendMessageBatch, Gauge::SendMessageV2Active),
+            _ => (Counter::SendMessageV2, Gauge::SendMessageV2Active),
+        };
+        self.stats.inc(counter);
+        let _a = self.stats.track(active);
+        // V1 names its fields, V2 (and batch from Java) uses a..n.
+        let compact = req.ext().contains("b");
+        let (k_topic, k_default, k_queue) = if compact {
+            ("b", "c", "e")
+        } else {
+            ("topic", "defaultTopic", "queueId")
+        };
+        let topic = req.ext().required_str(k_topic)?.to_owned();
+        let default_topic = req.ext().get(k_default).unwrap_or("").to_owned();
+        let queue: i32 = req.ext().optional(k_queue)?.unwrap_or(-1);
+
+        let route = match self.route(&topic, Gauge::SendMessagePending).await {
+            Ok(r) => r,
+            Err(RouteError::Missing(_)) if !default_topic.is_empty() && default_topic != topic => {
+                // A legacy producer auto-creating the topic: it built its queues from the
+                // default topic's route; the broker creates the topic on this send.
+                self.route(&default_topic, Gauge::SendMessagePending)
+                    .await
+                    .map_err(route_reject)?
+            }
+            Err(e) => return Err(route_reject(e)),
+        };
+        let sel = route
+            .select(&RouteRequest {
+                code,
+                ..Default::default()
+            })
+            .ok_or_else(|| {
+                Reject::system(format!("No route for request code {code} on topic {topic}"))
+            })?;
+        let cluster_timeout = sel
+            .cluster
+            .spec
+            .connect_timeout_ms
+            .map(Duration::from_millis);
+        let writable: Vec<&Endpoint> = sel
+            .endpoints
+            .iter()
+            .copied()
+            .filter(|e| e.is_master())
+            .collect();
+        let (_, vq) = queue_view(&route);
+        let nq = vq.write_queue_nums() as i32;
+        if writable.is_empty() || nq == 0 {
+            return Err(Reject::system(format!(
+                "no writable broker for topic {topic}"
+            )));
+        }
+        let vqueue = if (0..nq).contains(&queue) {
+            queue
+        } else {
+            (self.next() % nq as usize) as i32
+        };
+        // The broker for that virtual queue first, then the other writable brokers (only when
+        // the request certainly did not reach the previous one).
+        let (first, _) = vq.write_target(vqueue).expect("vqueue in range");
+        let mut order: Vec<&Endpoint> = writable
+            .iter()
+            .copied()
+            .filter(|e| e.broker_name == first)
+            .collect();
+        order.extend(
+            writable
+                .iter()
+                .copied()
+                .filter(|e| e.broker_name != first && !self.upstreams.is_down(&e.address)),
+        );
+        let mut last_err = None;
+        for ep in order {
+            let local = match vq.write_target(vqueue) {
+                Some((b, q)) if b == ep.broker_name => q,
+                _ => vqueue % ep.write_queue_num.max(1) as i32,
+            };
+            let mut attempt = req.clone();
+            attempt.ext_mut().put(k_queue, local);
+            match self
+                .forward(ep, cluster_timeout, attempt, self.cfg.request_timeout)
+                .await
+            {
+                Ok(mut resp) => {
+                    // Answer in the SDK's queue space.
+                    if resp.ext().contains("queueId") {
+                        let v = vq.virtual_write(&ep.broker_name, local).unwrap_or(vqueue);
+                        resp.ext_mut().put("queueId", v);
+                    }
+                    return Ok(resp);
+                }
+                Err(e) if e.not_sent() => {
+                    tracing::debug!(broker = %ep.broker_name, "send not delivered, trying another writable broker: {e}");
+                    last_err = Some(e);
+                }
+                Err(e) => return Err(upstream_reject(e)),
+            }
+        }
+        Err(upstream_reject(last_err.expect("at least one attempt")))
+    }
+
+    // ----- pop / ack ---------------------------------------------------------------------
+
+    async fn pop(&self, mut req: RemotingCommand) -> Result<RemotingCommand, Reject> {
+        self.stats.inc(Counter::PopMessage);
+        let _a = self.stats.track(Gauge::PopMessageActive);
+        let h: PopMessageRequestHeader = req.decode_header()?;
+        let route = self
+            .route(&h.topic, Gauge::PopMessagePending)
+            .await
+            .map_err(route_reject)?;
+        let sel = route
+            .select(&RouteRequest {
+                code: rc::POP_MESSAGE,
+                ..Default::default()
+            })
+            .ok_or_else(|| Reject::system(format!("No route for POP on topic {}", h.topic)))?;
+        let cluster_timeout = sel
+            .cluster
+            .spec
+            .connect_timeout_ms
+            .map(Duration::from_millis);
+        let readable: Vec<&Endpoint> = sel
+            .endpoints
+            .iter()
+            .copied()
+            .filter(|e| e.is_master())
+            .collect();
+        if readable.is_empty() {
+            return Err(Reject::system(format!(
+                "no readable broker for topic {}",
+                h.topic
+            )));
+        }
+        let (_, vq) = queue_view(&route);
+        let (ep, local) = match vq.read_target(h.queue_id) {
+            Some((b, q)) => match readable.iter().find(|e| e.broker_name == b) {
+                Some(e) => (*e, q),
+                None => {
+                    return Err(Reject::system(format!(
+                        "broker {b} is not readable for {}",
+                        h.topic
+                    )))
+                }
+            },
+            None => {
+                let up: Vec<&Endpoint> = readable
+                    .iter()
+                    .copied()
+                    .filter(|e| !self.upstreams.is_down(&e.address))
+                    .collect();
+                let pool = if up.is_empty() { readable.clone() } else { up };
+                (pool[self.next() % pool.len()], -1)
+            }
+        };
+        if local != h.queue_id {
+            req.ext_mut().put("queueId", local);
+        }
+        let poll = Duration::from_millis(u64::try_from(h.poll_time).unwrap_or(0).min(60_000));
+        self.forward(ep, cluster_timeout, req, self.cfg.request_timeout + poll)
+            .await
+            .map_err(upstream_reject)
+    }
+
+    /// The endpoint of `broker` serving `topic` (or, for a pop retry topic, its original topic).
+    async fn broker_endpoint(
+        &self,
+        topic: &str,
+        group: &str,
+        broker: &str,
+    ) -> Result<(Endpoint, Option<Duration>), Reject> {
+        let lookup = |route: &TopicRoute| {
+            route
+                .broker(broker, Some(0))
+                .or_else(|| route.broker(broker, None))
+                .map(|e| {
+                    let timeout = route
+                        .clusters
+                        .values()
+                        .find(|c| c.endpoints.iter().any(|x| x.address == e.address))
+                        .and_then(|c| c.spec.connect_timeout_ms.map(Duration::from_millis));
+                    (e.clone(), timeout)
+                })
+        };
+        let first = self.route(topic, Gauge::TotalPending).await;
+        if let Ok(r) = &first {
+            if let Some(found) = lookup(r) {
+                return Ok(found);
+            }
+        }
+        if is_retry_topic(topic) {
+            if let Some((_, original)) = parse_pop_retry_topic(topic, group) {
+                let r = self
+                    .route(&original, Gauge::TotalPending)
+                    .await
+                    .map_err(route_reject)?;
+                if let Some(found) = lookup(&r) {
+                    return Ok(found);
+                }
+            }
+        }
+        first.map_err(route_reject)?;
+        Err(Reject::system(format!(
+            "broker {broker} of the pop handle is not in the route of {topic}"
+        )))
+    }
+
+    async fn ack_like(&self, req: RemotingCommand) -> Result<RemotingCommand, Reject> {
+        let (topic, group, extra) = if req.code() == rc::ACK_MESSAGE {
+            self.stats.inc(Counter::AckMessage);
+            let h: AckMessageRequestHeader = req.decode_header()?;
+            (h.topic, h.consumer_group, h.extra_info)
+        } else {
+            let h: ChangeInvisibleTimeRequestHeader = req.decode_header()?;
+            (h.topic, h.consumer_group, h.extra_info)
+        };
+        let handle =
+            PopHandle::parse(&extra).map_err(|e| Reject::system(format!("bad extraInfo: {e}")))?;
+        let (ep, timeout) = self
+            .broker_endpoint(&topic, &group, &handle.broker_name)
+            .await?;
+        self.forward(&ep, timeout, req, self.cfg.request_timeout)
+            .await
+            .map_err(upstream_reject)
+    }
+
+    async fn batch_ack(&self, req: RemotingCommand) -> Result<RemotingCommand, Reject> {
+        self.stats.inc(Counter::AckMessage);
+        let body = BatchAckMessageRequestBody::parse(req.body())
+            .map_err(|e| Reject::system(format!("bad BATCH_ACK body: {e}")))?;
+        let Some(first) = body.acks.first() else {
+            return Ok(self.reply(&req, response_code::SUCCESS, None));
+        };
+        let (ep, timeout) = self
+            .broker_endpoint(&first.topic, &first.consumer_group, &body.broker_name)
+            .await?;
+        self.forward(&ep, timeout, req, self.cfg.request_timeout)
+            .await
+            .map_err(upstream_reject)
+    }
+
+    async fn end_transaction(&self, req: RemotingCommand) -> Result<RemotingCommand, Reject> {
+        let h: EndTransactionRequestHeader = req.decode_header()?;
+        let (addr, _) = decode_offset_msg_id(&h.msg_id).map_err(|e| {
+            Reject::system(format!("END_TRANSACTION: bad msgId {:?}: {e}", h.msg_id))
+        })?;
+        let addr = addr.to_string();
+        // Only brokers we already talk to (the one that stored the half message is pooled).
+        if !self.upstreams.endpoints().contains(&addr) {
+            return Err(Reject::system(format!(
+                "END_TRANSACTION: broker {addr} of msgId is not an upstream"
+            )));
+        }
+        let ep = Endpoint {
+            address: addr,
+            broker_name: String::new(),
+            broker_id: 0,
+            cluster_name: String::new(),
+            perm: 0,
+            read_queue_num: 0,
+            write_queue_num: 0,
+            lb: Default::default(),
+        };
+        self.forward(&ep, None, req, self.cfg.request_timeout)
+            .await
+            .map_err(upstream_reject)
+    }
+
+    // ----- client table ------------------------------------------------------------------
+
+    fn heartbeat(
+        &self,
+        req: &RemotingCommand,
+        conn: &Arc<Connection>,
+    ) -> Result<RemotingCommand, Reject> {
+        self.stats.inc(Counter::Heartbeat);
+        let hb = HeartbeatData::parse(req.body())
+            .map_err(|e| Reject::system(format!("bad heartbeat body: {e}")))?;
+        if hb.client_id.is_empty() {
+            return Err(Reject::system("heartbeat without clientID"));
+        }
+        self.groups.heartbeat(conn, &hb);
+        Ok(self.reply(req, response_code::SUCCESS, None))
+    }
+
+    fn unregister(&self, req: &RemotingCommand) -> Result<RemotingCommand, Reject> {
+        self.stats.inc(Counter::Unregister);
+        let h: UnregisterClientRequestHeader = req.decode_header()?;
+        self.groups.unregister(
+            &h.client_id,
+            h.producer_group.as_deref(),
+            h.consumer_group.as_deref(),
+        );
+        Ok(self.reply(req, response_code::SUCCESS, None))
+    }
+
+    fn consumer_list(&self, req: &RemotingCommand) -> Result<RemotingCommand, Reject> {
+        self.stats.inc(Counter::GetConsumerList);
+        let h: GetConsumerListByGroupRequestHeader = req.decode_header()?;
+        let body = ConsumerListBody {
+            consumer_id_list: self.groups.consumers(&h.consumer_group),
+        };
+        Ok(self
+            .reply(req, response_code::SUCCESS, None)
+            .with_body(body.to_json()))
+    }
+
+    /// Dispatches one request; None for oneway requests.
+    pub async fn dispatch(
+        &self,
+        req: RemotingCommand,
+        conn: &Arc<Connection>,
+    ) -> Option<RemotingCommand> {
+        self.stats.inc(Counter::Request);
+        self.stats.inc(Counter::RequestDecodingSuccess);
+        let _active = self.stats.track(Gauge::RequestActive);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _done = InFlight(&self.in_flight);
+        let oneway = req.is_oneway();
+        let code = req.code();
+        let result = match code {
+            rc::GET_ROUTEINFO_BY_TOPIC => self.get_route(&req).await,
+            rc::SEND_MESSAGE | rc::SEND_MESSAGE_V2 | rc::SEND_BATCH_MESSAGE => {
+                self.send(req.clone()).await
+            }
+            rc::POP_MESSAGE => self.pop(req.clone()).await,
+            rc::ACK_MESSAGE | rc::CHANGE_MESSAGE_INVISIBLETIME => self.ack_like(req.clone()).await,
+            rc::BATCH_ACK_MESSAGE => self.batch_ack(req.clone()).await,
+            rc::END_TRANSACTION => self.end_transaction(req.clone()).await,
+            rc::HEART_BEAT => self.heartbeat(&req, conn),
+            rc::UNREGISTER_CLIENT => self.unregister(&req),
+            rc::GET_CONSUMER_LIST_BY_GROUP => self.consumer_list(&req),
+            _ => Ok(req.not_supported_response(self.cfg.response_encoding)),
+        };
+        let resp = match result {
+            Ok(r) => {
+                self.stats.inc(Counter::ResponseSuccess);
+                r
+            }
+            Err(Reject(code_, remark)) => {
+                self.stats.inc(Counter::ResponseError);
+                tracing::debug!(code, remark = %remark, "request rejected");
+                self.reply(&req, code_, Some(remark))
+            }
+        };
+        (!oneway).then_some(resp)
+    }
+}
+
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The Remoting handler of the sidecar's listeners.
+#[derive(Debug)]
+pub struct SidecarHandler(pub Arc<SidecarCore>);
+
+impl Handler for SidecarHandler {
+    async fn handle(
+        self: &Arc<Self>,
+        req: RemotingCommand,
+        conn: &Arc<Connection>,
+    ) -> Option<RemotingCommand> {
+        self.0.dispatch(req, conn).await
+    }
+
+    fn on_close(&self, conn: &Arc<Connection>) {
+        self.0.groups.connection_closed(conn.id());
+    }
+}

@@ -1,0 +1,327 @@
+//! Upstream pools: a few multiplexed connections per broker endpoint (many requests in flight on
+//! each, opaques remapped by [`RemotingClient`]), connect and request timeouts, and a short
+//! cool-down for endpoints that refuse connections, so a dead broker is skipped instead of being
+//! re-dialled by every request.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rocketmesh_filters::codec::RemotingCommand;
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+use crate::remoting::{ClientError, RemotingClient};
+
+/// Upstream settings.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Connections per endpoint (each multiplexed).
+    pub connections_per_endpoint: usize,
+    /// Default connect timeout (a cluster's `connect_timeout` overrides it).
+    pub connect_timeout: Duration,
+    /// How long an endpoint that refused a connection is skipped.
+    pub failure_cooldown: Duration,
+    /// Most endpoints pooled at once (least recently used idle pools are dropped past it).
+    pub max_endpoints: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            connections_per_endpoint: 2,
+            connect_timeout: Duration::from_secs(1),
+            failure_cooldown: Duration::from_secs(2),
+            max_endpoints: 1024,
+        }
+    }
+}
+
+/// Why an upstream call failed.
+#[derive(Debug, Error)]
+pub enum UpstreamError {
+    /// The request never left: no connection could be made (or the endpoint is cooling down).
+    #[error("cannot connect to broker {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    /// The request may have reached the broker.
+    #[error("broker {addr}: {source}")]
+    Call {
+        addr: String,
+        #[source]
+        source: ClientError,
+    },
+}
+
+impl UpstreamError {
+    /// True when the request certainly did not reach the broker (safe to retry elsewhere).
+    pub fn not_sent(&self) -> bool {
+        matches!(self, UpstreamError::Connect { .. })
+    }
+}
+
+/// A request a broker sent us on one of our upstream connections.
+#[derive(Debug)]
+pub struct BrokerRequest {
+    pub addr: String,
+    pub cmd: RemotingCommand,
+    pub client: RemotingClient,
+}
+
+#[derive(Debug, Default)]
+struct PoolStats {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    connects: AtomicU64,
+    connect_failures: AtomicU64,
+    active: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Pool {
+    addr: String,
+    slots: Vec<tokio::sync::Mutex<Option<RemotingClient>>>,
+    next: AtomicUsize,
+    down_until: Mutex<Option<Instant>>,
+    last_used: Mutex<Instant>,
+    stats: PoolStats,
+}
+
+impl Pool {
+    /// Closes every connection of the pool (waiting requests fail).
+    fn close(&self) {
+        for slot in &self.slots {
+            if let Ok(mut s) = slot.try_lock() {
+                if let Some(c) = s.take() {
+                    c.close();
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Every upstream pool of a sidecar.
+#[derive(Debug)]
+pub struct Upstreams {
+    cfg: UpstreamConfig,
+    pools: Mutex<HashMap<String, Arc<Pool>>>,
+    inbound: mpsc::Sender<BrokerRequest>,
+}
+
+impl Upstreams {
+    /// Requests brokers send us are delivered to `inbound` (bounded; dropped when full).
+    pub fn new(cfg: UpstreamConfig, inbound: mpsc::Sender<BrokerRequest>) -> Self {
+        Upstreams {
+            cfg,
+            pools: Mutex::new(HashMap::new()),
+            inbound,
+        }
+    }
+
+    fn pool(&self, addr: &str) -> Arc<Pool> {
+        let mut pools = lock(&self.pools);
+        if let Some(p) = pools.get(addr) {
+            *lock(&p.last_used) = Instant::now();
+            return p.clone();
+        }
+        if pools.len() >= self.cfg.max_endpoints {
+            // Drop the least recently used idle pool (its connections close with the last clone).
+            if let Some(victim) = pools
+                .iter()
+                .filter(|(_, p)| p.stats.active.load(Ordering::Relaxed) == 0)
+                .min_by_key(|(_, p)| *lock(&p.last_used))
+                .map(|(k, _)| k.clone())
+            {
+                if let Some(p) = pools.remove(&victim) {
+                    p.close();
+                }
+            }
+        }
+        let pool = Arc::new(Pool {
+            addr: addr.to_owned(),
+            slots: (0..self.cfg.connections_per_endpoint.max(1))
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            next: AtomicUsize::new(0),
+            down_until: Mutex::new(None),
+            last_used: Mutex::new(Instant::now()),
+            stats: PoolStats::default(),
+        });
+        pools.insert(addr.to_owned(), pool.clone());
+        pool
+    }
+
+    /// Whether `addr` refused a connection recently (callers prefer other endpoints).
+    pub fn is_down(&self, addr: &str) -> bool {
+        lock(&self.pools)
+            .get(addr)
+            .is_some_and(|p| lock(&p.down_until).is_some_and(|t| Instant::now() < t))
+    }
+
+    async fn connection(
+        &self,
+        pool: &Pool,
+        connect_timeout: Duration,
+    ) -> Result<RemotingClient, UpstreamError> {
+        if let Some(until) = *lock(&pool.down_until) {
+            if Instant::now() < until {
+                return Err(UpstreamError::Connect {
+                    addr: pool.addr.clone(),
+                    reason: "endpoint is cooling down after a failed connect".into(),
+                });
+            }
+        }
+        let i = pool.next.fetch_add(1, Ordering::Relaxed) % pool.slots.len();
+        let mut slot = pool.slots[i].lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        let sock: SocketAddr = match tokio::net::lookup_host(pool.addr.as_str())
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+        {
+            Some(a) => a,
+            None => {
+                return Err(UpstreamError::Connect {
+                    addr: pool.addr.clone(),
+                    reason: "address does not resolve".into(),
+                })
+            }
+        };
+        let (tx, mut rx) = mpsc::channel::<RemotingCommand>(64);
+        match RemotingClient::connect_timeout(sock, connect_timeout, Some(tx)).await {
+            Ok(c) => {
+                pool.stats.connects.fetch_add(1, Ordering::Relaxed);
+                *lock(&pool.down_until) = None;
+                // Relay what the broker asks of us (NOTIFY_CONSUMER_IDS_CHANGED, ...). The task
+                // ends when the connection does (its reader owns the sender); pools close their
+                // connections explicitly when dropped, so this clone does not keep one alive.
+                let (inbound, addr, client) = (self.inbound.clone(), pool.addr.clone(), c.clone());
+                tokio::spawn(async move {
+                    while let Some(cmd) = rx.recv().await {
+                        let req = BrokerRequest {
+                            addr: addr.clone(),
+                            cmd,
+                            client: client.clone(),
+                        };
+                        if inbound.try_send(req).is_err() {
+                            tracing::debug!(%addr, "dropping a broker request: relay queue full");
+                        }
+                    }
+                });
+                *slot = Some(c.clone());
+                Ok(c)
+            }
+            Err(e) => {
+                pool.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                *lock(&pool.down_until) = Some(Instant::now() + self.cfg.failure_cooldown);
+                Err(UpstreamError::Connect {
+                    addr: pool.addr.clone(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Sends `cmd` to the broker at `addr` and waits for its answer.
+    pub async fn invoke(
+        &self,
+        addr: &str,
+        cmd: RemotingCommand,
+        timeout: Duration,
+        connect_timeout: Option<Duration>,
+    ) -> Result<RemotingCommand, UpstreamError> {
+        let pool = self.pool(addr);
+        pool.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let client = match self
+            .connection(&pool, connect_timeout.unwrap_or(self.cfg.connect_timeout))
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                pool.stats.errors.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        pool.stats.active.fetch_add(1, Ordering::Relaxed);
+        let r = client.invoke(cmd, timeout).await;
+        pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+        r.map_err(|source| {
+            pool.stats.errors.fetch_add(1, Ordering::Relaxed);
+            if matches!(source, ClientError::Connect { .. }) {
+                UpstreamError::Connect {
+                    addr: addr.to_owned(),
+                    reason: source.to_string(),
+                }
+            } else {
+                UpstreamError::Call {
+                    addr: addr.to_owned(),
+                    source,
+                }
+            }
+        })
+    }
+
+    /// Sends a oneway request (no answer expected).
+    pub async fn send_oneway(&self, addr: &str, cmd: RemotingCommand) -> Result<(), UpstreamError> {
+        let pool = self.pool(addr);
+        let client = self.connection(&pool, self.cfg.connect_timeout).await?;
+        client
+            .invoke_oneway(cmd)
+            .await
+            .map_err(|source| UpstreamError::Call {
+                addr: addr.to_owned(),
+                source,
+            })
+    }
+
+    /// Closes every pooled connection (shutdown).
+    pub fn close_all(&self) {
+        for p in lock(&self.pools).drain().map(|(_, p)| p) {
+            p.close();
+        }
+    }
+
+    /// Addresses pooled now.
+    pub fn endpoints(&self) -> Vec<String> {
+        let mut v: Vec<String> = lock(&self.pools).keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Envoy-style `/clusters` lines for the pooled endpoints.
+    pub fn clusters_text(&self) -> String {
+        let pools = lock(&self.pools);
+        let mut names: Vec<&String> = pools.keys().collect();
+        names.sort();
+        let mut out = String::new();
+        for name in names {
+            let p = &pools[name];
+            let s = &p.stats;
+            let down = lock(&p.down_until).is_some_and(|t| Instant::now() < t);
+            for (k, v) in [
+                ("rq_total", s.requests.load(Ordering::Relaxed)),
+                ("rq_error", s.errors.load(Ordering::Relaxed)),
+                ("rq_active", s.active.load(Ordering::Relaxed)),
+                ("cx_total", s.connects.load(Ordering::Relaxed)),
+                (
+                    "cx_connect_fail",
+                    s.connect_failures.load(Ordering::Relaxed),
+                ),
+            ] {
+                out.push_str(&format!("upstream::{name}::{k}::{v}\n"));
+            }
+            out.push_str(&format!(
+                "upstream::{name}::health_flags::{}\n",
+                if down { "/failed_connect" } else { "healthy" }
+            ));
+        }
+        out
+    }
+}
