@@ -5,10 +5,13 @@
 //!
 //! * [`codec`]: frames, JSON and ROCKETMQ binary headers, typed custom headers, JSON bodies,
 //!   message records and pop handles.
+//! * [`consume`]: the Pull -> Pop translator (virtual offsets, commits -> acks, send-back ->
+//!   change invisible time, renewals), as a sans-IO state machine.
 //! * [`route`]: the queue view the sidecar presents for a topic (one virtual broker) and the
 //!   mapping of virtual queue ids back to real brokers.
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
 pub mod codec;
+pub mod consume;
 pub mod route;

@@ -1,0 +1,572 @@
+//! The Pull -> Pop translator (sans-IO): lets a legacy push consumer, which owns queues and pulls
+//! them by offset, consume through Pop, where every consumer shares every queue.
+//!
+//! The sidecar feeds it events (a PULL arrived, the POP it caused returned, an offset was
+//! committed, a message was sent back, time passed, a connection closed) and carries out what it
+//! answers (pop here, ack these handles, change that one's invisible time). It owns no sockets and
+//! no clock: time comes in as milliseconds.
+//!
+//! * **Virtual offsets.** Each (connection, group, topic, virtual queue) has its own offset space.
+//!   A pull at offset `o` becomes a pop; the records that come back are re-stamped in place
+//!   (queueId := the virtual queue, queueOffset := o, o+1, ...), and the translator remembers
+//!   `virtual offset -> pop handle`. nextBeginOffset = o + n; an empty pop answers PULL_NOT_FOUND
+//!   with nextBeginOffset = o. PULL_OFFSET_MOVED is never answered.
+//! * **Commits become acks.** A committed offset X (UPDATE_CONSUMER_OFFSET, or a pull's
+//!   commitOffset) acks every handle below X that is still held.
+//! * **Send-back becomes change-invisible-time** with the delay of the level; that handle is then
+//!   skipped by offset acks. Past the max reconsume times the message goes to the broker's DLQ.
+//! * **Renewal.** Held handles are extended before they become visible again, up to a maximum
+//!   holding time; past it they are let go so a hung consumer's messages reach the others.
+//! * **Nothing is lost.** A handle is only acked for a committed offset; a connection that goes away
+//!   takes its table with it and the broker redelivers everything not acked.
+//! * **Bounded.** Handles per queue and queues in all are capped; a queue at its cap is throttled
+//!   (no pop) until its consumer commits, as the SDK's own flow control would.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::BytesMut;
+use thiserror::Error;
+
+use crate::codec::headers::PopMessageResponseHeader;
+use crate::codec::message::{patch_records, property_keys, MessageError};
+use crate::codec::pop::{PopError, PopHandle, PopResponseInfo};
+
+/// Translator limits and timings.
+#[derive(Debug, Clone)]
+pub struct TranslatorConfig {
+    /// Invisible time asked for on pop and on renewal, ms.
+    pub invisible_time_ms: i64,
+    /// Renew a held handle when less than this is left of its invisible time, ms.
+    pub renew_before_ms: i64,
+    /// Longest a handle is held (renewed) for one consumer, ms (like the SDK's consumeTimeout).
+    pub max_hold_ms: i64,
+    /// Most handles held per virtual queue; past it the queue is throttled until a commit.
+    pub max_held_per_queue: usize,
+    /// Most virtual queues tracked in all.
+    pub max_queues: usize,
+}
+
+impl Default for TranslatorConfig {
+    fn default() -> Self {
+        TranslatorConfig {
+            invisible_time_ms: 60_000,
+            renew_before_ms: 15_000,
+            max_hold_ms: 15 * 60_000,
+            max_held_per_queue: 1024,
+            max_queues: 16_384,
+        }
+    }
+}
+
+/// One legacy consumer's view of one queue.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VQueueKey {
+    /// The downstream connection (one SDK client instance).
+    pub conn: u64,
+    pub group: String,
+    /// The topic as the consumer subscribed it.
+    pub topic: String,
+    /// The virtual queue id the consumer pulls.
+    pub queue: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeldState {
+    /// Delivered, not yet committed.
+    Outstanding,
+    /// An ack for it is in flight.
+    Acking,
+    /// Sent back (invisible time changed to the retry delay): skipped by offset acks.
+    SentBack,
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    broker: String,
+    handle: PopHandle,
+    commit_log_offset: i64,
+    reconsume_times: i32,
+    /// When it was first delivered to this consumer.
+    first_pop_ms: i64,
+    /// When the broker would make it visible again unless renewed.
+    visible_at_ms: i64,
+    renewing: bool,
+    state: HeldState,
+}
+
+#[derive(Debug, Default)]
+struct VQueue {
+    next: i64,
+    committed: i64,
+    held: BTreeMap<i64, Held>,
+}
+
+/// What to do for a pull.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullPlan {
+    /// Pop up to this many messages (from the broker and queue the virtual queue maps to).
+    Pop { max_msgs: i32 },
+    /// Too many messages held and not committed: wait for a commit, then answer not-found.
+    Throttled,
+    /// Refused (a table is full); answer an error with this text.
+    Refused(String),
+}
+
+/// The answer to a pull.
+#[derive(Debug)]
+pub enum PullReply {
+    Found {
+        next_begin: i64,
+        max_offset: i64,
+        body: BytesMut,
+        count: usize,
+    },
+    NotFound {
+        next_begin: i64,
+        max_offset: i64,
+    },
+}
+
+/// A handle to ack (or to change invisible time of) at a broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandleAction {
+    pub key: VQueueKey,
+    /// Virtual offset (to report the outcome back).
+    pub offset: i64,
+    /// The broker that served the pop.
+    pub broker: String,
+    /// The topic to name in the request (the retry topic for retry messages).
+    pub topic: String,
+    pub group: String,
+    /// Real queue id and offset of the message.
+    pub queue_id: i32,
+    pub queue_offset: i64,
+    /// The pop handle (`extraInfo`).
+    pub extra_info: String,
+    /// New invisible time for change-invisible actions, ms.
+    pub invisible_time_ms: i64,
+}
+
+/// What to do with a CONSUMER_SEND_MSG_BACK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendBackPlan {
+    /// Change the handle's invisible time to the retry delay.
+    Retry(HandleAction),
+    /// Past the max reconsume times: forward the send-back to this broker (its DLQ), then ack.
+    DeadLetter { broker: String, ack: HandleAction },
+    /// The message is not held for this consumer (e.g. after a reconnect).
+    Unknown,
+}
+
+/// How an ack or renewal ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done (acked, or the broker no longer knows the handle: it is redelivered either way).
+    Done,
+    /// Not delivered (transport failure): keep it and try again later.
+    Retry,
+}
+
+#[derive(Debug, Error)]
+pub enum ConsumeError {
+    #[error("pop response: {0}")]
+    Pop(#[from] PopError),
+    #[error("pop response body: {0}")]
+    Message(#[from] MessageError),
+}
+
+/// RocketMQ's delay levels (messageDelayLevel), ms.
+pub const DELAY_LEVELS_MS: [i64; 18] = [
+    1_000, 5_000, 10_000, 30_000, 60_000, 120_000, 180_000, 240_000, 300_000, 360_000, 420_000,
+    480_000, 540_000, 600_000, 1_200_000, 1_800_000, 3_600_000, 7_200_000,
+];
+
+/// The delay of a send-back: `level` > 0 picks that level; 0 lets the broker decide, which is
+/// level 3 + reconsumeTimes (as Apache's broker does); clamped to the last level.
+pub fn send_back_delay_ms(level: i32, reconsume_times: i32) -> i64 {
+    let level = if level > 0 {
+        level
+    } else {
+        3 + reconsume_times.max(0)
+    };
+    DELAY_LEVELS_MS[(level.clamp(1, DELAY_LEVELS_MS.len() as i32) - 1) as usize]
+}
+
+/// The translator state of one sidecar.
+#[derive(Debug)]
+pub struct Translator {
+    cfg: TranslatorConfig,
+    queues: HashMap<VQueueKey, VQueue>,
+    /// (connection, group, commit log offset) -> (queue, virtual offset), for send-backs.
+    by_phys: HashMap<(u64, String, i64), (VQueueKey, i64)>,
+    held: usize,
+}
+
+impl Translator {
+    pub fn new(cfg: TranslatorConfig) -> Self {
+        Translator {
+            cfg,
+            queues: HashMap::new(),
+            by_phys: HashMap::new(),
+            held: 0,
+        }
+    }
+
+    pub fn config(&self) -> &TranslatorConfig {
+        &self.cfg
+    }
+
+    /// Handles held in all (the `outstanding_handles` gauge).
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    fn remove_held(&mut self, key: &VQueueKey, offset: i64) -> Option<Held> {
+        let h = self.queues.get_mut(key)?.held.remove(&offset)?;
+        self.held -= 1;
+        self.by_phys
+            .remove(&(key.conn, key.group.clone(), h.commit_log_offset));
+        Some(h)
+    }
+
+    fn action(key: &VQueueKey, offset: i64, h: &Held, invisible_time_ms: i64) -> HandleAction {
+        HandleAction {
+            key: key.clone(),
+            offset,
+            broker: h.broker.clone(),
+            topic: h.handle.real_topic(&key.topic, &key.group),
+            group: key.group.clone(),
+            queue_id: h.handle.queue_id,
+            queue_offset: h.handle.queue_offset,
+            extra_info: h.handle.to_extra_info(),
+            invisible_time_ms,
+        }
+    }
+
+    /// A PULL for `key` at `offset`, optionally committing `commit` first.
+    /// Returns the acks the commit causes and what to do for the pull.
+    pub fn begin_pull(
+        &mut self,
+        key: &VQueueKey,
+        offset: i64,
+        max_msgs: i32,
+        commit: Option<i64>,
+    ) -> (Vec<HandleAction>, PullPlan) {
+        let acks = match commit {
+            Some(c) if c > 0 => self.commit(key, c),
+            _ => Vec::new(),
+        };
+        if !self.queues.contains_key(key) && self.queues.len() >= self.cfg.max_queues {
+            return (
+                acks,
+                PullPlan::Refused(format!("too many queues tracked ({})", self.cfg.max_queues)),
+            );
+        }
+        let offset = offset.max(0);
+        let vq = self.queues.entry(key.clone()).or_default();
+        if offset < vq.next {
+            // The consumer went back (offset reset): what it held past `offset` is no longer
+            // in its process queue. Stop tracking it; the broker redelivers it when it expires.
+            let dropped: Vec<i64> = vq
+                .held
+                .range(offset..)
+                .filter(|(_, h)| h.state == HeldState::Outstanding)
+                .map(|(o, _)| *o)
+                .collect();
+            for o in dropped {
+                self.remove_held(key, o);
+            }
+        }
+        let vq = self.queues.get_mut(key).expect("just inserted");
+        vq.next = offset;
+        let room = self.cfg.max_held_per_queue.saturating_sub(vq.held.len());
+        if room == 0 {
+            return (acks, PullPlan::Throttled);
+        }
+        let max = max_msgs.clamp(1, 32).min(room as i32);
+        (acks, PullPlan::Pop { max_msgs: max })
+    }
+
+    /// Whether `key` still has no room (for a throttled pull waiting on a commit).
+    pub fn is_throttled(&self, key: &VQueueKey) -> bool {
+        self.queues
+            .get(key)
+            .is_some_and(|q| q.held.len() >= self.cfg.max_held_per_queue)
+    }
+
+    /// The POP caused by a pull at `offset` returned: `found` with its header and body, or
+    /// nothing. Re-stamps the records in place into the virtual offset space.
+    pub fn complete_pull(
+        &mut self,
+        key: &VQueueKey,
+        offset: i64,
+        broker: &str,
+        found: Option<(&PopMessageResponseHeader, BytesMut)>,
+        now_ms: i64,
+    ) -> Result<PullReply, ConsumeError> {
+        let Some(vq) = self.queues.get_mut(key) else {
+            // The connection closed meanwhile; nothing to stamp into.
+            return Ok(PullReply::NotFound {
+                next_begin: offset,
+                max_offset: offset,
+            });
+        };
+        let Some((header, mut body)) = found else {
+            return Ok(PullReply::NotFound {
+                next_begin: vq.next.max(offset),
+                max_offset: vq.next,
+            });
+        };
+        let info = PopResponseInfo::from_header(header)?;
+        let start = vq.next.max(offset);
+        let mut next = start;
+        let mut new_held: Vec<(i64, Held)> = Vec::new();
+        let count = patch_records(&mut body, |rec| -> Result<(), ConsumeError> {
+            let pop_ck = rec.property(property_keys::POP_CK)?.map(str::to_owned);
+            let handle = info.handle_for(
+                rec.topic(),
+                rec.queue_id(),
+                rec.queue_offset(),
+                pop_ck.as_deref(),
+                broker,
+            )?;
+            new_held.push((
+                next,
+                Held {
+                    broker: broker.to_owned(),
+                    commit_log_offset: rec.commit_log_offset(),
+                    reconsume_times: rec.reconsume_times(),
+                    first_pop_ms: now_ms,
+                    visible_at_ms: handle.pop_time + handle.invisible_time,
+                    handle,
+                    renewing: false,
+                    state: HeldState::Outstanding,
+                },
+            ));
+            rec.set_queue_id(key.queue);
+            rec.set_queue_offset(next);
+            next += 1;
+            Ok(())
+        })?;
+        let vq = self.queues.get_mut(key).expect("checked above");
+        vq.next = next;
+        for (o, h) in new_held {
+            self.by_phys.insert(
+                (key.conn, key.group.clone(), h.commit_log_offset),
+                (key.clone(), o),
+            );
+            if vq.held.insert(o, h).is_none() {
+                self.held += 1;
+            }
+        }
+        if count == 0 {
+            return Ok(PullReply::NotFound {
+                next_begin: start,
+                max_offset: next,
+            });
+        }
+        Ok(PullReply::Found {
+            next_begin: next,
+            max_offset: next,
+            body,
+            count,
+        })
+    }
+
+    /// The consumer committed `offset`: every held handle below it is acked.
+    pub fn commit(&mut self, key: &VQueueKey, offset: i64) -> Vec<HandleAction> {
+        let Some(vq) = self.queues.get_mut(key) else {
+            return Vec::new();
+        };
+        vq.committed = vq.committed.max(offset);
+        let mut out = Vec::new();
+        let mut sent_back = Vec::new();
+        for (o, h) in vq.held.range_mut(..offset) {
+            match h.state {
+                HeldState::Outstanding => {
+                    h.state = HeldState::Acking;
+                    out.push(Self::action(key, *o, h, 0));
+                }
+                HeldState::SentBack => sent_back.push(*o),
+                HeldState::Acking => {}
+            }
+        }
+        for o in sent_back {
+            self.remove_held(key, o);
+        }
+        out
+    }
+
+    /// An ack finished.
+    pub fn ack_done(&mut self, key: &VQueueKey, offset: i64, outcome: Outcome) {
+        match outcome {
+            Outcome::Done => {
+                self.remove_held(key, offset);
+            }
+            Outcome::Retry => {
+                if let Some(h) = self
+                    .queues
+                    .get_mut(key)
+                    .and_then(|q| q.held.get_mut(&offset))
+                {
+                    h.state = HeldState::Outstanding;
+                }
+            }
+        }
+    }
+
+    /// Acks still owed for committed offsets (retries after transport failures).
+    pub fn pending_acks(&mut self) -> Vec<HandleAction> {
+        let keys: Vec<(VQueueKey, i64)> = self
+            .queues
+            .iter()
+            .map(|(k, q)| (k.clone(), q.committed))
+            .collect();
+        keys.into_iter()
+            .flat_map(|(k, c)| self.commit(&k, c))
+            .collect()
+    }
+
+    /// CONSUMER_SEND_MSG_BACK of the message at `commit_log_offset`.
+    pub fn send_back(
+        &mut self,
+        conn: u64,
+        group: &str,
+        commit_log_offset: i64,
+        delay_level: i32,
+        max_reconsume_times: i32,
+    ) -> SendBackPlan {
+        let Some((key, o)) = self
+            .by_phys
+            .get(&(conn, group.to_owned(), commit_log_offset))
+            .cloned()
+        else {
+            return SendBackPlan::Unknown;
+        };
+        let Some(h) = self.queues.get_mut(&key).and_then(|q| q.held.get_mut(&o)) else {
+            return SendBackPlan::Unknown;
+        };
+        if h.state != HeldState::Outstanding {
+            return SendBackPlan::Unknown;
+        }
+        let max = if max_reconsume_times < 0 {
+            16
+        } else {
+            max_reconsume_times
+        };
+        if h.reconsume_times >= max {
+            h.state = HeldState::Acking;
+            let ack = Self::action(&key, o, h, 0);
+            return SendBackPlan::DeadLetter {
+                broker: h.broker.clone(),
+                ack,
+            };
+        }
+        h.state = HeldState::SentBack;
+        let delay = send_back_delay_ms(delay_level, h.reconsume_times);
+        SendBackPlan::Retry(Self::action(&key, o, h, delay))
+    }
+
+    /// A send-back's change-invisible-time failed: the message stays held so it is acked or
+    /// redelivered normally.
+    pub fn send_back_failed(&mut self, key: &VQueueKey, offset: i64) {
+        if let Some(h) = self
+            .queues
+            .get_mut(key)
+            .and_then(|q| q.held.get_mut(&offset))
+        {
+            if h.state == HeldState::SentBack {
+                h.state = HeldState::Outstanding;
+            }
+        }
+    }
+
+    /// Handles to extend now (held, not committed, close to visible, within the max hold time).
+    /// Handles past the max hold time or already visible again are dropped: the broker
+    /// redelivers them to whoever pops next.
+    pub fn renewals_due(&mut self, now_ms: i64) -> Vec<HandleAction> {
+        let mut out = Vec::new();
+        let mut expired = Vec::new();
+        for (k, q) in self.queues.iter_mut() {
+            for (o, h) in q.held.iter_mut() {
+                if h.state != HeldState::Outstanding || h.renewing {
+                    continue;
+                }
+                if now_ms >= h.visible_at_ms {
+                    expired.push((k.clone(), *o));
+                } else if h.visible_at_ms - now_ms <= self.cfg.renew_before_ms
+                    && now_ms - h.first_pop_ms < self.cfg.max_hold_ms
+                {
+                    h.renewing = true;
+                    out.push(Self::action(k, *o, h, self.cfg.invisible_time_ms));
+                }
+            }
+        }
+        for (k, o) in expired {
+            self.remove_held(&k, o);
+        }
+        out
+    }
+
+    /// A renewal finished: `Some((extra_info, pop_time, invisible_time))` of the new handle, or
+    /// None when it failed (the handle is then let go).
+    pub fn renewed(&mut self, key: &VQueueKey, offset: i64, new: Option<(String, i64, i64)>) {
+        let Some(h) = self
+            .queues
+            .get_mut(key)
+            .and_then(|q| q.held.get_mut(&offset))
+        else {
+            return;
+        };
+        h.renewing = false;
+        match new.and_then(|(extra, pop, inv)| PopHandle::parse(&extra).ok().map(|p| (p, pop, inv)))
+        {
+            Some((mut handle, pop_time, invisible)) => {
+                handle.pop_time = pop_time;
+                handle.invisible_time = invisible;
+                h.visible_at_ms = pop_time + invisible;
+                h.handle = handle;
+            }
+            None => {
+                if h.state == HeldState::Outstanding {
+                    self.remove_held(key, offset);
+                }
+            }
+        }
+    }
+
+    /// The consumer's connection closed: forget its queues. Nothing is acked (commits already
+    /// were); the broker redelivers the rest.
+    pub fn connection_closed(&mut self, conn: u64) {
+        let keys: Vec<VQueueKey> = self
+            .queues
+            .keys()
+            .filter(|k| k.conn == conn)
+            .cloned()
+            .collect();
+        for k in keys {
+            if let Some(q) = self.queues.remove(&k) {
+                self.held -= q.held.len();
+            }
+        }
+        self.by_phys.retain(|(c, _, _), _| *c != conn);
+    }
+
+    /// QUERY_CONSUMER_OFFSET: the committed offset (0 for a queue never pulled).
+    pub fn committed(&self, key: &VQueueKey) -> i64 {
+        self.queues.get(key).map_or(0, |q| q.committed)
+    }
+
+    /// GET_MAX_OFFSET (and SEARCH_OFFSET_BY_TIMESTAMP): the next virtual offset to hand out.
+    pub fn max_offset(&self, key: &VQueueKey) -> i64 {
+        self.queues.get(key).map_or(0, |q| q.next)
+    }
+
+    /// (virtual queues, held handles) for introspection.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.queues.len(), self.held)
+    }
+}
+
+#[cfg(test)]
+mod tests;

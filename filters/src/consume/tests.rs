@@ -1,0 +1,344 @@
+use bytes::{Bytes, BytesMut};
+
+use super::*;
+use crate::codec::message::{decode_records, encode_record, MessageExt, Properties};
+
+fn key(conn: u64, q: i32) -> VQueueKey {
+    VQueueKey {
+        conn,
+        group: "g".into(),
+        topic: "T".into(),
+        queue: q,
+    }
+}
+
+/// A POP response from `broker` for real queue `qid` with messages at `offsets`.
+fn pop_response(qid: i32, offsets: &[i64], phys_base: i64) -> (PopMessageResponseHeader, BytesMut) {
+    let mut body = BytesMut::new();
+    for (i, &o) in offsets.iter().enumerate() {
+        let m = MessageExt {
+            topic: "T".into(),
+            queue_id: qid,
+            queue_offset: o,
+            commit_log_offset: phys_base + i as i64 * 100,
+            body: Bytes::from(format!("m{o}")),
+            properties: Properties::parse("TAGS\u{1}a\u{2}"),
+            ..MessageExt::default()
+        };
+        encode_record(&m, &mut body).unwrap();
+    }
+    let header = PopMessageResponseHeader {
+        pop_time: 1_000,
+        invisible_time: 60_000,
+        revive_qid: 0,
+        rest_num: 0,
+        start_offset_info: Some(format!("0 {qid} {}", offsets.first().copied().unwrap_or(0))),
+        msg_offset_info: Some(format!(
+            "0 {qid} {}",
+            offsets
+                .iter()
+                .map(|o| o.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        )),
+        order_count_info: None,
+    };
+    (header, body)
+}
+
+fn pull(
+    t: &mut Translator,
+    k: &VQueueKey,
+    offset: i64,
+    real_q: i32,
+    offsets: &[i64],
+    phys: i64,
+) -> PullReply {
+    let (acks, plan) = t.begin_pull(k, offset, 32, None);
+    assert!(acks.is_empty());
+    assert!(matches!(plan, PullPlan::Pop { .. }), "{plan:?}");
+    let (h, body) = pop_response(real_q, offsets, phys);
+    t.complete_pull(k, offset, "broker-a", Some((&h, body)), 2_000)
+        .unwrap()
+}
+
+#[test]
+fn records_are_restamped_into_the_virtual_space() {
+    let mut t = Translator::new(TranslatorConfig::default());
+    let k = key(1, 5);
+    let PullReply::Found {
+        next_begin,
+        max_offset,
+        body,
+        count,
+    } = pull(&mut t, &k, 0, 2, &[40, 41, 42], 10_000)
+    else {
+        panic!("expected records");
+    };
+    assert_eq!((next_begin, max_offset, count), (3, 3, 3));
+    let msgs = decode_records(&body.freeze()).unwrap();
+    let stamped: Vec<(i32, i64)> = msgs.iter().map(|m| (m.queue_id, m.queue_offset)).collect();
+    assert_eq!(stamped, vec![(5, 0), (5, 1), (5, 2)]);
+    assert_eq!(msgs[1].body.as_ref(), b"m41", "bodies untouched");
+    assert_eq!(t.held(), 3);
+    // The next pull continues the space.
+    let PullReply::Found { next_begin, .. } = pull(&mut t, &k, 3, 2, &[43], 10_300) else {
+        panic!()
+    };
+    assert_eq!(next_begin, 4);
+    // An empty pop: not found at the same offset.
+    let (_, plan) = t.begin_pull(&k, 4, 32, None);
+    assert_eq!(plan, PullPlan::Pop { max_msgs: 32 });
+    match t.complete_pull(&k, 4, "broker-a", None, 3_000).unwrap() {
+        PullReply::NotFound {
+            next_begin,
+            max_offset,
+        } => assert_eq!((next_begin, max_offset), (4, 4)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn commits_ack_exactly_the_handles_below() {
+    let mut t = Translator::new(TranslatorConfig::default());
+    let k = key(1, 0);
+    pull(&mut t, &k, 0, 3, &[7, 8, 9, 10], 0);
+    let acks = t.commit(&k, 2);
+    assert_eq!(acks.len(), 2);
+    assert_eq!(acks[0].queue_id, 3);
+    assert_eq!(acks[0].queue_offset, 7);
+    assert_eq!(acks[1].queue_offset, 8);
+    assert_eq!(acks[0].broker, "broker-a");
+    assert_eq!(acks[0].topic, "T");
+    let h = PopHandle::parse(&acks[1].extra_info).unwrap();
+    assert_eq!(
+        (
+            h.broker_name.as_str(),
+            h.queue_id,
+            h.queue_offset,
+            h.ck_queue_offset
+        ),
+        ("broker-a", 3, 8, 7)
+    );
+    // In flight acks are not repeated by the same commit.
+    assert!(t.commit(&k, 2).is_empty());
+    t.ack_done(&k, 0, Outcome::Done);
+    t.ack_done(&k, 1, Outcome::Retry);
+    assert_eq!(t.held(), 3);
+    // The failed one is owed again.
+    let again = t.pending_acks();
+    assert_eq!(again.iter().map(|a| a.offset).collect::<Vec<_>>(), vec![1]);
+    // A pull's commitOffset acks too.
+    let (acks, _) = t.begin_pull(&k, 4, 32, Some(4));
+    assert_eq!(
+        acks.iter().map(|a| a.offset).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+    assert_eq!(t.committed(&k), 4);
+    assert_eq!(t.max_offset(&k), 4);
+}
+
+#[test]
+fn send_back_changes_invisible_time_and_is_skipped_by_commits() {
+    let mut t = Translator::new(TranslatorConfig::default());
+    let k = key(9, 0);
+    pull(&mut t, &k, 0, 0, &[1, 2], 5_000);
+    // The message at commit log offset 5_100 (the second) is sent back with level 3 (10 s).
+    let SendBackPlan::Retry(a) = t.send_back(9, "g", 5_100, 3, 16) else {
+        panic!()
+    };
+    assert_eq!(
+        (a.offset, a.invisible_time_ms, a.queue_offset),
+        (1, 10_000, 2)
+    );
+    // Level 0: the broker's choice, 3 + reconsumeTimes.
+    assert_eq!(send_back_delay_ms(0, 0), 10_000);
+    assert_eq!(send_back_delay_ms(99, 0), 7_200_000);
+    // The commit past both acks only the first.
+    let acks = t.commit(&k, 2);
+    assert_eq!(acks.iter().map(|a| a.offset).collect::<Vec<_>>(), vec![0]);
+    t.ack_done(&k, 0, Outcome::Done);
+    assert_eq!(
+        t.held(),
+        0,
+        "the sent-back handle is forgotten once committed past"
+    );
+    // Unknown messages (another connection, or gone) are not ours to send back.
+    assert_eq!(t.send_back(10, "g", 5_000, 3, 16), SendBackPlan::Unknown);
+}
+
+#[test]
+fn max_reconsume_times_goes_to_the_dead_letter_queue() {
+    let mut t = Translator::new(TranslatorConfig::default());
+    let k = key(1, 0);
+    let (_, _) = t.begin_pull(&k, 0, 32, None);
+    let mut body = BytesMut::new();
+    let m = MessageExt {
+        topic: "T".into(),
+        queue_offset: 4,
+        commit_log_offset: 77,
+        reconsume_times: 16,
+        ..MessageExt::default()
+    };
+    encode_record(&m, &mut body).unwrap();
+    let (h, _) = pop_response(0, &[4], 77);
+    t.complete_pull(&k, 0, "broker-b", Some((&h, body)), 0)
+        .unwrap();
+    match t.send_back(1, "g", 77, 0, 16) {
+        SendBackPlan::DeadLetter { broker, ack } => {
+            assert_eq!(broker, "broker-b");
+            assert_eq!(ack.offset, 0);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn renewal_until_the_max_hold_time_then_let_go() {
+    let cfg = TranslatorConfig {
+        invisible_time_ms: 60_000,
+        renew_before_ms: 15_000,
+        max_hold_ms: 100_000,
+        ..Default::default()
+    };
+    let mut t = Translator::new(cfg);
+    let k = key(1, 0);
+    pull(&mut t, &k, 0, 0, &[1], 0); // popped at 1_000 for 60 s: visible at 61_000; delivered at 2_000
+    assert!(t.renewals_due(40_000).is_empty());
+    let due = t.renewals_due(50_000);
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].invisible_time_ms, 60_000);
+    assert!(
+        t.renewals_due(50_001).is_empty(),
+        "one renewal in flight at a time"
+    );
+    let new = PopHandle {
+        pop_time: 50_000,
+        invisible_time: 60_000,
+        ..PopHandle::parse(&due[0].extra_info).unwrap()
+    };
+    t.renewed(&k, 0, Some((new.to_extra_info(), 50_000, 60_000)));
+    // Visible at 110_000 now; the next renewal would come at 95_000, within the 100 s hold.
+    assert_eq!(t.renewals_due(96_000).len(), 1);
+    t.renewed(&k, 0, Some((new.to_extra_info(), 96_000, 60_000)));
+    // Past the max hold (first delivered at 2_000): not renewed; dropped once visible again.
+    assert!(t.renewals_due(145_000).is_empty());
+    assert_eq!(t.held(), 1);
+    assert!(t.renewals_due(156_000).is_empty());
+    assert_eq!(t.held(), 0, "visible again: the broker redelivers it");
+    // A failed renewal lets the handle go as well.
+    pull(&mut t, &k, 1, 0, &[2], 0);
+    let due = t.renewals_due(50_000);
+    t.renewed(&k, due[0].offset, None);
+    assert_eq!(t.held(), 0);
+}
+
+#[test]
+fn throttled_until_the_consumer_commits() {
+    let cfg = TranslatorConfig {
+        max_held_per_queue: 3,
+        ..Default::default()
+    };
+    let mut t = Translator::new(cfg);
+    let k = key(1, 0);
+    let (_, plan) = t.begin_pull(&k, 0, 32, None);
+    assert_eq!(
+        plan,
+        PullPlan::Pop { max_msgs: 3 },
+        "asks only for the room left"
+    );
+    let (h, body) = pop_response(0, &[0, 1, 2], 0);
+    t.complete_pull(&k, 0, "broker-a", Some((&h, body)), 0)
+        .unwrap();
+    assert_eq!(t.begin_pull(&k, 3, 32, None).1, PullPlan::Throttled);
+    assert!(t.is_throttled(&k));
+    let acks = t.commit(&k, 3);
+    for a in acks {
+        t.ack_done(&k, a.offset, Outcome::Done);
+    }
+    assert!(!t.is_throttled(&k));
+    assert_eq!(
+        t.begin_pull(&k, 3, 32, None).1,
+        PullPlan::Pop { max_msgs: 3 }
+    );
+}
+
+#[test]
+fn a_rewind_drops_what_the_consumer_no_longer_holds() {
+    let mut t = Translator::new(TranslatorConfig::default());
+    let k = key(1, 0);
+    pull(&mut t, &k, 0, 0, &[10, 11, 12, 13], 0);
+    let (_, plan) = t.begin_pull(&k, 2, 32, None);
+    assert!(matches!(plan, PullPlan::Pop { .. }));
+    assert_eq!(
+        t.held(),
+        2,
+        "offsets 2 and 3 left the consumer; the broker redelivers them"
+    );
+    let PullReply::Found { body, .. } = ({
+        let (h, body) = pop_response(0, &[20], 900);
+        t.complete_pull(&k, 2, "broker-a", Some((&h, body)), 0)
+            .unwrap()
+    }) else {
+        panic!()
+    };
+    assert_eq!(
+        decode_records(&body.freeze()).unwrap()[0].queue_offset,
+        2,
+        "no collision: 2 is reused"
+    );
+}
+
+#[test]
+fn connection_close_forgets_without_acking_and_tables_are_bounded() {
+    let cfg = TranslatorConfig {
+        max_queues: 2,
+        ..Default::default()
+    };
+    let mut t = Translator::new(cfg);
+    pull(&mut t, &key(1, 0), 0, 0, &[1, 2], 0);
+    pull(&mut t, &key(2, 0), 0, 0, &[3], 500);
+    assert!(matches!(
+        t.begin_pull(&key(3, 0), 0, 32, None).1,
+        PullPlan::Refused(_)
+    ));
+    t.connection_closed(1);
+    assert_eq!(t.counts(), (1, 1));
+    assert_eq!(t.send_back(1, "g", 0, 1, 16), SendBackPlan::Unknown);
+    assert!(matches!(
+        t.begin_pull(&key(3, 0), 0, 32, None).1,
+        PullPlan::Pop { .. }
+    ));
+}
+
+#[test]
+fn retry_messages_ack_on_their_retry_topic() {
+    let mut t = Translator::new(TranslatorConfig::default());
+    let k = key(1, 0);
+    t.begin_pull(&k, 0, 32, None);
+    let mut body = BytesMut::new();
+    let m = MessageExt {
+        topic: "%RETRY%g_T".into(),
+        queue_id: 0,
+        queue_offset: 6,
+        commit_log_offset: 1,
+        reconsume_times: 1,
+        properties: Properties::parse("RETRY_TOPIC\u{1}T\u{2}"),
+        ..MessageExt::default()
+    };
+    encode_record(&m, &mut body).unwrap();
+    let h = PopMessageResponseHeader {
+        pop_time: 1,
+        invisible_time: 60_000,
+        revive_qid: 0,
+        rest_num: 0,
+        start_offset_info: Some("1 0 6".into()),
+        msg_offset_info: Some("1 0 6".into()),
+        order_count_info: None,
+    };
+    t.complete_pull(&k, 0, "broker-a", Some((&h, body)), 0)
+        .unwrap();
+    let acks = t.commit(&k, 1);
+    assert_eq!(acks[0].topic, "%RETRY%g_T");
+    assert_eq!(acks[0].queue_offset, 6);
+}
