@@ -145,6 +145,16 @@ impl Groups {
         out
     }
 
+    /// The client id a connection registered in a consumer group (by heartbeat).
+    pub fn client_of(&self, conn_id: u64, group: &str) -> Option<String> {
+        let t = self.lock();
+        t.consumers
+            .get(group)?
+            .iter()
+            .find(|(_, m)| m.conn.id() == conn_id)
+            .map(|(id, _)| id.clone())
+    }
+
     /// Live downstream connections of a consumer group (one per client).
     pub fn consumer_connections(&self, group: &str) -> Vec<Arc<Connection>> {
         self.connections(|t| t.consumers.get(group))

@@ -7,7 +7,9 @@
 //! 200050 POP                        virtual read queue (or any readable broker for -1) -> upstream
 //! 200051 ACK, 200053 CHANGE_INVIS.  broker named in the pop handle (extraInfo) -> upstream
 //! 200151 BATCH_ACK                  broker named in the body -> upstream
-//! 34/35/38                          answered from the client table (groups.rs)
+//! 34/35                             answered from the client table (groups.rs)
+//! 38 GET_CONSUMER_LIST_BY_GROUP     "just you": the asking client only (see pull.rs)
+//! 11 PULL, 14/15 offsets, 29/30/31, 36 SEND_BACK   the Pull -> Pop translator (pull.rs)
 //! 37 END_TRANSACTION                broker encoded in the message's offsetMsgId (if pooled)
 //! anything else                     REQUEST_CODE_NOT_SUPPORTED, remark names the code
 //! ```
@@ -33,11 +35,13 @@ use rocketmesh_filters::codec::headers::{
 use rocketmesh_filters::codec::message::decode_offset_msg_id;
 use rocketmesh_filters::codec::pop::{is_retry_topic, parse_pop_retry_topic, PopHandle};
 use rocketmesh_filters::codec::{RemotingCommand, ResponseEncoding};
+use rocketmesh_filters::consume::TranslatorConfig;
 use rocketmesh_filters::route::{topic_route_data, BrokerView, VirtualQueues};
 use rocketmesh_xds::client::{RouteError, XdsClient};
 use rocketmesh_xds::model::{Endpoint, RouteRequest, TopicRoute};
 
 use super::groups::Groups;
+use super::pull::PullBridge;
 use super::upstream::{UpstreamError, Upstreams};
 use crate::metrics::{Counter, Gauge, Stats};
 use crate::remoting::{Connection, Handler};
@@ -61,6 +65,8 @@ pub struct SidecarCore {
     pub upstreams: Arc<Upstreams>,
     pub groups: Arc<Groups>,
     pub stats: Arc<Stats>,
+    /// The Pull -> Pop translator.
+    pub pulls: PullBridge,
     rr: AtomicUsize,
     in_flight: AtomicUsize,
 }
@@ -75,10 +81,10 @@ impl std::fmt::Debug for SidecarCore {
 
 /// A failed request: the response code and remark to answer with.
 #[derive(Debug)]
-struct Reject(i32, String);
+pub(crate) struct Reject(pub(crate) i32, pub(crate) String);
 
 impl Reject {
-    fn system(msg: impl Into<String>) -> Self {
+    pub(crate) fn system(msg: impl Into<String>) -> Self {
         Reject(response_code::SYSTEM_ERROR, msg.into())
     }
 }
@@ -89,7 +95,7 @@ impl From<rocketmesh_filters::codec::ext::HeaderError> for Reject {
     }
 }
 
-fn route_reject(e: RouteError) -> Reject {
+pub(crate) fn route_reject(e: RouteError) -> Reject {
     match e {
         RouteError::Missing(topic) => Reject(
             response_code::TOPIC_NOT_EXIST,
@@ -151,6 +157,7 @@ impl SidecarCore {
         upstreams: Arc<Upstreams>,
         groups: Arc<Groups>,
         stats: Arc<Stats>,
+        translator: TranslatorConfig,
     ) -> Self {
         SidecarCore {
             cfg,
@@ -158,6 +165,7 @@ impl SidecarCore {
             upstreams,
             groups,
             stats,
+            pulls: PullBridge::new(translator),
             rr: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
         }
@@ -168,7 +176,12 @@ impl SidecarCore {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    fn reply(&self, req: &RemotingCommand, code: i32, remark: Option<String>) -> RemotingCommand {
+    pub(super) fn reply(
+        &self,
+        req: &RemotingCommand,
+        code: i32,
+        remark: Option<String>,
+    ) -> RemotingCommand {
         let mut r = req.response_to(code, self.cfg.response_encoding);
         if let Some(m) = remark {
             r = r.with_remark(m);
@@ -177,7 +190,11 @@ impl SidecarCore {
     }
 
     /// The topic's route, counting parked requests while it is being fetched.
-    async fn route(&self, topic: &str, pending: Gauge) -> Result<Arc<TopicRoute>, RouteError> {
+    pub(super) async fn route(
+        &self,
+        topic: &str,
+        pending: Gauge,
+    ) -> Result<Arc<TopicRoute>, RouteError> {
         if let Some(r) = self.xds.snapshot().route(topic) {
             return Ok(r.clone());
         }
@@ -413,7 +430,7 @@ impl SidecarCore {
     }
 
     /// The endpoint of `broker` serving `topic` (or, for a pop retry topic, its original topic).
-    async fn broker_endpoint(
+    pub(super) async fn broker_endpoint(
         &self,
         topic: &str,
         group: &str,
@@ -544,11 +561,21 @@ impl SidecarCore {
         Ok(self.reply(req, response_code::SUCCESS, None))
     }
 
-    fn consumer_list(&self, req: &RemotingCommand) -> Result<RemotingCommand, Reject> {
+    /// "Just you": a legacy consumer behind the sidecar rebalances alone and takes every queue;
+    /// Pop (which its pulls become) shares the queues with every other consumer of the group.
+    fn consumer_list(
+        &self,
+        req: &RemotingCommand,
+        conn: &Arc<Connection>,
+    ) -> Result<RemotingCommand, Reject> {
         self.stats.inc(Counter::GetConsumerList);
         let h: GetConsumerListByGroupRequestHeader = req.decode_header()?;
         let body = ConsumerListBody {
-            consumer_id_list: self.groups.consumers(&h.consumer_group),
+            consumer_id_list: self
+                .groups
+                .client_of(conn.id(), &h.consumer_group)
+                .into_iter()
+                .collect(),
         };
         Ok(self
             .reply(req, response_code::SUCCESS, None)
@@ -557,7 +584,7 @@ impl SidecarCore {
 
     /// Dispatches one request; None for oneway requests.
     pub async fn dispatch(
-        &self,
+        self: &Arc<Self>,
         req: RemotingCommand,
         conn: &Arc<Connection>,
     ) -> Option<RemotingCommand> {
@@ -579,7 +606,14 @@ impl SidecarCore {
             rc::END_TRANSACTION => self.end_transaction(req.clone()).await,
             rc::HEART_BEAT => self.heartbeat(&req, conn),
             rc::UNREGISTER_CLIENT => self.unregister(&req),
-            rc::GET_CONSUMER_LIST_BY_GROUP => self.consumer_list(&req),
+            rc::GET_CONSUMER_LIST_BY_GROUP => self.consumer_list(&req, conn),
+            rc::PULL_MESSAGE => self.pull(&req, conn).await,
+            rc::UPDATE_CONSUMER_OFFSET => self.update_offset(&req, conn),
+            rc::QUERY_CONSUMER_OFFSET => self.query_offset(&req, conn),
+            rc::GET_MAX_OFFSET | rc::GET_MIN_OFFSET | rc::SEARCH_OFFSET_BY_TIMESTAMP => {
+                self.offset_probe(&req, conn)
+            }
+            rc::CONSUMER_SEND_MSG_BACK => self.send_back(&req, conn).await,
             _ => Ok(req.not_supported_response(self.cfg.response_encoding)),
         };
         let resp = match result {
@@ -620,5 +654,7 @@ impl Handler for SidecarHandler {
 
     fn on_close(&self, conn: &Arc<Connection>) {
         self.0.groups.connection_closed(conn.id());
+        // Nothing is acked that was not committed: the broker redelivers the rest.
+        self.0.pulls.connection_closed(conn.id());
     }
 }

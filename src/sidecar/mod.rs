@@ -10,6 +10,7 @@
 
 pub mod groups;
 pub mod handler;
+pub mod pull;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use rocketmesh_filters::codec::codes::{request_code as rc, response_code};
 use rocketmesh_filters::codec::headers::NotifyConsumerIdsChangedRequestHeader;
 use rocketmesh_filters::codec::message::{decode_records, property_keys};
 use rocketmesh_filters::codec::{RemotingCommand, ResponseEncoding};
+use rocketmesh_filters::consume::TranslatorConfig;
 use rocketmesh_xds::client::{ClientConfig, XdsClient, XdsMode};
 use rocketmesh_xds::static_config;
 use tokio::net::TcpListener;
@@ -69,6 +71,8 @@ pub struct SidecarConfig {
     pub drain: Duration,
     /// Downstream limits (connections, requests in flight per connection, frame sizes).
     pub server: ServerConfig,
+    /// Pull -> Pop translator settings (invisible time, renewal, max hold, table limits).
+    pub translator: TranslatorConfig,
 }
 
 impl SidecarConfig {
@@ -90,6 +94,7 @@ impl SidecarConfig {
             broker_heartbeat: Duration::from_secs(30),
             drain: Duration::from_secs(5),
             server: ServerConfig::default(),
+            translator: TranslatorConfig::default(),
         }
     }
 }
@@ -177,6 +182,7 @@ impl AdminSource for AdminView {
                 "virtual_broker": self.core.cfg.virtual_broker,
                 "clients": {"consumer_groups": consumer_groups, "producer_groups": producer_groups, "clients": clients},
                 "upstreams": self.core.upstreams.endpoints(),
+                "pull_to_pop": {"virtual_queues": self.core.pulls.counts().0, "held_handles": self.core.pulls.counts().1},
             },
             "xds": self.core.xds.config_dump(),
         })
@@ -268,6 +274,7 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
         upstreams.clone(),
         groups.clone(),
         stats,
+        cfg.translator.clone(),
     ));
     let handler = Arc::new(SidecarHandler(core.clone()));
     let stop_accepting = CancellationToken::new();
@@ -284,6 +291,7 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
     }
     drop(listeners_block);
     tasks.push(tokio::spawn(expire_clients(groups.clone(), close.clone())));
+    tasks.push(tokio::spawn(pull::maintain(core.clone(), close.clone())));
     tasks.push(tokio::spawn(heartbeat_brokers(
         core.clone(),
         addr,

@@ -28,8 +28,10 @@ use bytes::BytesMut;
 use thiserror::Error;
 
 use crate::codec::headers::PopMessageResponseHeader;
-use crate::codec::message::{patch_records, property_keys, MessageError};
-use crate::codec::pop::{PopError, PopHandle, PopResponseInfo};
+use crate::codec::message::{
+    decode_records, encode_record, patch_records, property_keys, MessageError, MessageVersion,
+};
+use crate::codec::pop::{is_retry_topic, PopError, PopHandle, PopResponseInfo};
 
 /// Translator limits and timings.
 #[derive(Debug, Clone)]
@@ -295,13 +297,16 @@ impl Translator {
     }
 
     /// The POP caused by a pull at `offset` returned: `found` with its header and body, or
-    /// nothing. Re-stamps the records in place into the virtual offset space.
+    /// nothing. Re-stamps the records in place into the virtual offset space, and their store
+    /// host to `store_host` when given (SDKs send a message back to its store host: it must be
+    /// the sidecar, never the real broker).
     pub fn complete_pull(
         &mut self,
         key: &VQueueKey,
         offset: i64,
         broker: &str,
         found: Option<(&PopMessageResponseHeader, BytesMut)>,
+        store_host: Option<std::net::SocketAddr>,
         now_ms: i64,
     ) -> Result<PullReply, ConsumeError> {
         let Some(vq) = self.queues.get_mut(key) else {
@@ -345,9 +350,27 @@ impl Translator {
             ));
             rec.set_queue_id(key.queue);
             rec.set_queue_offset(next);
+            if let Some(host) = store_host {
+                rec.set_store_host(host);
+            }
             next += 1;
             Ok(())
         })?;
+        // Pop-retry messages come from `%RETRY%<group>_<topic>`; a legacy consumer only
+        // accepts its subscribed topic (and `%RETRY%<group>` with RETRY_TOPIC), so those records
+        // are re-encoded under the subscribed topic. Their handles keep the retry topic for acks.
+        if new_held.iter().any(|(_, h)| h.handle.retry.is_retry()) {
+            let mut msgs = decode_records(&body.clone().freeze())?;
+            let mut out = BytesMut::with_capacity(body.len());
+            for m in &mut msgs {
+                if m.topic != key.topic && is_retry_topic(&m.topic) {
+                    m.topic = key.topic.clone();
+                    m.version = MessageVersion::for_topic_len(m.topic.len());
+                }
+                encode_record(m, &mut out)?;
+            }
+            body = out;
+        }
         let vq = self.queues.get_mut(key).expect("checked above");
         vq.next = next;
         for (o, h) in new_held {
@@ -560,6 +583,17 @@ impl Translator {
     /// GET_MAX_OFFSET (and SEARCH_OFFSET_BY_TIMESTAMP): the next virtual offset to hand out.
     pub fn max_offset(&self, key: &VQueueKey) -> i64 {
         self.queues.get(key).map_or(0, |q| q.next)
+    }
+
+    /// GET_MAX_OFFSET / SEARCH_OFFSET_BY_TIMESTAMP name no group: the largest next offset of any
+    /// group of this connection on (topic, queue).
+    pub fn max_offset_any(&self, conn: u64, topic: &str, queue: i32) -> i64 {
+        self.queues
+            .iter()
+            .filter(|(k, _)| k.conn == conn && k.topic == topic && k.queue == queue)
+            .map(|(_, q)| q.next)
+            .max()
+            .unwrap_or(0)
     }
 
     /// (virtual queues, held handles) for introspection.

@@ -58,8 +58,15 @@ fn pull(
     assert!(acks.is_empty());
     assert!(matches!(plan, PullPlan::Pop { .. }), "{plan:?}");
     let (h, body) = pop_response(real_q, offsets, phys);
-    t.complete_pull(k, offset, "broker-a", Some((&h, body)), 2_000)
-        .unwrap()
+    t.complete_pull(
+        k,
+        offset,
+        "broker-a",
+        Some((&h, body)),
+        Some("127.0.0.1:9876".parse().unwrap()),
+        2_000,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -80,6 +87,12 @@ fn records_are_restamped_into_the_virtual_space() {
     let stamped: Vec<(i32, i64)> = msgs.iter().map(|m| (m.queue_id, m.queue_offset)).collect();
     assert_eq!(stamped, vec![(5, 0), (5, 1), (5, 2)]);
     assert_eq!(msgs[1].body.as_ref(), b"m41", "bodies untouched");
+    assert_eq!(
+        msgs[0].store_host,
+        "127.0.0.1:9876".parse().unwrap(),
+        "send-backs come to the sidecar"
+    );
+    msgs[0].check_crc().unwrap();
     assert_eq!(t.held(), 3);
     // The next pull continues the space.
     let PullReply::Found { next_begin, .. } = pull(&mut t, &k, 3, 2, &[43], 10_300) else {
@@ -89,7 +102,10 @@ fn records_are_restamped_into_the_virtual_space() {
     // An empty pop: not found at the same offset.
     let (_, plan) = t.begin_pull(&k, 4, 32, None);
     assert_eq!(plan, PullPlan::Pop { max_msgs: 32 });
-    match t.complete_pull(&k, 4, "broker-a", None, 3_000).unwrap() {
+    match t
+        .complete_pull(&k, 4, "broker-a", None, None, 3_000)
+        .unwrap()
+    {
         PullReply::NotFound {
             next_begin,
             max_offset,
@@ -182,7 +198,7 @@ fn max_reconsume_times_goes_to_the_dead_letter_queue() {
     };
     encode_record(&m, &mut body).unwrap();
     let (h, _) = pop_response(0, &[4], 77);
-    t.complete_pull(&k, 0, "broker-b", Some((&h, body)), 0)
+    t.complete_pull(&k, 0, "broker-b", Some((&h, body)), None, 0)
         .unwrap();
     match t.send_back(1, "g", 77, 0, 16) {
         SendBackPlan::DeadLetter { broker, ack } => {
@@ -248,7 +264,7 @@ fn throttled_until_the_consumer_commits() {
         "asks only for the room left"
     );
     let (h, body) = pop_response(0, &[0, 1, 2], 0);
-    t.complete_pull(&k, 0, "broker-a", Some((&h, body)), 0)
+    t.complete_pull(&k, 0, "broker-a", Some((&h, body)), None, 0)
         .unwrap();
     assert_eq!(t.begin_pull(&k, 3, 32, None).1, PullPlan::Throttled);
     assert!(t.is_throttled(&k));
@@ -277,7 +293,7 @@ fn a_rewind_drops_what_the_consumer_no_longer_holds() {
     );
     let PullReply::Found { body, .. } = ({
         let (h, body) = pop_response(0, &[20], 900);
-        t.complete_pull(&k, 2, "broker-a", Some((&h, body)), 0)
+        t.complete_pull(&k, 2, "broker-a", Some((&h, body)), None, 0)
             .unwrap()
     }) else {
         panic!()
@@ -336,7 +352,7 @@ fn retry_messages_ack_on_their_retry_topic() {
         msg_offset_info: Some("1 0 6".into()),
         order_count_info: None,
     };
-    t.complete_pull(&k, 0, "broker-a", Some((&h, body)), 0)
+    t.complete_pull(&k, 0, "broker-a", Some((&h, body)), None, 0)
         .unwrap();
     let acks = t.commit(&k, 1);
     assert_eq!(acks[0].topic, "%RETRY%g_T");

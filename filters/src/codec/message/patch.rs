@@ -88,6 +88,27 @@ impl<'a> RecordMut<'a> {
     }
 
     /// `sysFlag`.
+    /// Rewrites the store host (where the SDK sends a message back) when the address family
+    /// matches the record's; returns whether it did. The body CRC does not cover it.
+    pub fn set_store_host(&mut self, addr: std::net::SocketAddr) -> bool {
+        let p = super::record::store_host_position(self.layout.sys_flag);
+        let v6 = super::sysflag::store_host_v6(self.layout.sys_flag);
+        let port = i32::from(addr.port()).to_be_bytes();
+        match (addr, v6) {
+            (std::net::SocketAddr::V4(a), false) => {
+                self.rec[p..p + 4].copy_from_slice(&a.ip().octets());
+                self.rec[p + 4..p + 8].copy_from_slice(&port);
+                true
+            }
+            (std::net::SocketAddr::V6(a), true) => {
+                self.rec[p..p + 16].copy_from_slice(&a.ip().octets());
+                self.rec[p + 16..p + 20].copy_from_slice(&port);
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn sys_flag(&self) -> i32 {
         self.layout.sys_flag
     }

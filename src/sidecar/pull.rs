@@ -1,0 +1,497 @@
+//! Legacy consumers through the sidecar: PULL becomes POP (via `filters::consume::Translator`),
+//! offsets are answered from the virtual offset space, commits become ACKs, send-backs become
+//! CHANGE_MESSAGE_INVISIBLETIME, and held handles are renewed in the background.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use rocketmesh_filters::codec::codes::{request_code as rc, response_code};
+use rocketmesh_filters::codec::headers::{
+    AckMessageRequestHeader, ChangeInvisibleTimeRequestHeader, ChangeInvisibleTimeResponseHeader,
+    ConsumerSendMsgBackRequestHeader, GetMaxOffsetRequestHeader, GetMinOffsetRequestHeader,
+    OffsetResponseHeader, PopMessageRequestHeader, PopMessageResponseHeader,
+    PullMessageRequestHeader, PullMessageResponseHeader, QueryConsumerOffsetRequestHeader,
+    QueryConsumerOffsetResponseHeader, SearchOffsetRequestHeader,
+    UpdateConsumerOffsetRequestHeader,
+};
+use rocketmesh_filters::codec::pop::PopHandle;
+use rocketmesh_filters::codec::RemotingCommand;
+use rocketmesh_filters::consume::{
+    HandleAction, Outcome, PullPlan, PullReply, SendBackPlan, Translator, TranslatorConfig,
+    VQueueKey,
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::handler::{queue_view, Reject, SidecarCore};
+use crate::metrics::{Counter, Gauge};
+use crate::remoting::Connection;
+
+/// PULL sysFlag bit: the request carries a commit offset.
+const FLAG_COMMIT_OFFSET: i32 = 1;
+/// Longest a pop parks at the broker for one pull (C++ asks 20 s; the SDK times out at 30 s).
+const MAX_POLL: Duration = Duration::from_secs(20);
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The translator and what waits on it.
+#[derive(Debug)]
+pub struct PullBridge {
+    t: Mutex<Translator>,
+    /// Woken by commits, for throttled pulls.
+    committed: Notify,
+}
+
+impl PullBridge {
+    pub fn new(cfg: TranslatorConfig) -> Self {
+        PullBridge {
+            t: Mutex::new(Translator::new(cfg)),
+            committed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Translator> {
+        self.t.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn connection_closed(&self, conn: u64) {
+        self.lock().connection_closed(conn);
+    }
+
+    /// (virtual queues, held handles).
+    pub fn counts(&self) -> (usize, usize) {
+        self.lock().counts()
+    }
+}
+
+impl SidecarCore {
+    fn set_held_gauge(&self) {
+        let held = self.pulls.lock().held();
+        self.stats.gauge(Gauge::OutstandingHandles).set(held as f64);
+    }
+
+    /// Runs acks in the background; the outcome goes back to the translator.
+    pub(super) fn spawn_acks(self: &Arc<Self>, acks: Vec<HandleAction>) {
+        if acks.is_empty() {
+            return;
+        }
+        let core = self.clone();
+        tokio::spawn(async move {
+            let futs = acks.into_iter().map(|a| {
+                let core = core.clone();
+                async move {
+                    let outcome = core.ack_handle(&a).await;
+                    core.pulls.lock().ack_done(&a.key, a.offset, outcome);
+                }
+            });
+            futures_util::future::join_all(futs).await;
+            core.set_held_gauge();
+        });
+    }
+
+    async fn ack_handle(&self, a: &HandleAction) -> Outcome {
+        self.stats.inc(Counter::AcksFromCommits);
+        let Ok((ep, timeout)) = self.broker_endpoint(&a.topic, &a.group, &a.broker).await else {
+            // The broker is gone from the route: the handle cannot be acked; it is redelivered.
+            return Outcome::Done;
+        };
+        let h = AckMessageRequestHeader {
+            consumer_group: a.group.clone(),
+            topic: a.topic.clone(),
+            queue_id: a.queue_id,
+            offset: a.queue_offset,
+            extra_info: a.extra_info.clone(),
+            ..Default::default()
+        };
+        let req = RemotingCommand::request_with_header(rc::ACK_MESSAGE, &h);
+        match self
+            .upstreams
+            .invoke(&ep.address, req, self.cfg.request_timeout, timeout)
+            .await
+        {
+            Ok(resp) if resp.code() == response_code::SUCCESS => Outcome::Done,
+            Ok(resp) => {
+                // The broker no longer has the handle (expired and revived): redelivered anyway.
+                tracing::debug!(code = resp.code(), remark = ?resp.remark(), "ack refused");
+                Outcome::Done
+            }
+            Err(e) => {
+                tracing::debug!("ack not delivered, will retry: {e}");
+                Outcome::Retry
+            }
+        }
+    }
+
+    async fn change_invisible(&self, a: &HandleAction) -> Result<PopHandle, String> {
+        let (ep, timeout) = self
+            .broker_endpoint(&a.topic, &a.group, &a.broker)
+            .await
+            .map_err(|r| r.1)?;
+        let h = ChangeInvisibleTimeRequestHeader {
+            consumer_group: a.group.clone(),
+            topic: a.topic.clone(),
+            queue_id: a.queue_id,
+            offset: a.queue_offset,
+            extra_info: a.extra_info.clone(),
+            invisible_time: a.invisible_time_ms,
+            ..Default::default()
+        };
+        let req = RemotingCommand::request_with_header(rc::CHANGE_MESSAGE_INVISIBLETIME, &h);
+        let resp = self
+            .upstreams
+            .invoke(&ep.address, req, self.cfg.request_timeout, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.code() != response_code::SUCCESS {
+            return Err(format!(
+                "broker answered {} {:?}",
+                resp.code(),
+                resp.remark()
+            ));
+        }
+        let rh: ChangeInvisibleTimeResponseHeader =
+            resp.decode_header().map_err(|e| e.to_string())?;
+        let old = PopHandle::parse(&a.extra_info).map_err(|e| e.to_string())?;
+        Ok(old.after_change_invisible(rh.pop_time, rh.invisible_time, rh.revive_qid))
+    }
+
+    /// PULL_MESSAGE (11) -> POP.
+    pub(super) async fn pull(
+        self: &Arc<Self>,
+        req: &RemotingCommand,
+        conn: &Arc<Connection>,
+    ) -> Result<RemotingCommand, Reject> {
+        self.stats.inc(Counter::PullMessage);
+        let h: PullMessageRequestHeader = req.decode_header()?;
+        let key = VQueueKey {
+            conn: conn.id(),
+            group: h.consumer_group.clone(),
+            topic: h.topic.clone(),
+            queue: h.queue_id,
+        };
+        let not_found = |next: i64, max: i64| {
+            let rh = PullMessageResponseHeader {
+                suggest_which_broker_id: 0,
+                next_begin_offset: next,
+                min_offset: 0,
+                max_offset: max,
+                ..Default::default()
+            };
+            self.reply(req, response_code::PULL_NOT_FOUND, None)
+                .with_header(&rh)
+        };
+        let route = self
+            .route(&h.topic, Gauge::TotalPending)
+            .await
+            .map_err(super::handler::route_reject)?;
+        let (_, vq) = queue_view(&route);
+        let Some((broker, real_queue)) = vq.read_target(h.queue_id) else {
+            // A queue the route no longer has (stale SDK view): nothing there.
+            return Ok(not_found(h.queue_offset, h.queue_offset));
+        };
+        let commit = (h.sys_flag & FLAG_COMMIT_OFFSET != 0).then_some(h.commit_offset);
+        let (acks, plan) =
+            self.pulls
+                .lock()
+                .begin_pull(&key, h.queue_offset, h.max_msg_nums, commit);
+        self.spawn_acks(acks);
+        if commit.is_some() {
+            self.pulls.committed.notify_waiters();
+        }
+        let suspend = Duration::from_millis(u64::try_from(h.suspend_timeout_millis).unwrap_or(0))
+            .min(MAX_POLL);
+        let max_msgs = match plan {
+            PullPlan::Pop { max_msgs } => max_msgs,
+            PullPlan::Refused(why) => return Err(Reject::system(why)),
+            PullPlan::Throttled => {
+                // Hold the pull until the consumer commits (or the suspend time passes), as the
+                // broker's long polling would, instead of letting the SDK spin.
+                let wait = self.pulls.committed.notified();
+                let _ = tokio::time::timeout(suspend.max(Duration::from_millis(100)), wait).await;
+                if self.pulls.lock().is_throttled(&key) {
+                    let max = self.pulls.lock().max_offset(&key);
+                    return Ok(not_found(h.queue_offset, max));
+                }
+                let (acks, plan) =
+                    self.pulls
+                        .lock()
+                        .begin_pull(&key, h.queue_offset, h.max_msg_nums, None);
+                self.spawn_acks(acks);
+                match plan {
+                    PullPlan::Pop { max_msgs } => max_msgs,
+                    _ => return Ok(not_found(h.queue_offset, h.queue_offset)),
+                }
+            }
+        };
+        let sel = route
+            .select(&rocketmesh_xds::model::RouteRequest {
+                code: rc::POP_MESSAGE,
+                ..Default::default()
+            })
+            .ok_or_else(|| Reject::system(format!("No route for POP on topic {}", h.topic)))?;
+        let Some(ep) = sel
+            .endpoints
+            .iter()
+            .find(|e| e.broker_name == broker && e.is_master())
+        else {
+            return Err(Reject::system(format!(
+                "broker {broker} is not readable for {}",
+                h.topic
+            )));
+        };
+        let pop = PopMessageRequestHeader {
+            consumer_group: h.consumer_group.clone(),
+            topic: h.topic.clone(),
+            queue_id: real_queue,
+            max_msg_nums: max_msgs,
+            invisible_time: self.pulls.lock().config().invisible_time_ms,
+            poll_time: suspend.as_millis() as i64,
+            born_time: now_ms(),
+            // Start from the queue's first message for a new group: nothing produced before the
+            // first pull is skipped.
+            init_mode: 0,
+            exp_type: Some(h.expression_type.clone().unwrap_or_else(|| "TAG".into())),
+            exp: Some(
+                h.subscription
+                    .clone()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "*".into()),
+            ),
+            ..Default::default()
+        };
+        let pop_req = RemotingCommand::request_with_header(rc::POP_MESSAGE, &pop);
+        let timeout = sel
+            .cluster
+            .spec
+            .connect_timeout_ms
+            .map(Duration::from_millis);
+        self.stats.inc(Counter::PullConverted);
+        let resp = match self
+            .upstreams
+            .invoke(
+                &ep.address,
+                pop_req,
+                self.cfg.request_timeout + suspend,
+                timeout,
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                // Nothing was handed out: answer "nothing yet" so the SDK simply pulls again.
+                tracing::debug!("pop for a pull failed: {e}");
+                let max = self.pulls.lock().max_offset(&key);
+                return Ok(not_found(h.queue_offset, max));
+            }
+        };
+        let found = match resp.code() {
+            response_code::SUCCESS => {
+                let ph: PopMessageResponseHeader = resp.decode_header()?;
+                Some((ph, BytesMut::from(&resp.body()[..])))
+            }
+            response_code::PULL_NOT_FOUND
+            | response_code::POLLING_TIMEOUT
+            | response_code::POLLING_FULL
+            | response_code::NO_MESSAGE => None,
+            code => {
+                return Err(Reject(
+                    code,
+                    resp.remark().unwrap_or("pop failed").to_owned(),
+                ));
+            }
+        };
+        let reply = {
+            let mut t = self.pulls.lock();
+            t.complete_pull(
+                &key,
+                h.queue_offset,
+                &ep.broker_name,
+                found.as_ref().map(|(ph, b)| (ph, b.clone())),
+                self.cfg.advertise.parse().ok(),
+                now_ms(),
+            )
+        };
+        self.set_held_gauge();
+        match reply {
+            Ok(PullReply::Found {
+                next_begin,
+                max_offset,
+                body,
+                ..
+            }) => {
+                let rh = PullMessageResponseHeader {
+                    suggest_which_broker_id: 0,
+                    next_begin_offset: next_begin,
+                    min_offset: 0,
+                    max_offset,
+                    ..Default::default()
+                };
+                Ok(self
+                    .reply(req, response_code::SUCCESS, None)
+                    .with_header(&rh)
+                    .with_body(body.freeze()))
+            }
+            Ok(PullReply::NotFound {
+                next_begin,
+                max_offset,
+            }) => Ok(not_found(next_begin, max_offset)),
+            Err(e) => Err(Reject::system(format!(
+                "cannot translate the pop response: {e}"
+            ))),
+        }
+    }
+
+    /// UPDATE_CONSUMER_OFFSET (15): commit -> acks.
+    pub(super) fn update_offset(
+        self: &Arc<Self>,
+        req: &RemotingCommand,
+        conn: &Arc<Connection>,
+    ) -> Result<RemotingCommand, Reject> {
+        let h: UpdateConsumerOffsetRequestHeader = req.decode_header()?;
+        let key = VQueueKey {
+            conn: conn.id(),
+            group: h.consumer_group,
+            topic: h.topic,
+            queue: h.queue_id,
+        };
+        let acks = self.pulls.lock().commit(&key, h.commit_offset);
+        self.spawn_acks(acks);
+        self.pulls.committed.notify_waiters();
+        Ok(self.reply(req, response_code::SUCCESS, None))
+    }
+
+    /// QUERY_CONSUMER_OFFSET (14): the committed virtual offset.
+    pub(super) fn query_offset(
+        &self,
+        req: &RemotingCommand,
+        conn: &Arc<Connection>,
+    ) -> Result<RemotingCommand, Reject> {
+        let h: QueryConsumerOffsetRequestHeader = req.decode_header()?;
+        let key = VQueueKey {
+            conn: conn.id(),
+            group: h.consumer_group,
+            topic: h.topic,
+            queue: h.queue_id,
+        };
+        let offset = self.pulls.lock().committed(&key);
+        Ok(self
+            .reply(req, response_code::SUCCESS, None)
+            .with_header(&QueryConsumerOffsetResponseHeader { offset }))
+    }
+
+    /// GET_MAX_OFFSET (30), GET_MIN_OFFSET (31), SEARCH_OFFSET_BY_TIMESTAMP (29) on virtual queues.
+    pub(super) fn offset_probe(
+        &self,
+        req: &RemotingCommand,
+        conn: &Arc<Connection>,
+    ) -> Result<RemotingCommand, Reject> {
+        let offset = match req.code() {
+            rc::GET_MIN_OFFSET => {
+                let _h: GetMinOffsetRequestHeader = req.decode_header()?;
+                0
+            }
+            rc::GET_MAX_OFFSET => {
+                let h: GetMaxOffsetRequestHeader = req.decode_header()?;
+                self.pulls
+                    .lock()
+                    .max_offset_any(conn.id(), &h.topic, h.queue_id)
+            }
+            _ => {
+                // Every virtual offset handed out is "now": searching by time lands at the end.
+                let h: SearchOffsetRequestHeader = req.decode_header()?;
+                self.pulls
+                    .lock()
+                    .max_offset_any(conn.id(), &h.topic, h.queue_id)
+            }
+        };
+        Ok(self
+            .reply(req, response_code::SUCCESS, None)
+            .with_header(&OffsetResponseHeader { offset }))
+    }
+
+    /// CONSUMER_SEND_MSG_BACK (36) -> CHANGE_MESSAGE_INVISIBLETIME (or the broker's DLQ).
+    pub(super) async fn send_back(
+        self: &Arc<Self>,
+        req: &RemotingCommand,
+        conn: &Arc<Connection>,
+    ) -> Result<RemotingCommand, Reject> {
+        self.stats.inc(Counter::SendBacks);
+        let h: ConsumerSendMsgBackRequestHeader = req.decode_header()?;
+        let plan = self.pulls.lock().send_back(
+            conn.id(),
+            &h.group,
+            h.offset,
+            h.delay_level,
+            h.max_reconsume_times.unwrap_or(16),
+        );
+        match plan {
+            SendBackPlan::Retry(a) => match self.change_invisible(&a).await {
+                Ok(_) => Ok(self.reply(req, response_code::SUCCESS, None)),
+                Err(e) => {
+                    self.pulls.lock().send_back_failed(&a.key, a.offset);
+                    Err(Reject::system(format!("send back failed: {e}")))
+                }
+            },
+            SendBackPlan::DeadLetter { broker, ack } => {
+                // The broker moves the message (by commit log offset) to %DLQ%<group>.
+                let (ep, timeout) = self.broker_endpoint(&ack.topic, &ack.group, &broker).await?;
+                let fwd = req.clone();
+                match self.upstreams.invoke(&ep.address, fwd, self.cfg.request_timeout, timeout).await {
+                    Ok(resp) if resp.code() == response_code::SUCCESS => {
+                        self.spawn_acks(vec![ack]);
+                        Ok(self.reply(req, response_code::SUCCESS, None))
+                    }
+                    Ok(resp) => {
+                        self.pulls.lock().ack_done(&ack.key, ack.offset, Outcome::Retry);
+                        Err(Reject(resp.code(), resp.remark().unwrap_or("send back refused").to_owned()))
+                    }
+                    Err(e) => {
+                        self.pulls.lock().ack_done(&ack.key, ack.offset, Outcome::Retry);
+                        Err(Reject::system(e.to_string()))
+                    }
+                }
+            }
+            SendBackPlan::Unknown => Err(Reject::system(format!(
+                "message at commit log offset {} is not held for this consumer (reconnected?); it will be redelivered",
+                h.offset
+            ))),
+        }
+    }
+}
+
+/// Renews held handles and retries owed acks, every second.
+pub(super) async fn maintain(core: Arc<SidecarCore>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let (due, owed) = {
+            let mut t = core.pulls.lock();
+            (t.renewals_due(now_ms()), t.pending_acks())
+        };
+        core.spawn_acks(owed);
+        for a in due {
+            let core = core.clone();
+            tokio::spawn(async move {
+                core.stats.inc(Counter::Renewals);
+                let new = match core.change_invisible(&a).await {
+                    Ok(h) => Some((h.to_extra_info(), h.pop_time, h.invisible_time)),
+                    Err(e) => {
+                        tracing::debug!("renewal failed, letting the message go: {e}");
+                        None
+                    }
+                };
+                core.pulls.lock().renewed(&a.key, a.offset, new);
+            });
+        }
+        core.set_held_gauge();
+    }
+}
