@@ -20,17 +20,13 @@ use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use rocketmesh_filters::codec::body::TopicRouteData;
 use rocketmesh_filters::codec::codes::{request_code, response_code};
-use rocketmesh_filters::codec::headers::{
-    AckMessageRequestHeader, GetRouteInfoRequestHeader, PopMessageRequestHeader,
-    PopMessageResponseHeader, PullMessageRequestHeader, PullMessageResponseHeader,
-    SendMessageRequestHeaderV2,
-};
-use rocketmesh_filters::codec::message::{property_keys, Properties, RecordIter};
-use rocketmesh_filters::codec::pop::PopResponseInfo;
+use rocketmesh_filters::codec::headers::{PullMessageRequestHeader, PullMessageResponseHeader};
+use rocketmesh_filters::codec::message::RecordIter;
 use rocketmesh_filters::codec::RemotingCommand;
 
 use crate::cli::{BenchArgs, BenchMode};
 use crate::remoting::RemotingClient;
+use crate::sdk;
 
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 const GROUP: &str = "rocketmesh_bench";
@@ -214,27 +210,9 @@ async fn fetch_route(target: SocketAddr, topic: &str) -> Result<Option<TopicRout
     let client = RemotingClient::connect_timeout(target, Duration::from_secs(5), None)
         .await
         .with_context(|| format!("connecting to {target}"))?;
-    let header = GetRouteInfoRequestHeader {
-        topic: topic.to_owned(),
-        accept_standard_json_only: Some(true),
-    };
-    let resp = client
-        .invoke(
-            RemotingCommand::request_with_header(request_code::GET_ROUTEINFO_BY_TOPIC, &header),
-            RPC_TIMEOUT,
-        )
-        .await?;
+    let route = sdk::route(&client, topic, RPC_TIMEOUT).await;
     client.close();
-    match resp.code() {
-        response_code::SUCCESS => Ok(Some(
-            TopicRouteData::parse(resp.body()).context("parsing the topic route")?,
-        )),
-        response_code::TOPIC_NOT_EXIST => Ok(None),
-        code => bail!(
-            "route query for {topic} failed: code {code} {}",
-            resp.remark().unwrap_or_default()
-        ),
-    }
+    route.with_context(|| format!("route query for {topic}"))
 }
 
 fn record(hist: &mut Histogram<u64>, started: Instant) {
@@ -255,33 +233,19 @@ async fn send_worker(
     hist: &mut Histogram<u64>,
 ) {
     let body = bytes::Bytes::copy_from_slice(body);
+    let producer_group = format!("{GROUP}_producer");
     let mut n: u64 = 0;
     while Instant::now() < deadline {
         n += 1;
-        let mut props = Properties::default();
-        props.insert(
-            property_keys::UNIQ_KEY,
-            format!("{:016X}{:016X}", std::process::id(), n),
+        let req = sdk::send_v2(
+            &producer_group,
+            topic,
+            queue,
+            if auto_create { 4 } else { queues },
+            &format!("{:016X}{:016X}", std::process::id(), n),
+            body.clone(),
         );
-        props.insert(property_keys::WAIT, "true");
-        let header = SendMessageRequestHeaderV2 {
-            a: format!("{GROUP}_producer"),
-            b: topic.to_owned(),
-            c: "TBW102".into(),
-            d: if auto_create { 4 } else { queues },
-            e: queue,
-            f: 0,
-            g: now_ms(),
-            h: 0,
-            i: Some(props.to_wire_string()),
-            j: Some(0),
-            k: Some(false),
-            m: Some(false),
-            ..SendMessageRequestHeaderV2::default()
-        };
         queue = (queue + 1) % queues;
-        let req = RemotingCommand::request_with_header(request_code::SEND_MESSAGE_V2, &header)
-            .with_body(body.clone());
         let started = Instant::now();
         shared.requests.fetch_add(1, Ordering::Relaxed);
         match client.invoke(req, RPC_TIMEOUT).await {
@@ -313,28 +277,17 @@ async fn pop_worker(
     hist: &mut Histogram<u64>,
 ) {
     while Instant::now() < deadline {
-        let header = PopMessageRequestHeader {
-            consumer_group: GROUP.into(),
-            topic: topic.to_owned(),
-            queue_id: -1,
-            max_msg_nums: 32,
-            invisible_time: 60_000,
-            poll_time: 1_000,
-            born_time: now_ms(),
-            init_mode: 0,
-            exp_type: Some("TAG".into()),
-            exp: Some("*".into()),
-            ..PopMessageRequestHeader::default()
-        };
+        let req = sdk::pop(
+            GROUP,
+            topic,
+            -1,
+            32,
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+        );
         let started = Instant::now();
         shared.requests.fetch_add(1, Ordering::Relaxed);
-        let resp = match client
-            .invoke(
-                RemotingCommand::request_with_header(request_code::POP_MESSAGE, &header),
-                RPC_TIMEOUT,
-            )
-            .await
-        {
+        let resp = match client.invoke(req, RPC_TIMEOUT).await {
             Ok(r) => r,
             Err(e) => {
                 shared.errors.fetch_add(1, Ordering::Relaxed);
@@ -353,46 +306,18 @@ async fn pop_worker(
             }
             continue;
         }
-        let Ok(pop) = resp.decode_header::<PopMessageResponseHeader>() else {
-            shared.errors.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        let Ok(info) = PopResponseInfo::from_header(&pop) else {
-            shared.errors.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        for rec in RecordIter::new(resp.body()) {
-            let handle = rec.map_err(|e| e.to_string()).and_then(|rec| {
-                let pop_ck = rec
-                    .property(property_keys::POP_CK)
-                    .map_err(|e| e.to_string())?;
-                info.handle_for(
-                    rec.topic(),
-                    rec.queue_id(),
-                    rec.queue_offset(),
-                    pop_ck,
-                    broker,
-                )
-                .map_err(|e| e.to_string())
-            });
-            let Ok(handle) = handle else {
+        let messages = match sdk::popped(&resp, broker) {
+            Ok(m) => m,
+            Err(e) => {
                 shared.errors.fetch_add(1, Ordering::Relaxed);
-                break;
-            };
-            let ack = AckMessageRequestHeader {
-                consumer_group: GROUP.into(),
-                topic: handle.real_topic(topic, GROUP),
-                queue_id: handle.queue_id,
-                offset: handle.queue_offset,
-                extra_info: handle.to_extra_info(),
-                bname: Some(handle.broker_name.clone()),
-            };
+                tracing::debug!("{e}");
+                continue;
+            }
+        };
+        for msg in messages {
             shared.requests.fetch_add(1, Ordering::Relaxed);
             match client
-                .invoke(
-                    RemotingCommand::request_with_header(request_code::ACK_MESSAGE, &ack),
-                    RPC_TIMEOUT,
-                )
+                .invoke(sdk::ack(GROUP, topic, &msg.handle), RPC_TIMEOUT)
                 .await
             {
                 Ok(r) if r.code() == response_code::SUCCESS => {
@@ -468,11 +393,4 @@ async fn pull_worker(
         }
         i = (i + 1) % queues.len();
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

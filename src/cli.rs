@@ -28,6 +28,18 @@ pub enum Command {
     /// Run the control plane: nameserver role for brokers plus a delta/SotW ADS server.
     ControlPlane(ControlPlaneArgs),
     /// One command, no setup: control plane, two brokers, a sidecar and sample traffic.
+    ///
+    /// Starts, in this process and with a temporary data directory, a control plane (nameserver
+    /// role + xDS), broker-a (DemoTopic read-write) and broker-b (DemoTopic read-only), and a
+    /// sidecar; sends sample messages through the sidecar, pops and acks them, prints what
+    /// happened and the admin URL, then keeps serving until Ctrl-C (or exits with --once).
+    ///
+    /// Point an SDK at it: set the nameserver address to the sidecar's listener (`--listen`), e.g.
+    /// Java `producer.setNamesrvAddr("127.0.0.1:9876")` or `NAMESRV_ADDR=127.0.0.1:9876`, Python
+    /// (rocketmq-client-python) `producer.set_name_server_address("127.0.0.1:9876")`, C++
+    /// `producer.setNamesrvAddr("127.0.0.1:9876")`. Route look-ups, sends, pops and acks then all
+    /// go through the sidecar (legacy Pull consumers need the pull->pop translator, not built
+    /// yet). Topics: DemoTopic, DemoOnDemandTopic, DemoIdleTopic.
     Demo(DemoArgs),
     /// Load generator speaking Remoting (send, pop+ack, pull) against any address.
     Bench(BenchArgs),
@@ -123,6 +135,12 @@ pub struct DemoArgs {
     /// Run the sample traffic, print the summary and exit (0 only if every message made it).
     #[arg(long)]
     pub once: bool,
+    /// The sidecar's listener: the nameserver address an SDK points at (port 0 = any free port).
+    #[arg(long, default_value = "127.0.0.1:9876")]
+    pub listen: SocketAddr,
+    /// Admin server (/ready, /stats/prometheus, /config_dump, /clusters; port 0 = any free port).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

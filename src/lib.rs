@@ -12,4 +12,5 @@ pub mod demo;
 pub mod inspect;
 pub mod metrics;
 pub mod remoting;
+pub mod sdk;
 pub mod sidecar;

@@ -40,7 +40,11 @@ fn run(command: Command) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo(args) => demo::run(args.once).map(|()| ExitCode::SUCCESS),
+        Command::Demo(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async { demo::run(&args, wait_for_signal()).await })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Sidecar(args) => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(run_sidecar(args))?;
@@ -151,19 +155,24 @@ async fn run_control_plane(args: ControlPlaneArgs) -> Result<()> {
     Ok(())
 }
 
-/// Waits for SIGINT or SIGTERM.
-async fn wait_for_signal() {
+/// Waits for SIGINT or SIGTERM. Both handlers are installed when this is called (inside the
+/// runtime), not when the future is first polled, so a signal arriving meanwhile is not lost.
+fn wait_for_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("cannot listen for SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let handlers =
+        signal(SignalKind::interrupt()).and_then(|i| Ok((i, signal(SignalKind::terminate())?)));
+    async move {
+        match handlers {
+            Ok((mut int, mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGINT/SIGTERM: {e}");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

@@ -4,7 +4,8 @@
 //! 105 GET_ROUTEINFO_BY_TOPIC        answered here: one virtual broker over the topic's writable /
 //!                                   readable endpoints, every address = the sidecar's
 //! 10/310/320 SEND                   virtual write queue -> (writable broker, queue) -> upstream
-//! 200050 POP                        virtual read queue (or any readable broker for -1) -> upstream
+//! 200050 POP                        virtual read queue (or any readable broker for -1) -> upstream;
+//!                                   records get a POP_CK handle naming that real broker
 //! 200051 ACK, 200053 CHANGE_INVIS.  broker named in the pop handle (extraInfo) -> upstream
 //! 200151 BATCH_ACK                  broker named in the body -> upstream
 //! 34/35                             answered from the client table (groups.rs)
@@ -23,6 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use rocketmesh_filters::codec::body::{
     BatchAckMessageRequestBody, ConsumerListBody, HeartbeatData, RouteJsonStyle,
 };
@@ -30,10 +32,14 @@ use rocketmesh_filters::codec::codes::{request_code as rc, response_code};
 use rocketmesh_filters::codec::headers::{
     AckMessageRequestHeader, ChangeInvisibleTimeRequestHeader, EndTransactionRequestHeader,
     GetConsumerListByGroupRequestHeader, GetRouteInfoRequestHeader, PopMessageRequestHeader,
-    UnregisterClientRequestHeader,
+    PopMessageResponseHeader, UnregisterClientRequestHeader,
 };
-use rocketmesh_filters::codec::message::decode_offset_msg_id;
-use rocketmesh_filters::codec::pop::{is_retry_topic, parse_pop_retry_topic, PopHandle};
+use rocketmesh_filters::codec::message::{
+    decode_offset_msg_id, encode_record, property_keys, RecordIter,
+};
+use rocketmesh_filters::codec::pop::{
+    is_retry_topic, parse_pop_retry_topic, PopHandle, PopResponseInfo,
+};
 use rocketmesh_filters::codec::{RemotingCommand, ResponseEncoding};
 use rocketmesh_filters::consume::TranslatorConfig;
 use rocketmesh_filters::route::{topic_route_data, BrokerView, VirtualQueues};
@@ -424,9 +430,11 @@ impl SidecarCore {
             req.ext_mut().put("queueId", local);
         }
         let poll = Duration::from_millis(u64::try_from(h.poll_time).unwrap_or(0).min(60_000));
-        self.forward(ep, cluster_timeout, req, self.cfg.request_timeout + poll)
+        let resp = self
+            .forward(ep, cluster_timeout, req, self.cfg.request_timeout + poll)
             .await
-            .map_err(upstream_reject)
+            .map_err(upstream_reject)?;
+        Ok(stamp_pop_handles(resp, &ep.broker_name))
     }
 
     /// The endpoint of `broker` serving `topic` (or, for a pop retry topic, its original topic).
@@ -628,6 +636,53 @@ impl SidecarCore {
             }
         };
         (!oneway).then_some(resp)
+    }
+}
+
+/// Gives every record of a successful POP response the handle (`POP_CK`) naming `broker`, the
+/// real broker that served it. Route answers name only the virtual broker, so an SDK building the
+/// handle itself would name that one and its ACK could not be routed; SDKs keep a `POP_CK` they
+/// find (as for the retry records a broker re-encodes), which makes acks stateless. Records that
+/// already carry one are kept as they are; a response that cannot be read is passed on unchanged.
+fn stamp_pop_handles(resp: RemotingCommand, broker: &str) -> RemotingCommand {
+    if resp.code() != response_code::SUCCESS || resp.body().is_empty() {
+        return resp;
+    }
+    let stamped = (|| -> Result<Bytes, String> {
+        let h: PopMessageResponseHeader = resp.decode_header().map_err(|e| e.to_string())?;
+        let info = PopResponseInfo::from_header(&h).map_err(|e| e.to_string())?;
+        let mut body = BytesMut::with_capacity(resp.body().len() + 1024);
+        for rec in RecordIter::new(resp.body()) {
+            let rec = rec.map_err(|e| e.to_string())?;
+            let ck = rec
+                .property(property_keys::POP_CK)
+                .map_err(|e| e.to_string())?;
+            if ck.is_some_and(|ck| !ck.is_empty()) {
+                body.extend_from_slice(rec.as_bytes());
+                continue;
+            }
+            let handle = info
+                .handle_for(
+                    rec.topic(),
+                    rec.queue_id(),
+                    rec.queue_offset(),
+                    None,
+                    broker,
+                )
+                .map_err(|e| e.to_string())?;
+            let mut msg = rec.to_message_ext().map_err(|e| e.to_string())?;
+            msg.properties
+                .insert(property_keys::POP_CK, handle.to_extra_info());
+            encode_record(&msg, &mut body).map_err(|e| e.to_string())?;
+        }
+        Ok(body.freeze())
+    })();
+    match stamped {
+        Ok(body) => resp.with_body(body),
+        Err(e) => {
+            tracing::warn!(%broker, "POP response passed on without pop handles: {e}");
+            resp
+        }
     }
 }
 
