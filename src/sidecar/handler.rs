@@ -406,30 +406,60 @@ impl SidecarCore {
             )));
         }
         let (_, vq) = queue_view(&route);
-        let (ep, local) = match vq.read_target(h.queue_id) {
-            Some((b, q)) => match readable.iter().find(|e| e.broker_name == b) {
-                Some(e) => (*e, q),
-                None => {
-                    return Err(Reject::system(format!(
-                        "broker {b} is not readable for {}",
-                        h.topic
-                    )))
-                }
-            },
-            None => {
-                let up: Vec<&Endpoint> = readable
-                    .iter()
-                    .copied()
-                    .filter(|e| !self.upstreams.is_down(&e.address))
-                    .collect();
-                let pool = if up.is_empty() { readable.clone() } else { up };
-                (pool[self.next() % pool.len()], -1)
-            }
-        };
-        if local != h.queue_id {
-            req.ext_mut().put("queueId", local);
-        }
         let poll = Duration::from_millis(u64::try_from(h.poll_time).unwrap_or(0).min(60_000));
+        if let Some((b, q)) = vq.read_target(h.queue_id) {
+            let Some(ep) = readable.iter().find(|e| e.broker_name == b) else {
+                return Err(Reject::system(format!(
+                    "broker {b} is not readable for {}",
+                    h.topic
+                )));
+            };
+            if q != h.queue_id {
+                req.ext_mut().put("queueId", q);
+            }
+            let resp = self
+                .forward(ep, cluster_timeout, req, self.cfg.request_timeout + poll)
+                .await
+                .map_err(upstream_reject)?;
+            return Ok(stamp_pop_handles(resp, &ep.broker_name));
+        }
+        // Any broker (queueId -1): a long poll on one broker would keep the client waiting while
+        // another has messages. Ask every readable broker without waiting first (starting from a
+        // rotating one), and long-poll only when all are empty.
+        let up: Vec<&Endpoint> = readable
+            .iter()
+            .copied()
+            .filter(|e| !self.upstreams.is_down(&e.address))
+            .collect();
+        let pool = if up.is_empty() { readable.clone() } else { up };
+        let start = self.next() % pool.len();
+        let order: Vec<&Endpoint> = pool
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(pool.len())
+            .copied()
+            .collect();
+        req.ext_mut().put("queueId", -1);
+        if order.len() > 1 && !poll.is_zero() {
+            let mut quick = req.clone();
+            quick.ext_mut().put("pollTime", 0);
+            for ep in &order {
+                match self
+                    .forward(ep, cluster_timeout, quick.clone(), self.cfg.request_timeout)
+                    .await
+                {
+                    Ok(resp) if resp.code() == response_code::SUCCESS => {
+                        return Ok(stamp_pop_handles(resp, &ep.broker_name));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(broker = %ep.broker_name, "pop failed, trying the next broker: {e}")
+                    }
+                }
+            }
+        }
+        let ep = order[0];
         let resp = self
             .forward(ep, cluster_timeout, req, self.cfg.request_timeout + poll)
             .await
