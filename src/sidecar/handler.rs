@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use rocketmesh_filters::codec::body::{
     BatchAckMessageRequestBody, ConsumerListBody, HeartbeatData, RouteJsonStyle,
 };
@@ -28,10 +29,14 @@ use rocketmesh_filters::codec::codes::{request_code as rc, response_code};
 use rocketmesh_filters::codec::headers::{
     AckMessageRequestHeader, ChangeInvisibleTimeRequestHeader, EndTransactionRequestHeader,
     GetConsumerListByGroupRequestHeader, GetRouteInfoRequestHeader, PopMessageRequestHeader,
-    UnregisterClientRequestHeader,
+    PopMessageResponseHeader, UnregisterClientRequestHeader,
 };
-use rocketmesh_filters::codec::message::decode_offset_msg_id;
-use rocketmesh_filters::codec::pop::{is_retry_topic, parse_pop_retry_topic, PopHandle};
+use rocketmesh_filters::codec::message::{
+    decode_offset_msg_id, decode_records, encode_record, property_keys,
+};
+use rocketmesh_filters::codec::pop::{
+    is_retry_topic, parse_pop_retry_topic, PopHandle, PopResponseInfo,
+};
 use rocketmesh_filters::codec::{RemotingCommand, ResponseEncoding};
 use rocketmesh_filters::route::{topic_route_data, BrokerView, VirtualQueues};
 use rocketmesh_xds::client::{RouteError, XdsClient};
@@ -407,9 +412,14 @@ impl SidecarCore {
             req.ext_mut().put("queueId", local);
         }
         let poll = Duration::from_millis(u64::try_from(h.poll_time).unwrap_or(0).min(60_000));
-        self.forward(ep, cluster_timeout, req, self.cfg.request_timeout + poll)
+        let mut resp = self
+            .forward(ep, cluster_timeout, req, self.cfg.request_timeout + poll)
             .await
-            .map_err(upstream_reject)
+            .map_err(upstream_reject)?;
+        if resp.code() == response_code::SUCCESS && !resp.body().is_empty() {
+            stamp_pop_handles(&mut resp, &ep.broker_name)?;
+        }
+        Ok(resp)
     }
 
     /// The endpoint of `broker` serving `topic` (or, for a pop retry topic, its original topic).
@@ -595,6 +605,40 @@ impl SidecarCore {
         };
         (!oneway).then_some(resp)
     }
+}
+
+/// Sets `POP_CK` on every popped record that lacks one, naming the real broker that served the
+/// pop. An SDK builds the handle of a record without `POP_CK` from the broker name of the queue it
+/// popped, which behind the sidecar is the virtual broker, and later acks would then name a broker
+/// no route knows. A record that carries `POP_CK` keeps it (the SDK does the same).
+fn stamp_pop_handles(resp: &mut RemotingCommand, broker: &str) -> Result<(), Reject> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| {
+        Reject::system(format!(
+            "bad POP response from broker {broker}: {what}: {e}"
+        ))
+    };
+    let header: PopMessageResponseHeader = resp.decode_header().map_err(|e| bad("header", &e))?;
+    let info = PopResponseInfo::from_header(&header).map_err(|e| bad("offset info", &e))?;
+    let mut records = decode_records(resp.body()).map_err(|e| bad("records", &e))?;
+    if records
+        .iter()
+        .all(|m| m.properties.get(property_keys::POP_CK).is_some())
+    {
+        return Ok(());
+    }
+    let mut out = BytesMut::with_capacity(resp.body().len() + records.len() * 64);
+    for m in &mut records {
+        if m.properties.get(property_keys::POP_CK).is_none() {
+            let handle = info
+                .handle_for(&m.topic, m.queue_id, m.queue_offset, None, broker)
+                .map_err(|e| bad("handle", &e))?;
+            m.properties
+                .insert(property_keys::POP_CK, handle.to_extra_info());
+        }
+        encode_record(m, &mut out).map_err(|e| bad("re-encoding", &e))?;
+    }
+    resp.set_body(out.freeze());
+    Ok(())
 }
 
 struct InFlight<'a>(&'a AtomicUsize);
