@@ -1242,3 +1242,65 @@ async fn admin_reports_readiness_stats_and_config() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The binary: SIGTERM ends the process even while the xDS server never answered.
+// ---------------------------------------------------------------------------------------------
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_exits_on_sigterm_before_xds_answers() {
+    bounded(async {
+        let silent = tokio::net::TcpListener::bind(local()).await.unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = silent.accept().await {
+                held.push(s);
+            }
+        });
+        let listen = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", free_port());
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rocketmesh"))
+            .args(["sidecar", "--xds", &silent_addr.to_string()])
+            .args(["--listen", &listen, "--admin", &admin])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn the sidecar");
+        // Listening (so past start, with the signal handler about to be polled).
+        let start = Instant::now();
+        while TcpStream::connect(&listen).await.is_err() {
+            assert!(start.elapsed() < T, "sidecar never listened");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if start.elapsed() > T {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the sidecar did not exit within {T:?} of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(status.success(), "exited with {status:?}");
+        holder.abort();
+    })
+    .await;
+}
