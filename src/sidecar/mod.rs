@@ -305,9 +305,15 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
     )));
     {
         let xds = xds.clone();
+        let stop = close.clone();
         tasks.push(tokio::spawn(async move {
-            // Ready once the ADS stream is up (a bootstrap client is up at once).
-            while !xds.wait_connected(Duration::from_secs(5)).await {
+            // Ready once the ADS stream is up (a bootstrap client is up at once). Shutdown ends
+            // the wait: the server may never answer.
+            loop {
+                tokio::select! {
+                    up = xds.wait_connected(Duration::from_secs(5)) => if up { break },
+                    () = stop.cancelled() => return,
+                }
                 tracing::info!("waiting for the xDS server");
             }
             drop(config_block);
