@@ -382,9 +382,19 @@ impl SidecarCore {
                 h.topic
             )));
         }
+        // A pop naming a real broker (`bname`, which 5.x clients set to the broker of their
+        // message queue) goes to that broker with its queue id untouched: the client builds its
+        // pop handles, and so its ACKs, with that broker's name, so any other broker would be
+        // wrong. The virtual broker's name (or none) means virtual queue ids.
+        let named = h
+            .bname
+            .as_deref()
+            .filter(|b| *b != self.cfg.virtual_broker)
+            .and_then(|b| readable.iter().copied().find(|e| e.broker_name == b));
         let (_, vq) = queue_view(&route);
-        let (ep, local) = match vq.read_target(h.queue_id) {
-            Some((b, q)) => match readable.iter().find(|e| e.broker_name == b) {
+        let (ep, local) = match (named, vq.read_target(h.queue_id)) {
+            (Some(e), _) => (e, h.queue_id),
+            (None, Some((b, q))) => match readable.iter().find(|e| e.broker_name == b) {
                 Some(e) => (*e, q),
                 None => {
                     return Err(Reject::system(format!(
@@ -393,7 +403,7 @@ impl SidecarCore {
                     )))
                 }
             },
-            None => {
+            (None, None) => {
                 let up: Vec<&Endpoint> = readable
                     .iter()
                     .copied()
