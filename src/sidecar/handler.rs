@@ -405,8 +405,24 @@ impl SidecarCore {
                 h.topic
             )));
         }
+        // A pop naming a real broker (`bname`, which 5.x clients set to the broker of their
+        // message queue) goes to that broker with its queue id untouched: the client builds its
+        // pop handles, and so its ACKs, with that broker's name, so any other broker would be
+        // wrong. The virtual broker's name (or none) means virtual queue ids.
+        let named = h
+            .bname
+            .as_deref()
+            .filter(|b| *b != self.cfg.virtual_broker)
+            .and_then(|b| readable.iter().copied().find(|e| e.broker_name == b));
         let (_, vq) = queue_view(&route);
         let poll = Duration::from_millis(u64::try_from(h.poll_time).unwrap_or(0).min(60_000));
+        if let Some(ep) = named {
+            let resp = self
+                .forward(ep, cluster_timeout, req, self.cfg.request_timeout + poll)
+                .await
+                .map_err(upstream_reject)?;
+            return Ok(stamp_pop_handles(resp, &ep.broker_name));
+        }
         if let Some((b, q)) = vq.read_target(h.queue_id) {
             let Some(ep) = readable.iter().find(|e| e.broker_name == b) else {
                 return Err(Reject::system(format!(

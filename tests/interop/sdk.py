@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Drives the real Apache RocketMQ C++ client (PyPI rocketmq==0.4.4, librocketmq.so through its
-ctypes API) against a rocketmesh broker, for tests/interop_cpp.rs. Stdlib + rocketmq only.
-Loopback only: the name server address is the broker's own (standalone broker answers routes).
+ctypes API) against a rocketmesh broker or sidecar, for tests/interop_cpp.rs and
+tests/interop_sidecar.rs. Stdlib + rocketmq only.
+Loopback only: the name server address is a standalone broker (it answers routes) or a sidecar.
 
 Every mode prints progress lines to stdout and exactly one final line `RESULT <json>`; the caller
 bounds the process with a timeout. The client writes its own logs under $HOME/logs.
@@ -10,7 +11,9 @@ Modes (argument 1), options as --key value:
   produce  --namesrv A --topic T --group G --count N [--oneway N] [--orderly N] [--prefix P]
            [--interval S]  (sleep S seconds after each send)
            send N sync messages (keys, TagA/TagB, user properties), then the oneway and orderly ones;
-           RESULT {"sent": [{body, tags, keys, props, kind, status, msg_id, offset}], "errors": [...]}
+           RESULT {"sent": [{body, tags, keys, props, kind, status, msg_id, offset}], "errors": [...],
+           "peers": ["host:port", ...]}  (every remote end of the process's TCP connections, sampled
+           every 50 sends and before shutdown: the addresses the client actually talked to)
   consume  --namesrv A --topic T --group G --expect N [--max-seconds S] [--settle S]
            [--persist-wait S] [--fail-marker M]
            push consumer (CLUSTERING, "*"); stops once N distinct bodies were seen and every
@@ -29,6 +32,8 @@ Modes (argument 1), options as --key value:
 """
 import json
 import os
+import socket
+import struct
 import sys
 import threading
 import time
@@ -59,6 +64,29 @@ def result(obj):
     sys.stdout.flush()
 
 
+def tcp_peers():
+    """Remote ends (host:port) of this process's IPv4 TCP connections, from /proc."""
+    inodes = set()
+    for fd in os.listdir('/proc/self/fd'):
+        try:
+            link = os.readlink('/proc/self/fd/' + fd)
+        except OSError:
+            continue
+        if link.startswith('socket:['):
+            inodes.add(link[len('socket:['):-1])
+    peers = set()
+    with open('/proc/self/net/tcp') as f:
+        next(f)  # header
+        for line in f:
+            fields = line.split()
+            remote, state, inode = fields[2], fields[3], fields[9]
+            if inode in inodes and state != '0A':  # 0A = LISTEN
+                ip, port = remote.split(':')
+                host = socket.inet_ntoa(struct.pack('<I', int(ip, 16)))
+                peers.add('%s:%d' % (host, int(port, 16)))
+    return peers
+
+
 def make(topic, body, tags, keys, props):
     m = Message(topic)
     m.set_keys(keys)
@@ -81,7 +109,7 @@ def produce(o):
     prefix = o.get('prefix', 'm')
     n, n_oneway, n_orderly = int(o['count']), int(o.get('oneway', 0)), int(o.get('orderly', 0))
     p = producer(o)
-    sent, errors = [], []
+    sent, errors, peers = [], [], set()
     interval = float(o.get('interval', 0))
     plan = ([('sync', i) for i in range(n)] + [('oneway', i) for i in range(n_oneway)]
             + [('orderly', i) for i in range(n_orderly)])
@@ -103,13 +131,16 @@ def produce(o):
             if r is not None:
                 rec.update(status=SendStatus(r.status).name, msg_id=r.msg_id, offset=r.offset)
             sent.append(rec)
+            if len(sent) % 50 == 0:
+                peers |= tcp_peers()
             if interval:
                 time.sleep(interval)
         except Exception as e:  # recorded, the caller asserts there are none
             errors.append('%s: %r' % (body, e))
     time.sleep(0.5)  # let oneway sends leave the socket before shutdown
+    peers |= tcp_peers()
     p.shutdown()
-    result({'sent': sent, 'errors': errors})
+    result({'sent': sent, 'errors': errors, 'peers': sorted(peers)})
 
 
 def consume(o):

@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# Sidecar vs direct vs HAProxy (TCP mode): `rocketmesh bench` 1 KiB sync sends at fixed
+# concurrency, same machine, same run. See examples/bench/README.md.
+#
+#   examples/bench/compare.sh
+#
+# Settings (environment): DURATION (s per run, 15), ROUNDS (a,b,c repeated, 2), CONNECTIONS (4),
+# INFLIGHT (16), SIZE (1024), WARMUP (s per target, 3), CARGO_TARGET_DIR (target).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+DURATION="${DURATION:-15}"
+ROUNDS="${ROUNDS:-2}"
+CONNECTIONS="${CONNECTIONS:-4}"
+INFLIGHT="${INFLIGHT:-16}"
+SIZE="${SIZE:-1024}"
+WARMUP="${WARMUP:-3}"
+TOPIC="BenchCompare"
+
+WORK="$(mktemp -d -t rocketmesh-compare.XXXXXX)"
+PIDS=()
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        # Up to 5 s for a graceful stop, then SIGKILL.
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { echo "== $*" >&2; }
+
+# ----- prerequisites -----
+
+if ! command -v haproxy >/dev/null; then
+    log "installing haproxy"
+    SUDO=()
+    if [ "$(id -u)" -ne 0 ]; then SUDO=(sudo); fi
+    "${SUDO[@]}" apt-get install -y haproxy >/dev/null ||
+        { "${SUDO[@]}" apt-get update >/dev/null && "${SUDO[@]}" apt-get install -y haproxy >/dev/null; }
+fi
+
+log "building rocketmesh (release)"
+(cd "$ROOT" && cargo build --release --bin rocketmesh --quiet)
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/rocketmesh"
+[ -x "$BIN" ] || BIN="$ROOT/$BIN" # a relative CARGO_TARGET_DIR
+
+# ----- processes -----
+
+# start NAME CMD...: runs CMD in the background (stdout to $WORK/NAME.out, stderr to NAME.log),
+# waits (20 s at most) for its `ready ...` line and sets READY to what follows `ready ` and
+# LAST_PID to its pid. Not to be called in a subshell: the EXIT trap must see every pid.
+start() {
+    local name="$1" line
+    shift
+    "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" &
+    LAST_PID="$!"
+    PIDS+=("$LAST_PID")
+    for _ in $(seq 200); do
+        line="$(grep -m1 '^ready ' "$WORK/$name.out" || true)"
+        if [ -n "$line" ]; then
+            READY="${line#ready }"
+            return
+        fi
+        kill -0 "$LAST_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "$name did not become ready; its log:" >&2
+    cat "$WORK/$name.log" >&2
+    exit 1
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+log "control plane, broker, sidecar, haproxy"
+start control-plane "$BIN" control-plane --remoting 127.0.0.1:0 --xds 127.0.0.1:0
+CP_REMOTING="$(sed -n 's/.*remoting=\([^ ]*\).*/\1/p' <<<"$READY")"
+CP_XDS="$(sed -n 's/.*xds=\([^ ]*\).*/\1/p' <<<"$READY")"
+start broker "$BIN" broker --listen 127.0.0.1:0 --data-dir "$WORK/broker-data" \
+    --name broker-a --namesrv "$CP_REMOTING"
+BROKER="$READY"
+start sidecar "$BIN" sidecar --xds "$CP_XDS" --listen 127.0.0.1:0 --admin 127.0.0.1:0
+SIDECAR="$READY"
+PID_SIDECAR="$LAST_PID"
+
+HAPROXY_PORT="$(free_port)"
+HAPROXY="127.0.0.1:$HAPROXY_PORT"
+cat >"$WORK/haproxy.cfg" <<EOF
+global
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend rocketmq
+    bind $HAPROXY
+    default_backend broker
+backend broker
+    server broker-a $BROKER
+EOF
+haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.out" 2>"$WORK/haproxy.log" &
+PIDS+=("$!")
+PID_HAPROXY="$!"
+haproxy_up() { (exec 3<>"/dev/tcp/127.0.0.1/$HAPROXY_PORT") 2>/dev/null; }
+for _ in $(seq 100); do
+    haproxy_up && break
+    sleep 0.1
+done
+haproxy_up || { echo "haproxy is not listening on $HAPROXY:" >&2; cat "$WORK/haproxy.log" >&2; exit 1; }
+
+# ----- runs -----
+
+# bench TARGET SECONDS: one run; prints its JSON line.
+bench() {
+    "$BIN" bench --target "$1" --mode send --topic "$TOPIC" --size "$SIZE" \
+        --connections "$CONNECTIONS" --inflight "$INFLIGHT" --duration "$2" --json | tail -n 1
+}
+
+# field JSON KEY
+field() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1"; }
+
+# cpu_ticks PID: user + system clock ticks so far; rss_kb PID: resident set now.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+TCK="$(getconf CLK_TCK)"
+
+# The first sends (direct) create the topic; the broker re-registers it, and the sidecar learns
+# its route over xDS on its first request.
+log "warm-up: ${WARMUP}s on each target"
+for t in "$BROKER" "$SIDECAR" "$HAPROXY"; do
+    bench "$t" "$WARMUP" >/dev/null
+done
+# The sidecar's first sends can race the route; a second warm-up must be clean.
+w="$(bench "$SIDECAR" "$WARMUP")"
+if [ "$(field "$w" errors)" != "0" ]; then
+    echo "sends through the sidecar still fail after the warm-up: $w" >&2
+    exit 1
+fi
+
+RESULTS="$WORK/results"
+: >"$RESULTS"
+for round in $(seq "$ROUNDS"); do
+    for t in a b c; do
+        case $t in
+        a) target="$BROKER" pid="" ;;
+        b) target="$SIDECAR" pid="$PID_SIDECAR" ;;
+        c) target="$HAPROXY" pid="$PID_HAPROXY" ;;
+        esac
+        log "round $round/$ROUNDS: $t -> $target, ${DURATION}s"
+        c0=0
+        [ -n "$pid" ] && c0="$(cpu_ticks "$pid")"
+        j="$(bench "$target" "$DURATION")"
+        cpu=0 rss=0
+        if [ -n "$pid" ]; then
+            cpu="$(awk -v a="$c0" -v b="$(cpu_ticks "$pid")" -v t="$TCK" 'BEGIN { print (b - a) / t }')"
+            rss="$(rss_kb "$pid")"
+        fi
+        echo "$t $round $(field "$j" msg_per_sec) $(field "$j" p50_us) $(field "$j" p99_us) \
+$(field "$j" messages) $(field "$j" errors) $cpu $rss" >>"$RESULTS"
+    done
+done
+
+# ----- report -----
+
+awk -v rounds="$ROUNDS" -v conns="$CONNECTIONS" -v inflight="$INFLIGHT" -v size="$SIZE" \
+    -v dur="$DURATION" '
+function median(arr, n,    i, j, tmp) {
+    for (i = 2; i <= n; i++) {
+        tmp = arr[i]
+        for (j = i - 1; j >= 1 && arr[j] > tmp; j--) arr[j + 1] = arr[j]
+        arr[j + 1] = tmp
+    }
+    return (n % 2) ? arr[(n + 1) / 2] : (arr[n / 2] + arr[n / 2 + 1]) / 2
+}
+{
+    t = $1; n[t]++
+    tp[t, n[t]] = $3; p50[t, n[t]] = $4; p99[t, n[t]] = $5
+    msgs[t] += $6; errs[t] += $7; cpu[t] += $8
+    if ($9 > rss[t]) rss[t] = $9
+    printf "run %s round %d: %9.0f msg/s  p50 %7.0f us  p99 %7.0f us  errors %d\n", $1, $2, $3, $4, $5, $7
+}
+END {
+    name["a"] = "(a) direct to the broker"
+    name["b"] = "(b) through the sidecar"
+    name["c"] = "(c) through haproxy (tcp)"
+    printf "\nsend, %d B bodies, %d connections x %d in flight, %d s per run, median of %d runs\n\n", size, conns, inflight, dur, rounds
+    printf "%-28s %12s %10s %10s %8s %16s %10s\n", "target", "msg/s", "p50 us", "p99 us", "errors", "cpu-s/100k msg", "rss MiB"
+    split("a b c", ts, " ")
+    for (k = 1; k <= 3; k++) {
+        t = ts[k]
+        for (i = 1; i <= n[t]; i++) { x[i] = tp[t, i] }; T[t] = median(x, n[t])
+        for (i = 1; i <= n[t]; i++) { x[i] = p50[t, i] }; P50[t] = median(x, n[t])
+        for (i = 1; i <= n[t]; i++) { x[i] = p99[t, i] }; P99[t] = median(x, n[t])
+        c = (t == "a") ? "-" : sprintf("%.2f", cpu[t] / msgs[t] * 100000)
+        r = (t == "a") ? "-" : sprintf("%.1f", rss[t] / 1024)
+        printf "%-28s %12.0f %10.0f %10.0f %8d %16s %10s\n", name[t], T[t], P50[t], P99[t], errs[t], c, r
+    }
+    printf "\nratios            throughput   p99\n"
+    printf "b/a (vs direct)   %10.3f %6.3f\n", T["b"] / T["a"], P99["b"] / P99["a"]
+    printf "b/c (vs haproxy)  %10.3f %6.3f\n", T["b"] / T["c"], P99["b"] / P99["c"]
+    printf "\ntarget: b/c throughput >= 0.9 (%s), b/c p99 <= 1.3 (%s)\n", \
+        (T["b"] / T["c"] >= 0.9) ? "met" : "NOT met", (P99["b"] / P99["c"] <= 1.3) ? "met" : "NOT met"
+    printf "cpu-s/100k msg: CPU seconds (user+system) the proxy process used per 100,000 messages;\n"
+    printf "rss: the proxy process resident set after its runs (largest seen).\n"
+}' "$RESULTS"
