@@ -72,6 +72,10 @@ pub struct SidecarArgs {
     /// RDS route configuration name (VHDS names are `<route-config>/<topic>`).
     #[arg(long, default_value = rocketmesh_xds::DEFAULT_ROUTE_CONFIG)]
     pub route_config: String,
+    /// Worker threads of the data plane (like Envoy's --concurrency; a sidecar shares its pod's
+    /// CPU with the application, so keep it small).
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -46,7 +46,10 @@ fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sidecar(args) => {
-            let runtime = tokio::runtime::Runtime::new()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(args.workers.max(1))
+                .enable_all()
+                .build()?;
             runtime.block_on(run_sidecar(args))?;
             Ok(ExitCode::SUCCESS)
         }

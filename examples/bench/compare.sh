@@ -4,7 +4,8 @@
 #
 #   examples/bench/compare.sh
 #
-# Settings (environment): DURATION (s per run, 15), ROUNDS (a,b,c repeated, 2), CONNECTIONS (4),
+# Settings (environment): DURATION (s per run, 15), ROUNDS (a,b,c repeated, 2), SIDECAR_WORKERS (2),
+#   CONNECTIONS (4),
 # INFLIGHT (16), SIZE (1024), WARMUP (s per target, 3), CARGO_TARGET_DIR (target).
 set -euo pipefail
 
@@ -92,7 +93,8 @@ CP_XDS="$(sed -n 's/.*xds=\([^ ]*\).*/\1/p' <<<"$READY")"
 start broker "$BIN" broker --listen 127.0.0.1:0 --data-dir "$WORK/broker-data" \
     --name broker-a --namesrv "$CP_REMOTING"
 BROKER="$READY"
-start sidecar "$BIN" sidecar --xds "$CP_XDS" --listen 127.0.0.1:0 --admin 127.0.0.1:0
+start sidecar "$BIN" sidecar --xds "$CP_XDS" --listen 127.0.0.1:0 --admin 127.0.0.1:0 \
+    --workers "${SIDECAR_WORKERS:-2}"
 SIDECAR="$READY"
 PID_SIDECAR="$LAST_PID"
 

@@ -36,15 +36,30 @@ pub(crate) async fn write_loop(
         };
         let Some(first) = first else { break };
         let mut next = Some(first);
-        while let Some(cmd) = next {
-            if let Err(e) = codec.encode(&cmd, &mut buf) {
-                tracing::warn!("dropping a command that cannot be encoded: {e}");
+        let mut yielded = false;
+        loop {
+            while let Some(cmd) = next {
+                if let Err(e) = codec.encode(&cmd, &mut buf) {
+                    tracing::warn!("dropping a command that cannot be encoded: {e}");
+                }
+                next = if buf.len() < WRITE_BATCH {
+                    queue.try_recv().ok()
+                } else {
+                    None
+                };
             }
-            next = if buf.len() < WRITE_BATCH {
-                queue.try_recv().ok()
-            } else {
-                None
-            };
+            // Under load, frames for this connection are usually being produced by tasks that
+            // are ready to run: give them one turn so their frames share this write (one
+            // syscall for many frames) instead of each costing its own.
+            if yielded || buf.len() >= WRITE_BATCH {
+                break;
+            }
+            yielded = true;
+            tokio::task::yield_now().await;
+            next = queue.try_recv().ok();
+            if next.is_none() {
+                break;
+            }
         }
         if let Err(e) = write.write_all(&buf).await {
             failure = Some(e);

@@ -73,6 +73,8 @@ pub struct SidecarCore {
     pub stats: Arc<Stats>,
     /// The Pull -> Pop translator.
     pub pulls: PullBridge,
+    /// Queue views of recent routes, reused while the route snapshot is the same.
+    views: std::sync::Mutex<std::collections::HashMap<String, CachedView>>,
     rr: AtomicUsize,
     in_flight: AtomicUsize,
 }
@@ -83,6 +85,14 @@ impl std::fmt::Debug for SidecarCore {
             .field("cfg", &self.cfg)
             .finish_non_exhaustive()
     }
+}
+
+/// Most queue views cached (one per topic in use; cleared when full).
+const MAX_CACHED_VIEWS: usize = 4096;
+
+struct CachedView {
+    route: Arc<TopicRoute>,
+    view: Arc<(Vec<BrokerView>, VirtualQueues)>,
 }
 
 /// A failed request: the response code and remark to answer with.
@@ -172,9 +182,36 @@ impl SidecarCore {
             groups,
             stats,
             pulls: PullBridge::new(translator),
+            views: std::sync::Mutex::new(std::collections::HashMap::new()),
             rr: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
         }
+    }
+
+    /// The queue view of `route`, computed once per route snapshot (a new xDS push makes a new
+    /// `TopicRoute` and so a new view).
+    pub(super) fn queue_view_cached(
+        &self,
+        route: &Arc<TopicRoute>,
+    ) -> Arc<(Vec<BrokerView>, VirtualQueues)> {
+        let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = views.get(&route.topic) {
+            if Arc::ptr_eq(&c.route, route) {
+                return c.view.clone();
+            }
+        }
+        let view = Arc::new(queue_view(route));
+        if views.len() >= MAX_CACHED_VIEWS {
+            views.clear();
+        }
+        views.insert(
+            route.topic.clone(),
+            CachedView {
+                route: route.clone(),
+                view: view.clone(),
+            },
+        );
+        view
     }
 
     /// Requests being handled now (graceful drain waits for 0).
@@ -253,8 +290,9 @@ impl SidecarCore {
             .route(&h.topic, Gauge::GetTopicRoutePending)
             .await
             .map_err(route_reject)?;
-        let (views, vq) = queue_view(&route);
-        let data = topic_route_data(&views, &vq, &self.cfg.virtual_broker, &self.cfg.advertise);
+        let view = self.queue_view_cached(&route);
+        let (views, vq) = (&view.0, &view.1);
+        let data = topic_route_data(views, vq, &self.cfg.virtual_broker, &self.cfg.advertise);
         let style = RouteJsonStyle::for_request(
             req.version(),
             h.accept_standard_json_only.unwrap_or(false),
@@ -316,7 +354,8 @@ impl SidecarCore {
             .copied()
             .filter(|e| e.is_master())
             .collect();
-        let (_, vq) = queue_view(&route);
+        let view = self.queue_view_cached(&route);
+        let vq = &view.1;
         let nq = vq.write_queue_nums() as i32;
         if writable.is_empty() || nq == 0 {
             return Err(Reject::system(format!(
@@ -343,21 +382,35 @@ impl SidecarCore {
                 .filter(|e| e.broker_name != first && !self.upstreams.is_down(&e.address)),
         );
         let mut last_err = None;
-        for ep in order {
+        let attempts = order.len();
+        let mut req = Some(req);
+        for (i, ep) in order.into_iter().enumerate() {
             let local = match vq.write_target(vqueue) {
                 Some((b, q)) if b == ep.broker_name => q,
                 _ => vqueue % ep.write_queue_num.max(1) as i32,
             };
-            let mut attempt = req.clone();
-            attempt.ext_mut().put(k_queue, local);
+            // Only a retry needs the request again; only a changed queue id needs a new header
+            // (otherwise the original header bytes are forwarded as they came).
+            let mut attempt = if i + 1 == attempts {
+                req.take().expect("one request per attempt")
+            } else {
+                req.clone().expect("kept for the last attempt")
+            };
+            if local != queue {
+                attempt.ext_mut().put(k_queue, local);
+            }
             match self
                 .forward(ep, cluster_timeout, attempt, self.cfg.request_timeout)
                 .await
             {
                 Ok(mut resp) => {
                     // Answer in the SDK's queue space.
-                    if resp.ext().contains("queueId") {
-                        let v = vq.virtual_write(&ep.broker_name, local).unwrap_or(vqueue);
+                    let v = vq.virtual_write(&ep.broker_name, local).unwrap_or(vqueue);
+                    if resp
+                        .ext()
+                        .get("queueId")
+                        .is_some_and(|q| q != v.to_string())
+                    {
                         resp.ext_mut().put("queueId", v);
                     }
                     return Ok(resp);
@@ -414,7 +467,8 @@ impl SidecarCore {
             .as_deref()
             .filter(|b| *b != self.cfg.virtual_broker)
             .and_then(|b| readable.iter().copied().find(|e| e.broker_name == b));
-        let (_, vq) = queue_view(&route);
+        let view = self.queue_view_cached(&route);
+        let vq = &view.1;
         let poll = Duration::from_millis(u64::try_from(h.poll_time).unwrap_or(0).min(60_000));
         if let Some(ep) = named {
             let resp = self
@@ -649,15 +703,19 @@ impl SidecarCore {
         let _done = InFlight(&self.in_flight);
         let oneway = req.is_oneway();
         let code = req.code();
+        // What an error answer needs of the request, so forwarded requests can move on without
+        // a copy of their header fields.
+        let stub = RemotingCommand::request(code)
+            .with_opaque(req.opaque())
+            .with_language(req.language())
+            .with_serialize_type(req.serialize_type());
         let result = match code {
             rc::GET_ROUTEINFO_BY_TOPIC => self.get_route(&req).await,
-            rc::SEND_MESSAGE | rc::SEND_MESSAGE_V2 | rc::SEND_BATCH_MESSAGE => {
-                self.send(req.clone()).await
-            }
-            rc::POP_MESSAGE => self.pop(req.clone()).await,
-            rc::ACK_MESSAGE | rc::CHANGE_MESSAGE_INVISIBLETIME => self.ack_like(req.clone()).await,
-            rc::BATCH_ACK_MESSAGE => self.batch_ack(req.clone()).await,
-            rc::END_TRANSACTION => self.end_transaction(req.clone()).await,
+            rc::SEND_MESSAGE | rc::SEND_MESSAGE_V2 | rc::SEND_BATCH_MESSAGE => self.send(req).await,
+            rc::POP_MESSAGE => self.pop(req).await,
+            rc::ACK_MESSAGE | rc::CHANGE_MESSAGE_INVISIBLETIME => self.ack_like(req).await,
+            rc::BATCH_ACK_MESSAGE => self.batch_ack(req).await,
+            rc::END_TRANSACTION => self.end_transaction(req).await,
             rc::HEART_BEAT => self.heartbeat(&req, conn),
             rc::UNREGISTER_CLIENT => self.unregister(&req),
             rc::GET_CONSUMER_LIST_BY_GROUP => self.consumer_list(&req, conn),
@@ -678,7 +736,7 @@ impl SidecarCore {
             Err(Reject(code_, remark)) => {
                 self.stats.inc(Counter::ResponseError);
                 tracing::debug!(code, remark = %remark, "request rejected");
-                self.reply(&req, code_, Some(remark))
+                self.reply(&stub, code_, Some(remark))
             }
         };
         (!oneway).then_some(resp)

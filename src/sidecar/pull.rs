@@ -24,7 +24,7 @@ use rocketmesh_filters::consume::{
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::handler::{queue_view, Reject, SidecarCore};
+use super::handler::{Reject, SidecarCore};
 use crate::metrics::{Counter, Gauge};
 use crate::remoting::Connection;
 
@@ -190,7 +190,8 @@ impl SidecarCore {
             .route(&h.topic, Gauge::TotalPending)
             .await
             .map_err(super::handler::route_reject)?;
-        let (_, vq) = queue_view(&route);
+        let view = self.queue_view_cached(&route);
+        let vq = &view.1;
         let Some((broker, real_queue)) = vq.read_target(h.queue_id) else {
             // A queue the route no longer has (stale SDK view): nothing there.
             return Ok(not_found(h.queue_offset, h.queue_offset));

@@ -431,3 +431,105 @@ mod tests {
         assert_eq!(b.format(i64::MAX), i64::MAX.to_string().as_bytes());
     }
 }
+
+/// Returns `header` (a JSON header that decoded successfully) with its top-level `opaque` number
+/// replaced by `opaque`, by splicing bytes instead of re-serializing the header. Only the
+/// top-level key counts (an `extFields` entry or a string value that looks like it does not);
+/// None when the header has no plain-number top-level `opaque` (the caller then re-encodes).
+pub(crate) fn splice_opaque(header: &[u8], opaque: i32) -> Option<BytesMut> {
+    let (start, end) = find_top_level_number(header, b"opaque")?;
+    let digits = opaque.to_string();
+    let mut out = BytesMut::with_capacity(header.len() + digits.len());
+    out.put_slice(&header[..start]);
+    out.put_slice(digits.as_bytes());
+    out.put_slice(&header[end..]);
+    Some(out)
+}
+
+/// The byte range of the number value of `key` in the top-level object of `json`.
+fn find_top_level_number(json: &[u8], key: &[u8]) -> Option<(usize, usize)> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.checked_sub(1)?,
+            b'"' => {
+                // Scan the string (escapes skipped), then see whether it is the key we want.
+                let s = i + 1;
+                let mut j = s;
+                while j < json.len() && json[j] != b'"' {
+                    j += if json[j] == b'\\' { 2 } else { 1 };
+                }
+                if j >= json.len() {
+                    return None;
+                }
+                let is_key = depth == 1 && &json[s..j] == key;
+                i = j + 1;
+                if is_key {
+                    while i < json.len() && json[i].is_ascii_whitespace() {
+                        i += 1;
+                    }
+                    if json.get(i) != Some(&b':') {
+                        continue;
+                    }
+                    i += 1;
+                    while i < json.len() && json[i].is_ascii_whitespace() {
+                        i += 1;
+                    }
+                    let start = i;
+                    if json.get(i) == Some(&b'-') {
+                        i += 1;
+                    }
+                    while i < json.len() && json[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                    let digits = &json[start..i];
+                    let plain = !digits.is_empty() && digits != b"-";
+                    let ends = matches!(
+                        json.get(i),
+                        Some(b',' | b'}' | b' ' | b'\n' | b'\r' | b'\t')
+                    );
+                    return (plain && ends).then_some((start, i));
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod splice_tests {
+    use super::*;
+
+    #[test]
+    fn splices_only_the_top_level_opaque() {
+        let h = br#"{"code":10,"extFields":{"opaque":"7","x":"\"opaque\":9"},"flag":0,"opaque":123,"version":1}"#;
+        let out = splice_opaque(h, -45).unwrap();
+        assert_eq!(
+            &out[..],
+            &br#"{"code":10,"extFields":{"opaque":"7","x":"\"opaque\":9"},"flag":0,"opaque":-45,"version":1}"#[..]
+        );
+        let d = decode(&out).unwrap();
+        assert_eq!(d.opaque, -45);
+        assert_eq!(d.ext.get("opaque"), Some("7"));
+        // Quoted or missing opaques are left to the re-encoder.
+        assert!(splice_opaque(br#"{"code":10,"opaque":"12"}"#, 1).is_none());
+        assert!(splice_opaque(br#"{"code":10}"#, 1).is_none());
+        assert!(splice_opaque(br#"{"opaque": 5 }"#, 77)
+            .is_some_and(|b| &b[..] == br#"{"opaque": 77 }"#));
+        // Never panics on odd input.
+        for bad in [
+            &b"{\"opaque"[..],
+            b"\"",
+            b"}}}",
+            b"{\"opaque\":}",
+            b"{\"a\":\"\\",
+        ] {
+            let _ = splice_opaque(bad, 1);
+        }
+    }
+}
