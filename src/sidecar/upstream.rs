@@ -83,9 +83,23 @@ struct Pool {
     addr: String,
     slots: Vec<tokio::sync::Mutex<Option<RemotingClient>>>,
     next: AtomicUsize,
-    down_until: Mutex<Option<Instant>>,
-    last_used: Mutex<Instant>,
+    /// Cool-down end after a failed connect, ms since `EPOCH` (0: none). Atomics, not locks:
+    /// every request reads them.
+    down_until: AtomicU64,
+    last_used: AtomicU64,
     stats: PoolStats,
+}
+
+static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+fn now_ms() -> u64 {
+    EPOCH.elapsed().as_millis() as u64
+}
+
+impl Pool {
+    fn is_down(&self) -> bool {
+        now_ms() < self.down_until.load(Ordering::Relaxed)
+    }
 }
 
 impl Pool {
@@ -126,7 +140,7 @@ impl Upstreams {
     fn pool(&self, addr: &str) -> Arc<Pool> {
         let mut pools = lock(&self.pools);
         if let Some(p) = pools.get(addr) {
-            *lock(&p.last_used) = Instant::now();
+            p.last_used.store(now_ms(), Ordering::Relaxed);
             return p.clone();
         }
         if pools.len() >= self.cfg.max_endpoints {
@@ -134,7 +148,7 @@ impl Upstreams {
             if let Some(victim) = pools
                 .iter()
                 .filter(|(_, p)| p.stats.active.load(Ordering::Relaxed) == 0)
-                .min_by_key(|(_, p)| *lock(&p.last_used))
+                .min_by_key(|(_, p)| p.last_used.load(Ordering::Relaxed))
                 .map(|(k, _)| k.clone())
             {
                 if let Some(p) = pools.remove(&victim) {
@@ -148,8 +162,8 @@ impl Upstreams {
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
             next: AtomicUsize::new(0),
-            down_until: Mutex::new(None),
-            last_used: Mutex::new(Instant::now()),
+            down_until: AtomicU64::new(0),
+            last_used: AtomicU64::new(now_ms()),
             stats: PoolStats::default(),
         });
         pools.insert(addr.to_owned(), pool.clone());
@@ -158,9 +172,7 @@ impl Upstreams {
 
     /// Whether `addr` refused a connection recently (callers prefer other endpoints).
     pub fn is_down(&self, addr: &str) -> bool {
-        lock(&self.pools)
-            .get(addr)
-            .is_some_and(|p| lock(&p.down_until).is_some_and(|t| Instant::now() < t))
+        lock(&self.pools).get(addr).is_some_and(|p| p.is_down())
     }
 
     async fn connection(
@@ -168,15 +180,19 @@ impl Upstreams {
         pool: &Pool,
         connect_timeout: Duration,
     ) -> Result<RemotingClient, UpstreamError> {
-        if let Some(until) = *lock(&pool.down_until) {
-            if Instant::now() < until {
-                return Err(UpstreamError::Connect {
-                    addr: pool.addr.clone(),
-                    reason: "endpoint is cooling down after a failed connect".into(),
-                });
-            }
+        if pool.is_down() {
+            return Err(UpstreamError::Connect {
+                addr: pool.addr.clone(),
+                reason: "endpoint is cooling down after a failed connect".into(),
+            });
         }
         let i = pool.next.fetch_add(1, Ordering::Relaxed) % pool.slots.len();
+        // Fast path: a live connection, without waiting on the slot.
+        if let Ok(slot) = pool.slots[i].try_lock() {
+            if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
+                return Ok(c.clone());
+            }
+        }
         let mut slot = pool.slots[i].lock().await;
         if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(c.clone());
@@ -198,7 +214,7 @@ impl Upstreams {
         match RemotingClient::connect_timeout(sock, connect_timeout, Some(tx)).await {
             Ok(c) => {
                 pool.stats.connects.fetch_add(1, Ordering::Relaxed);
-                *lock(&pool.down_until) = None;
+                pool.down_until.store(0, Ordering::Relaxed);
                 // Relay what the broker asks of us (NOTIFY_CONSUMER_IDS_CHANGED, ...). The task
                 // ends when the connection does (its reader owns the sender); pools close their
                 // connections explicitly when dropped, so this clone does not keep one alive.
@@ -220,7 +236,10 @@ impl Upstreams {
             }
             Err(e) => {
                 pool.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                *lock(&pool.down_until) = Some(Instant::now() + self.cfg.failure_cooldown);
+                pool.down_until.store(
+                    now_ms() + self.cfg.failure_cooldown.as_millis() as u64,
+                    Ordering::Relaxed,
+                );
                 Err(UpstreamError::Connect {
                     addr: pool.addr.clone(),
                     reason: e.to_string(),
@@ -304,7 +323,7 @@ impl Upstreams {
         for name in names {
             let p = &pools[name];
             let s = &p.stats;
-            let down = lock(&p.down_until).is_some_and(|t| Instant::now() < t);
+            let down = p.is_down();
             for (k, v) in [
                 ("rq_total", s.requests.load(Ordering::Relaxed)),
                 ("rq_error", s.errors.load(Ordering::Relaxed)),
