@@ -30,7 +30,10 @@ pub(crate) async fn write_loop(
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut failure = None;
     loop {
+        // Queued frames first: a connection closing after its last requests were answered
+        // (e.g. the peer half-closed) must still write those answers.
         let first = tokio::select! {
+            biased;
             c = queue.recv() => c,
             () = closed.cancelled() => None,
         };
