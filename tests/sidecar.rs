@@ -1314,3 +1314,86 @@ async fn binary_exits_on_sigterm_before_xds_answers() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Transactions: END_TRANSACTION goes to the broker holding the half message
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_transaction_reaches_the_broker_of_the_half_message() {
+    bounded(async {
+        let a = start_broker("broker-a", "txn", None).await;
+        create_topic(a.addr, "TxnT", 6, 4).await;
+        let path = write_bootstrap(
+            "txn-cfg",
+            &[("main", &[(&a, "broker-a", 6, 4)])],
+            &[("TxnT", "main")],
+        );
+        let mut cfg = sidecar_config(None);
+        cfg.bootstrap = Some(path);
+        let sc = start_sidecar(cfg).await;
+        let c = connect(sc.addr).await;
+        // A half message: the SDK marks it TRAN_MSG=true and later names its id in END_TRANSACTION.
+        let mut props = Properties::default();
+        props.insert(property_keys::UNIQ_KEY, "TXN-1");
+        props.insert(property_keys::TRAN_MSG, "true");
+        props.insert(property_keys::PGROUP, "txn_producer");
+        let h = SendMessageRequestHeaderV2 {
+            a: "txn_producer".into(),
+            b: "TxnT".into(),
+            c: "TBW102".into(),
+            d: 4,
+            e: 0,
+            i: Some(props.to_wire_string()),
+            ..SendMessageRequestHeaderV2::default()
+        };
+        let resp = call(
+            &c,
+            RemotingCommand::request_with_header(rc::SEND_MESSAGE_V2, &h).with_body(&b"half"[..]),
+        )
+        .await;
+        assert_eq!(resp.code(), response_code::SUCCESS, "{:?}", resp.remark());
+        let msg_id = resp
+            .decode_header::<SendMessageResponseHeader>()
+            .unwrap()
+            .msg_id;
+        let end = |id: &str| {
+            let h = EndTransactionRequestHeader {
+                producer_group: "txn_producer".into(),
+                tran_state_table_offset: 0,
+                commit_log_offset: 0,
+                commit_or_rollback: 8,
+                msg_id: id.into(),
+                ..Default::default()
+            };
+            RemotingCommand::request_with_header(rc::END_TRANSACTION, &h)
+        };
+        // The bundled broker does not do transactions: its own answer proves the request got there.
+        let resp = call(&c, end(&msg_id)).await;
+        assert_eq!(
+            resp.code(),
+            response_code::REQUEST_CODE_NOT_SUPPORTED,
+            "{:?}",
+            resp.remark()
+        );
+        assert!(
+            resp.remark().unwrap_or("").contains("37"),
+            "{:?}",
+            resp.remark()
+        );
+        // An id the sidecar never saw is refused here, not sent somewhere at random.
+        let resp = call(&c, end("AC110001000078B40000000000000000")).await;
+        assert_eq!(resp.code(), response_code::SYSTEM_ERROR);
+        let resp = call(&c, end("no-such-id")).await;
+        assert_eq!(resp.code(), response_code::SYSTEM_ERROR);
+        assert!(
+            resp.remark().unwrap_or("").contains("no-such-id"),
+            "{:?}",
+            resp.remark()
+        );
+        c.close();
+        sc.shutdown().await;
+        a.shutdown().await;
+    })
+    .await;
+}

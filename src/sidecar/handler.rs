@@ -73,6 +73,8 @@ pub struct SidecarCore {
     pub stats: Arc<Stats>,
     /// The Pull -> Pop translator.
     pub pulls: PullBridge,
+    /// Half messages of transactional sends: message id -> broker address (END_TRANSACTION).
+    pub txn: TxnBrokers,
     /// Queue views of recent routes, reused while the route snapshot is the same.
     views: std::sync::Mutex<std::collections::HashMap<String, CachedView>>,
     rr: AtomicUsize,
@@ -84,6 +86,38 @@ impl std::fmt::Debug for SidecarCore {
         f.debug_struct("SidecarCore")
             .field("cfg", &self.cfg)
             .finish_non_exhaustive()
+    }
+}
+
+/// Remembers which broker holds each half message (bounded; oldest forgotten first).
+#[derive(Debug, Default)]
+pub struct TxnBrokers {
+    inner: std::sync::Mutex<(
+        std::collections::HashMap<String, String>,
+        std::collections::VecDeque<String>,
+    )>,
+}
+
+/// Most half messages remembered (a check comes within the broker's check interval).
+const MAX_TXN: usize = 65_536;
+
+impl TxnBrokers {
+    pub fn remember(&self, msg_id: &str, addr: &str) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (map, order) = &mut *g;
+        if map.insert(msg_id.to_owned(), addr.to_owned()).is_none() {
+            order.push_back(msg_id.to_owned());
+            while order.len() > MAX_TXN {
+                if let Some(old) = order.pop_front() {
+                    map.remove(&old);
+                }
+            }
+        }
+    }
+
+    pub fn lookup(&self, msg_id: &str) -> Option<String> {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.0.get(msg_id).cloned()
     }
 }
 
@@ -183,6 +217,7 @@ impl SidecarCore {
             stats,
             pulls: PullBridge::new(translator),
             views: std::sync::Mutex::new(std::collections::HashMap::new()),
+            txn: TxnBrokers::default(),
             rr: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
         }
@@ -323,6 +358,14 @@ impl SidecarCore {
         let topic = req.ext().required_str(k_topic)?.to_owned();
         let default_topic = req.ext().get(k_default).unwrap_or("").to_owned();
         let queue: i32 = req.ext().optional(k_queue)?.unwrap_or(-1);
+        let k_props = if compact { "i" } else { "properties" };
+        let transactional = req
+            .ext()
+            .get(k_props)
+            .and_then(|p| {
+                rocketmesh_filters::codec::message::properties::lookup(p, property_keys::TRAN_MSG)
+            })
+            .is_some_and(|v| v == "true");
 
         let route = match self.route(&topic, Gauge::SendMessagePending).await {
             Ok(r) => r,
@@ -404,6 +447,13 @@ impl SidecarCore {
                 .await
             {
                 Ok(mut resp) => {
+                    if transactional && resp.code() == response_code::SUCCESS {
+                        for key in ["msgId", "transactionId"] {
+                            if let Some(id) = resp.ext().get(key) {
+                                self.txn.remember(id, &ep.address);
+                            }
+                        }
+                    }
                     // Answer in the SDK's queue space.
                     let v = vq.virtual_write(&ep.broker_name, local).unwrap_or(vqueue);
                     if resp
@@ -616,10 +666,21 @@ impl SidecarCore {
 
     async fn end_transaction(&self, req: RemotingCommand) -> Result<RemotingCommand, Reject> {
         let h: EndTransactionRequestHeader = req.decode_header()?;
-        let (addr, _) = decode_offset_msg_id(&h.msg_id).map_err(|e| {
-            Reject::system(format!("END_TRANSACTION: bad msgId {:?}: {e}", h.msg_id))
-        })?;
-        let addr = addr.to_string();
+        // The broker that stored the half message: remembered from the send (SDKs put the
+        // message's unique id in msgId) or from the broker's check, else read from an offset
+        // message id.
+        let addr = match self.txn.lookup(&h.msg_id) {
+            Some(a) => a,
+            None => decode_offset_msg_id(&h.msg_id)
+                .map_err(|_| {
+                    Reject::system(format!(
+                        "END_TRANSACTION: msgId {:?} names no half message sent through this sidecar",
+                        h.msg_id
+                    ))
+                })?
+                .0
+                .to_string(),
+        };
         // Only brokers we already talk to (the one that stored the half message is pooled).
         if !self.upstreams.endpoints().contains(&addr) {
             return Err(Reject::system(format!(

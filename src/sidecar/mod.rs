@@ -450,6 +450,12 @@ async fn relay_one(core: &SidecarCore, r: BrokerRequest) {
             }
         }
         rc::CHECK_TRANSACTION_STATE => {
+            // The producer answers with END_TRANSACTION naming these ids: route it back here.
+            for key in ["msgId", "transactionId"] {
+                if let Some(id) = cmd.ext().get(key) {
+                    core.txn.remember(id, &addr);
+                }
+            }
             // The half message's producer group is in its properties.
             let group = decode_records(cmd.body())
                 .ok()
