@@ -7,12 +7,21 @@
 //!   works; counts acked messages.
 //! * `pull`: PULL_MESSAGE over every read queue from offset 0 (queues split across workers),
 //!   counts pulled messages.
+//! * `consume`: a 4.x push consumer's pull loop (`DefaultMQPushConsumer`, clustering): the route,
+//!   QUERY_CONSUMER_OFFSET per read queue, then one PULL_MESSAGE at a time per queue (32 messages,
+//!   long polling, the commit-offset flag carrying the consumed offset, subscription `*`),
+//!   following nextBeginOffset, and UPDATE_CONSUMER_OFFSET (oneway) of every queue each second;
+//!   queues split across the connections. Messages count as consumed when pulled. At the end every
+//!   queue's offset is persisted once more (answered). Through a sidecar each pull becomes a POP
+//!   and each commit ACKs.
 //!
+//! `--messages N` stops pop/pull/consume once N messages were received (the clock stops then);
+//! `--group` names the consumer group.
 //! It prints throughput and p50/p99/p99.9 latency of the measured request, and with `--json` one
 //! JSON line for scripts. The target can be a broker, a sidecar or a proxy in front of either.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +29,11 @@ use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use rocketmesh_filters::codec::body::TopicRouteData;
 use rocketmesh_filters::codec::codes::{request_code, response_code};
-use rocketmesh_filters::codec::headers::{PullMessageRequestHeader, PullMessageResponseHeader};
+use rocketmesh_filters::codec::headers::{
+    PullMessageRequestHeader, PullMessageResponseHeader, PullSysFlag,
+    QueryConsumerOffsetRequestHeader, QueryConsumerOffsetResponseHeader,
+    UpdateConsumerOffsetRequestHeader,
+};
 use rocketmesh_filters::codec::message::RecordIter;
 use rocketmesh_filters::codec::RemotingCommand;
 
@@ -29,7 +42,11 @@ use crate::remoting::RemotingClient;
 use crate::sdk;
 
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
-const GROUP: &str = "rocketmesh_bench";
+/// Long-poll time of a consume-mode pull (a push consumer asks 15 s; shorter here so a run ends
+/// soon after its last message).
+const CONSUME_SUSPEND: Duration = Duration::from_secs(1);
+/// How often consume mode persists offsets (the SDK's persistConsumerOffsetInterval is 5 s).
+const CONSUME_PERSIST: Duration = Duration::from_secs(1);
 
 /// Results of one run.
 #[derive(Debug)]
@@ -92,6 +109,36 @@ struct Shared {
     requests: AtomicU64,
     messages: AtomicU64,
     errors: AtomicU64,
+    /// Stop after this many messages (0: no limit).
+    limit: u64,
+    started: Instant,
+    /// When `limit` was reached, in ns since `started` (0: not yet).
+    reached_ns: AtomicU64,
+}
+
+impl Shared {
+    /// Counts `n` received messages; stops the clock when they reach the limit.
+    fn add_messages(&self, n: u64) {
+        let total = self.messages.fetch_add(n, Ordering::Relaxed) + n;
+        if self.limit > 0 && total >= self.limit && total - n < self.limit {
+            let ns = self.started.elapsed().as_nanos().max(1) as u64;
+            let _ = self
+                .reached_ns
+                .compare_exchange(0, ns, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    fn done(&self, deadline: Instant) -> bool {
+        (self.limit > 0 && self.messages.load(Ordering::Relaxed) >= self.limit)
+            || Instant::now() >= deadline
+    }
+
+    fn elapsed(&self) -> Duration {
+        match self.reached_ns.load(Ordering::Relaxed) {
+            0 => self.started.elapsed(),
+            ns => Duration::from_nanos(ns),
+        }
+    }
 }
 
 /// Runs the benchmark described by `args`.
@@ -108,13 +155,29 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
                 .with_context(|| format!("connecting to {}", args.target))?,
         );
     }
+    let started = Instant::now();
     let shared = Arc::new(Shared {
         requests: AtomicU64::new(0),
         messages: AtomicU64::new(0),
         errors: AtomicU64::new(0),
+        limit: args.messages,
+        started,
+        reached_ns: AtomicU64::new(0),
     });
-    let deadline = Instant::now() + Duration::from_secs(args.duration);
-    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.duration);
+    if args.mode == BenchMode::Consume {
+        let Some(route) = route else {
+            bail!(
+                "topic {} does not exist (consume needs its route)",
+                args.topic
+            );
+        };
+        let latency = consume(args, &route, &clients, deadline, &shared).await?;
+        for c in &clients {
+            c.close();
+        }
+        return Ok(report(args, &shared, latency));
+    }
     let workers = args.connections * args.inflight;
     let read_queues: Vec<(String, i32)> = route
         .as_ref()
@@ -144,6 +207,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
             .map(|(_, q)| q.clone())
             .collect();
         let mode = args.mode;
+        let group = args.group.clone();
         let broker = route
             .as_ref()
             .and_then(|r| r.queue_datas.first())
@@ -168,11 +232,18 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
                     .await
                 }
                 BenchMode::Pop => {
-                    pop_worker(&client, &topic, &broker, deadline, &shared, &mut hist).await
+                    pop_worker(
+                        &client, &group, &topic, &broker, deadline, &shared, &mut hist,
+                    )
+                    .await
                 }
                 BenchMode::Pull => {
-                    pull_worker(&client, &topic, &my_queues, deadline, &shared, &mut hist).await
+                    pull_worker(
+                        &client, &group, &topic, &my_queues, deadline, &shared, &mut hist,
+                    )
+                    .await
                 }
+                BenchMode::Consume => unreachable!("handled above"),
             }
             hist
         }));
@@ -182,23 +253,27 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
         let h = t.await.context("bench worker panicked")?;
         latency.add(&h).context("merging histograms")?;
     }
-    let elapsed = started.elapsed();
     for c in &clients {
         c.close();
     }
-    Ok(BenchReport {
+    Ok(report(args, &shared, latency))
+}
+
+fn report(args: &BenchArgs, shared: &Shared, latency: Histogram<u64>) -> BenchReport {
+    BenchReport {
         mode: match args.mode {
             BenchMode::Send => "send",
             BenchMode::Pop => "pop",
             BenchMode::Pull => "pull",
+            BenchMode::Consume => "consume",
         },
         target: args.target,
         requests: shared.requests.load(Ordering::Relaxed),
         messages: shared.messages.load(Ordering::Relaxed),
         errors: shared.errors.load(Ordering::Relaxed),
-        elapsed,
+        elapsed: shared.elapsed(),
         latency,
-    })
+    }
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -233,12 +308,12 @@ async fn send_worker(
     hist: &mut Histogram<u64>,
 ) {
     let body = bytes::Bytes::copy_from_slice(body);
-    let producer_group = format!("{GROUP}_producer");
+    let producer_group = "rocketmesh_bench_producer";
     let mut n: u64 = 0;
-    while Instant::now() < deadline {
+    while !shared.done(deadline) {
         n += 1;
         let req = sdk::send_v2(
-            &producer_group,
+            producer_group,
             topic,
             queue,
             if auto_create { 4 } else { queues },
@@ -251,7 +326,7 @@ async fn send_worker(
         match client.invoke(req, RPC_TIMEOUT).await {
             Ok(resp) if resp.code() == response_code::SUCCESS => {
                 record(hist, started);
-                shared.messages.fetch_add(1, Ordering::Relaxed);
+                shared.add_messages(1);
             }
             Ok(resp) => {
                 shared.errors.fetch_add(1, Ordering::Relaxed);
@@ -270,15 +345,16 @@ async fn send_worker(
 
 async fn pop_worker(
     client: &RemotingClient,
+    group: &str,
     topic: &str,
     broker: &str,
     deadline: Instant,
     shared: &Shared,
     hist: &mut Histogram<u64>,
 ) {
-    while Instant::now() < deadline {
+    while !shared.done(deadline) {
         let req = sdk::pop(
-            GROUP,
+            group,
             topic,
             -1,
             32,
@@ -317,11 +393,11 @@ async fn pop_worker(
         for msg in messages {
             shared.requests.fetch_add(1, Ordering::Relaxed);
             match client
-                .invoke(sdk::ack(GROUP, topic, &msg.handle), RPC_TIMEOUT)
+                .invoke(sdk::ack(group, topic, &msg.handle), RPC_TIMEOUT)
                 .await
             {
                 Ok(r) if r.code() == response_code::SUCCESS => {
-                    shared.messages.fetch_add(1, Ordering::Relaxed);
+                    shared.add_messages(1);
                 }
                 _ => {
                     shared.errors.fetch_add(1, Ordering::Relaxed);
@@ -334,6 +410,7 @@ async fn pop_worker(
 
 async fn pull_worker(
     client: &RemotingClient,
+    group: &str,
     topic: &str,
     queues: &[(String, i32)],
     deadline: Instant,
@@ -345,10 +422,10 @@ async fn pull_worker(
     }
     let mut offsets = vec![0i64; queues.len()];
     let mut i = 0;
-    while Instant::now() < deadline {
+    while !shared.done(deadline) {
         let (broker, qid) = &queues[i];
         let header = PullMessageRequestHeader {
-            consumer_group: GROUP.into(),
+            consumer_group: group.to_owned(),
             topic: topic.to_owned(),
             queue_id: *qid,
             queue_offset: offsets[i],
@@ -380,7 +457,7 @@ async fn pull_worker(
                     let n = RecordIter::new(resp.body())
                         .take_while(Result::is_ok)
                         .count();
-                    shared.messages.fetch_add(n as u64, Ordering::Relaxed);
+                    shared.add_messages(n as u64);
                 }
             }
             Err(e) => {
@@ -392,5 +469,244 @@ async fn pull_worker(
             }
         }
         i = (i + 1) % queues.len();
+    }
+}
+
+/// One read queue of consume mode: its id and the consumed offset (the next to consume).
+struct ConsumeQueue {
+    queue_id: i32,
+    consumed: AtomicI64,
+}
+
+/// Consume mode: one pull loop per read queue (each on its connection), one offset persister per
+/// connection. Returns the latency of pulls that found messages.
+async fn consume(
+    args: &BenchArgs,
+    route: &TopicRouteData,
+    clients: &[RemotingClient],
+    deadline: Instant,
+    shared: &Arc<Shared>,
+) -> Result<Histogram<u64>> {
+    let queue_ids: Vec<i32> = route
+        .queue_datas
+        .iter()
+        .flat_map(|q| 0..q.read_queue_nums)
+        .collect();
+    if queue_ids.is_empty() {
+        bail!("topic {} has no read queues", args.topic);
+    }
+    // Queues split across connections, as a consumer group's rebalance splits them across members.
+    let mut per_conn: Vec<Vec<Arc<ConsumeQueue>>> = vec![Vec::new(); clients.len()];
+    for (i, &queue_id) in queue_ids.iter().enumerate() {
+        let client = &clients[i % clients.len()];
+        let start = query_offset(client, &args.group, &args.topic, queue_id).await?;
+        per_conn[i % clients.len()].push(Arc::new(ConsumeQueue {
+            queue_id,
+            consumed: AtomicI64::new(start),
+        }));
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut persisters = Vec::new();
+    let mut pullers = Vec::new();
+    for (client, queues) in clients.iter().zip(&per_conn) {
+        persisters.push(tokio::spawn(persist_loop(
+            client.clone(),
+            args.group.clone(),
+            args.topic.clone(),
+            queues.clone(),
+            stop.clone(),
+        )));
+        for q in queues {
+            let (client, shared, q) = (client.clone(), shared.clone(), q.clone());
+            let (group, topic) = (args.group.clone(), args.topic.clone());
+            pullers.push(tokio::spawn(async move {
+                let mut hist = new_histogram();
+                consume_queue(&client, &group, &topic, &q, deadline, &shared, &mut hist).await;
+                hist
+            }));
+        }
+    }
+    let mut latency = new_histogram();
+    for t in pullers {
+        let h = t.await.context("bench worker panicked")?;
+        latency.add(&h).context("merging histograms")?;
+    }
+    stop.cancel();
+    for t in persisters {
+        t.await.context("offset persister panicked")?;
+    }
+    // As a consumer's shutdown does: persist every queue's offset, answered this time.
+    for (client, queues) in clients.iter().zip(&per_conn) {
+        for q in queues {
+            let req = update_offset(&args.group, &args.topic, q);
+            match client.invoke(req, RPC_TIMEOUT).await {
+                Ok(r) if r.code() == response_code::SUCCESS => {}
+                Ok(r) => bail!(
+                    "final UPDATE_CONSUMER_OFFSET of queue {} refused: {} {:?}",
+                    q.queue_id,
+                    r.code(),
+                    r.remark()
+                ),
+                Err(e) => bail!("final UPDATE_CONSUMER_OFFSET of queue {}: {e}", q.queue_id),
+            }
+        }
+    }
+    Ok(latency)
+}
+
+/// QUERY_CONSUMER_OFFSET: the stored offset, 0 when there is none (QUERY_NOT_FOUND).
+async fn query_offset(
+    client: &RemotingClient,
+    group: &str,
+    topic: &str,
+    queue_id: i32,
+) -> Result<i64> {
+    let h = QueryConsumerOffsetRequestHeader {
+        consumer_group: group.to_owned(),
+        topic: topic.to_owned(),
+        queue_id,
+        set_zero_if_not_found: None,
+        bname: None,
+    };
+    let req = RemotingCommand::request_with_header(request_code::QUERY_CONSUMER_OFFSET, &h);
+    let resp = client
+        .invoke(req, RPC_TIMEOUT)
+        .await
+        .with_context(|| format!("QUERY_CONSUMER_OFFSET of queue {queue_id}"))?;
+    if resp.code() != response_code::SUCCESS {
+        return Ok(0);
+    }
+    let rh: QueryConsumerOffsetResponseHeader = resp
+        .decode_header()
+        .context("QUERY_CONSUMER_OFFSET response header")?;
+    Ok(rh.offset.max(0))
+}
+
+fn update_offset(group: &str, topic: &str, q: &ConsumeQueue) -> RemotingCommand {
+    let h = UpdateConsumerOffsetRequestHeader {
+        consumer_group: group.to_owned(),
+        topic: topic.to_owned(),
+        queue_id: q.queue_id,
+        commit_offset: q.consumed.load(Ordering::Relaxed),
+        bname: None,
+    };
+    RemotingCommand::request_with_header(request_code::UPDATE_CONSUMER_OFFSET, &h)
+}
+
+/// The SDK's offset persistence: every [`CONSUME_PERSIST`], a oneway UPDATE_CONSUMER_OFFSET for
+/// each queue whose consumed offset moved.
+async fn persist_loop(
+    client: RemotingClient,
+    group: String,
+    topic: String,
+    queues: Vec<Arc<ConsumeQueue>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut persisted: Vec<i64> = queues
+        .iter()
+        .map(|q| q.consumed.load(Ordering::Relaxed))
+        .collect();
+    let mut tick = tokio::time::interval(CONSUME_PERSIST);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        for (q, last) in queues.iter().zip(persisted.iter_mut()) {
+            let now = q.consumed.load(Ordering::Relaxed);
+            if now == *last {
+                continue;
+            }
+            if client
+                .invoke_oneway(update_offset(&group, &topic, q))
+                .await
+                .is_ok()
+            {
+                *last = now;
+            }
+        }
+    }
+}
+
+/// One queue's pull loop, as `DefaultMQPushConsumerImpl.pullMessage` with instant consumption:
+/// the commit offset is what was consumed (everything before this pull's offset).
+async fn consume_queue(
+    client: &RemotingClient,
+    group: &str,
+    topic: &str,
+    q: &ConsumeQueue,
+    deadline: Instant,
+    shared: &Shared,
+    hist: &mut Histogram<u64>,
+) {
+    let mut offset = q.consumed.load(Ordering::Relaxed);
+    while !shared.done(deadline) {
+        let commit = q.consumed.load(Ordering::Relaxed);
+        let flags = PullSysFlag::new(commit > 0, true, true, false);
+        let header = PullMessageRequestHeader {
+            consumer_group: group.to_owned(),
+            topic: topic.to_owned(),
+            queue_id: q.queue_id,
+            queue_offset: offset,
+            max_msg_nums: 32,
+            sys_flag: flags.bits(),
+            commit_offset: commit,
+            suspend_timeout_millis: CONSUME_SUSPEND.as_millis() as i64,
+            sub_version: 0,
+            subscription: Some("*".into()),
+            expression_type: Some("TAG".into()),
+            ..PullMessageRequestHeader::default()
+        };
+        let req = RemotingCommand::request_with_header(request_code::PULL_MESSAGE, &header);
+        let started = Instant::now();
+        shared.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = match client.invoke(req, RPC_TIMEOUT + CONSUME_SUSPEND).await {
+            Ok(r) => r,
+            Err(e) => {
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("pull failed: {e}");
+                if client.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let next = resp
+            .decode_header::<PullMessageResponseHeader>()
+            .ok()
+            .map(|h| h.next_begin_offset);
+        match resp.code() {
+            response_code::SUCCESS => {
+                record(hist, started);
+                let n = RecordIter::new(resp.body())
+                    .take_while(Result::is_ok)
+                    .count();
+                // Consumed at once: the consumed offset moves past this batch.
+                let Some(next) = next else {
+                    shared.errors.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                offset = next;
+                q.consumed.store(next, Ordering::Relaxed);
+                shared.add_messages(n as u64);
+            }
+            response_code::PULL_NOT_FOUND
+            | response_code::PULL_RETRY_IMMEDIATELY
+            | response_code::PULL_OFFSET_MOVED => {
+                if let Some(next) = next {
+                    offset = next;
+                    if resp.code() == response_code::PULL_OFFSET_MOVED {
+                        q.consumed.store(next, Ordering::Relaxed);
+                    }
+                }
+            }
+            code => {
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("pull refused: {code} {:?}", resp.remark());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 }

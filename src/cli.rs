@@ -152,6 +152,9 @@ pub enum BenchMode {
     Send,
     Pop,
     Pull,
+    /// A 4.x push consumer's pull loop: offsets queried, commit offsets on pulls, offsets
+    /// persisted every second (through a sidecar: pull -> pop, commits -> acks).
+    Consume,
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +180,12 @@ pub struct BenchArgs {
     /// Duration in seconds.
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
+    /// Stop once this many messages were received (pop, pull, consume; 0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub messages: u64,
+    /// Consumer group (pop, pull, consume).
+    #[arg(long, default_value = "rocketmesh_bench")]
+    pub group: String,
     /// Also print one JSON line with the figures.
     #[arg(long)]
     pub json: bool,

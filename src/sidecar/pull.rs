@@ -1,7 +1,12 @@
 //! Legacy consumers through the sidecar: PULL becomes POP (via `filters::consume::Translator`),
 //! offsets are answered from the virtual offset space, commits become ACKs, send-backs become
 //! CHANGE_MESSAGE_INVISIBLETIME, and held handles are renewed in the background.
+//!
+//! Acks go out as one BATCH_ACK_MESSAGE per broker and commit (a checkpoint's messages in one bit
+//! set); a broker that answers REQUEST_CODE_NOT_SUPPORTED (older than 5.1) gets single
+//! ACK_MESSAGEs from then on, and any other refusal of a batch is retried as single acks.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -18,8 +23,8 @@ use rocketmesh_filters::codec::headers::{
 use rocketmesh_filters::codec::pop::PopHandle;
 use rocketmesh_filters::codec::RemotingCommand;
 use rocketmesh_filters::consume::{
-    HandleAction, Outcome, PullPlan, PullReply, SendBackPlan, Translator, TranslatorConfig,
-    VQueueKey,
+    batch_acks, AckBatch, HandleAction, Outcome, PullPlan, PullReply, SendBackPlan, Translator,
+    TranslatorConfig, VQueueKey,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +51,8 @@ pub struct PullBridge {
     t: Mutex<Translator>,
     /// Woken by commits, for throttled pulls.
     committed: Notify,
+    /// Brokers that do not know BATCH_ACK_MESSAGE: acked one message at a time.
+    no_batch_ack: Mutex<HashSet<String>>,
 }
 
 impl PullBridge {
@@ -53,7 +60,16 @@ impl PullBridge {
         PullBridge {
             t: Mutex::new(Translator::new(cfg)),
             committed: Notify::new(),
+            no_batch_ack: Mutex::new(HashSet::new()),
         }
+    }
+
+    fn batches_to(&self, broker: &str) -> bool {
+        !self
+            .no_batch_ack
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(broker)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Translator> {
@@ -76,23 +92,95 @@ impl SidecarCore {
         self.stats.gauge(Gauge::OutstandingHandles).set(held as f64);
     }
 
-    /// Runs acks in the background; the outcome goes back to the translator.
+    /// Runs acks in the background (batched per broker); the outcome goes back to the
+    /// translator.
     pub(super) fn spawn_acks(self: &Arc<Self>, acks: Vec<HandleAction>) {
         if acks.is_empty() {
             return;
         }
         let core = self.clone();
         tokio::spawn(async move {
-            let futs = acks.into_iter().map(|a| {
+            let (batches, mut singles) = batch_acks(acks);
+            let mut futs = Vec::new();
+            for b in batches {
+                if core.pulls.batches_to(&b.broker) {
+                    futs.push(core.clone().batch_ack_handles(b));
+                } else {
+                    singles.extend(b.actions);
+                }
+            }
+            let singles = singles.into_iter().map(|a| {
                 let core = core.clone();
                 async move {
                     let outcome = core.ack_handle(&a).await;
                     core.pulls.lock().ack_done(&a.key, a.offset, outcome);
                 }
             });
-            futures_util::future::join_all(futs).await;
+            futures_util::future::join(
+                futures_util::future::join_all(futs),
+                futures_util::future::join_all(singles),
+            )
+            .await;
             core.set_held_gauge();
         });
+    }
+
+    /// One BATCH_ACK_MESSAGE; refused batches are acked one by one.
+    async fn batch_ack_handles(self: Arc<Self>, b: AckBatch) {
+        let outcome = self.send_batch_ack(&b).await;
+        let fallback = match outcome {
+            Some(outcome) => {
+                let mut t = self.pulls.lock();
+                for a in &b.actions {
+                    t.ack_done(&a.key, a.offset, outcome);
+                }
+                return;
+            }
+            None => b.actions,
+        };
+        for a in fallback {
+            let outcome = self.ack_handle(&a).await;
+            self.pulls.lock().ack_done(&a.key, a.offset, outcome);
+        }
+    }
+
+    /// `None`: the broker refused the batch (acks to be sent singly).
+    async fn send_batch_ack(&self, b: &AckBatch) -> Option<Outcome> {
+        let first = b.actions.first()?;
+        self.stats
+            .counter(Counter::AcksFromCommits)
+            .increment(b.actions.len() as u64);
+        let Ok((ep, timeout)) = self
+            .broker_endpoint(&first.topic, &first.group, &b.broker)
+            .await
+        else {
+            // The broker is gone from the route: the handles cannot be acked; they are redelivered.
+            return Some(Outcome::Done);
+        };
+        let body = bytes::Bytes::from(b.body.to_json());
+        let req = RemotingCommand::request(rc::BATCH_ACK_MESSAGE).with_body(body);
+        match self
+            .upstreams
+            .invoke(&ep.address, req, self.cfg.request_timeout, timeout)
+            .await
+        {
+            Ok(resp) if resp.code() == response_code::SUCCESS => Some(Outcome::Done),
+            Ok(resp) => {
+                if resp.code() == response_code::REQUEST_CODE_NOT_SUPPORTED {
+                    self.pulls
+                        .no_batch_ack
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(b.broker.clone());
+                }
+                tracing::debug!(code = resp.code(), remark = ?resp.remark(), "batch ack refused, acking singly");
+                None
+            }
+            Err(e) => {
+                tracing::debug!("batch ack not delivered, will retry: {e}");
+                Some(Outcome::Retry)
+            }
+        }
     }
 
     async fn ack_handle(&self, a: &HandleAction) -> Outcome {
@@ -307,13 +395,14 @@ impl SidecarCore {
                 ));
             }
         };
+        let (found_header, found_body) = found.unzip();
         let reply = {
             let mut t = self.pulls.lock();
             t.complete_pull(
                 &key,
                 h.queue_offset,
                 &ep.broker_name,
-                found.as_ref().map(|(ph, b)| (ph, b.clone())),
+                found_header.as_ref().zip(found_body),
                 self.cfg.advertise.parse().ok(),
                 now_ms(),
             )

@@ -12,7 +12,9 @@
 //!   `virtual offset -> pop handle`. nextBeginOffset = o + n; an empty pop answers PULL_NOT_FOUND
 //!   with nextBeginOffset = o. PULL_OFFSET_MOVED is never answered.
 //! * **Commits become acks.** A committed offset X (UPDATE_CONSUMER_OFFSET, or a pull's
-//!   commitOffset) acks every handle below X that is still held.
+//!   commitOffset) acks every handle below X that is still held; [`batch_acks`] groups them into
+//!   one BATCH_ACK_MESSAGE per broker (one `BatchAck` per pop checkpoint) instead of one
+//!   ACK_MESSAGE per message.
 //! * **Send-back becomes change-invisible-time** with the delay of the level; that handle is then
 //!   skipped by offset acks. Past the max reconsume times the message goes to the broker's DLQ.
 //! * **Renewal.** Held handles are extended before they become visible again, up to a maximum
@@ -27,11 +29,12 @@ use std::collections::{BTreeMap, HashMap};
 use bytes::BytesMut;
 use thiserror::Error;
 
+use crate::codec::body::{AckBitSet, BatchAck, BatchAckMessageRequestBody};
 use crate::codec::headers::PopMessageResponseHeader;
 use crate::codec::message::{
     decode_records, encode_record, patch_records, property_keys, MessageError, MessageVersion,
 };
-use crate::codec::pop::{is_retry_topic, PopError, PopHandle, PopResponseInfo};
+use crate::codec::pop::{is_retry_topic, PopError, PopHandle, PopResponseInfo, RetryFlag};
 
 /// Translator limits and timings.
 #[derive(Debug, Clone)]
@@ -145,8 +148,101 @@ pub struct HandleAction {
     pub queue_offset: i64,
     /// The pop handle (`extraInfo`).
     pub extra_info: String,
+    /// The pop checkpoint the handle belongs to (what BATCH_ACK_MESSAGE names).
+    pub checkpoint: CheckpointRef,
     /// New invisible time for change-invisible actions, ms.
     pub invisible_time_ms: i64,
+}
+
+/// A broker's pop checkpoint, as a pop handle names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CheckpointRef {
+    /// The checkpoint's start offset (`extraInfo` field 0).
+    pub start_offset: i64,
+    pub pop_time: i64,
+    pub invisible_time: i64,
+    pub revive_qid: i32,
+    pub retry: RetryFlag,
+}
+
+impl CheckpointRef {
+    fn of(h: &PopHandle) -> Self {
+        CheckpointRef {
+            start_offset: h.ck_queue_offset,
+            pop_time: h.pop_time,
+            invisible_time: h.invisible_time,
+            revive_qid: h.revive_qid,
+            retry: h.retry,
+        }
+    }
+}
+
+/// Acks for one broker, as one BATCH_ACK_MESSAGE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckBatch {
+    /// The broker (also the body's `brokerName`).
+    pub broker: String,
+    pub body: BatchAckMessageRequestBody,
+    /// The acks it carries (for their outcomes, and for single acks if the batch is refused).
+    pub actions: Vec<HandleAction>,
+}
+
+/// Groups acks into one BATCH_ACK_MESSAGE per (broker, subscribed topic), with one `BatchAck` per
+/// pop checkpoint: bit *i* acks the checkpoint's start offset + *i*, `t` is the subscribed topic
+/// and `r` the retry flag (the broker rebuilds the retry topic from them), as a 5.x client
+/// batches. Acks whose offset does not fit their checkpoint's bit set are returned apart, for
+/// single ACK_MESSAGEs.
+pub fn batch_acks(actions: Vec<HandleAction>) -> (Vec<AckBatch>, Vec<HandleAction>) {
+    type CkKey = (String, i32, CheckpointRef);
+    let mut singles = Vec::new();
+    let mut batches: Vec<(AckBatch, HashMap<CkKey, usize>)> = Vec::new();
+    let mut by_target: HashMap<(String, String), usize> = HashMap::new();
+    for a in actions {
+        let ck = a.checkpoint;
+        let bit = a.queue_offset.checked_sub(ck.start_offset);
+        let Some(bit) = bit
+            .and_then(|b| usize::try_from(b).ok())
+            .filter(|b| *b < AckBitSet::MAX_BITS)
+        else {
+            singles.push(a);
+            continue;
+        };
+        let target = (a.broker.clone(), a.key.topic.clone());
+        let bi = *by_target.entry(target).or_insert_with(|| {
+            batches.push((
+                AckBatch {
+                    broker: a.broker.clone(),
+                    body: BatchAckMessageRequestBody {
+                        acks: Vec::new(),
+                        broker_name: a.broker.clone(),
+                    },
+                    actions: Vec::new(),
+                },
+                HashMap::new(),
+            ));
+            batches.len() - 1
+        });
+        let (batch, cks) = &mut batches[bi];
+        let ai = *cks
+            .entry((a.group.clone(), a.queue_id, ck))
+            .or_insert_with(|| {
+                batch.body.acks.push(BatchAck {
+                    consumer_group: a.group.clone(),
+                    topic: a.key.topic.clone(),
+                    retry: ck.retry.as_str().to_owned(),
+                    start_offset: ck.start_offset,
+                    queue_id: a.queue_id,
+                    revive_queue_id: ck.revive_qid,
+                    pop_time: ck.pop_time,
+                    invisible_time: ck.invisible_time,
+                    bit_set: AckBitSet::new(),
+                });
+                batch.body.acks.len() - 1
+            });
+        batch.body.acks[ai].bit_set.set(bit);
+        batch.actions.push(a);
+    }
+    (batches.into_iter().map(|(b, _)| b).collect(), singles)
 }
 
 /// What to do with a CONSUMER_SEND_MSG_BACK.
@@ -241,6 +337,7 @@ impl Translator {
             queue_id: h.handle.queue_id,
             queue_offset: h.handle.queue_offset,
             extra_info: h.handle.to_extra_info(),
+            checkpoint: CheckpointRef::of(&h.handle),
             invisible_time_ms,
         }
     }

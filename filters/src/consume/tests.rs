@@ -358,3 +358,69 @@ fn retry_messages_ack_on_their_retry_topic() {
     assert_eq!(acks[0].topic, "%RETRY%g_T");
     assert_eq!(acks[0].queue_offset, 6);
 }
+
+#[test]
+fn commits_batch_per_broker_and_checkpoint() {
+    let mut t = Translator::new(TranslatorConfig::default());
+    let (k0, k1) = (key(1, 0), key(1, 1));
+    // Two pops of real queue 3 (checkpoints starting at 7 and at 20), one of real queue 5.
+    pull(&mut t, &k0, 0, 3, &[7, 8, 10], 0);
+    let (h, body) = pop_response(3, &[20, 21], 1_000);
+    let h = PopMessageResponseHeader {
+        pop_time: 2_000,
+        ..h
+    };
+    t.begin_pull(&k0, 3, 32, None);
+    t.complete_pull(&k0, 3, "broker-a", Some((&h, body)), None, 0)
+        .unwrap();
+    pull(&mut t, &k1, 0, 5, &[0, 1], 5_000);
+    let mut acks = t.commit(&k0, 5);
+    acks.extend(t.commit(&k1, 2));
+    assert_eq!(acks.len(), 7);
+    // A handle whose offset lies before its checkpoint's start cannot be a bit: single ack.
+    let mut odd = acks[0].clone();
+    odd.queue_offset = 1;
+    acks.push(odd);
+    let (batches, singles) = batch_acks(acks);
+    assert_eq!(singles.len(), 1);
+    assert_eq!(batches.len(), 1);
+    let b = &batches[0];
+    assert_eq!(
+        (b.broker.as_str(), b.body.broker_name.as_str()),
+        ("broker-a", "broker-a")
+    );
+    assert_eq!(b.actions.len(), 7);
+    let cks: Vec<(i32, i64, i64, Vec<i64>)> = b
+        .body
+        .acks
+        .iter()
+        .map(|a| {
+            assert_eq!(
+                (
+                    a.consumer_group.as_str(),
+                    a.topic.as_str(),
+                    a.retry.as_str()
+                ),
+                ("g", "T", "0")
+            );
+            assert_eq!(a.invisible_time, 60_000);
+            (
+                a.queue_id,
+                a.start_offset,
+                a.pop_time,
+                a.acked_offsets().collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        cks,
+        vec![
+            (3, 7, 1_000, vec![7, 8, 10]),
+            (3, 20, 2_000, vec![20, 21]),
+            (5, 0, 1_000, vec![0, 1]),
+        ]
+    );
+    // The body parses back as the broker reads it.
+    let parsed = BatchAckMessageRequestBody::parse(&b.body.to_json()).unwrap();
+    assert_eq!(&parsed, &b.body);
+}

@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# Legacy (4.x push) consumer throughput: the same pull loop (a) directly against the broker and
+# (b) through the sidecar, which turns every PULL into a POP and every offset commit into ACKs.
+# Same machine, same run, same pre-filled topic. See examples/bench/README.md.
+#
+#   examples/bench/consume.sh
+#
+# Settings (environment): MESSAGES (pre-filled and consumed per run, 200000), SIZE (1024),
+#   ROUNDS (a,b repeated, 3), CONNECTIONS (consumer connections, 2), SIDECAR_WORKERS (2),
+#   VERIFY (1: after the runs, wait out the invisible time and check nothing is left un-acked),
+#   CARGO_TARGET_DIR (target).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+MESSAGES="${MESSAGES:-200000}"
+SIZE="${SIZE:-1024}"
+ROUNDS="${ROUNDS:-3}"
+CONNECTIONS="${CONNECTIONS:-2}"
+VERIFY="${VERIFY:-1}"
+# The sidecar's pop invisible time (TranslatorConfig::invisible_time_ms) plus the broker's revive
+# tick and some slack.
+INVISIBLE_WAIT="${INVISIBLE_WAIT:-65}"
+TOPIC="BenchConsume"
+
+WORK="$(mktemp -d -t rocketmesh-consume.XXXXXX)"
+PIDS=()
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        # Up to 5 s for a graceful stop, then SIGKILL.
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { echo "== $*" >&2; }
+
+log "building rocketmesh (release)"
+(cd "$ROOT" && cargo build --release --bin rocketmesh --quiet)
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/rocketmesh"
+[ -x "$BIN" ] || BIN="$ROOT/$BIN" # a relative CARGO_TARGET_DIR
+
+# ----- processes -----
+
+# start NAME CMD...: runs CMD in the background (stdout to $WORK/NAME.out, stderr to NAME.log),
+# waits (20 s at most) for its `ready ...` line and sets READY to what follows `ready ` and
+# LAST_PID to its pid. Not to be called in a subshell: the EXIT trap must see every pid.
+start() {
+    local name="$1" line
+    shift
+    "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" &
+    LAST_PID="$!"
+    PIDS+=("$LAST_PID")
+    for _ in $(seq 200); do
+        line="$(grep -m1 '^ready ' "$WORK/$name.out" 2>/dev/null || true)"
+        if [ -n "$line" ]; then
+            READY="${line#ready }"
+            return
+        fi
+        kill -0 "$LAST_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "$name did not become ready; its log:" >&2
+    cat "$WORK/$name.log" >&2
+    exit 1
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+log "control plane, broker, sidecar"
+start control-plane "$BIN" control-plane --remoting 127.0.0.1:0 --xds 127.0.0.1:0
+CP_REMOTING="$(sed -n 's/.*remoting=\([^ ]*\).*/\1/p' <<<"$READY")"
+CP_XDS="$(sed -n 's/.*xds=\([^ ]*\).*/\1/p' <<<"$READY")"
+start broker "$BIN" broker --listen 127.0.0.1:0 --data-dir "$WORK/broker-data" \
+    --name broker-a --namesrv "$CP_REMOTING"
+BROKER="$READY"
+PID_BROKER="$LAST_PID"
+ADMIN="127.0.0.1:$(free_port)"
+start sidecar "$BIN" sidecar --xds "$CP_XDS" --listen 127.0.0.1:0 --admin "$ADMIN" \
+    --workers "${SIDECAR_WORKERS:-2}"
+SIDECAR="$READY"
+PID_SIDECAR="$LAST_PID"
+
+# field JSON KEY
+field() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1"; }
+# cpu_ticks PID: user + system clock ticks so far.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+TCK="$(getconf CLK_TCK)"
+
+# ----- pre-fill -----
+
+log "pre-filling $TOPIC with $MESSAGES messages of $SIZE B (direct sends)"
+fill="$("$BIN" bench --target "$BROKER" --mode send --topic "$TOPIC" --size "$SIZE" \
+    --connections 4 --inflight 16 --duration 600 --messages "$MESSAGES" --json | tail -n 1)"
+log "pre-fill: $(field "$fill" messages) messages, $(field "$fill" msg_per_sec) msg/s, errors $(field "$fill" errors)"
+if [ "$(field "$fill" errors)" != "0" ]; then
+    echo "the pre-fill had errors: $fill" >&2
+    exit 1
+fi
+# Sends in flight when the count was reached land too: every run consumes exactly what is stored.
+MESSAGES="$(field "$fill" messages)"
+# The sidecar learns the topic's route over xDS once the broker re-registers it: a short consume
+# through it (its own group, committed and acked at its end) must succeed before the runs.
+for i in $(seq 50); do
+    "$BIN" bench --target "$SIDECAR" --mode consume --topic "$TOPIC" --group rocketmesh_probe \
+        --connections 1 --duration 2 --messages 1 >"$WORK/probe.out" 2>&1 && break
+    [ "$i" = 50 ] && { echo "the sidecar cannot consume $TOPIC:" >&2; cat "$WORK/probe.out" >&2; exit 1; }
+    sleep 0.2
+done
+
+# ----- runs -----
+
+# consume TARGET GROUP: one run; prints its JSON line.
+consume() {
+    "$BIN" bench --target "$1" --mode consume --topic "$TOPIC" --group "$2" \
+        --connections "$CONNECTIONS" --messages "$MESSAGES" --duration 600 --json | tail -n 1
+}
+
+RESULTS="$WORK/results"
+: >"$RESULTS"
+for round in $(seq "$ROUNDS"); do
+    for t in a b; do
+        case $t in
+        a) target="$BROKER" group="G1_$round" ;;
+        b) target="$SIDECAR" group="G2_$round" ;;
+        esac
+        log "round $round/$ROUNDS: $t -> $target, group $group, $MESSAGES messages"
+        s0="$(cpu_ticks "$PID_SIDECAR")"
+        b0="$(cpu_ticks "$PID_BROKER")"
+        j="$(consume "$target" "$group")"
+        scpu="$(awk -v a="$s0" -v b="$(cpu_ticks "$PID_SIDECAR")" -v t="$TCK" 'BEGIN { print (b - a) / t }')"
+        bcpu="$(awk -v a="$b0" -v b="$(cpu_ticks "$PID_BROKER")" -v t="$TCK" 'BEGIN { print (b - a) / t }')"
+        [ "$t" = a ] && scpu=0
+        echo "$t $round $(field "$j" msg_per_sec) $(field "$j" p50_us) $(field "$j" p99_us) \
+$(field "$j" messages) $(field "$j" errors) $scpu $bcpu $(field "$j" seconds)" >>"$RESULTS"
+    done
+done
+
+# ----- report -----
+
+awk -v rounds="$ROUNDS" -v conns="$CONNECTIONS" -v size="$SIZE" -v msgs="$MESSAGES" '
+function median(arr, n,    i, j, tmp) {
+    for (i = 2; i <= n; i++) {
+        tmp = arr[i]
+        for (j = i - 1; j >= 1 && arr[j] > tmp; j--) arr[j + 1] = arr[j]
+        arr[j + 1] = tmp
+    }
+    return (n % 2) ? arr[(n + 1) / 2] : (arr[n / 2] + arr[n / 2 + 1]) / 2
+}
+{
+    t = $1; n[t]++
+    tp[t, n[t]] = $3; p50[t, n[t]] = $4; p99[t, n[t]] = $5
+    m[t] += $6; errs[t] += $7; scpu[t] += $8; bcpu[t] += $9
+    printf "run %s round %d: %9.0f msg/s  %7d msgs in %6.2f s  pull p50 %7.0f us  p99 %7.0f us  errors %d\n", $1, $2, $3, $6, $10, $4, $5, $7
+}
+END {
+    name["a"] = "(a) direct to the broker"
+    name["b"] = "(b) through the sidecar"
+    printf "\nconsume (4.x pull loop), %d messages of %d B per run, %d connections, median of %d runs\n\n", msgs, size, conns, rounds
+    printf "%-26s %10s %12s %12s %8s %18s %18s\n", "target", "msg/s", "pull p50 us", "pull p99 us", "errors", "sidecar cpu-s/100k", "broker cpu-s/100k"
+    split("a b", ts, " ")
+    for (k = 1; k <= 2; k++) {
+        t = ts[k]
+        for (i = 1; i <= n[t]; i++) { x[i] = tp[t, i] }; T[t] = median(x, n[t])
+        for (i = 1; i <= n[t]; i++) { x[i] = p50[t, i] }; P50[t] = median(x, n[t])
+        for (i = 1; i <= n[t]; i++) { x[i] = p99[t, i] }; P99[t] = median(x, n[t])
+        s = (t == "a") ? "-" : sprintf("%.2f", scpu[t] / m[t] * 100000)
+        printf "%-26s %10.0f %12.0f %12.0f %8d %18s %18.2f\n", name[t], T[t], P50[t], P99[t], errs[t], s, bcpu[t] / m[t] * 100000
+    }
+    printf "\nratio b/a (throughput): %.3f   target >= 0.8: %s\n", T["b"] / T["a"], (T["b"] / T["a"] >= 0.8) ? "met" : "NOT met"
+}' "$RESULTS"
+
+stats() { curl -s "http://$ADMIN/stats/prometheus" | grep -E "^rocketmq_[a-z_]*_(pull_converted|acks_from_commits|outstanding_handles|renewals)[ {]" || true; }
+echo
+echo "sidecar translator counters:"
+stats | sed 's/^/  /'
+
+# ----- every message consumed through the sidecar was acked -----
+
+if [ "$VERIFY" = 1 ]; then
+    log "waiting ${INVISIBLE_WAIT}s (the sidecar's pop invisible time) before checking for un-acked messages"
+    sleep "$INVISIBLE_WAIT"
+    bad=0
+    for round in $(seq "$ROUNDS"); do
+        # A POP with the group after the invisible time returns whatever was popped and never
+        # acked (revived into the group's retry topic) and anything never popped: it must be empty.
+        j="$("$BIN" bench --target "$BROKER" --mode pop --topic "$TOPIC" --group "G2_$round" \
+            --connections 1 --inflight 1 --duration 2 --json | tail -n 1)"
+        left="$(field "$j" messages)"
+        echo "G2_$round: a POP after the invisible time returned $left messages (must be 0)"
+        [ "$left" = 0 ] || bad=1
+    done
+    if [ "$bad" = 1 ]; then
+        echo "FAILED: messages consumed through the sidecar were not all acked" >&2
+        exit 1
+    fi
+    echo "every message consumed through the sidecar was acked"
+fi
