@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use rocketmesh_filters::consume::TranslatorConfig;
 
 /// rocketmesh: a service-mesh sidecar for Apache RocketMQ (Remoting protocol), with a bundled
 /// broker node and an xDS control plane.
@@ -76,6 +77,36 @@ pub struct SidecarArgs {
     /// CPU with the application, so keep it small).
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// Pull -> Pop translator: invisible time asked for on each pop and renewal, ms.
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(i64).range(1_000..))]
+    pub pop_invisible_ms: i64,
+    /// Pull -> Pop translator: renew a held message when less than this is left of its invisible
+    /// time, ms [default: a quarter of --pop-invisible-ms, at least 2,500 (renewals run every
+    /// second), at most 15,000 and below --pop-invisible-ms].
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    pub renew_before_ms: Option<i64>,
+    /// Pull -> Pop translator: longest a message is held (renewed) for one legacy consumer, ms;
+    /// past it the message is let go and the broker redelivers it (a hung consumer's share
+    /// reaches the others).
+    #[arg(long, default_value_t = 900_000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_hold_ms: i64,
+}
+
+impl SidecarArgs {
+    /// The translator settings the flags ask for (table limits keep their defaults).
+    pub fn translator(&self) -> TranslatorConfig {
+        let invisible = self.pop_invisible_ms;
+        let renew_before = self
+            .renew_before_ms
+            .unwrap_or_else(|| (invisible / 4).clamp(2_500, 15_000))
+            .min(invisible - 1);
+        TranslatorConfig {
+            invisible_time_ms: invisible,
+            renew_before_ms: renew_before,
+            max_hold_ms: self.max_hold_ms,
+            ..TranslatorConfig::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -230,4 +261,43 @@ pub struct XdsProbeArgs {
     /// Topics to ask for (comma separated).
     #[arg(long, value_delimiter = ',')]
     pub topics: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sidecar(args: &[&str]) -> SidecarArgs {
+        let cli = Cli::try_parse_from(["rocketmesh", "sidecar"].iter().chain(args)).unwrap();
+        match cli.command {
+            Command::Sidecar(a) => a,
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn translator_flags() {
+        let d = sidecar(&[]).translator();
+        let def = TranslatorConfig::default();
+        assert_eq!(
+            (d.invisible_time_ms, d.renew_before_ms, d.max_hold_ms),
+            (def.invisible_time_ms, def.renew_before_ms, def.max_hold_ms)
+        );
+        let short = sidecar(&["--pop-invisible-ms", "5000", "--max-hold-ms", "8000"]).translator();
+        assert_eq!(
+            (
+                short.invisible_time_ms,
+                short.renew_before_ms,
+                short.max_hold_ms
+            ),
+            (5_000, 2_500, 8_000)
+        );
+        let tiny = sidecar(&["--pop-invisible-ms", "2000"]).translator();
+        assert_eq!(tiny.renew_before_ms, 1_999);
+        let explicit = sidecar(&["--pop-invisible-ms", "9000", "--renew-before-ms", "4000"]);
+        assert_eq!(explicit.translator().renew_before_ms, 4_000);
+        assert!(
+            Cli::try_parse_from(["rocketmesh", "sidecar", "--pop-invisible-ms", "10"]).is_err()
+        );
+    }
 }

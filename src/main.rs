@@ -117,6 +117,7 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
 
 async fn run_sidecar(args: SidecarArgs) -> Result<()> {
     let mut config = SidecarConfig::new(args.listen);
+    config.translator = args.translator();
     config.extra_listen = args.extra_listen;
     config.admin = Some(args.admin);
     config.xds = Some(args.xds.to_string());

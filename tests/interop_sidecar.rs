@@ -20,12 +20,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rocketmesh::remoting::RemotingClient;
-use rocketmesh_filters::codec::body::TopicRouteData;
 use rocketmesh_filters::codec::codes::{request_code, response_code};
 use rocketmesh_filters::codec::headers::{
-    AckMessageRequestHeader, CreateTopicRequestHeader, GetMaxOffsetRequestHeader,
-    GetRouteInfoRequestHeader, OffsetResponseHeader, PopMessageRequestHeader,
-    PopMessageResponseHeader,
+    AckMessageRequestHeader, GetMaxOffsetRequestHeader, OffsetResponseHeader,
+    PopMessageRequestHeader, PopMessageResponseHeader,
 };
 use rocketmesh_filters::codec::message::{decode_records, property_keys};
 use rocketmesh_filters::codec::pop::PopResponseInfo;
@@ -40,63 +38,10 @@ const MESSAGES: usize = 600;
 /// Queues per broker: the writable brokers get theirs from UPDATE_AND_CREATE_TOPIC, the
 /// read-only broker from `--read-only-topics` (4 queues).
 const QUEUES: i32 = 4;
-const RPC: Duration = Duration::from_secs(5);
 /// Invisible time of popped messages. Short, so that a message whose ACK did not reach the broker
 /// that served it (brokers answer SUCCESS to an ACK for a checkpoint they do not hold) is revived
 /// and popped a second time while the test is still watching.
 const INVISIBLE: Duration = Duration::from_secs(3);
-
-async fn connect(addr: SocketAddr) -> RemotingClient {
-    RemotingClient::connect_timeout(addr, RPC, None)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"))
-}
-
-async fn call(c: &RemotingClient, req: RemotingCommand) -> RemotingCommand {
-    c.invoke(req, RPC)
-        .await
-        .unwrap_or_else(|e| panic!("request to {}: {e}", c.addr()))
-}
-
-async fn create_topic(broker: SocketAddr) {
-    let c = connect(broker).await;
-    let h = CreateTopicRequestHeader {
-        topic: TOPIC.into(),
-        default_topic: "TBW102".into(),
-        read_queue_nums: QUEUES,
-        write_queue_nums: QUEUES,
-        perm: 6,
-        topic_filter_type: "SINGLE_TAG".into(),
-        topic_sys_flag: None,
-        order: false,
-        attributes: None,
-    };
-    let r = call(
-        &c,
-        RemotingCommand::request_with_header(request_code::UPDATE_AND_CREATE_TOPIC, &h),
-    )
-    .await;
-    assert_eq!(r.code(), response_code::SUCCESS, "create topic: {r:?}");
-    c.close();
-}
-
-/// The route answer as the SDK gets it, and its raw body.
-async fn route_via(sidecar: SocketAddr) -> (RemotingCommand, Option<TopicRouteData>) {
-    let c = connect(sidecar).await;
-    let h = GetRouteInfoRequestHeader {
-        topic: TOPIC.into(),
-        accept_standard_json_only: None,
-    };
-    let r = call(
-        &c,
-        RemotingCommand::request_with_header(request_code::GET_ROUTEINFO_BY_TOPIC, &h),
-    )
-    .await;
-    c.close();
-    let data = (r.code() == response_code::SUCCESS)
-        .then(|| TopicRouteData::parse(r.body()).expect("route body"));
-    (r, data)
-}
 
 /// Messages per queue of the topic on one broker, read directly from it.
 async fn max_offsets(broker: SocketAddr) -> Vec<i64> {
@@ -234,14 +179,14 @@ fn cpp_producer_through_the_sidecar_spreads_over_writable_brokers_only() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(create_topic(a.addr));
-    rt.block_on(create_topic(b.addr));
+    rt.block_on(create_topic(a.addr, TOPIC, QUEUES));
+    rt.block_on(create_topic(b.addr, TOPIC, QUEUES));
 
     // The brokers re-register on the topic change; the sidecar learns the route over xDS. Wait
     // until its answer covers all three: 8 write queues (a, b) and 12 read queues (a, b, c).
     let deadline = Instant::now() + Duration::from_secs(30);
     let (raw, route) = loop {
-        let (raw, route) = rt.block_on(route_via(sidecar.addr));
+        let (raw, route) = rt.block_on(route_via(sidecar.addr, TOPIC));
         let queues = route
             .as_ref()
             .and_then(|r| r.queue_datas.first())

@@ -528,10 +528,16 @@ impl SidecarCore {
                     Err(Reject::system(format!("send back failed: {e}")))
                 }
             },
-            SendBackPlan::DeadLetter { broker, ack } => {
-                // The broker moves the message (by commit log offset) to %DLQ%<group>.
+            SendBackPlan::DeadLetter {
+                broker,
+                commit_log_offset,
+                ack,
+            } => {
+                // The broker moves the message (by its real commit log offset; the consumer
+                // named the virtual one) to %DLQ%<group>.
                 let (ep, timeout) = self.broker_endpoint(&ack.topic, &ack.group, &broker).await?;
-                let fwd = req.clone();
+                let mut fwd = req.clone();
+                fwd.ext_mut().put("offset", commit_log_offset);
                 match self.upstreams.invoke(&ep.address, fwd, self.cfg.request_timeout, timeout).await {
                     Ok(resp) if resp.code() == response_code::SUCCESS => {
                         self.spawn_acks(vec![ack]);

@@ -22,6 +22,11 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use rocketmesh::remoting::RemotingClient;
+use rocketmesh_filters::codec::body::TopicRouteData;
+use rocketmesh_filters::codec::codes::{request_code, response_code};
+use rocketmesh_filters::codec::headers::{CreateTopicRequestHeader, GetRouteInfoRequestHeader};
+use rocketmesh_filters::codec::RemotingCommand;
 use serde_json::Value;
 
 pub const SDK_VERSION: &str = "rocketmq==0.4.4";
@@ -318,23 +323,69 @@ impl ControlPlaneProc {
 pub struct SidecarProc {
     pub guard: ChildGuard,
     pub addr: SocketAddr,
+    /// The admin server (`/stats/prometheus`, ...).
+    pub admin: SocketAddr,
 }
 
 impl SidecarProc {
+    /// A sidecar on loopback ports of its own choosing.
     pub fn start(dir: &Path, xds: SocketAddr) -> SidecarProc {
+        Self::start_at(dir, "sidecar", xds, "127.0.0.1:0", free_port(), &[])
+    }
+
+    /// A sidecar listening on `listen` (`127.0.0.1:0` or a fixed address, e.g. to restart one
+    /// where its clients reconnect) with its admin server on `admin_port`, logging to
+    /// `<dir>/<log>.log`; `extra` are more flags (translator timings...).
+    pub fn start_at(
+        dir: &Path,
+        log: &str,
+        xds: SocketAddr,
+        listen: &str,
+        admin_port: u16,
+        extra: &[&str],
+    ) -> SidecarProc {
         let xds = xds.to_string();
-        let args = [
-            "sidecar",
-            "--xds",
-            &xds,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
+        let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+        let admin_arg = admin.to_string();
+        let mut args = vec![
+            "sidecar", "--xds", &xds, "--listen", listen, "--admin", &admin_arg,
         ];
-        let (guard, ready) = start_rocketmesh(dir, "sidecar", &args);
+        args.extend_from_slice(extra);
+        let (guard, ready) = start_rocketmesh(dir, log, &args);
         let addr = ready.parse().expect("ready <addr>");
-        SidecarProc { guard, addr }
+        SidecarProc { guard, addr, admin }
+    }
+
+    /// GET `path` from the admin server (HTTP/1.1, one request per connection): the body.
+    pub fn admin_get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect_timeout(&self.admin, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("admin {}: {e}", self.admin));
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.admin
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out)
+            .unwrap_or_else(|e| panic!("admin {} GET {path}: {e}", self.admin));
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        assert!(head.starts_with("HTTP/1.1 200"), "admin GET {path}: {head}");
+        body.to_owned()
+    }
+
+    /// The value of one sample of `/stats/prometheus` (the first line starting with `name`
+    /// followed by a space or `{`).
+    pub fn stat(&self, name: &str) -> Option<f64> {
+        self.admin_get("/stats/prometheus").lines().find_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            if !(rest.starts_with(' ') || rest.starts_with('{')) {
+                return None;
+            }
+            rest.rsplit(' ').next()?.parse().ok()
+        })
     }
 }
 
@@ -386,6 +437,18 @@ impl Py {
             }
             Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => None,
         }
+    }
+
+    /// The stdout lines already printed, without waiting.
+    pub fn ready_lines(&mut self) -> Vec<String> {
+        let lines: Vec<String> = self.lines.try_iter().collect();
+        self.seen.extend(lines.iter().cloned());
+        lines
+    }
+
+    /// SIGKILL now (the guard would on drop).
+    pub fn kill(&mut self) {
+        self.guard.kill();
     }
 
     /// Waits for the `RESULT` line (the script is killed if it takes longer than `t`).
@@ -457,13 +520,21 @@ pub fn plan(sync: usize, oneway: usize, orderly: usize, interval_s: f64) -> Plan
 /// Runs `sdk.py produce` against the name server `namesrv`, checks every send succeeded with a
 /// distinct msg id, and returns the whole RESULT (`sent`, `peers`).
 pub fn produce_with(dir: &Path, namesrv: &str, topic: &str, prefix: &str, plan: Plan) -> Value {
+    let r = produce_start(dir, namesrv, topic, prefix, plan).result(Duration::from_secs(90));
+    check_produced(&r, plan);
+    r
+}
+
+/// Starts `sdk.py produce` (see [`produce_with`]); wait with [`Py::result`], then
+/// [`check_produced`].
+pub fn produce_start(dir: &Path, namesrv: &str, topic: &str, prefix: &str, plan: Plan) -> Py {
     let Plan {
         sync,
         oneway,
         orderly,
         interval_s,
     } = plan;
-    let r = py_run(
+    py_start(
         dir,
         "produce",
         &[
@@ -476,12 +547,15 @@ pub fn produce_with(dir: &Path, namesrv: &str, topic: &str, prefix: &str, plan: 
             ("prefix", prefix.into()),
             ("interval", interval_s.to_string()),
         ],
-        Duration::from_secs(90),
-    );
+    )
+}
+
+/// Every send of a `produce` RESULT succeeded, each with a distinct msg id.
+pub fn check_produced(r: &Value, plan: Plan) {
     let errors = r["errors"].as_array().unwrap();
     assert!(errors.is_empty(), "send errors: {errors:#?}");
     let sent = r["sent"].as_array().unwrap();
-    assert_eq!(sent.len(), sync + oneway + orderly);
+    assert_eq!(sent.len(), plan.sync + plan.oneway + plan.orderly);
     let mut ids = BTreeSet::new();
     for m in sent {
         if s(m, "kind") != "oneway" {
@@ -491,11 +565,94 @@ pub fn produce_with(dir: &Path, namesrv: &str, topic: &str, prefix: &str, plan: 
             assert!(ids.insert(id.clone()), "msg id {id} returned twice");
         }
     }
-    r
 }
 
 /// [`produce_with`] against a standalone broker (its own name server); the sent records.
 pub fn produce(dir: &Path, b: &BrokerProc, topic: &str, prefix: &str, plan: Plan) -> Vec<Value> {
     let r = produce_with(dir, &b.namesrv(), topic, prefix, plan);
     r["sent"].as_array().unwrap().clone()
+}
+
+// ----- requests of our own (topic admin, route look-ups) -----
+
+/// Timeout of the requests below.
+pub const RPC: Duration = Duration::from_secs(5);
+
+pub async fn connect(addr: SocketAddr) -> RemotingClient {
+    RemotingClient::connect_timeout(addr, RPC, None)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"))
+}
+
+pub async fn call(c: &RemotingClient, req: RemotingCommand) -> RemotingCommand {
+    c.invoke(req, RPC)
+        .await
+        .unwrap_or_else(|e| panic!("request to {}: {e}", c.addr()))
+}
+
+/// UPDATE_AND_CREATE_TOPIC on one broker: `queues` read and write queues, read-write.
+pub async fn create_topic(broker: SocketAddr, topic: &str, queues: i32) {
+    let c = connect(broker).await;
+    let h = CreateTopicRequestHeader {
+        topic: topic.into(),
+        default_topic: "TBW102".into(),
+        read_queue_nums: queues,
+        write_queue_nums: queues,
+        perm: 6,
+        topic_filter_type: "SINGLE_TAG".into(),
+        topic_sys_flag: None,
+        order: false,
+        attributes: None,
+    };
+    let r = call(
+        &c,
+        RemotingCommand::request_with_header(request_code::UPDATE_AND_CREATE_TOPIC, &h),
+    )
+    .await;
+    assert_eq!(r.code(), response_code::SUCCESS, "create topic: {r:?}");
+    c.close();
+}
+
+/// The route answer as an SDK gets it from `sidecar` (or any name server), and its parsed body.
+pub async fn route_via(
+    sidecar: SocketAddr,
+    topic: &str,
+) -> (RemotingCommand, Option<TopicRouteData>) {
+    let c = connect(sidecar).await;
+    let h = GetRouteInfoRequestHeader {
+        topic: topic.into(),
+        accept_standard_json_only: None,
+    };
+    let r = call(
+        &c,
+        RemotingCommand::request_with_header(request_code::GET_ROUTEINFO_BY_TOPIC, &h),
+    )
+    .await;
+    c.close();
+    let data = (r.code() == response_code::SUCCESS)
+        .then(|| TopicRouteData::parse(r.body()).expect("route body"));
+    (r, data)
+}
+
+/// Waits (up to `t`) until `sidecar`'s route answer for `topic` has `(write, read)` queues on its
+/// virtual broker: the brokers registered the topic and the sidecar learnt it over xDS.
+pub async fn wait_for_route(sidecar: SocketAddr, topic: &str, queues: (i32, i32), t: Duration) {
+    let deadline = Instant::now() + t;
+    loop {
+        let (raw, route) = route_via(sidecar, topic).await;
+        let got = route
+            .as_ref()
+            .and_then(|r| r.queue_datas.first())
+            .map(|q| (q.write_queue_nums, q.read_queue_nums));
+        if got == Some(queues) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sidecar}'s route for {topic} never had {queues:?} queues; last answer: code {} {:?} {got:?}",
+            raw.code(),
+            raw.remark()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -15,12 +15,17 @@ Modes (argument 1), options as --key value:
            "peers": ["host:port", ...]}  (every remote end of the process's TCP connections, sampled
            every 50 sends and before shutdown: the addresses the client actually talked to)
   consume  --namesrv A --topic T --group G --expect N [--max-seconds S] [--settle S]
-           [--persist-wait S] [--fail-marker M]
+           [--persist-wait S] [--fail-marker M] [--stop-file F] [--hang-after K]
            push consumer (CLUSTERING, "*"); stops once N distinct bodies were seen and every
-           marked message (body containing M) was seen twice, or at max-seconds; then waits settle
-           (to catch duplicates) and persist-wait (the client commits offsets every 5 s) and shuts
-           down. Messages whose body contains M get RECONSUME_LATER the first time they are seen.
+           marked message (body containing M) was seen twice, or once file F exists (several
+           consumers of one group: the caller decides when the group is done), or at max-seconds;
+           then waits settle (to catch duplicates) and persist-wait (the client commits offsets
+           every 5 s) and shuts down. Messages whose body contains M get RECONSUME_LATER the first
+           time they are seen.
            Prints `GOT <body>` for every delivery as it happens.
+           With --hang-after K the first K deliveries are consumed normally and every later
+           callback prints `HANG <body>` and blocks forever (a hung consumer: every consume thread
+           ends up stuck; it never shuts down, the caller kills it).
            RESULT {"received": [{body, topic, tags, keys, props, reconsume_times, retry_topic,
            msg_id, queue_id, queue_offset, t}], "shutdown_s": ...}
   produce_until_failure  --namesrv A --topic T --group G [--max N]
@@ -149,6 +154,9 @@ def consume(o):
     settle = float(o.get('settle', 2))
     persist_wait = float(o.get('persist_wait', 0))
     marker = o.get('fail_marker', '').encode() or None
+    stop_file = o.get('stop_file')
+    hang_after = int(o['hang_after']) if 'hang_after' in o else None
+    never = threading.Event()
     lock = threading.Lock()
     received, seen = [], {}
     done = threading.Event()
@@ -177,6 +185,15 @@ def consume(o):
             't': round(time.time() - t0, 3),
         }
         with lock:
+            if hang_after is not None and len(received) >= hang_after:
+                sys.stdout.write('HANG %s\n' % rec['body'])
+                sys.stdout.flush()
+                hang = True
+            else:
+                hang = False
+        if hang:
+            never.wait()
+        with lock:
             n = seen.get(body, 0)
             seen[body] = n + 1
             fail = bool(marker and marker in body and n == 0)
@@ -200,7 +217,13 @@ def consume(o):
     c._register_callback(on_message)
     c.start()
     print('consumer started', flush=True)
-    done.wait(max_s)
+    deadline = t0 + max_s
+    stopped = False
+    while not done.is_set() and time.time() < deadline:
+        if stop_file and os.path.exists(stop_file):
+            stopped = True
+            break
+        done.wait(0.1)
     completed = done.is_set()
     print('consumer complete=%s after %.1fs' % (completed, time.time() - t0), flush=True)
     time.sleep(settle)
@@ -210,7 +233,8 @@ def consume(o):
     shutdown_s = time.time() - ts
     with lock:
         out = list(received)
-    result({'received': out, 'completed': completed, 'shutdown_s': round(shutdown_s, 3)})
+    result({'received': out, 'completed': completed, 'stopped': stopped,
+            'shutdown_s': round(shutdown_s, 3)})
 
 
 def produce_until_failure(o):

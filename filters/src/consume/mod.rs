@@ -11,6 +11,11 @@
 //!   (queueId := the virtual queue, queueOffset := o, o+1, ...), and the translator remembers
 //!   `virtual offset -> pop handle`. nextBeginOffset = o + n; an empty pop answers PULL_NOT_FOUND
 //!   with nextBeginOffset = o. PULL_OFFSET_MOVED is never answered.
+//! * **Virtual commit log offsets.** A record's commitLogOffset is re-stamped too, with a number
+//!   unique in this translator: it is all a CONSUMER_SEND_MSG_BACK names the message by, and the
+//!   real brokers' commit logs overlap (two brokers fed alike hold different messages at the same
+//!   offsets), so the real offset would pick the wrong message. The real one is kept for the
+//!   dead-letter forward.
 //! * **Commits become acks.** A committed offset X (UPDATE_CONSUMER_OFFSET, or a pull's
 //!   commitOffset) acks every handle below X that is still held; [`batch_acks`] groups them into
 //!   one BATCH_ACK_MESSAGE per broker (one `BatchAck` per pop checkpoint) instead of one
@@ -89,7 +94,10 @@ enum HeldState {
 struct Held {
     broker: String,
     handle: PopHandle,
+    /// The virtual commit log offset the consumer was given (the send-back key).
     commit_log_offset: i64,
+    /// The message's commit log offset on its broker.
+    real_commit_log_offset: i64,
     reconsume_times: i32,
     /// When it was first delivered to this consumer.
     first_pop_ms: i64,
@@ -250,8 +258,13 @@ pub fn batch_acks(actions: Vec<HandleAction>) -> (Vec<AckBatch>, Vec<HandleActio
 pub enum SendBackPlan {
     /// Change the handle's invisible time to the retry delay.
     Retry(HandleAction),
-    /// Past the max reconsume times: forward the send-back to this broker (its DLQ), then ack.
-    DeadLetter { broker: String, ack: HandleAction },
+    /// Past the max reconsume times: forward the send-back to this broker (its DLQ), naming the
+    /// message by its real commit log offset, then ack.
+    DeadLetter {
+        broker: String,
+        commit_log_offset: i64,
+        ack: HandleAction,
+    },
     /// The message is not held for this consumer (e.g. after a reconnect).
     Unknown,
 }
@@ -295,8 +308,10 @@ pub fn send_back_delay_ms(level: i32, reconsume_times: i32) -> i64 {
 pub struct Translator {
     cfg: TranslatorConfig,
     queues: HashMap<VQueueKey, VQueue>,
-    /// (connection, group, commit log offset) -> (queue, virtual offset), for send-backs.
+    /// (connection, group, virtual commit log offset) -> (queue, virtual offset), for send-backs.
     by_phys: HashMap<(u64, String, i64), (VQueueKey, i64)>,
+    /// The next virtual commit log offset to hand out.
+    next_phys: i64,
     held: usize,
 }
 
@@ -306,6 +321,7 @@ impl Translator {
             cfg,
             queues: HashMap::new(),
             by_phys: HashMap::new(),
+            next_phys: 0,
             held: 0,
         }
     }
@@ -394,9 +410,9 @@ impl Translator {
     }
 
     /// The POP caused by a pull at `offset` returned: `found` with its header and body, or
-    /// nothing. Re-stamps the records in place into the virtual offset space, and their store
-    /// host to `store_host` when given (SDKs send a message back to its store host: it must be
-    /// the sidecar, never the real broker).
+    /// nothing. Re-stamps the records in place into the virtual offset space (queue offsets and
+    /// commit log offsets), and their store host to `store_host` when given (SDKs send a message
+    /// back to its store host: it must be the sidecar, never the real broker).
     pub fn complete_pull(
         &mut self,
         key: &VQueueKey,
@@ -422,6 +438,7 @@ impl Translator {
         let info = PopResponseInfo::from_header(header)?;
         let start = vq.next.max(offset);
         let mut next = start;
+        let mut phys = self.next_phys;
         let mut new_held: Vec<(i64, Held)> = Vec::new();
         let count = patch_records(&mut body, |rec| -> Result<(), ConsumeError> {
             let pop_ck = rec.property(property_keys::POP_CK)?.map(str::to_owned);
@@ -436,7 +453,8 @@ impl Translator {
                 next,
                 Held {
                     broker: broker.to_owned(),
-                    commit_log_offset: rec.commit_log_offset(),
+                    commit_log_offset: phys,
+                    real_commit_log_offset: rec.commit_log_offset(),
                     reconsume_times: rec.reconsume_times(),
                     first_pop_ms: now_ms,
                     visible_at_ms: handle.pop_time + handle.invisible_time,
@@ -447,12 +465,15 @@ impl Translator {
             ));
             rec.set_queue_id(key.queue);
             rec.set_queue_offset(next);
+            rec.set_commit_log_offset(phys);
             if let Some(host) = store_host {
                 rec.set_store_host(host);
             }
             next += 1;
+            phys += 1;
             Ok(())
         })?;
+        self.next_phys = phys;
         // Pop-retry messages come from `%RETRY%<group>_<topic>`; a legacy consumer only
         // accepts its subscribed topic (and `%RETRY%<group>` with RETRY_TOPIC), so those records
         // are re-encoded under the subscribed topic. Their handles keep the retry topic for acks.
@@ -547,7 +568,7 @@ impl Translator {
             .collect()
     }
 
-    /// CONSUMER_SEND_MSG_BACK of the message at `commit_log_offset`.
+    /// CONSUMER_SEND_MSG_BACK of the message at (virtual) `commit_log_offset`.
     pub fn send_back(
         &mut self,
         conn: u64,
@@ -579,6 +600,7 @@ impl Translator {
             let ack = Self::action(&key, o, h, 0);
             return SendBackPlan::DeadLetter {
                 broker: h.broker.clone(),
+                commit_log_offset: h.real_commit_log_offset,
                 ack,
             };
         }

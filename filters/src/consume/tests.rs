@@ -158,9 +158,13 @@ fn commits_ack_exactly_the_handles_below() {
 fn send_back_changes_invisible_time_and_is_skipped_by_commits() {
     let mut t = Translator::new(TranslatorConfig::default());
     let k = key(9, 0);
-    pull(&mut t, &k, 0, 0, &[1, 2], 5_000);
-    // The message at commit log offset 5_100 (the second) is sent back with level 3 (10 s).
-    let SendBackPlan::Retry(a) = t.send_back(9, "g", 5_100, 3, 16) else {
+    let PullReply::Found { body, .. } = pull(&mut t, &k, 0, 0, &[1, 2], 5_000) else {
+        panic!()
+    };
+    // The consumer names a message by the commit log offset it was given.
+    let given = decode_records(&body.freeze()).unwrap()[1].commit_log_offset;
+    // The second message is sent back with level 3 (10 s).
+    let SendBackPlan::Retry(a) = t.send_back(9, "g", given, 3, 16) else {
         panic!()
     };
     assert_eq!(
@@ -198,11 +202,24 @@ fn max_reconsume_times_goes_to_the_dead_letter_queue() {
     };
     encode_record(&m, &mut body).unwrap();
     let (h, _) = pop_response(0, &[4], 77);
-    t.complete_pull(&k, 0, "broker-b", Some((&h, body)), None, 0)
-        .unwrap();
-    match t.send_back(1, "g", 77, 0, 16) {
-        SendBackPlan::DeadLetter { broker, ack } => {
+    let PullReply::Found { body, .. } = t
+        .complete_pull(&k, 0, "broker-b", Some((&h, body)), None, 0)
+        .unwrap()
+    else {
+        panic!()
+    };
+    let given = decode_records(&body.freeze()).unwrap()[0].commit_log_offset;
+    match t.send_back(1, "g", given, 0, 16) {
+        SendBackPlan::DeadLetter {
+            broker,
+            commit_log_offset,
+            ack,
+        } => {
             assert_eq!(broker, "broker-b");
+            assert_eq!(
+                commit_log_offset, 77,
+                "the broker's own offset, for its DLQ"
+            );
             assert_eq!(ack.offset, 0);
         }
         other => panic!("{other:?}"),
@@ -423,4 +440,40 @@ fn commits_batch_per_broker_and_checkpoint() {
     // The body parses back as the broker reads it.
     let parsed = BatchAckMessageRequestBody::parse(&b.body.to_json()).unwrap();
     assert_eq!(&parsed, &b.body);
+}
+
+#[test]
+fn send_backs_find_their_message_when_brokers_commit_logs_overlap() {
+    // Two brokers fed alike hold different messages at the same commit log offsets; one
+    // consumer pulls a queue of each. A send-back must change the message it names, not the
+    // other broker's.
+    let mut t = Translator::new(TranslatorConfig::default());
+    let (ka, kb) = (key(1, 0), key(1, 4));
+    let mut given = Vec::new();
+    for (k, broker) in [(&ka, "broker-a"), (&kb, "broker-b")] {
+        let (_, plan) = t.begin_pull(k, 0, 32, None);
+        assert!(matches!(plan, PullPlan::Pop { .. }));
+        let (h, body) = pop_response(0, &[0, 1], 1_000);
+        let PullReply::Found { body, .. } = t
+            .complete_pull(k, 0, broker, Some((&h, body)), None, 0)
+            .unwrap()
+        else {
+            panic!()
+        };
+        for m in decode_records(&body.freeze()).unwrap() {
+            given.push((broker, m.queue_offset, m.commit_log_offset));
+        }
+    }
+    let phys: std::collections::BTreeSet<i64> = given.iter().map(|g| g.2).collect();
+    assert_eq!(
+        phys.len(),
+        4,
+        "commit log offsets handed out are unique: {given:?}"
+    );
+    for (broker, offset, clo) in given {
+        let SendBackPlan::Retry(a) = t.send_back(1, "g", clo, 3, 16) else {
+            panic!("{broker}@{offset}")
+        };
+        assert_eq!((a.broker.as_str(), a.offset), (broker, offset));
+    }
 }
