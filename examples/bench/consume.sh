@@ -23,76 +23,12 @@ INVISIBLE_WAIT="${INVISIBLE_WAIT:-65}"
 TOPIC="BenchConsume"
 
 WORK="$(mktemp -d -t rocketmesh-consume.XXXXXX)"
-PIDS=()
-
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        # Up to 5 s for a graceful stop, then SIGKILL.
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log() { echo "== $*" >&2; }
-
-log "building rocketmesh (release)"
-(cd "$ROOT" && cargo build --release --bin rocketmesh --quiet)
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/rocketmesh"
-[ -x "$BIN" ] || BIN="$ROOT/$BIN" # a relative CARGO_TARGET_DIR
-
-# ----- processes -----
-
-# start NAME CMD...: runs CMD in the background (stdout to $WORK/NAME.out, stderr to NAME.log),
-# waits (20 s at most) for its `ready ...` line and sets READY to what follows `ready ` and
-# LAST_PID to its pid. Not to be called in a subshell: the EXIT trap must see every pid.
-start() {
-    local name="$1" line
-    shift
-    "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" &
-    LAST_PID="$!"
-    PIDS+=("$LAST_PID")
-    for _ in $(seq 200); do
-        line="$(grep -m1 '^ready ' "$WORK/$name.out" 2>/dev/null || true)"
-        if [ -n "$line" ]; then
-            READY="${line#ready }"
-            return
-        fi
-        kill -0 "$LAST_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    echo "$name did not become ready; its log:" >&2
-    cat "$WORK/$name.log" >&2
-    exit 1
-}
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# shellcheck source=examples/bench/lib.sh
+. "$ROOT/examples/bench/lib.sh"
 
 log "control plane, broker, sidecar"
-start control-plane "$BIN" control-plane --remoting 127.0.0.1:0 --xds 127.0.0.1:0
-CP_REMOTING="$(sed -n 's/.*remoting=\([^ ]*\).*/\1/p' <<<"$READY")"
-CP_XDS="$(sed -n 's/.*xds=\([^ ]*\).*/\1/p' <<<"$READY")"
-start broker "$BIN" broker --listen 127.0.0.1:0 --data-dir "$WORK/broker-data" \
-    --name broker-a --namesrv "$CP_REMOTING"
-BROKER="$READY"
-PID_BROKER="$LAST_PID"
 ADMIN="127.0.0.1:$(free_port)"
-start sidecar "$BIN" sidecar --xds "$CP_XDS" --listen 127.0.0.1:0 --admin "$ADMIN" \
-    --workers "${SIDECAR_WORKERS:-2}"
-SIDECAR="$READY"
-PID_SIDECAR="$LAST_PID"
+SIDECAR_FLAGS="--admin $ADMIN" start_mesh
 
 # field JSON KEY
 field() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1"; }
