@@ -252,7 +252,7 @@ impl AggregatedDiscoveryService for AdsServer {
             out: Outbound::new(&self.shared, permit, tx),
             types: HashMap::new(),
         };
-        tokio::spawn(stream.run(request.into_inner()));
+        tokio::spawn(drive(stream, request.into_inner()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -268,7 +268,7 @@ impl AggregatedDiscoveryService for AdsServer {
             out: Outbound::new(&self.shared, permit, tx),
             types: HashMap::new(),
         };
-        tokio::spawn(stream.run(request.into_inner()));
+        tokio::spawn(drive(stream, request.into_inner()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -430,6 +430,51 @@ impl<R> Outbound<R> {
             "{n} resource names on one ADS stream exceed max_names_per_stream = {}",
             self.opts().max_names_per_stream
         ))
+    }
+}
+
+/// What differs between the delta and the SotW stream; [`drive`] is the loop they share.
+trait AdsStream: Send + Sized + 'static {
+    type Req: Send + 'static;
+    type Resp: Send + 'static;
+    /// For logs: "delta" or "SotW".
+    const FLAVOUR: &'static str;
+    fn out(&mut self) -> &mut Outbound<Self::Resp>;
+    fn on_request(&mut self, req: Self::Req) -> impl Future<Output = Result<(), Stop>> + Send;
+    fn on_change(&mut self, last_rev: &mut u64) -> impl Future<Output = Result<(), Stop>> + Send;
+}
+
+/// Runs one ADS stream until the client goes, the stream fails or the server shuts down:
+/// requests from the client and catalog changes, one at a time.
+async fn drive<S: AdsStream>(mut stream: S, mut inbound: Streaming<S::Req>)
+where
+    Streaming<S::Req>: Send,
+    S::Req: prost::Message + Default,
+{
+    let mut changes = stream.out().catalog().subscribe();
+    changes.borrow_and_update();
+    let mut last_rev = stream.out().catalog().revision();
+    let mut shutdown = stream.out().shared.shutdown.subscribe();
+    loop {
+        let step = tokio::select! {
+            _ = stopped(&mut shutdown) => Err(Stop),
+            msg = inbound.message() => match msg {
+                Ok(Some(req)) => stream.on_request(req).await,
+                Ok(None) => Err(Stop),
+                Err(status) => {
+                    let out = stream.out();
+                    debug!(stream = out.id(), node = %out.node, error = %status, "{} ADS stream read failed", S::FLAVOUR);
+                    Err(out.end_with(status).await)
+                }
+            },
+            r = changes.changed() => match r {
+                Ok(()) => stream.on_change(&mut last_rev).await,
+                Err(_) => Err(Stop),
+            },
+        };
+        if step.is_err() {
+            break;
+        }
     }
 }
 
@@ -608,32 +653,13 @@ struct DeltaStream {
     types: HashMap<Kind, DeltaType>,
 }
 
-impl DeltaStream {
-    async fn run(mut self, mut inbound: Streaming<DeltaDiscoveryRequest>) {
-        let mut changes = self.out.catalog().subscribe();
-        changes.borrow_and_update();
-        let mut last_rev = self.out.catalog().revision();
-        let mut shutdown = self.out.shared.shutdown.subscribe();
-        loop {
-            let step = tokio::select! {
-                _ = stopped(&mut shutdown) => Err(Stop),
-                msg = inbound.message() => match msg {
-                    Ok(Some(req)) => self.on_request(req).await,
-                    Ok(None) => Err(Stop),
-                    Err(status) => {
-                        debug!(stream = self.out.id(), node = %self.out.node, error = %status, "delta ADS stream read failed");
-                        Err(self.out.end_with(status).await)
-                    }
-                },
-                r = changes.changed() => match r {
-                    Ok(()) => self.on_change(&mut last_rev).await,
-                    Err(_) => Err(Stop),
-                },
-            };
-            if step.is_err() {
-                break;
-            }
-        }
+impl AdsStream for DeltaStream {
+    type Req = DeltaDiscoveryRequest;
+    type Resp = DeltaDiscoveryResponse;
+    const FLAVOUR: &'static str = "delta";
+
+    fn out(&mut self) -> &mut Outbound<Self::Resp> {
+        &mut self.out
     }
 
     async fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Stop> {
@@ -775,7 +801,9 @@ impl DeltaStream {
         }
         Ok(())
     }
+}
 
+impl DeltaStream {
     /// Sends a batch as one response, or several when it would not fit `max_message_bytes`.
     async fn flush(&mut self, kind: Kind, rev: u64, batch: DeltaBatch) -> Result<(), Stop> {
         if batch.resources.is_empty() && batch.removed.is_empty() {
@@ -850,32 +878,13 @@ struct SotwStream {
     types: HashMap<Kind, SotwType>,
 }
 
-impl SotwStream {
-    async fn run(mut self, mut inbound: Streaming<DiscoveryRequest>) {
-        let mut changes = self.out.catalog().subscribe();
-        changes.borrow_and_update();
-        let mut last_rev = self.out.catalog().revision();
-        let mut shutdown = self.out.shared.shutdown.subscribe();
-        loop {
-            let step = tokio::select! {
-                _ = stopped(&mut shutdown) => Err(Stop),
-                msg = inbound.message() => match msg {
-                    Ok(Some(req)) => self.on_request(req).await,
-                    Ok(None) => Err(Stop),
-                    Err(status) => {
-                        debug!(stream = self.out.id(), node = %self.out.node, error = %status, "SotW ADS stream read failed");
-                        Err(self.out.end_with(status).await)
-                    }
-                },
-                r = changes.changed() => match r {
-                    Ok(()) => self.on_change(&mut last_rev).await,
-                    Err(_) => Err(Stop),
-                },
-            };
-            if step.is_err() {
-                break;
-            }
-        }
+impl AdsStream for SotwStream {
+    type Req = DiscoveryRequest;
+    type Resp = DiscoveryResponse;
+    const FLAVOUR: &'static str = "SotW";
+
+    fn out(&mut self) -> &mut Outbound<Self::Resp> {
+        &mut self.out
     }
 
     async fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), Stop> {
@@ -969,7 +978,9 @@ impl SotwStream {
         }
         Ok(())
     }
+}
 
+impl SotwStream {
     /// Sends the whole current state of `kind`; unless `force`, only when it differs from the
     /// last response.
     async fn respond(&mut self, kind: Kind, force: bool) -> Result<(), Stop> {
