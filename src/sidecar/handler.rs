@@ -287,7 +287,7 @@ impl SidecarCore {
 
     async fn forward(
         &self,
-        endpoint: &Endpoint,
+        addr: &str,
         connect_timeout: Option<Duration>,
         req: RemotingCommand,
         timeout: Duration,
@@ -295,13 +295,13 @@ impl SidecarCore {
         let (code, opaque) = (req.code(), req.opaque());
         if req.is_oneway() {
             // No answer comes back; the caller discards what we return.
-            self.upstreams.send_oneway(&endpoint.address, req).await?;
+            self.upstreams.send_oneway(addr, req).await?;
             return Ok(RemotingCommand::request(code));
         }
         let start = Instant::now();
         let r = self
             .upstreams
-            .invoke(&endpoint.address, req, timeout, connect_timeout)
+            .invoke(addr, req, timeout, connect_timeout)
             .await;
         self.stats.upstream_rq_time(code, start.elapsed());
         match r {
@@ -443,7 +443,12 @@ impl SidecarCore {
                 attempt.ext_mut().put(k_queue, local);
             }
             match self
-                .forward(ep, cluster_timeout, attempt, self.cfg.request_timeout)
+                .forward(
+                    &ep.address,
+                    cluster_timeout,
+                    attempt,
+                    self.cfg.request_timeout,
+                )
                 .await
             {
                 Ok(mut resp) => {
@@ -522,7 +527,12 @@ impl SidecarCore {
         let poll = Duration::from_millis(u64::try_from(h.poll_time).unwrap_or(0).min(60_000));
         if let Some(ep) = named {
             let resp = self
-                .forward(ep, cluster_timeout, req, self.cfg.request_timeout + poll)
+                .forward(
+                    &ep.address,
+                    cluster_timeout,
+                    req,
+                    self.cfg.request_timeout + poll,
+                )
                 .await
                 .map_err(upstream_reject)?;
             return Ok(stamp_pop_handles(resp, &ep.broker_name));
@@ -538,7 +548,12 @@ impl SidecarCore {
                 req.ext_mut().put("queueId", q);
             }
             let resp = self
-                .forward(ep, cluster_timeout, req, self.cfg.request_timeout + poll)
+                .forward(
+                    &ep.address,
+                    cluster_timeout,
+                    req,
+                    self.cfg.request_timeout + poll,
+                )
                 .await
                 .map_err(upstream_reject)?;
             return Ok(stamp_pop_handles(resp, &ep.broker_name));
@@ -566,7 +581,12 @@ impl SidecarCore {
             quick.ext_mut().put("pollTime", 0);
             for ep in &order {
                 match self
-                    .forward(ep, cluster_timeout, quick.clone(), self.cfg.request_timeout)
+                    .forward(
+                        &ep.address,
+                        cluster_timeout,
+                        quick.clone(),
+                        self.cfg.request_timeout,
+                    )
                     .await
                 {
                     Ok(resp) if resp.code() == response_code::SUCCESS => {
@@ -581,7 +601,12 @@ impl SidecarCore {
         }
         let ep = order[0];
         let resp = self
-            .forward(ep, cluster_timeout, req, self.cfg.request_timeout + poll)
+            .forward(
+                &ep.address,
+                cluster_timeout,
+                req,
+                self.cfg.request_timeout + poll,
+            )
             .await
             .map_err(upstream_reject)?;
         Ok(stamp_pop_handles(resp, &ep.broker_name))
@@ -644,7 +669,7 @@ impl SidecarCore {
         let (ep, timeout) = self
             .broker_endpoint(&topic, &group, &handle.broker_name)
             .await?;
-        self.forward(&ep, timeout, req, self.cfg.request_timeout)
+        self.forward(&ep.address, timeout, req, self.cfg.request_timeout)
             .await
             .map_err(upstream_reject)
     }
@@ -659,7 +684,7 @@ impl SidecarCore {
         let (ep, timeout) = self
             .broker_endpoint(&first.topic, &first.consumer_group, &body.broker_name)
             .await?;
-        self.forward(&ep, timeout, req, self.cfg.request_timeout)
+        self.forward(&ep.address, timeout, req, self.cfg.request_timeout)
             .await
             .map_err(upstream_reject)
     }
@@ -687,17 +712,7 @@ impl SidecarCore {
                 "END_TRANSACTION: broker {addr} of msgId is not an upstream"
             )));
         }
-        let ep = Endpoint {
-            address: addr,
-            broker_name: String::new(),
-            broker_id: 0,
-            cluster_name: String::new(),
-            perm: 0,
-            read_queue_num: 0,
-            write_queue_num: 0,
-            lb: Default::default(),
-        };
-        self.forward(&ep, None, req, self.cfg.request_timeout)
+        self.forward(&addr, None, req, self.cfg.request_timeout)
             .await
             .map_err(upstream_reject)
     }
