@@ -193,17 +193,6 @@ impl Resources {
             })
             .collect()
     }
-
-    /// Rough heap footprint, for introspection and the scale report.
-    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
-        BTreeMap::from([
-            ("virtual_hosts", self.vhosts.len()),
-            ("clusters", self.clusters.len()),
-            ("load_assignments", self.load_assignments.len()),
-            ("missing_virtual_hosts", self.missing_vhosts.len()),
-            ("missing_clusters", self.missing_clusters.len()),
-        ])
-    }
 }
 
 /// Builds a snapshot of `topics` from `res`. Topics still waiting are left out.

@@ -452,45 +452,24 @@ impl XdsClient {
 }
 
 fn dump(res: &Resources) -> Vec<DumpedResource> {
+    fn add<T: Serialize>(
+        out: &mut Vec<DumpedResource>,
+        type_url: &'static str,
+        held: &HashMap<String, Held<T>>,
+    ) {
+        out.extend(held.iter().map(|(name, h)| DumpedResource {
+            type_url,
+            name: name.clone(),
+            version: h.version.clone(),
+            resource: serde_json::to_value(&*h.value).unwrap_or(serde_json::Value::Null),
+        }));
+    }
     let mut out = Vec::new();
-    let json = |v: &dyn erased::Ser| v.to_json();
-    for (n, v) in &res.vhosts {
-        out.push(DumpedResource {
-            type_url: VIRTUAL_HOST_TYPE,
-            name: n.clone(),
-            version: v.version.clone(),
-            resource: json(&*v.value),
-        });
-    }
-    for (n, c) in &res.clusters {
-        out.push(DumpedResource {
-            type_url: CLUSTER_TYPE,
-            name: n.clone(),
-            version: c.version.clone(),
-            resource: json(&*c.value),
-        });
-    }
-    for (n, l) in &res.load_assignments {
-        out.push(DumpedResource {
-            type_url: LOAD_ASSIGNMENT_TYPE,
-            name: n.clone(),
-            version: l.version.clone(),
-            resource: json(&*l.value),
-        });
-    }
+    add(&mut out, VIRTUAL_HOST_TYPE, &res.vhosts);
+    add(&mut out, CLUSTER_TYPE, &res.clusters);
+    add(&mut out, LOAD_ASSIGNMENT_TYPE, &res.load_assignments);
     out.sort_by(|a, b| (a.type_url, &a.name).cmp(&(b.type_url, &b.name)));
     out
-}
-
-mod erased {
-    pub trait Ser {
-        fn to_json(&self) -> serde_json::Value;
-    }
-    impl<T: serde::Serialize> Ser for T {
-        fn to_json(&self) -> serde_json::Value {
-            serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
-        }
-    }
 }
 
 // =============================================================================================
@@ -841,45 +820,30 @@ impl Task {
     /// The first request of a stream for one type: every name held or wanted, with versions.
     fn delta_initial(&self, type_url: &str) -> Option<DeltaDiscoveryRequest> {
         let rc = &self.inner.cfg.route_config;
-        let (names, versions): (Vec<String>, BTreeMap<String, String>) = match type_url {
+        fn held_versions<T>(
+            names: &[String],
+            held: &HashMap<String, Held<T>>,
+        ) -> BTreeMap<String, String> {
+            names
+                .iter()
+                .filter_map(|n| held.get(n).map(|h| (n.clone(), h.version.clone())))
+                .collect()
+        }
+        let (names, versions) = match type_url {
             VIRTUAL_HOST_TYPE => {
                 let names: Vec<String> = self.topics.keys().map(|t| vhds_name(rc, t)).collect();
-                let versions = names
-                    .iter()
-                    .filter_map(|n| {
-                        self.res
-                            .vhosts
-                            .get(n)
-                            .map(|v| (n.clone(), v.version.clone()))
-                    })
-                    .collect();
-                (names, versions)
+                let v = held_versions(&names, &self.res.vhosts);
+                (names, v)
             }
             CLUSTER_TYPE => {
                 let names: Vec<String> = self.clusters.iter().cloned().collect();
-                let versions = names
-                    .iter()
-                    .filter_map(|n| {
-                        self.res
-                            .clusters
-                            .get(n)
-                            .map(|v| (n.clone(), v.version.clone()))
-                    })
-                    .collect();
-                (names, versions)
+                let v = held_versions(&names, &self.res.clusters);
+                (names, v)
             }
             _ => {
                 let names: Vec<String> = self.load_assignments.iter().cloned().collect();
-                let versions = names
-                    .iter()
-                    .filter_map(|n| {
-                        self.res
-                            .load_assignments
-                            .get(n)
-                            .map(|v| (n.clone(), v.version.clone()))
-                    })
-                    .collect();
-                (names, versions)
+                let v = held_versions(&names, &self.res.load_assignments);
+                (names, v)
             }
         };
         if names.is_empty() {
