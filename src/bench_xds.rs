@@ -253,12 +253,8 @@ async fn register(
     topics: &[String],
     perm: i32,
 ) -> Result<crate::remoting::RemotingClient> {
-    use rocketmesh_filters::codec::body::{
-        RegisterBrokerBody, TopicConfig, TopicConfigSerializeWrapper,
-    };
-    use rocketmesh_filters::codec::codes::{request_code, response_code};
-    use rocketmesh_filters::codec::headers::RegisterBrokerRequestHeader;
-    use rocketmesh_filters::codec::RemotingCommand;
+    use rocketmesh_filters::codec::body::{TopicConfig, TopicConfigSerializeWrapper};
+    use rocketmesh_filters::codec::codes::response_code;
 
     let mut wrapper = TopicConfigSerializeWrapper::default();
     for t in topics {
@@ -268,27 +264,12 @@ async fn register(
         cfg.write_queue_nums = 4;
         wrapper.topic_config_table.insert(t.clone(), cfg);
     }
-    let body = RegisterBrokerBody {
-        topic_config_serialize_wrapper: wrapper,
-        filter_server_list: Vec::new(),
-    }
-    .encode(true)
-    .context("encoding the registration")?;
-    let header = RegisterBrokerRequestHeader {
-        broker_name: name.into(),
-        broker_addr: addr.into(),
-        cluster_name: "DefaultCluster".into(),
-        ha_server_addr: addr.into(),
-        broker_id: 0,
-        compressed: Some(true),
-        body_crc32: Some((crc32fast::hash(&body) & 0x7FFF_FFFF) as i32),
-        ..RegisterBrokerRequestHeader::default()
-    };
+    let req =
+        crate::broker::register::register_request(name, addr, "DefaultCluster", wrapper, true)
+            .context("encoding the registration")?;
     let client =
         crate::remoting::RemotingClient::connect_timeout(namesrv, Duration::from_secs(5), None)
             .await?;
-    let req = RemotingCommand::request_with_header(request_code::REGISTER_BROKER, &header)
-        .with_body(body);
     let resp = client.invoke(req, Duration::from_secs(60)).await?;
     if resp.code() != response_code::SUCCESS {
         bail!("REGISTER_BROKER refused: {:?}", resp.remark());

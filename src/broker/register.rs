@@ -6,11 +6,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rocketmesh_filters::codec::body::RegisterBrokerBody;
+use rocketmesh_filters::codec::body::{BodyError, RegisterBrokerBody, TopicConfigSerializeWrapper};
 use rocketmesh_filters::codec::codes::{request_code, response_code};
 use rocketmesh_filters::codec::headers::{
     RegisterBrokerRequestHeader, UnregisterBrokerRequestHeader,
 };
+use rocketmesh_filters::codec::message::body_crc;
 use rocketmesh_filters::codec::RemotingCommand;
 use tokio_util::sync::CancellationToken;
 
@@ -22,27 +23,45 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 const MIN_GAP: Duration = Duration::from_millis(50);
 
 fn register_command(broker: &Broker) -> RemotingCommand {
-    let body = RegisterBrokerBody {
-        topic_config_serialize_wrapper: broker.topics.snapshot(),
-        filter_server_list: Vec::new(),
-    }
-    .to_json();
-    let header = RegisterBrokerRequestHeader {
-        broker_name: broker.config.name.clone(),
-        broker_addr: broker.config.advertise.to_string(),
-        cluster_name: broker.config.cluster.clone(),
-        ha_server_addr: broker.config.advertise.to_string(),
-        broker_id: 0,
-        compressed: Some(false),
-        body_crc32: Some(crc32(&body)),
-        ..RegisterBrokerRequestHeader::default()
-    };
-    RemotingCommand::request_with_header(request_code::REGISTER_BROKER, &header).with_body(body)
+    let addr = broker.config.advertise.to_string();
+    register_request(
+        &broker.config.name,
+        &addr,
+        &broker.config.cluster,
+        broker.topics.snapshot(),
+        false,
+    )
+    .expect("an uncompressed registration body always encodes")
 }
 
-/// Java's `UtilAll.crc32`: CRC-32 masked to a non-negative int.
-fn crc32(bytes: &[u8]) -> i32 {
-    (crc32fast::hash(bytes) & 0x7FFF_FFFF) as i32
+/// A REGISTER_BROKER request of master `name` at `addr` with its topic table, the body JSON or
+/// (`compressed`, as 5.x brokers with many topics send it) deflated, with its crc32.
+pub fn register_request(
+    name: &str,
+    addr: &str,
+    cluster: &str,
+    topics: TopicConfigSerializeWrapper,
+    compressed: bool,
+) -> Result<RemotingCommand, BodyError> {
+    let body = RegisterBrokerBody {
+        topic_config_serialize_wrapper: topics,
+        filter_server_list: Vec::new(),
+    }
+    .encode(compressed)?;
+    let header = RegisterBrokerRequestHeader {
+        broker_name: name.to_owned(),
+        broker_addr: addr.to_owned(),
+        cluster_name: cluster.to_owned(),
+        ha_server_addr: addr.to_owned(),
+        broker_id: 0,
+        compressed: Some(compressed),
+        body_crc32: Some(body_crc(&body)),
+        ..RegisterBrokerRequestHeader::default()
+    };
+    Ok(
+        RemotingCommand::request_with_header(request_code::REGISTER_BROKER, &header)
+            .with_body(body),
+    )
 }
 
 async fn register_once(

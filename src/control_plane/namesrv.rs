@@ -382,11 +382,6 @@ fn broker_data(name: &str, g: &Group) -> BrokerData {
     }
 }
 
-/// Java's `UtilAll.crc32`: CRC-32 masked to a non-negative int.
-fn crc32(bytes: &[u8]) -> i32 {
-    (crc32fast::hash(bytes) & 0x7FFF_FFFF) as i32
-}
-
 /// The nameserver: registry, catalog feed and request handler.
 pub struct NameServer {
     catalog: Arc<Catalog>,
@@ -515,7 +510,7 @@ impl NameServer {
         };
         let body = req.body();
         if let Some(expected) = h.body_crc32.filter(|c| *c != 0) {
-            if crc32(body) != expected {
+            if rocketmesh_filters::codec::message::body_crc(body) != expected {
                 tracing::warn!(addr = %h.broker_addr, "REGISTER_BROKER body crc32 mismatch");
                 return self.error(req, code::SYSTEM_ERROR, "crc32 not match");
             }

@@ -37,7 +37,7 @@ pub use patch::{
 };
 pub use properties::{keys as property_keys, Properties};
 pub use record::{
-    decode_record, decode_records, encode_record, MessageExt, MessageVersion, RecordIter,
+    body_crc, decode_record, decode_records, encode_record, MessageExt, MessageVersion, RecordIter,
     RecordView, BLANK_MAGIC_CODE,
 };
 pub use sysflag::{is_compressed, CompressionType};
