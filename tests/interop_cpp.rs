@@ -4,6 +4,7 @@
 //! server too. The venv, child processes and driver runs are in `tests/interop/mod.rs`; the driver
 //! script is `tests/interop/sdk.py`.
 
+mod common;
 mod interop;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

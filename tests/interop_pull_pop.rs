@@ -20,6 +20,7 @@
 //! Consumers of one group run until the test has seen every message (their `GOT` lines as they
 //! happen), then stop together (`--stop-file`); their RESULT records decide the assertions.
 
+mod common;
 mod interop;
 
 use std::collections::{BTreeMap, BTreeSet};

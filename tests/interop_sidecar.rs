@@ -13,6 +13,7 @@
 //! (our own client: the C++ client only knows Pull, not translated yet) returns every message
 //! exactly once.
 
+mod common;
 mod interop;
 
 use std::collections::{BTreeMap, BTreeSet};

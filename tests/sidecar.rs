@@ -3,6 +3,9 @@
 //! started through their `start` functions. Clients speak Remoting to the sidecar exactly as an
 //! SDK would: every broker address they learn is the sidecar's.
 
+mod common;
+
+use common::{create_topic, free_port};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,32 +68,6 @@ async fn start_broker(name: &str, test: &str, namesrv: Option<SocketAddr>) -> Br
     cfg.namesrv = namesrv;
     cfg.register_interval = Duration::from_secs(1);
     broker::start(cfg).await.unwrap()
-}
-
-/// Creates (or updates) `topic` on a broker with `perm` and `queues` read and write queues.
-async fn create_topic(broker: SocketAddr, topic: &str, perm: i32, queues: i32) {
-    let client = RemotingClient::connect_timeout(broker, T, None)
-        .await
-        .unwrap();
-    let h = CreateTopicRequestHeader {
-        topic: topic.into(),
-        default_topic: "TBW102".into(),
-        read_queue_nums: queues,
-        write_queue_nums: queues,
-        perm,
-        topic_filter_type: "SINGLE_TAG".into(),
-        order: false,
-        ..Default::default()
-    };
-    let resp = client
-        .invoke(
-            RemotingCommand::request_with_header(rc::UPDATE_AND_CREATE_TOPIC, &h),
-            T,
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.code(), response_code::SUCCESS, "{:?}", resp.remark());
-    client.close();
 }
 
 fn sidecar_config(xds: Option<SocketAddr>) -> SidecarConfig {
@@ -1256,14 +1233,6 @@ async fn admin_reports_readiness_stats_and_config() {
 // ---------------------------------------------------------------------------------------------
 // The binary: SIGTERM ends the process even while the xDS server never answered.
 // ---------------------------------------------------------------------------------------------
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_exits_on_sigterm_before_xds_answers() {

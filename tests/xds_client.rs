@@ -4,6 +4,9 @@
 //! Each test starts its own control plane (ports picked free), brokers in-process (registering over
 //! Remoting like any broker would), and an in-process `XdsClient` (what the sidecar embeds).
 
+mod common;
+
+use common::{create_topic, free_port};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -11,10 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rocketmesh::broker::{self, BrokerConfig, BrokerHandle};
-use rocketmesh::remoting::RemotingClient;
-use rocketmesh_filters::codec::codes::{request_code as rc, response_code};
-use rocketmesh_filters::codec::headers::CreateTopicRequestHeader;
-use rocketmesh_filters::codec::RemotingCommand;
 use rocketmesh_xds::client::{ClientConfig, RouteError, XdsClient, XdsMode};
 use rocketmesh_xds::model::{RouteRequest, TopicRoute};
 
@@ -84,14 +83,6 @@ impl Drop for ControlPlane {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("rocketmesh-xds-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -107,32 +98,6 @@ async fn start_broker(name: &str, test: &str, namesrv: SocketAddr) -> BrokerHand
     cfg.namesrv = Some(namesrv);
     cfg.register_interval = Duration::from_secs(1);
     broker::start(cfg).await.unwrap()
-}
-
-/// Creates (or updates) `topic` on a broker with `perm`; the broker re-registers at once.
-async fn create_topic(broker: SocketAddr, topic: &str, perm: i32, queues: i32) {
-    let client = RemotingClient::connect_timeout(broker, T, None)
-        .await
-        .unwrap();
-    let h = CreateTopicRequestHeader {
-        topic: topic.into(),
-        default_topic: "TBW102".into(),
-        read_queue_nums: queues,
-        write_queue_nums: queues,
-        perm,
-        topic_filter_type: "SINGLE_TAG".into(),
-        order: false,
-        ..Default::default()
-    };
-    let resp = client
-        .invoke(
-            RemotingCommand::request_with_header(rc::UPDATE_AND_CREATE_TOPIC, &h),
-            T,
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.code(), response_code::SUCCESS, "{:?}", resp.remark());
-    client.close();
 }
 
 fn client(xds: SocketAddr, mode: XdsMode) -> XdsClient {

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use rocketmesh::remoting::RemotingClient;
 use rocketmesh_filters::codec::body::TopicRouteData;
 use rocketmesh_filters::codec::codes::{request_code, response_code};
-use rocketmesh_filters::codec::headers::{CreateTopicRequestHeader, GetRouteInfoRequestHeader};
+use rocketmesh_filters::codec::headers::GetRouteInfoRequestHeader;
 use rocketmesh_filters::codec::RemotingCommand;
 use serde_json::Value;
 
@@ -137,11 +137,7 @@ pub fn python() -> PathBuf {
 
 /// A loopback port that was free a moment ago (bind :0, read, close).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    super::common::free_port()
 }
 
 // ----- child processes -----
@@ -592,25 +588,7 @@ pub async fn call(c: &RemotingClient, req: RemotingCommand) -> RemotingCommand {
 
 /// UPDATE_AND_CREATE_TOPIC on one broker: `queues` read and write queues, read-write.
 pub async fn create_topic(broker: SocketAddr, topic: &str, queues: i32) {
-    let c = connect(broker).await;
-    let h = CreateTopicRequestHeader {
-        topic: topic.into(),
-        default_topic: "TBW102".into(),
-        read_queue_nums: queues,
-        write_queue_nums: queues,
-        perm: 6,
-        topic_filter_type: "SINGLE_TAG".into(),
-        topic_sys_flag: None,
-        order: false,
-        attributes: None,
-    };
-    let r = call(
-        &c,
-        RemotingCommand::request_with_header(request_code::UPDATE_AND_CREATE_TOPIC, &h),
-    )
-    .await;
-    assert_eq!(r.code(), response_code::SUCCESS, "create topic: {r:?}");
-    c.close();
+    super::common::create_topic(broker, topic, 6, queues).await;
 }
 
 /// The route answer as an SDK gets it from `sidecar` (or any name server), and its parsed body.
