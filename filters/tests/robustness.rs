@@ -5,9 +5,8 @@
 //! more memory than the frame limit: a counting global allocator (test-only) measures the peak.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use bytes::BytesMut;
 use proptest::prelude::*;
@@ -16,40 +15,56 @@ use rocketmesh_filters::codec::frame::encode_to_bytes;
 use rocketmesh_filters::codec::{CodecError, FrameLimits, RemotingCodec, SerializeType};
 use tokio_util::codec::Decoder;
 
-/// Counts live heap bytes and the peak since the last reset. The only `unsafe` here forwards to
-/// the system allocator unchanged.
+/// Counts the heap bytes the measuring thread allocates and their peak while it measures. The
+/// counters are per thread: the harness runs other tests on other threads at the same time, and
+/// their allocations must not count. The only `unsafe` here forwards to the system allocator
+/// unchanged.
 struct Counting;
 
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-/// Allocation measurements must not overlap: the test harness runs tests on several threads.
-static MEASURE: Mutex<()> = Mutex::new(());
+thread_local! {
+    static MEASURING: Cell<bool> = const { Cell::new(false) };
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+}
+
+fn account(delta: isize) {
+    // try_with: the allocator also runs while a thread's locals are being torn down.
+    let _ = MEASURING.try_with(|m| {
+        if m.get() {
+            let live = LIVE.with(|l| {
+                l.set(l.get() + delta);
+                l.get()
+            });
+            PEAK.with(|p| p.set(p.get().max(live)));
+        }
+    });
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
+            account(layout.size() as isize);
         }
         p
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        account(-(layout.size() as isize));
     }
 }
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-/// Runs `f` and returns the peak of live heap bytes above the starting level while it ran.
+/// Runs `f` and returns the peak of live heap bytes it allocated on this thread while it ran.
 fn peak_during(f: impl FnOnce()) -> usize {
-    let _guard = MEASURE.lock().unwrap_or_else(|e| e.into_inner());
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
+    LIVE.with(|l| l.set(0));
+    PEAK.with(|p| p.set(0));
+    MEASURING.with(|m| m.set(true));
     f();
-    PEAK.load(Ordering::Relaxed).saturating_sub(base)
+    MEASURING.with(|m| m.set(false));
+    PEAK.with(|p| p.get()).max(0) as usize
 }
 
 const SMALL: usize = 64 * 1024;
@@ -317,4 +332,13 @@ proptest! {
         let peak = peak_during(|| { drive(&input, chunk, small_limits()); });
         prop_assert!(peak < 8 * SMALL, "peak {}", peak);
     }
+}
+
+#[test]
+fn the_counter_sees_this_threads_allocations() {
+    let peak = peak_during(|| {
+        let v = vec![0u8; 100_000];
+        std::hint::black_box(&v);
+    });
+    assert!((100_000..200_000).contains(&peak), "peak {peak}");
 }
