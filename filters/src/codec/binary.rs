@@ -57,8 +57,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn string(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+fn string(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
 }
 
 /// Decodes a binary header. Truncated Pop-family request codes are mapped back to their canonical
@@ -76,7 +76,7 @@ pub(crate) fn decode(header: &[u8]) -> Result<HeaderFields, String> {
     let remark_len = r.len32("remarkLen")?;
     let remark = match remark_len {
         0 => None,
-        n => Some(string(r.take(n, "remark")?)),
+        n => Some(string(r.take(n, "remark")?).into_owned()),
     };
     let ext_len = r.len32("extLen")?;
     let block = r.take(ext_len, "extFields block")?;

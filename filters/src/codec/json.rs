@@ -140,38 +140,92 @@ impl<'de> Visitor<'de> for Language {
     }
 }
 
+/// A decoded string: borrowed from the header bytes when it has no escapes (the usual case), so
+/// decoding an ext field allocates nothing beyond the [`ExtFields`] arena.
+enum Text<'de> {
+    Borrowed(&'de str),
+    Owned(String),
+}
+
+impl AsRef<str> for Text<'_> {
+    fn as_ref(&self) -> &str {
+        match self {
+            Text::Borrowed(s) => s,
+            Text::Owned(s) => s,
+        }
+    }
+}
+
+impl Text<'_> {
+    fn into_owned(self) -> String {
+        match self {
+            Text::Borrowed(s) => s.to_owned(),
+            Text::Owned(s) => s,
+        }
+    }
+}
+
+/// An ext key: a JSON string.
+struct KeyText;
+
+impl<'de> DeserializeSeed<'de> for KeyText {
+    type Value = Text<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Text<'de>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyText {
+    type Value = Text<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string key")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Text::Borrowed(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Text::Owned(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Text::Owned(v))
+    }
+}
+
 /// A scalar coerced to the string fastjson would produce; `None` for JSON null.
 struct Scalar;
 
 impl<'de> DeserializeSeed<'de> for Scalar {
-    type Value = Option<String>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<String>, D::Error> {
+    type Value = Option<Text<'de>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for Scalar {
-    type Value = Option<String>;
+    type Value = Option<Text<'de>>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Some(Text::Borrowed(v)))
+    }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Some(v.to_owned()))
+        Ok(Some(Text::Owned(v.to_owned())))
     }
     fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Some(v))
+        Ok(Some(Text::Owned(v)))
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(Some(v.to_string()))
+        Ok(Some(Text::Owned(v.to_string())))
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(Some(v.to_string()))
+        Ok(Some(Text::Owned(v.to_string())))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(Some(v.to_string()))
+        Ok(Some(Text::Owned(v.to_string())))
     }
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(Some(if v { "true" } else { "false" }.to_owned()))
+        Ok(Some(Text::Borrowed(if v { "true" } else { "false" })))
     }
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
         Ok(None)
@@ -179,12 +233,12 @@ impl<'de> Visitor<'de> for Scalar {
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         let value: serde_json::Value =
             de::Deserialize::deserialize(de::value::MapAccessDeserializer::new(map))?;
-        Ok(Some(value.to_string()))
+        Ok(Some(Text::Owned(value.to_string())))
     }
     fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
         let value: serde_json::Value =
             de::Deserialize::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
-        Ok(Some(value.to_string()))
+        Ok(Some(Text::Owned(value.to_string())))
     }
 }
 
@@ -208,7 +262,7 @@ impl<'de> Visitor<'de> for Ext {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ExtFields, A::Error> {
         let mut ext = ExtFields::with_capacity(map.size_hint().unwrap_or(16).min(64));
-        while let Some(key) = map.next_key::<String>()? {
+        while let Some(key) = map.next_key_seed(KeyText)? {
             if ext.len() >= MAX_EXT_FIELDS {
                 return Err(de::Error::custom(format!(
                     "more than {MAX_EXT_FIELDS} extFields entries"
@@ -242,7 +296,7 @@ impl<'de> Visitor<'de> for HeaderVisitor {
                 Key::Version => fields.version = map.next_value_seed(Int32("version"))?,
                 Key::Opaque => fields.opaque = map.next_value_seed(Int32("opaque"))?,
                 Key::Flag => fields.flag = map.next_value_seed(Int32("flag"))?,
-                Key::Remark => fields.remark = map.next_value_seed(Scalar)?,
+                Key::Remark => fields.remark = map.next_value_seed(Scalar)?.map(Text::into_owned),
                 Key::ExtFields => fields.ext = map.next_value_seed(Ext)?,
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;
