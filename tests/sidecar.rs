@@ -29,7 +29,7 @@ use rocketmesh_filters::codec::message::{
 use rocketmesh_filters::codec::pop::{PopHandle, PopResponseInfo};
 use rocketmesh_filters::codec::{FrameCodec, FrameLimits, RemotingCodec, RemotingCommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Encoder, FramedRead};
 
 /// Deadline of one request or wait step.
@@ -1080,6 +1080,63 @@ async fn a_dead_writable_broker_is_skipped() {
         c.close();
         sc.shutdown().await;
         a.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_broker_times_sends_out_with_a_clear_remark() {
+    bounded(async {
+        // A "broker" that accepts and reads but never answers.
+        let silent = TcpListener::bind(local()).await.unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        let sink = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut s, _)) = silent.accept().await {
+                held.push(tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                }));
+            }
+        });
+        let dir = temp_dir("silent-cfg");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bootstrap.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "clusters:\n  - name: silent\n    endpoints:\n      - address: {silent_addr}\n        broker_name: broker-s\n        broker_id: 0\n        cluster_name: DefaultCluster\n        perm: 6\n        read_queue_num: 2\n        write_queue_num: 2\ntopics:\n  - topic: SilentT\n    cluster: silent\n"
+            ),
+        )
+        .unwrap();
+        let mut cfg = sidecar_config(None);
+        cfg.bootstrap = Some(path);
+        cfg.request_timeout = Duration::from_millis(400);
+        let sc = start_sidecar(cfg).await;
+        let c = connect(sc.addr).await;
+        // The first send opens the upstream connection (the waiting path); the later ones find
+        // it up and are queued without a task of their own; every one is answered in time.
+        for round in 0..2 {
+            let start = Instant::now();
+            let calls = (0..4).map(|i| call(&c, send_v2("SilentT", i % 2, &format!("s{round}{i}"))));
+            for resp in futures_util::future::join_all(calls).await {
+                assert_eq!(resp.code(), response_code::SYSTEM_ERROR);
+                let remark = resp.remark().unwrap_or("");
+                assert!(remark.contains("timed out"), "{remark}");
+                assert!(remark.contains(&silent_addr.to_string()), "{remark}");
+            }
+            let took = start.elapsed();
+            assert!(
+                took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+                "round {round}: {took:?}"
+            );
+        }
+        // The client's connection is still fine.
+        let resp = call(&c, route_request("SilentT", 401)).await;
+        assert_eq!(resp.code(), response_code::SUCCESS);
+        c.close();
+        sc.shutdown().await;
+        sink.abort();
     })
     .await;
 }

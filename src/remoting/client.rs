@@ -7,9 +7,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use rocketmesh_filters::codec::{
@@ -17,7 +18,7 @@ use rocketmesh_filters::codec::{
 };
 use thiserror::Error;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
@@ -51,7 +52,49 @@ pub enum ClientError {
     Encode(#[from] CodecError),
 }
 
-type Pending = Arc<Mutex<HashMap<i32, oneshot::Sender<RemotingCommand>>>>;
+/// What completes a request sent with [`RemotingClient::try_invoke_with`]: called exactly once,
+/// on the connection's reader task, with the response, a timeout or the connection's end. It
+/// must not block (hand the response on, e.g. to a downstream connection's write queue).
+pub trait Completion: Send + 'static {
+    fn complete(self, result: Result<RemotingCommand, ClientError>);
+}
+
+/// How often the reader looks for callbacks past their deadline.
+const SWEEP_EVERY: Duration = Duration::from_millis(50);
+
+/// Who waits for a response.
+enum Waiter {
+    /// An `invoke` call (it keeps its own timer).
+    Reply(oneshot::Sender<RemotingCommand>),
+    /// A callback: no task waits, the reader completes it (or the sweep times it out).
+    Callback(CallbackEntry),
+}
+
+struct CallbackEntry {
+    deadline: Instant,
+    code: i32,
+    timeout: Duration,
+    done: Box<dyn FnOnce(Result<RemotingCommand, ClientError>) + Send>,
+    /// The request's in-flight slot, released with the entry.
+    _slot: OwnedSemaphorePermit,
+}
+
+#[derive(Default)]
+struct PendingMap {
+    waiters: HashMap<i32, Waiter>,
+    /// Callback entries among `waiters` (the sweep is skipped when 0).
+    callbacks: AtomicUsize,
+}
+
+type Pending = Arc<Mutex<PendingMap>>;
+
+impl std::fmt::Debug for PendingMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingMap")
+            .field("waiters", &self.waiters.len())
+            .finish()
+    }
+}
 
 /// One client connection. Cheap to clone; the connection closes when the last clone is dropped
 /// or [`RemotingClient::close`] is called.
@@ -66,7 +109,7 @@ struct Inner {
     next_opaque: AtomicI32,
     pending: Pending,
     out: mpsc::Sender<RemotingCommand>,
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
     closed: CancellationToken,
     close_reason: Arc<Mutex<Option<String>>>,
 }
@@ -128,23 +171,33 @@ impl RemotingClient {
             }
         });
 
-        // Reader: complete pending calls, forward peer requests.
+        // Reader: complete pending calls, forward peer requests, time out late callbacks.
         let r_pending = pending.clone();
         let r_closed = closed.clone();
         let r_reason = close_reason.clone();
         tokio::spawn(async move {
             // Raw frames, headers parsed here: FramedRead ends the stream after any decoder error.
             let mut frames = FramedRead::new(read, FrameCodec::default());
+            let mut sweep = tokio::time::interval(SWEEP_EVERY);
+            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let next = tokio::select! {
                     f = frames.next() => f,
+                    _ = sweep.tick() => {
+                        sweep_expired(&r_pending, addr);
+                        continue;
+                    }
                     () = r_closed.cancelled() => break,
                 };
                 match next.map(|r| r.and_then(RemotingCodec::parse_frame)) {
                     Some(Ok(cmd)) if cmd.is_response() => {
-                        let waiter = lock(&r_pending).remove(&cmd.opaque());
-                        if let Some(tx) = waiter {
-                            let _ = tx.send(cmd);
+                        let waiter = take_waiter(&r_pending, cmd.opaque());
+                        match waiter {
+                            Some(Waiter::Reply(tx)) => {
+                                let _ = tx.send(cmd);
+                            }
+                            Some(Waiter::Callback(entry)) => (entry.done)(Ok(cmd)),
+                            None => {}
                         }
                     }
                     Some(Ok(cmd)) => {
@@ -167,7 +220,20 @@ impl RemotingClient {
             }
             r_closed.cancel();
             // Fail every waiter at once rather than letting each time out.
-            lock(&r_pending).clear();
+            let waiters: Vec<Waiter> = {
+                let mut p = lock(&r_pending);
+                p.callbacks.store(0, Ordering::Relaxed);
+                p.waiters.drain().map(|(_, w)| w).collect()
+            };
+            let reason = lock(&r_reason).clone().unwrap_or_else(|| "closed".into());
+            for w in waiters {
+                if let Waiter::Callback(entry) = w {
+                    (entry.done)(Err(ClientError::Closed {
+                        addr,
+                        reason: reason.clone(),
+                    }));
+                }
+            }
         });
 
         Self {
@@ -176,7 +242,7 @@ impl RemotingClient {
                 next_opaque: AtomicI32::new(1),
                 pending,
                 out,
-                slots: Semaphore::new(DEFAULT_MAX_IN_FLIGHT),
+                slots: Arc::new(Semaphore::new(DEFAULT_MAX_IN_FLIGHT)),
                 closed,
                 close_reason,
             }),
@@ -224,7 +290,9 @@ impl RemotingClient {
         let opaque = self.inner.next_opaque.fetch_add(1, Ordering::Relaxed);
         cmd.set_opaque(opaque);
         let (tx, rx) = oneshot::channel();
-        lock(&self.inner.pending).insert(opaque, tx);
+        lock(&self.inner.pending)
+            .waiters
+            .insert(opaque, Waiter::Reply(tx));
         let guard = PendingGuard {
             pending: &self.inner.pending,
             opaque,
@@ -246,6 +314,48 @@ impl RemotingClient {
                 timeout,
             }),
         }
+    }
+
+    /// Sends a request without waiting for it: `done` is completed later by the connection's
+    /// reader (the response, [`ClientError::Timeout`] about `timeout` after now, or
+    /// [`ClientError::Closed`]). No task and no timer per request, which is what the sidecar's
+    /// send path needs. When the request cannot be queued right now (connection closed, all
+    /// in-flight slots taken, write queue full) nothing is sent and both are handed back.
+    #[allow(clippy::result_large_err)]
+    pub fn try_invoke_with<C: Completion>(
+        &self,
+        mut cmd: RemotingCommand,
+        timeout: Duration,
+        done: C,
+    ) -> Result<(), (RemotingCommand, C)> {
+        if self.is_closed() {
+            return Err((cmd, done));
+        }
+        let Ok(slot) = self.inner.slots.clone().try_acquire_owned() else {
+            return Err((cmd, done));
+        };
+        // Reserve the write queue first: once the callback is registered, the request goes out.
+        let permit = match self.inner.out.try_reserve() {
+            Ok(p) => p,
+            Err(_) => return Err((cmd, done)),
+        };
+        let code = cmd.code();
+        let opaque = self.inner.next_opaque.fetch_add(1, Ordering::Relaxed);
+        cmd.set_opaque(opaque);
+        let entry = CallbackEntry {
+            deadline: Instant::now() + timeout,
+            code,
+            timeout,
+            done: Box::new(move |r| done.complete(r)),
+            _slot: slot,
+        };
+        {
+            let mut p = lock(&self.inner.pending);
+            p.waiters.insert(opaque, Waiter::Callback(entry));
+            p.callbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        permit.send(cmd);
+        Ok(())
     }
 
     /// Sends a oneway request (flag bit 1 set); no response is expected.
@@ -277,7 +387,52 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        lock(self.pending).remove(&self.opaque);
+        lock(self.pending).waiters.remove(&self.opaque);
+    }
+}
+
+/// Removes the waiter of `opaque`, keeping the callback count right.
+fn take_waiter(pending: &Pending, opaque: i32) -> Option<Waiter> {
+    let mut p = lock(pending);
+    let w = p.waiters.remove(&opaque);
+    if matches!(w, Some(Waiter::Callback(_))) {
+        p.callbacks.fetch_sub(1, Ordering::Relaxed);
+    }
+    w
+}
+
+/// Completes the callbacks whose deadline has passed with [`ClientError::Timeout`].
+fn sweep_expired(pending: &Pending, addr: SocketAddr) {
+    let expired: Vec<CallbackEntry> = {
+        let mut p = lock(pending);
+        if p.callbacks.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let late: Vec<i32> = p
+            .waiters
+            .iter()
+            .filter_map(|(o, w)| match w {
+                Waiter::Callback(e) if e.deadline <= now => Some(*o),
+                _ => None,
+            })
+            .collect();
+        let mut out = Vec::with_capacity(late.len());
+        for o in late {
+            if let Some(Waiter::Callback(e)) = p.waiters.remove(&o) {
+                out.push(e);
+            }
+        }
+        p.callbacks.fetch_sub(out.len(), Ordering::Relaxed);
+        out
+    };
+    for e in expired {
+        let err = ClientError::Timeout {
+            addr,
+            code: e.code,
+            timeout: e.timeout,
+        };
+        (e.done)(Err(err));
     }
 }
 

@@ -4,7 +4,7 @@
 pub mod client;
 pub mod server;
 
-pub use client::{ClientError, RemotingClient};
+pub use client::{ClientError, Completion, RemotingClient};
 
 use bytes::BytesMut;
 use rocketmesh_filters::codec::{FrameLimits, RemotingCodec, RemotingCommand};
@@ -74,7 +74,7 @@ pub(crate) async fn write_loop(
     let _ = write.shutdown().await;
     failure
 }
-pub use server::{serve, serve_until, Connection, Handler, ServerConfig};
+pub use server::{serve, serve_until, Connection, Handler, RequestSlot, ServerConfig};
 
 #[cfg(test)]
 mod tests;

@@ -23,7 +23,8 @@ use rocketmesh_filters::codec::{
     CodecError, FrameCodec, FrameLimits, RemotingCodec, RemotingCommand, ResponseEncoding,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
@@ -61,9 +62,28 @@ pub trait Handler: Send + Sync + 'static {
         conn: &Arc<Connection>,
     ) -> impl Future<Output = Option<RemotingCommand>> + Send;
 
+    /// Takes `request` without a task of its own when that is possible right now, e.g. by
+    /// queuing it upstream with a callback that answers through [`Connection::deliver`]; hands
+    /// request and slot back otherwise (the default), and the request goes to
+    /// [`Handler::handle`] on a task. Must not block.
+    #[allow(clippy::result_large_err)]
+    fn try_handle_inline(
+        self: &Arc<Self>,
+        request: RemotingCommand,
+        _conn: &Arc<Connection>,
+        slot: RequestSlot,
+    ) -> Result<(), (RemotingCommand, RequestSlot)> {
+        Err((request, slot))
+    }
+
     /// Called once when a connection ends.
     fn on_close(&self, _conn: &Arc<Connection>) {}
 }
+
+/// One of a connection's in-flight request slots (`ServerConfig::max_in_flight`): held until the
+/// request's response is queued for writing, so the write queue cannot overflow.
+#[derive(Debug)]
+pub struct RequestSlot(#[allow(dead_code)] OwnedSemaphorePermit);
 
 /// One client connection, as seen by handlers.
 #[derive(Debug)]
@@ -104,6 +124,22 @@ impl Connection {
     pub fn notify(&self, cmd: RemotingCommand) -> bool {
         let opaque = self.next_opaque.fetch_add(1, Ordering::Relaxed);
         self.out.try_send(cmd.oneway().with_opaque(opaque)).is_ok()
+    }
+
+    /// Queues the response to a request taken by [`Handler::try_handle_inline`] and then frees
+    /// its slot. Never blocks: in the rare case the write queue is full (notifications share it)
+    /// a task waits for room.
+    pub fn deliver(&self, response: RemotingCommand, slot: RequestSlot) {
+        match self.out.try_send(response) {
+            Ok(()) | Err(TrySendError::Closed(_)) => drop(slot),
+            Err(TrySendError::Full(response)) => {
+                let out = self.out.clone();
+                tokio::spawn(async move {
+                    let _ = out.send(response).await;
+                    drop(slot);
+                });
+            }
+        }
     }
 
     /// Sends a request to the client and waits for its response.
@@ -234,6 +270,12 @@ async fn serve_connection<H: Handler>(
                     p = in_flight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                     () = closed.cancelled() => break,
                 };
+                let slot = RequestSlot(permit);
+                let (request, RequestSlot(permit)) =
+                    match handler.try_handle_inline(request, &conn, slot) {
+                        Ok(()) => continue,
+                        Err(back) => back,
+                    };
                 let handler = handler.clone();
                 let conn = conn.clone();
                 tokio::spawn(async move {

@@ -173,3 +173,88 @@ async fn timeouts_and_closed_connections_fail_fast() {
     assert!(started.elapsed() < Duration::from_secs(5));
     peer.await.unwrap();
 }
+
+/// Hands a callback's result to the test.
+struct ToChannel(tokio::sync::oneshot::Sender<Result<RemotingCommand, ClientError>>);
+
+impl Completion for ToChannel {
+    fn complete(self, result: Result<RemotingCommand, ClientError>) {
+        let _ = self.0.send(result);
+    }
+}
+
+fn callback() -> (
+    ToChannel,
+    tokio::sync::oneshot::Receiver<Result<RemotingCommand, ClientError>>,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    (ToChannel(tx), rx)
+}
+
+#[tokio::test]
+async fn callbacks_get_answers_timeouts_and_closes() {
+    // Answered: out of order, each callback with its own response.
+    let (addr, shutdown) = start().await;
+    let client = RemotingClient::connect(addr, None).await.unwrap();
+    let (slow, slow_rx) = callback();
+    let (fast, fast_rx) = callback();
+    client
+        .try_invoke_with(RemotingCommand::request(999), Duration::from_secs(5), slow)
+        .map_err(|_| "queued")
+        .unwrap();
+    let hb = RemotingCommand::request(request_code::HEART_BEAT).with_body(&b"hb"[..]);
+    client
+        .try_invoke_with(hb, Duration::from_secs(5), fast)
+        .map_err(|_| "queued")
+        .unwrap();
+    let fast = fast_rx.await.unwrap().unwrap();
+    assert_eq!(&fast.body()[..], b"hb");
+    assert_eq!(
+        slow_rx.await.unwrap().unwrap().code(),
+        response_code::SUCCESS
+    );
+    shutdown.cancel();
+
+    // Not answered: the sweep times the callback out, near its deadline.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        drop(s);
+    });
+    let client = RemotingClient::connect(addr, None).await.unwrap();
+    let (late, late_rx) = callback();
+    let started = std::time::Instant::now();
+    client
+        .try_invoke_with(
+            RemotingCommand::request(1),
+            Duration::from_millis(100),
+            late,
+        )
+        .map_err(|_| "queued")
+        .unwrap();
+    let err = late_rx.await.unwrap().unwrap_err();
+    assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(100) && took < Duration::from_millis(500),
+        "{took:?}"
+    );
+    // Pending when the peer closes: failed at once, not at its deadline.
+    let (open, open_rx) = callback();
+    let started = std::time::Instant::now();
+    client
+        .try_invoke_with(RemotingCommand::request(1), Duration::from_secs(30), open)
+        .map_err(|_| "queued")
+        .unwrap();
+    let err = open_rx.await.unwrap().unwrap_err();
+    assert!(matches!(err, ClientError::Closed { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    peer.await.unwrap();
+
+    // A closed connection takes nothing and hands the request back.
+    let (refused, _rx) = callback();
+    let back = client.try_invoke_with(RemotingCommand::request(7), Duration::from_secs(1), refused);
+    assert!(matches!(back, Err((cmd, _)) if cmd.code() == 7));
+}

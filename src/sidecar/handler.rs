@@ -50,7 +50,7 @@ use super::groups::Groups;
 use super::pull::PullBridge;
 use super::upstream::{UpstreamError, Upstreams};
 use crate::metrics::{Counter, Gauge, Stats};
-use crate::remoting::{Connection, Handler};
+use crate::remoting::{ClientError, Completion, Connection, Handler, RequestSlot};
 
 /// Settings the handler needs.
 #[derive(Debug, Clone)]
@@ -480,6 +480,122 @@ impl SidecarCore {
         Err(upstream_reject(last_err.expect("at least one attempt")))
     }
 
+    /// The common send, without a task: when the topic's route is at hand and the broker of the
+    /// virtual queue has a live pooled connection, the request is queued there at once and the
+    /// answer goes back to `conn` from the upstream connection's reader ([`SendDone`]). Anything
+    /// else (a route to wait for, auto-creation, an endpoint to connect or skip, a header to
+    /// refuse) is handed back for [`SidecarCore::send`], which answers the same way.
+    #[allow(clippy::result_large_err)]
+    fn try_send_inline(
+        self: &Arc<Self>,
+        mut req: RemotingCommand,
+        conn: &Arc<Connection>,
+        slot: RequestSlot,
+    ) -> Result<(), (RemotingCommand, RequestSlot)> {
+        if req.is_oneway() {
+            return Err((req, slot));
+        }
+        let code = req.code();
+        let compact = req.ext().contains("b");
+        let (k_topic, k_queue, k_props) = if compact {
+            ("b", "e", "i")
+        } else {
+            ("topic", "queueId", "properties")
+        };
+        let (Some(topic), Ok(queue)) = (req.ext().get(k_topic), req.ext().optional::<i32>(k_queue))
+        else {
+            return Err((req, slot));
+        };
+        let queue = queue.unwrap_or(-1);
+        let Some(route) = self.xds.snapshot().route(topic).cloned() else {
+            return Err((req, slot));
+        };
+        let Some(sel) = route.select(&RouteRequest {
+            code,
+            ..Default::default()
+        }) else {
+            return Err((req, slot));
+        };
+        let view = self.queue_view_cached(&route);
+        let vq = &view.1;
+        let nq = vq.write_queue_nums() as i32;
+        if nq == 0 {
+            return Err((req, slot));
+        }
+        let vqueue = if (0..nq).contains(&queue) {
+            queue
+        } else {
+            (self.next() % nq as usize) as i32
+        };
+        let Some((broker, local)) = vq.write_target(vqueue) else {
+            return Err((req, slot));
+        };
+        let Some(ep) = sel
+            .endpoints
+            .iter()
+            .find(|e| e.is_master() && e.broker_name == broker)
+        else {
+            return Err((req, slot));
+        };
+        let transactional = req
+            .ext()
+            .get(k_props)
+            .and_then(|p| {
+                rocketmesh_filters::codec::message::properties::lookup(p, property_keys::TRAN_MSG)
+            })
+            .is_some_and(|v| v == "true");
+        if local != queue {
+            req.ext_mut().put(k_queue, local);
+        }
+        let (counter, active) = match code {
+            rc::SEND_MESSAGE => (Counter::SendMessageV1, Gauge::SendMessageV1Active),
+            rc::SEND_BATCH_MESSAGE => (Counter::SendMessageBatch, Gauge::SendMessageV2Active),
+            _ => (Counter::SendMessageV2, Gauge::SendMessageV2Active),
+        };
+        // Counted as in flight before it can complete (on another thread, maybe at once).
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.stats.gauge(Gauge::RequestActive).increment(1.0);
+        self.stats.gauge(active).increment(1.0);
+        let done = SendDone {
+            core: self.clone(),
+            conn: conn.clone(),
+            slot,
+            code,
+            opaque: req.opaque(),
+            language: req.language(),
+            serialize: req.serialize_type(),
+            vqueue,
+            active,
+            transactional: transactional.then(|| ep.address.clone()),
+            start: Instant::now(),
+        };
+        match self
+            .upstreams
+            .try_forward(&ep.address, req, self.cfg.request_timeout, done)
+        {
+            Ok(()) => {
+                self.stats.inc(Counter::Request);
+                self.stats.inc(Counter::RequestDecodingSuccess);
+                self.stats.inc(counter);
+                Ok(())
+            }
+            Err((mut req, done)) => {
+                self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                self.stats.gauge(Gauge::RequestActive).decrement(1.0);
+                self.stats.gauge(active).decrement(1.0);
+                if local != queue {
+                    // Back to the SDK's queue id: the waiting path maps it again.
+                    if queue >= 0 {
+                        req.ext_mut().put(k_queue, queue);
+                    } else {
+                        req.ext_mut().remove(k_queue);
+                    }
+                }
+                Err((req, done.slot))
+            }
+        }
+    }
+
     // ----- pop / ack ---------------------------------------------------------------------
 
     async fn pop(&self, mut req: RemotingCommand) -> Result<RemotingCommand, Reject> {
@@ -874,6 +990,75 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// The rest of a send taken by [`SidecarCore::try_send_inline`]: runs on the upstream
+/// connection's reader when the broker answers (or the request times out or the connection
+/// ends), and answers the client the way [`SidecarCore::send`] would.
+struct SendDone {
+    core: Arc<SidecarCore>,
+    conn: Arc<Connection>,
+    slot: RequestSlot,
+    code: i32,
+    opaque: i32,
+    language: rocketmesh_filters::codec::codes::LanguageCode,
+    serialize: rocketmesh_filters::codec::codes::SerializeType,
+    /// The SDK's (virtual) queue, written back into the answer.
+    vqueue: i32,
+    active: Gauge,
+    /// The broker's address, for a transactional send (END_TRANSACTION goes there).
+    transactional: Option<String>,
+    start: Instant,
+}
+
+impl Completion for SendDone {
+    fn complete(self, result: Result<RemotingCommand, ClientError>) {
+        let core = &self.core;
+        let stats = &core.stats;
+        stats.upstream_rq_time(self.code, self.start.elapsed());
+        let resp = match result {
+            Ok(mut resp) => {
+                stats.inc(Counter::Response);
+                stats.inc(Counter::ResponseDecodingSuccess);
+                stats.inc(Counter::ResponseSuccess);
+                resp.set_opaque(self.opaque);
+                if let (Some(addr), response_code::SUCCESS) = (&self.transactional, resp.code()) {
+                    for key in ["msgId", "transactionId"] {
+                        if let Some(id) = resp.ext().get(key) {
+                            core.txn.remember(id, addr);
+                        }
+                    }
+                }
+                if resp
+                    .ext()
+                    .get("queueId")
+                    .is_some_and(|q| q.parse() != Ok(self.vqueue))
+                {
+                    resp.ext_mut().put("queueId", self.vqueue);
+                }
+                resp
+            }
+            Err(e) => {
+                stats.inc(Counter::ResponseError);
+                let remark = match e {
+                    ClientError::Timeout { addr, .. } | ClientError::Closed { addr, .. } => {
+                        format!("broker {addr}: {e}")
+                    }
+                    other => other.to_string(),
+                };
+                tracing::debug!(code = self.code, remark = %remark, "request rejected");
+                let stub = RemotingCommand::request(self.code)
+                    .with_opaque(self.opaque)
+                    .with_language(self.language)
+                    .with_serialize_type(self.serialize);
+                core.reply(&stub, response_code::SYSTEM_ERROR, Some(remark))
+            }
+        };
+        stats.gauge(self.active).decrement(1.0);
+        stats.gauge(Gauge::RequestActive).decrement(1.0);
+        core.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.conn.deliver(resp, self.slot);
+    }
+}
+
 /// The Remoting handler of the sidecar's listeners.
 #[derive(Debug)]
 pub struct SidecarHandler(pub Arc<SidecarCore>);
@@ -885,6 +1070,20 @@ impl Handler for SidecarHandler {
         conn: &Arc<Connection>,
     ) -> Option<RemotingCommand> {
         self.0.dispatch(req, conn).await
+    }
+
+    fn try_handle_inline(
+        self: &Arc<Self>,
+        request: RemotingCommand,
+        conn: &Arc<Connection>,
+        slot: RequestSlot,
+    ) -> Result<(), (RemotingCommand, RequestSlot)> {
+        match request.code() {
+            rc::SEND_MESSAGE | rc::SEND_MESSAGE_V2 | rc::SEND_BATCH_MESSAGE => {
+                self.0.try_send_inline(request, conn, slot)
+            }
+            _ => Err((request, slot)),
+        }
     }
 
     fn on_close(&self, conn: &Arc<Connection>) {

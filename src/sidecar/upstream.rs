@@ -13,7 +13,7 @@ use rocketmesh_filters::codec::RemotingCommand;
 use thiserror::Error;
 use tokio::sync::mpsc;
 
-use crate::remoting::{ClientError, RemotingClient};
+use crate::remoting::{ClientError, Completion, RemotingClient};
 
 /// Upstream settings.
 #[derive(Debug, Clone)]
@@ -117,6 +117,23 @@ impl Pool {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Keeps a pool's counters right around a [`Upstreams::try_forward`] completion.
+struct PoolDone<C> {
+    pool: Arc<Pool>,
+    inner: C,
+}
+
+impl<C: Completion> Completion for PoolDone<C> {
+    fn complete(self, result: Result<RemotingCommand, ClientError>) {
+        let stats = &self.pool.stats;
+        stats.active.fetch_sub(1, Ordering::Relaxed);
+        if result.is_err() {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.inner.complete(result);
+    }
 }
 
 /// Every upstream pool of a sidecar.
@@ -285,6 +302,47 @@ impl Upstreams {
                 }
             }
         })
+    }
+
+    /// Sends `cmd` to `addr` on a connection that is already up, without waiting: `done` gets
+    /// the answer (or the error) later, on that connection's reader. Hands both back when no
+    /// live connection is at hand or it cannot take the request now (the caller then goes the
+    /// waiting way: [`Upstreams::invoke`] connects, waits for room, and can retry elsewhere).
+    #[allow(clippy::result_large_err)]
+    pub fn try_forward<C: Completion>(
+        &self,
+        addr: &str,
+        cmd: RemotingCommand,
+        timeout: Duration,
+        done: C,
+    ) -> Result<(), (RemotingCommand, C)> {
+        let pool = self.pool(addr);
+        if pool.is_down() {
+            return Err((cmd, done));
+        }
+        let i = pool.next.fetch_add(1, Ordering::Relaxed) % pool.slots.len();
+        let client = match pool.slots[i].try_lock() {
+            Ok(slot) => slot.as_ref().filter(|c| !c.is_closed()).cloned(),
+            Err(_) => None,
+        };
+        let Some(client) = client else {
+            return Err((cmd, done));
+        };
+        pool.stats.active.fetch_add(1, Ordering::Relaxed);
+        let tracked = PoolDone {
+            pool: pool.clone(),
+            inner: done,
+        };
+        match client.try_invoke_with(cmd, timeout, tracked) {
+            Ok(()) => {
+                pool.stats.requests.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err((cmd, tracked)) => {
+                pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+                Err((cmd, tracked.inner))
+            }
+        }
     }
 
     /// Sends a oneway request (no answer expected).

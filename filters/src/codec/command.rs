@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::codes::{
     request_code, response_code, LanguageCode, SerializeType, FLAG_ONEWAY, FLAG_RESPONSE,
@@ -46,6 +46,20 @@ pub struct RemotingCommand {
     body: Bytes,
     serialize: SerializeType,
     raw_header: Option<Bytes>,
+    /// Where the opaque sits in `raw_header` when it has been changed since decoding: written
+    /// afresh at encode time around the original bytes (no copy of the header until then).
+    opaque_at: OpaqueAt,
+}
+
+/// The position of the opaque inside the original header bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OpaqueAt {
+    /// Unchanged: the original bytes are written as they are.
+    Unchanged,
+    /// JSON: the digits at this byte range are replaced by the current opaque.
+    Json(usize, usize),
+    /// Binary: the big-endian int at its fixed offset is replaced.
+    Binary,
 }
 
 impl fmt::Debug for RemotingCommand {
@@ -91,6 +105,7 @@ impl RemotingCommand {
             body: Bytes::new(),
             serialize: SerializeType::Json,
             raw_header: None,
+            opaque_at: OpaqueAt::Unchanged,
         }
     }
 
@@ -127,6 +142,7 @@ impl RemotingCommand {
             body: Bytes::new(),
             serialize,
             raw_header: None,
+            opaque_at: OpaqueAt::Unchanged,
         }
     }
 
@@ -148,6 +164,7 @@ impl RemotingCommand {
             body,
             serialize,
             raw_header: Some(raw_header),
+            opaque_at: OpaqueAt::Unchanged,
         }
     }
 
@@ -255,7 +272,8 @@ impl RemotingCommand {
     pub fn serialize_type(&self) -> SerializeType {
         self.serialize
     }
-    /// The header bytes as received, while the header is unchanged.
+    /// The header bytes as received, while no header field but the opaque has changed (a
+    /// changed opaque is written over its place at encode time).
     pub fn raw_header(&self) -> Option<&Bytes> {
         self.raw_header.as_ref()
     }
@@ -274,27 +292,60 @@ impl RemotingCommand {
         }
     }
 
-    /// Sets the opaque. A binary header is patched in place (the opaque sits at a fixed offset), so
-    /// forwarding with a remapped opaque stays zero-copy for the rest of the header.
+    /// Sets the opaque. The original header bytes are kept: the new opaque is written over the
+    /// old one's place when the command is encoded (a fixed offset in a binary header, the
+    /// top-level `opaque` number of a JSON one), so forwarding with a remapped opaque copies the
+    /// rest of the header only once, into the output buffer.
     pub fn set_opaque(&mut self, opaque: i32) {
         if opaque == self.fields.opaque {
             return;
         }
         self.fields.opaque = opaque;
-        self.raw_header = match (self.serialize, self.raw_header.take()) {
-            (SerializeType::Rocketmq, Some(raw)) if raw.len() >= super::binary::OPAQUE_END => {
-                let mut patched = BytesMut::from(&raw[..]);
-                patched[super::binary::OPAQUE_START..super::binary::OPAQUE_END]
-                    .copy_from_slice(&opaque.to_be_bytes());
-                Some(patched.freeze())
+        let Some(raw) = &self.raw_header else { return };
+        if self.opaque_at != OpaqueAt::Unchanged {
+            return;
+        }
+        let at = match self.serialize {
+            SerializeType::Rocketmq if raw.len() >= super::binary::OPAQUE_END => {
+                Some(OpaqueAt::Binary)
             }
-            // A JSON header is spliced: much cheaper than writing the header afresh, and every
-            // forwarded request and response gets a new opaque.
-            (SerializeType::Json, Some(raw)) => {
-                super::json::splice_opaque(&raw, opaque).map(BytesMut::freeze)
+            SerializeType::Json => {
+                super::json::find_opaque(raw).map(|(start, end)| OpaqueAt::Json(start, end))
             }
-            _ => None,
+            SerializeType::Rocketmq => None,
         };
+        match at {
+            Some(at) => self.opaque_at = at,
+            // No plain number to patch: the header is written afresh.
+            None => self.raw_header = None,
+        }
+    }
+
+    /// Writes the original header bytes (with the current opaque) when they are still valid for
+    /// `serialize`; false when the header must be encoded from the fields.
+    pub(crate) fn write_raw_header(&self, serialize: SerializeType, dst: &mut BytesMut) -> bool {
+        let Some(raw) = &self.raw_header else {
+            return false;
+        };
+        if serialize != self.serialize {
+            return false;
+        }
+        match self.opaque_at {
+            OpaqueAt::Unchanged => dst.put_slice(raw),
+            OpaqueAt::Binary => {
+                let (start, end) = (super::binary::OPAQUE_START, super::binary::OPAQUE_END);
+                dst.put_slice(&raw[..start]);
+                dst.put_slice(&self.fields.opaque.to_be_bytes());
+                dst.put_slice(&raw[end..]);
+            }
+            OpaqueAt::Json(start, end) => {
+                dst.put_slice(&raw[..start]);
+                let mut digits = super::json::IntBuf::default();
+                dst.put_slice(digits.format(i64::from(self.fields.opaque)));
+                dst.put_slice(&raw[end..]);
+            }
+        }
+        true
     }
 
     /// Sets the flag bits.

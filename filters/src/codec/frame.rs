@@ -343,9 +343,8 @@ impl Encoder<&RemotingCommand> for RemotingCodec {
         }
         dst.put_u32(0);
         dst.put_u32(0);
-        match cmd.raw_header() {
-            Some(raw) if serialize == cmd.serialize_type() => dst.put_slice(raw),
-            _ => match serialize {
+        if !cmd.write_raw_header(serialize, dst) {
+            match serialize {
                 SerializeType::Json => json::encode(&cmd.fields, dst),
                 SerializeType::Rocketmq => {
                     if let Err(reason) = binary::encode(&cmd.fields, dst) {
@@ -353,7 +352,7 @@ impl Encoder<&RemotingCommand> for RemotingCodec {
                         return Err(CodecError::Encode(reason));
                     }
                 }
-            },
+            }
         }
         let header_len = dst.len() - start - PREFIX_LEN;
         if dst.len() - start + body.len() > self.frames.limits.max_frame {
@@ -514,7 +513,10 @@ mod tests {
             .unwrap();
         assert_eq!(back, cmd);
         back.set_opaque(0x0102_0304);
-        assert!(back.raw_header().is_some(), "patched, not dropped");
+        assert!(
+            back.raw_header().is_some(),
+            "patched at encode, not dropped"
+        );
         let patched = encode_to_bytes(&back).unwrap();
         let again = RemotingCodec::default()
             .decode(&mut BytesMut::from(&patched[..]))

@@ -387,6 +387,8 @@ pub(crate) fn write_str(s: &str, dst: &mut BytesMut) {
 }
 
 /// A tiny stack formatter for integers, so the encoder does not allocate per number.
+pub(crate) use itoa_buf::Buf as IntBuf;
+
 mod itoa_buf {
     #[derive(Default)]
     pub struct Buf {
@@ -486,71 +488,74 @@ mod tests {
     }
 }
 
-/// Returns `header` (a JSON header that decoded successfully) with its top-level `opaque` number
-/// replaced by `opaque`, by splicing bytes instead of re-serializing the header. Only the
-/// top-level key counts (an `extFields` entry or a string value that looks like it does not);
-/// None when the header has no plain-number top-level `opaque` (the caller then re-encodes).
-pub(crate) fn splice_opaque(header: &[u8], opaque: i32) -> Option<BytesMut> {
-    let (start, end) = find_top_level_number(header, b"opaque")?;
-    let digits = opaque.to_string();
-    let mut out = BytesMut::with_capacity(header.len() + digits.len());
-    out.put_slice(&header[..start]);
-    out.put_slice(digits.as_bytes());
-    out.put_slice(&header[end..]);
-    Some(out)
+/// The byte range of the top-level `opaque` number in `header` (a JSON header that decoded
+/// successfully), for writing a new opaque over it instead of re-serializing the header. Only the
+/// top-level key counts (not an `extFields` entry, nor text in a string value); None when there
+/// is no plain-number top-level `opaque` (the caller then re-encodes).
+pub(crate) fn find_opaque(header: &[u8]) -> Option<(usize, usize)> {
+    find_top_level_number(header, b"opaque")
 }
 
-/// The byte range of the number value of `key` in the top-level object of `json`.
+/// The byte range of the number value of `key` in the top-level object of `json`. Strings are
+/// skipped with `memchr` (a header is mostly string bytes: the message properties); braces count
+/// the depth (a key inside a nested object, or an object inside an array, is at depth 2 or more,
+/// so brackets need no counting).
 fn find_top_level_number(json: &[u8], key: &[u8]) -> Option<(usize, usize)> {
     let mut depth = 0usize;
     let mut i = 0;
-    while i < json.len() {
-        match json[i] {
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => depth = depth.checked_sub(1)?,
-            b'"' => {
-                // Scan the string (escapes skipped), then see whether it is the key we want.
-                let s = i + 1;
-                let mut j = s;
-                while j < json.len() && json[j] != b'"' {
-                    j += if json[j] == b'\\' { 2 } else { 1 };
-                }
-                if j >= json.len() {
-                    return None;
-                }
-                let is_key = depth == 1 && &json[s..j] == key;
-                i = j + 1;
-                if is_key {
-                    while i < json.len() && json[i].is_ascii_whitespace() {
-                        i += 1;
-                    }
-                    if json.get(i) != Some(&b':') {
-                        continue;
-                    }
-                    i += 1;
-                    while i < json.len() && json[i].is_ascii_whitespace() {
-                        i += 1;
-                    }
-                    let start = i;
-                    if json.get(i) == Some(&b'-') {
-                        i += 1;
-                    }
-                    while i < json.len() && json[i].is_ascii_digit() {
-                        i += 1;
-                    }
-                    let digits = &json[start..i];
-                    let plain = !digits.is_empty() && digits != b"-";
-                    let ends = matches!(
-                        json.get(i),
-                        Some(b',' | b'}' | b' ' | b'\n' | b'\r' | b'\t')
-                    );
-                    return (plain && ends).then_some((start, i));
-                }
-                continue;
+    while let Some(off) = memchr::memchr3(b'"', b'{', b'}', &json[i..]) {
+        let at = i + off;
+        match json[at] {
+            b'{' => {
+                depth += 1;
+                i = at + 1;
             }
-            _ => {}
+            b'}' => {
+                depth = depth.checked_sub(1)?;
+                i = at + 1;
+            }
+            _ => {
+                // A string: find its closing quote, stepping over escapes.
+                let s = at + 1;
+                let mut j = s;
+                loop {
+                    let k = j + memchr::memchr2(b'"', b'\\', json.get(j..)?)?;
+                    if json[k] == b'"' {
+                        j = k;
+                        break;
+                    }
+                    j = k + 2;
+                }
+                i = j + 1;
+                if depth != 1 || &json[s..j] != key {
+                    continue;
+                }
+                while json.get(i).is_some_and(u8::is_ascii_whitespace) {
+                    i += 1;
+                }
+                if json.get(i) != Some(&b':') {
+                    continue;
+                }
+                i += 1;
+                while json.get(i).is_some_and(u8::is_ascii_whitespace) {
+                    i += 1;
+                }
+                let start = i;
+                if json.get(i) == Some(&b'-') {
+                    i += 1;
+                }
+                while json.get(i).is_some_and(u8::is_ascii_digit) {
+                    i += 1;
+                }
+                let digits = &json[start..i];
+                let plain = !digits.is_empty() && digits != b"-";
+                let ends = matches!(
+                    json.get(i),
+                    Some(b',' | b'}' | b' ' | b'\n' | b'\r' | b'\t')
+                );
+                return (plain && ends).then_some((start, i));
+            }
         }
-        i += 1;
     }
     None
 }
@@ -558,6 +563,14 @@ fn find_top_level_number(json: &[u8], key: &[u8]) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod splice_tests {
     use super::*;
+
+    fn splice_opaque(header: &[u8], opaque: i32) -> Option<Vec<u8>> {
+        let (start, end) = find_opaque(header)?;
+        let mut out = header[..start].to_vec();
+        out.extend_from_slice(opaque.to_string().as_bytes());
+        out.extend_from_slice(&header[end..]);
+        Some(out)
+    }
 
     #[test]
     fn splices_only_the_top_level_opaque() {
@@ -582,6 +595,8 @@ mod splice_tests {
             b"}}}",
             b"{\"opaque\":}",
             b"{\"a\":\"\\",
+            b"{\"a\":\"x\\\"",
+            b"{\"opaque\":12",
         ] {
             let _ = splice_opaque(bad, 1);
         }
