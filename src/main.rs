@@ -52,10 +52,18 @@ fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sidecar(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(args.workers.max(1))
-                .enable_all()
-                .build()?;
+            // One worker is one event loop on one thread (no work stealing, no cross-thread
+            // wake-ups), like an Envoy worker.
+            let runtime = if args.workers <= 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(args.workers)
+                    .enable_all()
+                    .build()?
+            };
             runtime.block_on(run_sidecar(args))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -60,6 +60,9 @@ enum OpaqueAt {
     Json(usize, usize),
     /// Binary: the big-endian int at its fixed offset is replaced.
     Binary,
+    /// Unchanged, but a new opaque cannot be written in place: the JSON header has more than
+    /// one `opaque` key or nested values (see `json::decode`); it is re-encoded then.
+    Unknown,
 }
 
 impl fmt::Debug for RemotingCommand {
@@ -158,13 +161,18 @@ impl RemotingCommand {
         serialize: SerializeType,
         raw_header: Bytes,
         body: Bytes,
+        opaque_unique: bool,
     ) -> Self {
         Self {
             fields,
             body,
             serialize,
             raw_header: Some(raw_header),
-            opaque_at: OpaqueAt::Unchanged,
+            opaque_at: if opaque_unique {
+                OpaqueAt::Unchanged
+            } else {
+                OpaqueAt::Unknown
+            },
         }
     }
 
@@ -302,17 +310,16 @@ impl RemotingCommand {
         }
         self.fields.opaque = opaque;
         let Some(raw) = &self.raw_header else { return };
-        if self.opaque_at != OpaqueAt::Unchanged {
-            return;
-        }
-        let at = match self.serialize {
-            SerializeType::Rocketmq if raw.len() >= super::binary::OPAQUE_END => {
-                Some(OpaqueAt::Binary)
+        let at = match (self.opaque_at, self.serialize) {
+            // Already located: the new value is written there at encode time.
+            (OpaqueAt::Json(..) | OpaqueAt::Binary, _) => return,
+            (OpaqueAt::Unknown, _) => None,
+            (OpaqueAt::Unchanged, SerializeType::Rocketmq) => {
+                (raw.len() >= super::binary::OPAQUE_END).then_some(OpaqueAt::Binary)
             }
-            SerializeType::Json => {
+            (OpaqueAt::Unchanged, SerializeType::Json) => {
                 super::json::find_opaque(raw).map(|(start, end)| OpaqueAt::Json(start, end))
             }
-            SerializeType::Rocketmq => None,
         };
         match at {
             Some(at) => self.opaque_at = at,
@@ -331,7 +338,7 @@ impl RemotingCommand {
             return false;
         }
         match self.opaque_at {
-            OpaqueAt::Unchanged => dst.put_slice(raw),
+            OpaqueAt::Unchanged | OpaqueAt::Unknown => dst.put_slice(raw),
             OpaqueAt::Binary => {
                 let (start, end) = (super::binary::OPAQUE_START, super::binary::OPAQUE_END);
                 dst.put_slice(&raw[..start]);

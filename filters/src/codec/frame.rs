@@ -294,27 +294,31 @@ impl RemotingCodec {
 
     /// Parses the header of a raw frame into a command.
     pub fn parse_frame(frame: RawFrame) -> Result<RemotingCommand, CodecError> {
-        let parsed = match frame.serialize {
+        let (parsed, opaque_unique) = match frame.serialize {
             SerializeType::Json => {
                 json::decode(&frame.header).map_err(|reason| CodecError::MalformedHeader {
                     kind: "JSON",
                     opaque: json::salvage_opaque(&frame.header),
                     reason,
-                })
+                })?
             }
             SerializeType::Rocketmq => {
-                binary::decode(&frame.header).map_err(|reason| CodecError::MalformedHeader {
-                    kind: "ROCKETMQ",
-                    opaque: binary::salvage_opaque(&frame.header),
-                    reason,
-                })
+                let fields = binary::decode(&frame.header).map_err(|reason| {
+                    CodecError::MalformedHeader {
+                        kind: "ROCKETMQ",
+                        opaque: binary::salvage_opaque(&frame.header),
+                        reason,
+                    }
+                })?;
+                (fields, true)
             }
-        }?;
+        };
         Ok(RemotingCommand::from_decoded(
             parsed,
             frame.serialize,
             frame.header,
             frame.body,
+            opaque_unique,
         ))
     }
 }

@@ -19,14 +19,27 @@ use super::codes::LanguageCode;
 use super::command::HeaderFields;
 use super::ext::{ExtFields, MAX_EXT_FIELDS};
 
-/// Decodes a JSON header.
-pub(crate) fn decode(bytes: &[u8]) -> Result<HeaderFields, String> {
+/// Decodes a JSON header. The flag says whether the bytes hold exactly one `opaque` key, the
+/// top-level one (no `extFields` entry of that name, no nested object or array anywhere that
+/// could hide one): then [`find_opaque`] may look for it by its bytes alone.
+pub(crate) fn decode(bytes: &[u8]) -> Result<(HeaderFields, bool), String> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
+    let shape = Shape::default();
     let fields = de
-        .deserialize_map(HeaderVisitor)
+        .deserialize_map(HeaderVisitor(&shape))
         .map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
-    Ok(fields)
+    let unique = shape.opaque_keys.get() == 1 && !shape.nested.get();
+    Ok((fields, unique))
+}
+
+/// What the decoder saw of the header's shape.
+#[derive(Default)]
+struct Shape {
+    /// Keys named `opaque`, top level and `extFields` alike.
+    opaque_keys: std::cell::Cell<u32>,
+    /// A nested object or array somewhere (kept as text, or skipped).
+    nested: std::cell::Cell<bool>,
 }
 
 /// Best effort, on the error path only: the opaque of a header that failed to decode, so the
@@ -192,16 +205,16 @@ impl<'de> Visitor<'de> for KeyText {
 }
 
 /// A scalar coerced to the string fastjson would produce; `None` for JSON null.
-struct Scalar;
+struct Scalar<'s>(&'s Shape);
 
-impl<'de> DeserializeSeed<'de> for Scalar {
+impl<'de> DeserializeSeed<'de> for Scalar<'_> {
     type Value = Option<Text<'de>>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Scalar {
+impl<'de> Visitor<'de> for Scalar<'_> {
     type Value = Option<Text<'de>>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
@@ -231,11 +244,13 @@ impl<'de> Visitor<'de> for Scalar {
         Ok(None)
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        self.0.nested.set(true);
         let value: serde_json::Value =
             de::Deserialize::deserialize(de::value::MapAccessDeserializer::new(map))?;
         Ok(Some(Text::Owned(value.to_string())))
     }
     fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        self.0.nested.set(true);
         let value: serde_json::Value =
             de::Deserialize::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
         Ok(Some(Text::Owned(value.to_string())))
@@ -243,16 +258,16 @@ impl<'de> Visitor<'de> for Scalar {
 }
 
 /// `extFields`: an object of scalars, or null.
-struct Ext;
+struct Ext<'s>(&'s Shape);
 
-impl<'de> DeserializeSeed<'de> for Ext {
+impl<'de> DeserializeSeed<'de> for Ext<'_> {
     type Value = ExtFields;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ExtFields, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Ext {
+impl<'de> Visitor<'de> for Ext<'_> {
     type Value = ExtFields;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("`extFields` as an object")
@@ -268,7 +283,10 @@ impl<'de> Visitor<'de> for Ext {
                     "more than {MAX_EXT_FIELDS} extFields entries"
                 )));
             }
-            if let Some(value) = map.next_value_seed(Scalar)? {
+            if key.as_ref() == "opaque" {
+                self.0.opaque_keys.set(self.0.opaque_keys.get() + 1);
+            }
+            if let Some(value) = map.next_value_seed(Scalar(self.0))? {
                 ext.insert(key, value);
             }
         }
@@ -276,9 +294,54 @@ impl<'de> Visitor<'de> for Ext {
     }
 }
 
-struct HeaderVisitor;
+/// A top-level value we do not use: skipped, noting whether it nests.
+struct Skip<'s>(&'s Shape);
 
-impl<'de> Visitor<'de> for HeaderVisitor {
+impl<'de> DeserializeSeed<'de> for Skip<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.0.nested.set(true);
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.0.nested.set(true);
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+}
+
+struct HeaderVisitor<'s>(&'s Shape);
+
+impl<'de> Visitor<'de> for HeaderVisitor<'_> {
     type Value = HeaderFields;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object header")
@@ -294,13 +357,16 @@ impl<'de> Visitor<'de> for HeaderVisitor {
                 }
                 Key::Language => fields.language = map.next_value_seed(Language)?,
                 Key::Version => fields.version = map.next_value_seed(Int32("version"))?,
-                Key::Opaque => fields.opaque = map.next_value_seed(Int32("opaque"))?,
-                Key::Flag => fields.flag = map.next_value_seed(Int32("flag"))?,
-                Key::Remark => fields.remark = map.next_value_seed(Scalar)?.map(Text::into_owned),
-                Key::ExtFields => fields.ext = map.next_value_seed(Ext)?,
-                Key::Other => {
-                    map.next_value::<IgnoredAny>()?;
+                Key::Opaque => {
+                    self.0.opaque_keys.set(self.0.opaque_keys.get() + 1);
+                    fields.opaque = map.next_value_seed(Int32("opaque"))?;
                 }
+                Key::Flag => fields.flag = map.next_value_seed(Int32("flag"))?,
+                Key::Remark => {
+                    fields.remark = map.next_value_seed(Scalar(self.0))?.map(Text::into_owned)
+                }
+                Key::ExtFields => fields.ext = map.next_value_seed(Ext(self.0))?,
+                Key::Other => map.next_value_seed(Skip(self.0))?,
             }
         }
         if !have_code {
@@ -423,7 +489,7 @@ mod tests {
     #[test]
     fn decodes_cpp_quirks() {
         let text = br#"{"code":11,"extFields":{"AccessKey":"","maxMsgNums":32,"queueId":0,"queueOffset":"0","unit":true,"nothing":null,"nested":{"a":[1,2]}},"flag":0,"language":"CPP","opaque":25,"remark":"","version":63,"extra":{"x":1}}"#;
-        let f = decode(text).unwrap();
+        let f = decode(text).unwrap().0;
         assert_eq!(f.code, 11);
         assert_eq!(f.language, LanguageCode::CPP);
         assert_eq!(f.version, 63);
@@ -438,9 +504,11 @@ mod tests {
 
     #[test]
     fn language_as_number_and_unknown_name() {
-        let f = decode(br#"{"code":0,"language":9,"opaque":1,"flag":1}"#).unwrap();
+        let f = decode(br#"{"code":0,"language":9,"opaque":1,"flag":1}"#)
+            .unwrap()
+            .0;
         assert_eq!(f.language, LanguageCode::GO);
-        let f = decode(br#"{"code":0,"language":"KOTLIN"}"#).unwrap();
+        let f = decode(br#"{"code":0,"language":"KOTLIN"}"#).unwrap().0;
         assert_eq!(f.language, LanguageCode::OTHER);
     }
 
@@ -474,7 +542,7 @@ mod tests {
         encode(&f, &mut buf);
         let text = std::str::from_utf8(&buf).unwrap();
         assert!(text.starts_with(r#"{"code":310,"extFields":{"i":"TAGS\u0001a\u0002","b":"Topic"},"flag":2,"language":"JAVA","opaque":-5,"#), "{text}");
-        assert_eq!(decode(&buf).unwrap(), f);
+        assert_eq!(decode(&buf).unwrap().0, f);
         // serde_json agrees it is valid JSON
         let _: serde_json::Value = serde_json::from_slice(&buf).unwrap();
     }
@@ -488,74 +556,48 @@ mod tests {
     }
 }
 
-/// The byte range of the top-level `opaque` number in `header` (a JSON header that decoded
-/// successfully), for writing a new opaque over it instead of re-serializing the header. Only the
-/// top-level key counts (not an `extFields` entry, nor text in a string value); None when there
-/// is no plain-number top-level `opaque` (the caller then re-encodes).
+/// The byte range of the top-level `opaque` number in `header`, a JSON header that [`decode`]
+/// found to hold exactly one `opaque` key (the top-level one), for writing a new opaque over it
+/// instead of re-serializing the header. Inside a string every quote is escaped, so the only
+/// `"opaque"` with an unescaped opening quote and a colon after it is that key. None when its
+/// value is not a plain number (the caller then re-encodes).
 pub(crate) fn find_opaque(header: &[u8]) -> Option<(usize, usize)> {
-    find_top_level_number(header, b"opaque")
-}
-
-/// The byte range of the number value of `key` in the top-level object of `json`. Strings are
-/// skipped with `memchr` (a header is mostly string bytes: the message properties); braces count
-/// the depth (a key inside a nested object, or an object inside an array, is at depth 2 or more,
-/// so brackets need no counting).
-fn find_top_level_number(json: &[u8], key: &[u8]) -> Option<(usize, usize)> {
-    let mut depth = 0usize;
-    let mut i = 0;
-    while let Some(off) = memchr::memchr3(b'"', b'{', b'}', &json[i..]) {
-        let at = i + off;
-        match json[at] {
-            b'{' => {
-                depth += 1;
-                i = at + 1;
-            }
-            b'}' => {
-                depth = depth.checked_sub(1)?;
-                i = at + 1;
-            }
-            _ => {
-                // A string: find its closing quote, stepping over escapes.
-                let s = at + 1;
-                let mut j = s;
-                loop {
-                    let k = j + memchr::memchr2(b'"', b'\\', json.get(j..)?)?;
-                    if json[k] == b'"' {
-                        j = k;
-                        break;
-                    }
-                    j = k + 2;
-                }
-                i = j + 1;
-                if depth != 1 || &json[s..j] != key {
-                    continue;
-                }
-                while json.get(i).is_some_and(u8::is_ascii_whitespace) {
-                    i += 1;
-                }
-                if json.get(i) != Some(&b':') {
-                    continue;
-                }
-                i += 1;
-                while json.get(i).is_some_and(u8::is_ascii_whitespace) {
-                    i += 1;
-                }
-                let start = i;
-                if json.get(i) == Some(&b'-') {
-                    i += 1;
-                }
-                while json.get(i).is_some_and(u8::is_ascii_digit) {
-                    i += 1;
-                }
-                let digits = &json[start..i];
-                let plain = !digits.is_empty() && digits != b"-";
-                let ends = matches!(
-                    json.get(i),
-                    Some(b',' | b'}' | b' ' | b'\n' | b'\r' | b'\t')
-                );
-                return (plain && ends).then_some((start, i));
-            }
+    static KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"opaque\""));
+    for at in KEY.find_iter(header) {
+        let escapes = header[..at]
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b'\\')
+            .count();
+        if escapes % 2 == 1 {
+            continue;
         }
+        let mut i = at + 8;
+        while header.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        if header.get(i) != Some(&b':') {
+            continue;
+        }
+        i += 1;
+        while header.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        let start = i;
+        if header.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        while header.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        let digits = &header[start..i];
+        let plain = !digits.is_empty() && digits != b"-";
+        let ends = matches!(
+            header.get(i),
+            Some(b',' | b'}' | b' ' | b'\n' | b'\r' | b'\t')
+        );
+        return (plain && ends).then_some((start, i));
     }
     None
 }
@@ -564,8 +606,10 @@ fn find_top_level_number(json: &[u8], key: &[u8]) -> Option<(usize, usize)> {
 mod splice_tests {
     use super::*;
 
+    /// What `RemotingCommand::set_opaque` + encode do to a JSON header.
     fn splice_opaque(header: &[u8], opaque: i32) -> Option<Vec<u8>> {
-        let (start, end) = find_opaque(header)?;
+        let (_, unique) = decode(header).ok()?;
+        let (start, end) = find_opaque(header).filter(|_| unique)?;
         let mut out = header[..start].to_vec();
         out.extend_from_slice(opaque.to_string().as_bytes());
         out.extend_from_slice(&header[end..]);
@@ -574,20 +618,34 @@ mod splice_tests {
 
     #[test]
     fn splices_only_the_top_level_opaque() {
-        let h = br#"{"code":10,"extFields":{"opaque":"7","x":"\"opaque\":9"},"flag":0,"opaque":123,"version":1}"#;
+        // Look-alikes in string values (escaped quotes) are not the key.
+        let h = br#"{"code":10,"extFields":{"x":"\"opaque\":9","y":"\\\"opaque\":8"},"flag":0,"opaque":123,"version":1}"#;
         let out = splice_opaque(h, -45).unwrap();
         assert_eq!(
             &out[..],
-            &br#"{"code":10,"extFields":{"opaque":"7","x":"\"opaque\":9"},"flag":0,"opaque":-45,"version":1}"#[..]
+            &br#"{"code":10,"extFields":{"x":"\"opaque\":9","y":"\\\"opaque\":8"},"flag":0,"opaque":-45,"version":1}"#[..]
         );
-        let d = decode(&out).unwrap();
+        let (d, _) = decode(&out).unwrap();
         assert_eq!(d.opaque, -45);
-        assert_eq!(d.ext.get("opaque"), Some("7"));
-        // Quoted or missing opaques are left to the re-encoder.
-        assert!(splice_opaque(br#"{"code":10,"opaque":"12"}"#, 1).is_none());
-        assert!(splice_opaque(br#"{"code":10}"#, 1).is_none());
-        assert!(splice_opaque(br#"{"opaque": 5 }"#, 77)
-            .is_some_and(|b| &b[..] == br#"{"opaque": 77 }"#));
+        assert_eq!(d.ext.get("x"), Some("\"opaque\":9"));
+        // An ext key of that name, a duplicate top-level key, nested values, a quoted or a missing
+        // opaque: left to the re-encoder.
+        for h in [
+            &br#"{"code":10,"extFields":{"opaque":"7"},"opaque":1}"#[..],
+            br#"{"code":10,"opaque":1,"opaque":2}"#,
+            br#"{"code":10,"x":{"opaque":3},"opaque":1}"#,
+            br#"{"code":10,"extFields":{"a":[1]},"opaque":1}"#,
+            br#"{"code":10,"opaque":"12"}"#,
+            br#"{"code":10}"#,
+        ] {
+            assert!(
+                splice_opaque(h, 1).is_none(),
+                "{}",
+                String::from_utf8_lossy(h)
+            );
+        }
+        assert!(splice_opaque(br#"{"code":1,"opaque": 5 }"#, 77)
+            .is_some_and(|b| &b[..] == br#"{"code":1,"opaque": 77 }"#));
         // Never panics on odd input.
         for bad in [
             &b"{\"opaque"[..],
@@ -597,8 +655,9 @@ mod splice_tests {
             b"{\"a\":\"\\",
             b"{\"a\":\"x\\\"",
             b"{\"opaque\":12",
+            b"\\\"opaque\": 1,",
         ] {
-            let _ = splice_opaque(bad, 1);
+            let _ = find_opaque(bad);
         }
     }
 }
