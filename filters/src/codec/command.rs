@@ -51,18 +51,17 @@ pub struct RemotingCommand {
     opaque_at: OpaqueAt,
 }
 
-/// The position of the opaque inside the original header bytes.
+/// The opaque's place in the original header bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum OpaqueAt {
-    /// Unchanged: the original bytes are written as they are.
-    Unchanged,
-    /// JSON: the digits at this byte range are replaced by the current opaque.
-    Json(usize, usize),
-    /// Binary: the big-endian int at its fixed offset is replaced.
-    Binary,
-    /// Unchanged, but a new opaque cannot be written in place: the JSON header has more than
-    /// one `opaque` key or nested values (see `json::decode`); it is re-encoded then.
-    Unknown,
+    /// The original bytes, unchanged. For JSON, the byte range of the opaque's digits when a new
+    /// opaque can be written there (the only `opaque` key, a plain number); binary headers have
+    /// it at a fixed offset.
+    AsIs(Option<(usize, usize)>),
+    /// JSON, opaque changed: the digits at this range are replaced by the current opaque.
+    PatchedJson(usize, usize),
+    /// Binary, opaque changed: the big-endian int at its fixed offset is replaced.
+    PatchedBinary,
 }
 
 impl fmt::Debug for RemotingCommand {
@@ -108,7 +107,7 @@ impl RemotingCommand {
             body: Bytes::new(),
             serialize: SerializeType::Json,
             raw_header: None,
-            opaque_at: OpaqueAt::Unchanged,
+            opaque_at: OpaqueAt::AsIs(None),
         }
     }
 
@@ -145,7 +144,7 @@ impl RemotingCommand {
             body: Bytes::new(),
             serialize,
             raw_header: None,
-            opaque_at: OpaqueAt::Unchanged,
+            opaque_at: OpaqueAt::AsIs(None),
         }
     }
 
@@ -161,18 +160,14 @@ impl RemotingCommand {
         serialize: SerializeType,
         raw_header: Bytes,
         body: Bytes,
-        opaque_unique: bool,
+        opaque_span: Option<(usize, usize)>,
     ) -> Self {
         Self {
             fields,
             body,
             serialize,
             raw_header: Some(raw_header),
-            opaque_at: if opaque_unique {
-                OpaqueAt::Unchanged
-            } else {
-                OpaqueAt::Unknown
-            },
+            opaque_at: OpaqueAt::AsIs(opaque_span),
         }
     }
 
@@ -310,22 +305,23 @@ impl RemotingCommand {
         }
         self.fields.opaque = opaque;
         let Some(raw) = &self.raw_header else { return };
-        let at = match (self.opaque_at, self.serialize) {
-            // Already located: the new value is written there at encode time.
-            (OpaqueAt::Json(..) | OpaqueAt::Binary, _) => return,
-            (OpaqueAt::Unknown, _) => None,
-            (OpaqueAt::Unchanged, SerializeType::Rocketmq) => {
-                (raw.len() >= super::binary::OPAQUE_END).then_some(OpaqueAt::Binary)
+        self.opaque_at = match (self.opaque_at, self.serialize) {
+            // Already patched: the new value goes to the same place at encode time.
+            (OpaqueAt::PatchedJson(..) | OpaqueAt::PatchedBinary, _) => return,
+            (OpaqueAt::AsIs(_), SerializeType::Rocketmq)
+                if raw.len() >= super::binary::OPAQUE_END =>
+            {
+                OpaqueAt::PatchedBinary
             }
-            (OpaqueAt::Unchanged, SerializeType::Json) => {
-                super::json::find_opaque(raw).map(|(start, end)| OpaqueAt::Json(start, end))
+            (OpaqueAt::AsIs(Some((start, end))), SerializeType::Json) => {
+                OpaqueAt::PatchedJson(start, end)
+            }
+            // No plain number to patch: the header is written afresh.
+            _ => {
+                self.raw_header = None;
+                OpaqueAt::AsIs(None)
             }
         };
-        match at {
-            Some(at) => self.opaque_at = at,
-            // No plain number to patch: the header is written afresh.
-            None => self.raw_header = None,
-        }
     }
 
     /// Writes the original header bytes (with the current opaque) when they are still valid for
@@ -338,14 +334,14 @@ impl RemotingCommand {
             return false;
         }
         match self.opaque_at {
-            OpaqueAt::Unchanged | OpaqueAt::Unknown => dst.put_slice(raw),
-            OpaqueAt::Binary => {
+            OpaqueAt::AsIs(_) => dst.put_slice(raw),
+            OpaqueAt::PatchedBinary => {
                 let (start, end) = (super::binary::OPAQUE_START, super::binary::OPAQUE_END);
                 dst.put_slice(&raw[..start]);
                 dst.put_slice(&self.fields.opaque.to_be_bytes());
                 dst.put_slice(&raw[end..]);
             }
-            OpaqueAt::Json(start, end) => {
+            OpaqueAt::PatchedJson(start, end) => {
                 dst.put_slice(&raw[..start]);
                 let mut digits = super::json::IntBuf::default();
                 dst.put_slice(digits.format(i64::from(self.fields.opaque)));

@@ -199,6 +199,10 @@ impl ExtFields {
     }
 
     /// Sets `key` to what `write` appends to the arena (no intermediate string).
+    pub(crate) fn insert_with(&mut self, key: &str, write: impl FnOnce(&mut String)) {
+        self.set_with(key, write);
+    }
+
     fn set_with(&mut self, key: &str, write: impl FnOnce(&mut String)) {
         match self.position(key) {
             Some(i) => self.replace_value(i, write),

@@ -294,7 +294,7 @@ impl RemotingCodec {
 
     /// Parses the header of a raw frame into a command.
     pub fn parse_frame(frame: RawFrame) -> Result<RemotingCommand, CodecError> {
-        let (parsed, opaque_unique) = match frame.serialize {
+        let (parsed, opaque_span) = match frame.serialize {
             SerializeType::Json => {
                 json::decode(&frame.header).map_err(|reason| CodecError::MalformedHeader {
                     kind: "JSON",
@@ -310,7 +310,7 @@ impl RemotingCodec {
                         reason,
                     }
                 })?;
-                (fields, true)
+                (fields, None)
             }
         };
         Ok(RemotingCommand::from_decoded(
@@ -318,7 +318,7 @@ impl RemotingCodec {
             frame.serialize,
             frame.header,
             frame.body,
-            opaque_unique,
+            opaque_span,
         ))
     }
 }

@@ -19,10 +19,23 @@ use super::codes::LanguageCode;
 use super::command::HeaderFields;
 use super::ext::{ExtFields, MAX_EXT_FIELDS};
 
-/// Decodes a JSON header. The flag says whether the bytes hold exactly one `opaque` key, the
-/// top-level one (no `extFields` entry of that name, no nested object or array anywhere that
-/// could hide one): then [`find_opaque`] may look for it by its bytes alone.
-pub(crate) fn decode(bytes: &[u8]) -> Result<(HeaderFields, bool), String> {
+/// Decodes a JSON header, and says where the top-level `opaque` number's digits are when a new
+/// opaque can be written over them (it is the only `opaque` key and a plain number).
+///
+/// The usual shape (scalars and a flat `extFields`) is read by [`super::json_fast`] in one pass;
+/// anything else by serde.
+pub(crate) fn decode(bytes: &[u8]) -> Result<(HeaderFields, Option<(usize, usize)>), String> {
+    if let Some(fast) = super::json_fast::decode(bytes) {
+        return Ok(fast);
+    }
+    let (fields, unique) = decode_serde(bytes)?;
+    Ok((fields, if unique { find_opaque(bytes) } else { None }))
+}
+
+/// Decodes a JSON header with serde. The flag says whether the bytes hold exactly one `opaque`
+/// key, the top-level one (no `extFields` entry of that name, no nested object or array anywhere
+/// that could hide one): then [`find_opaque`] may look for it by its bytes alone.
+pub(crate) fn decode_serde(bytes: &[u8]) -> Result<(HeaderFields, bool), String> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let shape = Shape::default();
     let fields = de
@@ -608,8 +621,13 @@ mod splice_tests {
 
     /// What `RemotingCommand::set_opaque` + encode do to a JSON header.
     fn splice_opaque(header: &[u8], opaque: i32) -> Option<Vec<u8>> {
-        let (_, unique) = decode(header).ok()?;
+        let (_, unique) = decode_serde(header).ok()?;
         let (start, end) = find_opaque(header).filter(|_| unique)?;
+        assert_eq!(
+            decode(header).unwrap().1,
+            Some((start, end)),
+            "both readings agree"
+        );
         let mut out = header[..start].to_vec();
         out.extend_from_slice(opaque.to_string().as_bytes());
         out.extend_from_slice(&header[end..]);

@@ -1,0 +1,459 @@
+//! A single-pass reader for the JSON headers real peers send: one object of scalars with a flat
+//! `extFields` object inside. It reads keys and values in place (one UTF-8 check of the whole
+//! header, strings copied once, into the [`ExtFields`] arena), and notes where the top-level
+//! `opaque` digits are, so a forwarded command can get a new opaque without any further scan.
+//!
+//! Anything outside that shape (nested values, escaped keys, unusual numbers, malformed input)
+//! makes it give up (`None`), and `json::decode` reads the header with serde instead, which also
+//! produces the error messages. For every header it accepts, the result equals serde's (checked
+//! by tests over the captured frames and generated headers).
+
+use super::codes::LanguageCode;
+use super::command::HeaderFields;
+use super::ext::{ExtFields, MAX_EXT_FIELDS};
+
+/// Reads `bytes`; `None` when the header is not of the simple shape (or not valid).
+/// The span is the byte range of the top-level `opaque` number when it is the only `opaque` key.
+pub(crate) fn decode(bytes: &[u8]) -> Option<(HeaderFields, Option<(usize, usize)>)> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut r = Reader {
+        b: text.as_bytes(),
+        s: text,
+        i: 0,
+    };
+    let mut fields = HeaderFields::default();
+    let mut have_code = false;
+    let mut opaque_keys = 0u32;
+    let mut opaque_span = None;
+    r.ws();
+    r.eat(b'{')?;
+    r.ws();
+    if r.peek()? == b'}' {
+        return None; // no code: serde reports it
+    }
+    loop {
+        r.ws();
+        let key = r.plain_string()?;
+        r.ws();
+        r.eat(b':')?;
+        r.ws();
+        match key {
+            "code" => {
+                fields.code = r.int32()?;
+                have_code = true;
+            }
+            "language" => {
+                fields.language = match r.peek()? {
+                    b'"' => {
+                        LanguageCode::from_name(r.plain_string()?).unwrap_or(LanguageCode::OTHER)
+                    }
+                    b'n' => {
+                        r.literal("null")?;
+                        LanguageCode::OTHER
+                    }
+                    _ => LanguageCode(u8::try_from(r.integer()?.1).ok()?),
+                };
+            }
+            "version" => fields.version = r.int32()?,
+            "opaque" => {
+                opaque_keys += 1;
+                let start = r.i;
+                let plain = r.peek()? != b'"';
+                fields.opaque = r.int32()?;
+                opaque_span = plain.then_some((start, r.i));
+            }
+            "flag" => fields.flag = r.int32()?,
+            "remark" => {
+                fields.remark = match r.peek()? {
+                    b'"' => {
+                        let mut s = String::new();
+                        r.string_into(&mut s)?;
+                        Some(s)
+                    }
+                    b'n' => {
+                        r.literal("null")?;
+                        None
+                    }
+                    _ => return None,
+                };
+            }
+            "extFields" => {
+                fields.ext = match r.peek()? {
+                    b'n' => {
+                        r.literal("null")?;
+                        ExtFields::new()
+                    }
+                    _ => r.ext(&mut opaque_keys)?,
+                };
+            }
+            _ => r.skip_scalar()?,
+        }
+        r.ws();
+        match r.next()? {
+            b',' => continue,
+            b'}' => break,
+            _ => return None,
+        }
+    }
+    r.ws();
+    if r.i != r.b.len() || !have_code {
+        return None;
+    }
+    Some((fields, opaque_span.filter(|_| opaque_keys == 1)))
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    /// The same bytes, checked UTF-8.
+    s: &'a str,
+    i: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let c = self.peek()?;
+        self.i += 1;
+        Some(c)
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.next()? == c).then_some(())
+    }
+
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+            self.i += 1;
+        }
+    }
+
+    fn literal(&mut self, word: &str) -> Option<()> {
+        let end = self.i + word.len();
+        (self.b.get(self.i..end)? == word.as_bytes()).then(|| self.i = end)
+    }
+
+    /// A string without escapes, borrowed (keys, language names).
+    fn plain_string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.i;
+        let end = start + memchr::memchr2(b'"', b'\\', &self.b[start..])?;
+        if self.b[end] != b'"' || self.b[start..end].iter().any(|&c| c < 0x20) {
+            return None;
+        }
+        self.i = end + 1;
+        Some(&self.s[start..end])
+    }
+
+    /// A string appended to `out`, escapes resolved.
+    fn string_into(&mut self, out: &mut String) -> Option<()> {
+        self.eat(b'"')?;
+        loop {
+            let start = self.i;
+            let end = start + memchr::memchr2(b'"', b'\\', &self.b[start..])?;
+            if self.b[start..end].iter().any(|&c| c < 0x20) {
+                return None; // raw control characters are invalid JSON
+            }
+            out.push_str(&self.s[start..end]);
+            self.i = end + 1;
+            if self.b[end] == b'"' {
+                return Some(());
+            }
+            let c = match self.next()? {
+                b'"' => '"',
+                b'\\' => '\\',
+                b'/' => '/',
+                b'b' => '\u{8}',
+                b'f' => '\u{c}',
+                b'n' => '\n',
+                b'r' => '\r',
+                b't' => '\t',
+                b'u' => {
+                    let hi = self.hex4()?;
+                    if (0xD800..0xDC00).contains(&hi) {
+                        // A surrogate pair; a lone surrogate is left to serde.
+                        self.literal("\\u")?;
+                        let lo = self.hex4()?;
+                        if !(0xDC00..0xE000).contains(&lo) {
+                            return None;
+                        }
+                        char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))?
+                    } else {
+                        char::from_u32(hi)?
+                    }
+                }
+                _ => return None,
+            };
+            out.push(c);
+        }
+    }
+
+    fn hex4(&mut self) -> Option<u32> {
+        let digits = self.b.get(self.i..self.i + 4)?;
+        let mut v = 0u32;
+        for &d in digits {
+            v = v * 16 + char::from(d).to_digit(16)?;
+        }
+        self.i += 4;
+        Some(v)
+    }
+
+    /// An integer literal as its text and value: no fraction or exponent, no leading zeros, no
+    /// `-0`, at most 18 digits (so its text is what Java/serde would print for it).
+    fn integer(&mut self) -> Option<(&'a str, i64)> {
+        let start = self.i;
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        let digits = self.i;
+        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+            self.i += 1;
+        }
+        let n = self.i - digits;
+        if n == 0 || n > 18 || (n > 1 && self.b[digits] == b'0') {
+            return None;
+        }
+        if matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        let text = &self.s[start..self.i];
+        if text == "-0" {
+            return None;
+        }
+        Some((text, text.parse().ok()?))
+    }
+
+    /// A top-level integer field: a number or a string holding one, within i32.
+    fn int32(&mut self) -> Option<i32> {
+        if self.peek()? == b'"' {
+            return self.plain_string()?.parse().ok();
+        }
+        i32::try_from(self.integer()?.1).ok()
+    }
+
+    /// A scalar we do not keep.
+    fn skip_scalar(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.plain_string().map(drop),
+            b't' => self.literal("true"),
+            b'f' => self.literal("false"),
+            b'n' => self.literal("null"),
+            _ => self.integer().map(drop),
+        }
+    }
+
+    /// The `extFields` object: scalar values, coerced to strings as fastjson would write them.
+    fn ext(&mut self, opaque_keys: &mut u32) -> Option<ExtFields> {
+        self.eat(b'{')?;
+        let mut ext = ExtFields::with_capacity(16);
+        self.ws();
+        if self.peek()? == b'}' {
+            self.i += 1;
+            return Some(ext);
+        }
+        loop {
+            self.ws();
+            let key = self.plain_string()?;
+            if key == "opaque" {
+                *opaque_keys += 1;
+            }
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            if ext.len() >= MAX_EXT_FIELDS {
+                return None;
+            }
+            match self.peek()? {
+                b'"' => {
+                    let mut failed = false;
+                    ext.insert_with(key, |arena| {
+                        failed = self.string_into(arena).is_none();
+                    });
+                    if failed {
+                        return None;
+                    }
+                }
+                b't' => {
+                    self.literal("true")?;
+                    ext.insert(key, "true");
+                }
+                b'f' => {
+                    self.literal("false")?;
+                    ext.insert(key, "false");
+                }
+                // null: the field is dropped, as in serde's reading.
+                b'n' => self.literal("null")?,
+                _ => {
+                    let (text, _) = self.integer()?;
+                    ext.insert(key, text);
+                }
+            }
+            self.ws();
+            match self.next()? {
+                b',' => continue,
+                b'}' => return Some(ext),
+                _ => return None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::json;
+    use proptest::prelude::*;
+
+    /// Fast and serde readings agree: same fields, and the span is where serde's shape check
+    /// and the byte search put it.
+    fn agree(bytes: &[u8]) -> bool {
+        let fast = decode(bytes);
+        let slow = json::decode_serde(bytes);
+        match (fast, slow) {
+            (Some((f, span)), Ok((s, unique))) => {
+                assert_eq!(f, s, "{}", String::from_utf8_lossy(bytes));
+                let expected = if unique {
+                    json::find_opaque(bytes)
+                } else {
+                    None
+                };
+                assert_eq!(span, expected, "{}", String::from_utf8_lossy(bytes));
+                true
+            }
+            (Some(_), Err(e)) => panic!(
+                "fast reading accepted what serde refuses ({e}): {}",
+                String::from_utf8_lossy(bytes)
+            ),
+            (None, _) => false,
+        }
+    }
+
+    #[test]
+    fn every_captured_json_header_takes_the_fast_path() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/frames");
+        let mut stack = vec![dir];
+        let mut n = 0;
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                if p.extension().is_none_or(|x| x != "hex") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&p).unwrap();
+                let Ok(frame) = decode_hex(text.trim()) else {
+                    continue;
+                };
+                if frame.len() < 8 || frame[4] != 0 {
+                    continue; // binary header
+                }
+                let hlen = u32::from_be_bytes([0, frame[5], frame[6], frame[7]]) as usize;
+                let Some(header) = frame.get(8..8 + hlen) else {
+                    continue;
+                };
+                if json::decode_serde(header).is_err() {
+                    continue; // the malformed samples
+                }
+                assert!(agree(header), "{}: not read by the fast path", p.display());
+                n += 1;
+            }
+        }
+        assert!(n >= 30, "only {n} JSON frames");
+    }
+
+    fn decode_hex(s: &str) -> Result<Vec<u8>, ()> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| {
+                s.get(i..i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or(())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn odd_but_valid_headers_agree_or_fall_back() {
+        for h in [
+            r#"{"code":10,"opaque":1}"#,
+            r#" { "code" : "10" , "opaque" : -3 , "flag":1 } "#,
+            r#"{"code":1,"language":"CPP","version":"5","extFields":{"a":1,"b":true,"c":null,"d":"x\u0001y\u0002","e":"\ud83d\ude00","f":"\"q\"\\/"}}"#,
+            r#"{"code":1,"language":9,"remark":null,"extFields":null}"#,
+            r#"{"code":1,"language":"NOPE","remark":"r\nr","x":[1],"opaque":2}"#,
+            r#"{"code":1,"extFields":{"n":1.5,"m":-0,"o":007}}"#,
+            r#"{"code":1,"extFields":{"opaque":"1"},"opaque":4}"#,
+            r#"{"code":1,"opaque":4,"opaque":5}"#,
+            r#"{"code":1,"opaque":"4"}"#,
+            r#"{"code":99999999999}"#,
+            r#"{"code":1,"extFields":{"k\u0041":"v"}}"#,
+            r#"{"code":1,"extFields":{"a":"\ud800"}}"#,
+            r#"{"code":1} x"#,
+            r#"{}"#,
+            r#"{"code":1,"extFields":{"a":"b",}}"#,
+        ] {
+            agree(h.as_bytes());
+        }
+        assert!(agree(br#"{"code":10,"opaque":1}"#));
+        assert!(agree(
+            br#"{"code":1,"extFields":{"a":1,"b":true,"c":null,"d":"x\u0001y"}}"#
+        ));
+    }
+
+    fn scalar() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-zA-Z0-9 %:;.\\-_]{0,12}".prop_map(|s| format!("\"{s}\"")),
+            "[\\x01-\\x03\"\\\\/a-z\u{e9}\u{1F600}]{0,6}"
+                .prop_map(|s| serde_json::to_string(&s).unwrap()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            "-?[0-9]{1,3}(\\.[0-9])?".prop_map(|s| s),
+            Just("true".to_owned()),
+            Just("null".to_owned()),
+            Just("[1,2]".to_owned()),
+            Just("{\"opaque\":1}".to_owned()),
+            "\"\\\\u[dD][89abAB][0-9a-f]{2}\"".prop_map(|s| s),
+        ]
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z]{1,6}",
+            Just("opaque".to_owned()),
+            Just("code".to_owned()),
+            Just("k\\u0041".to_owned()),
+        ]
+    }
+
+    fn header() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec((key(), scalar()), 0..6),
+            prop::collection::vec((key(), scalar()), 0..4),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(ext, top, with_code, spaced)| {
+                let sep = if spaced { " , " } else { "," };
+                let mut parts = Vec::new();
+                if with_code {
+                    parts.push("\"code\":10".to_owned());
+                }
+                for (k, v) in top {
+                    parts.push(format!("\"{k}\":{v}"));
+                }
+                let ext: Vec<String> = ext.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                parts.push(format!("\"extFields\":{{{}}}", ext.join(sep)));
+                format!("{{{}}}", parts.join(sep))
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn generated_headers_agree_or_fall_back(h in header()) {
+            agree(h.as_bytes());
+        }
+    }
+}
