@@ -177,7 +177,8 @@ impl RemotingClient {
         let r_reason = close_reason.clone();
         tokio::spawn(async move {
             // Raw frames, headers parsed here: FramedRead ends the stream after any decoder error.
-            let mut frames = FramedRead::new(read, FrameCodec::default());
+            let mut frames =
+                FramedRead::with_capacity(read, FrameCodec::default(), super::READ_BUFFER);
             let mut sweep = tokio::time::interval(SWEEP_EVERY);
             sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {

@@ -14,6 +14,10 @@ use tokio::sync::mpsc;
 use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 
+/// Read buffer of a connection: under load one `recv` takes many frames (tokio-util's default,
+/// 8 KiB, holds five 1 KiB messages). Grown past this only for a frame that needs it.
+pub(crate) const READ_BUFFER: usize = 64 * 1024;
+
 /// Largest batch of queued frames written with one `write_all`.
 const WRITE_BATCH: usize = 256 * 1024;
 

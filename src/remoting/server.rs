@@ -251,7 +251,8 @@ async fn serve_connection<H: Handler>(
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
     // Raw frames: FramedRead ends the stream after any decoder error, but a bad header in a
     // well-delimited frame is recoverable, so headers are parsed here instead.
-    let mut frames = FramedRead::new(read, FrameCodec::new(config.limits));
+    let mut frames =
+        FramedRead::with_capacity(read, FrameCodec::new(config.limits), super::READ_BUFFER);
     loop {
         let next = tokio::select! {
             f = frames.next() => f,

@@ -165,7 +165,14 @@ impl ExtFields {
     }
 
     fn position(&self, key: &str) -> Option<usize> {
-        self.spans.iter().position(|s| self.key_at(s) == key)
+        let (bytes, first) = (self.arena.as_bytes(), key.as_bytes().first());
+        // Length and first byte before the full comparison: decoding checks every new key
+        // against all earlier ones, and header keys are short (`a`..`n` in a V2 send).
+        self.spans.iter().position(|s| {
+            s[1] - s[0] == key.len()
+                && bytes.get(s[0]) == first
+                && &bytes[s[0]..s[1]] == key.as_bytes()
+        })
     }
 
     /// The value of `key`, if present.
