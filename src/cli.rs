@@ -73,9 +73,10 @@ pub struct SidecarArgs {
     /// RDS route configuration name (VHDS names are `<route-config>/<topic>`).
     #[arg(long, default_value = rocketmesh_xds::DEFAULT_ROUTE_CONFIG)]
     pub route_config: String,
-    /// Worker threads of the data plane (like Envoy's --concurrency; a sidecar shares its pod's
-    /// CPU with the application, so keep it small).
-    #[arg(long, default_value_t = 2)]
+    /// Worker threads of the data plane (like Envoy's --concurrency). A sidecar shares its pod's
+    /// CPU with the application: the default is one event loop on one thread, which costs the
+    /// least CPU per message; raise it for an application that needs more than one core of proxying.
+    #[arg(long, default_value_t = 1)]
     pub workers: usize,
     /// Pull -> Pop translator: invisible time asked for on each pop and renewal, ms.
     #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(i64).range(1_000..))]

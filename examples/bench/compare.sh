@@ -4,7 +4,7 @@
 #
 #   examples/bench/compare.sh
 #
-# Settings (environment): DURATION (s per run, 15), ROUNDS (a,b,c repeated, 2), SIDECAR_WORKERS (2),
+# Settings (environment): DURATION (s per run, 15), ROUNDS (a,b,c repeated, 2), SIDECAR_WORKERS (1),
 #   CONNECTIONS (4),
 # INFLIGHT (16), SIZE (1024), WARMUP (s per target, 3), CARGO_TARGET_DIR (target).
 set -euo pipefail

@@ -6,7 +6,7 @@
 #   examples/bench/consume.sh
 #
 # Settings (environment): MESSAGES (pre-filled and consumed per run, 200000), SIZE (1024),
-#   ROUNDS (a,b repeated, 3), CONNECTIONS (consumer connections, 2), SIDECAR_WORKERS (2),
+#   ROUNDS (a,b repeated, 3), CONNECTIONS (consumer connections, 2), SIDECAR_WORKERS (1),
 #   VERIFY (1: after the runs, wait out the invisible time and check nothing is left un-acked),
 #   CARGO_TARGET_DIR (target).
 set -euo pipefail

@@ -69,7 +69,7 @@ start_mesh() {
     BROKER="$READY"
     PID_BROKER="$LAST_PID"
     # shellcheck disable=SC2086 # SIDECAR_FLAGS is a list of flags
-    start sidecar "$BIN" sidecar --xds "$CP_XDS" --listen 127.0.0.1:0 --workers "${SIDECAR_WORKERS:-2}" \
+    start sidecar "$BIN" sidecar --xds "$CP_XDS" --listen 127.0.0.1:0 --workers "${SIDECAR_WORKERS:-1}" \
         ${SIDECAR_FLAGS:-}
     SIDECAR="$READY"
     PID_SIDECAR="$LAST_PID"
