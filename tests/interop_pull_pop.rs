@@ -657,8 +657,8 @@ fn a_sidecar_killed_mid_stream_loses_no_message() {
     let mesh = Mesh::start("pp-kill", TOPIC);
     let invisible = INVISIBLE.as_millis().to_string();
     let flags = ["--pop-invisible-ms", invisible.as_str()];
-    let victim_listen = format!("127.0.0.1:{}", free_port());
-    let victim_admin = free_port();
+    let [listen_port, victim_admin] = common::free_ports::<2>();
+    let victim_listen = format!("127.0.0.1:{listen_port}");
     let mut sidecars: Vec<SidecarProc> = (0..2)
         .map(|i| mesh.sidecar(&format!("sidecar-{i}"), "127.0.0.1:0", free_port(), &flags))
         .collect();
