@@ -5,6 +5,10 @@
 //! Acks go out as one BATCH_ACK_MESSAGE per broker and commit (a checkpoint's messages in one bit
 //! set); a broker that answers REQUEST_CODE_NOT_SUPPORTED (older than 5.1) gets single
 //! ACK_MESSAGEs from then on, and any other refusal of a batch is retried as single acks.
+//!
+//! Once a pull is answered with messages, the queue's next batch is popped in the background
+//! (without long polling; see the translator's prefetch): the next pull is answered from it at
+//! once, or waits for it while it is in flight.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -23,8 +27,8 @@ use rocketmesh_filters::codec::headers::{
 use rocketmesh_filters::codec::pop::PopHandle;
 use rocketmesh_filters::codec::RemotingCommand;
 use rocketmesh_filters::consume::{
-    batch_acks, AckBatch, HandleAction, Outcome, PullPlan, PullReply, SendBackPlan, Translator,
-    TranslatorConfig, VQueueKey,
+    batch_acks, AckBatch, HandleAction, Outcome, PrefetchTicket, PullPlan, PullReply, SendBackPlan,
+    Translator, TranslatorConfig, VQueueKey,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +55,8 @@ pub struct PullBridge {
     t: Mutex<Translator>,
     /// Woken by commits, for throttled pulls.
     committed: Notify,
+    /// Woken when a prefetch finished, for pulls waiting on it.
+    prefetched: Notify,
     /// Brokers that do not know BATCH_ACK_MESSAGE: acked one message at a time.
     no_batch_ack: Mutex<HashSet<String>>,
 }
@@ -60,6 +66,7 @@ impl PullBridge {
         PullBridge {
             t: Mutex::new(Translator::new(cfg)),
             committed: Notify::new(),
+            prefetched: Notify::new(),
             no_batch_ack: Mutex::new(HashSet::new()),
         }
     }
@@ -151,7 +158,7 @@ impl SidecarCore {
             .counter(Counter::AcksFromCommits)
             .increment(b.actions.len() as u64);
         let Ok((ep, timeout)) = self
-            .broker_endpoint(&first.topic, &first.group, &b.broker)
+            .broker_endpoint(&first.topic(), first.group(), &b.broker)
             .await
         else {
             // The broker is gone from the route: the handles cannot be acked; they are redelivered.
@@ -185,16 +192,17 @@ impl SidecarCore {
 
     async fn ack_handle(&self, a: &HandleAction) -> Outcome {
         self.stats.inc(Counter::AcksFromCommits);
-        let Ok((ep, timeout)) = self.broker_endpoint(&a.topic, &a.group, &a.broker).await else {
+        let topic = a.topic();
+        let Ok((ep, timeout)) = self.broker_endpoint(&topic, a.group(), &a.broker).await else {
             // The broker is gone from the route: the handle cannot be acked; it is redelivered.
             return Outcome::Done;
         };
         let h = AckMessageRequestHeader {
-            consumer_group: a.group.clone(),
-            topic: a.topic.clone(),
+            consumer_group: a.group().to_owned(),
+            topic,
             queue_id: a.queue_id,
             offset: a.queue_offset,
-            extra_info: a.extra_info.clone(),
+            extra_info: a.extra_info(),
             ..Default::default()
         };
         let req = RemotingCommand::request_with_header(rc::ACK_MESSAGE, &h);
@@ -217,16 +225,17 @@ impl SidecarCore {
     }
 
     async fn change_invisible(&self, a: &HandleAction) -> Result<PopHandle, String> {
+        let topic = a.topic();
         let (ep, timeout) = self
-            .broker_endpoint(&a.topic, &a.group, &a.broker)
+            .broker_endpoint(&topic, a.group(), &a.broker)
             .await
             .map_err(|r| r.1)?;
         let h = ChangeInvisibleTimeRequestHeader {
-            consumer_group: a.group.clone(),
-            topic: a.topic.clone(),
+            consumer_group: a.group().to_owned(),
+            topic,
             queue_id: a.queue_id,
             offset: a.queue_offset,
-            extra_info: a.extra_info.clone(),
+            extra_info: a.extra_info(),
             invisible_time: a.invisible_time_ms,
             ..Default::default()
         };
@@ -245,8 +254,8 @@ impl SidecarCore {
         }
         let rh: ChangeInvisibleTimeResponseHeader =
             resp.decode_header().map_err(|e| e.to_string())?;
-        let old = PopHandle::parse(&a.extra_info).map_err(|e| e.to_string())?;
-        Ok(old.after_change_invisible(rh.pop_time, rh.invisible_time, rh.revive_qid))
+        Ok(a.handle
+            .after_change_invisible(rh.pop_time, rh.invisible_time, rh.revive_qid))
     }
 
     /// PULL_MESSAGE (11) -> POP.
@@ -284,40 +293,140 @@ impl SidecarCore {
             // A queue the route no longer has (stale SDK view): nothing there.
             return Ok(not_found(h.queue_offset, h.queue_offset));
         };
-        let commit = (h.sys_flag & FLAG_COMMIT_OFFSET != 0).then_some(h.commit_offset);
-        let (acks, plan) =
-            self.pulls
-                .lock()
-                .begin_pull(&key, h.queue_offset, h.max_msg_nums, commit);
-        self.spawn_acks(acks);
-        if commit.is_some() {
-            self.pulls.committed.notify_waiters();
-        }
+        let mut commit = (h.sys_flag & FLAG_COMMIT_OFFSET != 0).then_some(h.commit_offset);
         let suspend = Duration::from_millis(u64::try_from(h.suspend_timeout_millis).unwrap_or(0))
             .min(MAX_POLL);
-        let max_msgs = match plan {
-            PullPlan::Pop { max_msgs } => max_msgs,
-            PullPlan::Refused(why) => return Err(Reject::system(why)),
-            PullPlan::Throttled => {
-                // Hold the pull until the consumer commits (or the suspend time passes), as the
-                // broker's long polling would, instead of letting the SDK spin.
-                let wait = self.pulls.committed.notified();
-                let _ = tokio::time::timeout(suspend.max(Duration::from_millis(100)), wait).await;
-                if self.pulls.lock().is_throttled(&key) {
-                    let max = self.pulls.lock().max_offset(&key);
-                    return Ok(not_found(h.queue_offset, max));
+        let target = self.pop_target(&route, broker, real_queue, &h, suspend);
+        let mut waited_for_commit = false;
+        let max_msgs = loop {
+            // Enabled before the translator is asked, so a prefetch finishing in between is
+            // not missed.
+            let prefetched = self.pulls.prefetched.notified();
+            tokio::pin!(prefetched);
+            prefetched.as_mut().enable();
+            let committing = commit.is_some();
+            let (acks, plan) =
+                self.pulls
+                    .lock()
+                    .begin_pull(&key, h.queue_offset, h.max_msg_nums, commit.take());
+            self.spawn_acks(acks);
+            if committing {
+                self.pulls.committed.notify_waiters();
+            }
+            match plan {
+                PullPlan::Pop { max_msgs } => break max_msgs,
+                PullPlan::Refused(why) => return Err(Reject::system(why)),
+                PullPlan::Ready(reply) => {
+                    self.stats.inc(Counter::PullConverted);
+                    if let Ok(target) = &target {
+                        self.spawn_prefetch(&key, target);
+                    }
+                    self.set_held_gauge();
+                    return self.pull_reply(req, Ok(reply));
                 }
-                let (acks, plan) =
-                    self.pulls
-                        .lock()
-                        .begin_pull(&key, h.queue_offset, h.max_msg_nums, None);
-                self.spawn_acks(acks);
-                match plan {
-                    PullPlan::Pop { max_msgs } => max_msgs,
-                    _ => return Ok(not_found(h.queue_offset, h.queue_offset)),
+                PullPlan::Wait => {
+                    // The prefetch does not long-poll: it is back within the request timeout.
+                    let wait = self.cfg.request_timeout + Duration::from_secs(1);
+                    if tokio::time::timeout(wait, prefetched).await.is_err() {
+                        let max = self.pulls.lock().max_offset(&key);
+                        return Ok(not_found(h.queue_offset, max));
+                    }
+                }
+                PullPlan::Throttled => {
+                    if waited_for_commit {
+                        let max = self.pulls.lock().max_offset(&key);
+                        return Ok(not_found(h.queue_offset, max));
+                    }
+                    // Hold the pull until the consumer commits (or the suspend time passes), as
+                    // the broker's long polling would, instead of letting the SDK spin.
+                    waited_for_commit = true;
+                    let wait = self.pulls.committed.notified();
+                    let _ =
+                        tokio::time::timeout(suspend.max(Duration::from_millis(100)), wait).await;
                 }
             }
         };
+        let target = target?;
+        self.stats.inc(Counter::PullConverted);
+        let found = match self.pop_upstream(&target, max_msgs, suspend).await {
+            Ok(found) => found,
+            Err(PopFailed::Transport(e)) => {
+                // Nothing was handed out: answer "nothing yet" so the SDK simply pulls again.
+                tracing::debug!("pop for a pull failed: {e}");
+                let max = self.pulls.lock().max_offset(&key);
+                return Ok(not_found(h.queue_offset, max));
+            }
+            Err(PopFailed::Refused(r)) => return Err(r),
+        };
+        let (found_header, found_body) = found.unzip();
+        let reply = {
+            let mut t = self.pulls.lock();
+            t.complete_pull(
+                &key,
+                h.queue_offset,
+                &target.broker,
+                found_header.as_ref().zip(found_body),
+                self.cfg.advertise.parse().ok(),
+                now_ms(),
+            )
+        };
+        if matches!(reply, Ok(PullReply::Found { .. })) {
+            self.spawn_prefetch(&key, &target);
+        }
+        self.set_held_gauge();
+        self.pull_reply(req, reply)
+    }
+
+    /// The answer to a PULL.
+    fn pull_reply(
+        &self,
+        req: &RemotingCommand,
+        reply: Result<PullReply, rocketmesh_filters::consume::ConsumeError>,
+    ) -> Result<RemotingCommand, Reject> {
+        let (code, rh, body) = match reply {
+            Ok(PullReply::Found {
+                next_begin,
+                max_offset,
+                body,
+                ..
+            }) => (response_code::SUCCESS, (next_begin, max_offset), Some(body)),
+            Ok(PullReply::NotFound {
+                next_begin,
+                max_offset,
+            }) => (
+                response_code::PULL_NOT_FOUND,
+                (next_begin, max_offset),
+                None,
+            ),
+            Err(e) => {
+                return Err(Reject::system(format!(
+                    "cannot translate the pop response: {e}"
+                )));
+            }
+        };
+        let rh = PullMessageResponseHeader {
+            suggest_which_broker_id: 0,
+            next_begin_offset: rh.0,
+            min_offset: 0,
+            max_offset: rh.1,
+            ..Default::default()
+        };
+        let resp = self.reply(req, code, None).with_header(&rh);
+        Ok(match body {
+            Some(body) => resp.with_body(body.freeze()),
+            None => resp,
+        })
+    }
+
+    /// Where and how a virtual queue's pops go.
+    fn pop_target(
+        &self,
+        route: &rocketmesh_xds::model::TopicRoute,
+        broker: &str,
+        real_queue: i32,
+        h: &PullMessageRequestHeader,
+        suspend: Duration,
+    ) -> Result<PopTarget, Reject> {
         let sel = route
             .select(&rocketmesh_xds::model::RouteRequest {
                 code: rc::POP_MESSAGE,
@@ -334,14 +443,14 @@ impl SidecarCore {
                 h.topic
             )));
         };
-        let pop = PopMessageRequestHeader {
+        let header = PopMessageRequestHeader {
             consumer_group: h.consumer_group.clone(),
             topic: h.topic.clone(),
             queue_id: real_queue,
-            max_msg_nums: max_msgs,
+            max_msg_nums: 32,
             invisible_time: self.pulls.lock().config().invisible_time_ms,
             poll_time: suspend.as_millis() as i64,
-            born_time: now_ms(),
+            born_time: 0,
             // Start from the queue's first message for a new group: nothing produced before the
             // first pull is skipped.
             init_mode: 0,
@@ -354,86 +463,107 @@ impl SidecarCore {
             ),
             ..Default::default()
         };
+        Ok(PopTarget {
+            address: ep.address.clone(),
+            broker: ep.broker_name.clone(),
+            connect_timeout: sel
+                .cluster
+                .spec
+                .connect_timeout_ms
+                .map(Duration::from_millis),
+            header,
+        })
+    }
+
+    /// One POP of `target`: the response header and body when it found messages, `None` when it
+    /// found none.
+    async fn pop_upstream(
+        &self,
+        target: &PopTarget,
+        max_msgs: i32,
+        poll: Duration,
+    ) -> Result<Option<(PopMessageResponseHeader, BytesMut)>, PopFailed> {
+        let mut pop = target.header.clone();
+        pop.max_msg_nums = max_msgs;
+        pop.poll_time = poll.as_millis() as i64;
+        pop.born_time = now_ms();
         let pop_req = RemotingCommand::request_with_header(rc::POP_MESSAGE, &pop);
-        let timeout = sel
-            .cluster
-            .spec
-            .connect_timeout_ms
-            .map(Duration::from_millis);
-        self.stats.inc(Counter::PullConverted);
-        let resp = match self
+        let mut resp = self
             .upstreams
             .invoke(
-                &ep.address,
+                &target.address,
                 pop_req,
-                self.cfg.request_timeout + suspend,
-                timeout,
+                self.cfg.request_timeout + poll,
+                target.connect_timeout,
             )
             .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                // Nothing was handed out: answer "nothing yet" so the SDK simply pulls again.
-                tracing::debug!("pop for a pull failed: {e}");
-                let max = self.pulls.lock().max_offset(&key);
-                return Ok(not_found(h.queue_offset, max));
-            }
-        };
-        let found = match resp.code() {
+            .map_err(|e| PopFailed::Transport(e.to_string()))?;
+        match resp.code() {
             response_code::SUCCESS => {
-                let ph: PopMessageResponseHeader = resp.decode_header()?;
-                Some((ph, BytesMut::from(&resp.body()[..])))
+                let ph: PopMessageResponseHeader = resp
+                    .decode_header()
+                    .map_err(|e| PopFailed::Refused(e.into()))?;
+                // Patched in place: no copy when the body is not shared.
+                let body = resp
+                    .take_body()
+                    .try_into_mut()
+                    .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+                Ok(Some((ph, body)))
             }
             response_code::PULL_NOT_FOUND
             | response_code::POLLING_TIMEOUT
             | response_code::POLLING_FULL
-            | response_code::NO_MESSAGE => None,
-            code => {
-                return Err(Reject(
-                    code,
-                    resp.remark().unwrap_or("pop failed").to_owned(),
-                ));
+            | response_code::NO_MESSAGE => Ok(None),
+            code => Err(PopFailed::Refused(Reject(
+                code,
+                resp.remark().unwrap_or("pop failed").to_owned(),
+            ))),
+        }
+    }
+
+    /// Pops `key`'s next batch in the background when the translator wants one (see the
+    /// translator's prefetch); a pull waiting for it is woken when it is back.
+    fn spawn_prefetch(self: &Arc<Self>, key: &VQueueKey, target: &PopTarget) {
+        let Some(ticket) = self.pulls.lock().begin_prefetch(key) else {
+            return;
+        };
+        let core = self.clone();
+        let key = key.clone();
+        let target = target.clone();
+        tokio::spawn(async move {
+            core.prefetch(key, target, ticket).await;
+            core.pulls.prefetched.notify_waiters();
+            core.set_held_gauge();
+        });
+    }
+
+    async fn prefetch(&self, key: VQueueKey, target: PopTarget, ticket: PrefetchTicket) {
+        let found = match self
+            .pop_upstream(&target, ticket.max_msgs, Duration::ZERO)
+            .await
+        {
+            Ok(found) => found,
+            Err(PopFailed::Transport(e)) => {
+                tracing::debug!("prefetch pop failed: {e}");
+                None
+            }
+            Err(PopFailed::Refused(Reject(code, why))) => {
+                tracing::debug!(code, "prefetch pop refused: {why}");
+                None
             }
         };
         let (found_header, found_body) = found.unzip();
-        let reply = {
-            let mut t = self.pulls.lock();
-            t.complete_pull(
-                &key,
-                h.queue_offset,
-                &ep.broker_name,
-                found_header.as_ref().zip(found_body),
-                self.cfg.advertise.parse().ok(),
-                now_ms(),
-            )
-        };
-        self.set_held_gauge();
-        match reply {
-            Ok(PullReply::Found {
-                next_begin,
-                max_offset,
-                body,
-                ..
-            }) => {
-                let rh = PullMessageResponseHeader {
-                    suggest_which_broker_id: 0,
-                    next_begin_offset: next_begin,
-                    min_offset: 0,
-                    max_offset,
-                    ..Default::default()
-                };
-                Ok(self
-                    .reply(req, response_code::SUCCESS, None)
-                    .with_header(&rh)
-                    .with_body(body.freeze()))
-            }
-            Ok(PullReply::NotFound {
-                next_begin,
-                max_offset,
-            }) => Ok(not_found(next_begin, max_offset)),
-            Err(e) => Err(Reject::system(format!(
-                "cannot translate the pop response: {e}"
-            ))),
+        let done = self.pulls.lock().complete_prefetch(
+            &key,
+            ticket,
+            &target.broker,
+            found_header.as_ref().zip(found_body),
+            self.cfg.advertise.parse().ok(),
+            now_ms(),
+        );
+        if let Err(e) = done {
+            // Not stamped, not held: the broker redelivers the batch after its invisible time.
+            tracing::warn!("cannot translate a prefetched pop response: {e}");
         }
     }
 
@@ -535,7 +665,7 @@ impl SidecarCore {
             } => {
                 // The broker moves the message (by its real commit log offset; the consumer
                 // named the virtual one) to %DLQ%<group>.
-                let (ep, timeout) = self.broker_endpoint(&ack.topic, &ack.group, &broker).await?;
+                let (ep, timeout) = self.broker_endpoint(&ack.topic(), ack.group(), &broker).await?;
                 let mut fwd = req.clone();
                 fwd.ext_mut().put("offset", commit_log_offset);
                 match self.upstreams.invoke(&ep.address, fwd, self.cfg.request_timeout, timeout).await {
@@ -559,6 +689,23 @@ impl SidecarCore {
             ))),
         }
     }
+}
+
+/// Where a virtual queue's pops go: the broker's address and a POP header to fill in.
+#[derive(Debug, Clone)]
+struct PopTarget {
+    address: String,
+    broker: String,
+    connect_timeout: Option<Duration>,
+    header: PopMessageRequestHeader,
+}
+
+/// Why a POP brought nothing.
+enum PopFailed {
+    /// Not delivered or no answer: nothing was handed out.
+    Transport(String),
+    /// The broker refused it: the pull is refused the same way.
+    Refused(Reject),
 }
 
 /// Renews held handles and retries owed acks, every second.
