@@ -59,6 +59,18 @@ pub struct PullBridge {
     prefetched: Notify,
     /// Brokers that do not know BATCH_ACK_MESSAGE: acked one message at a time.
     no_batch_ack: Mutex<HashSet<String>>,
+    /// Acks waiting for the round in flight to finish.
+    acks: Mutex<AckQueue>,
+}
+
+/// Acks are sent in rounds, one round in flight at a time: what commits cause meanwhile waits
+/// and goes out together in the next round (fewer, larger BATCH_ACK_MESSAGEs under load, no
+/// added delay when idle). Bounded by the handles held.
+#[derive(Debug, Default)]
+struct AckQueue {
+    pending: Vec<HandleAction>,
+    /// A round is in flight (its task sends `pending` next).
+    flushing: bool,
 }
 
 impl PullBridge {
@@ -68,6 +80,7 @@ impl PullBridge {
             committed: Notify::new(),
             prefetched: Notify::new(),
             no_batch_ack: Mutex::new(HashSet::new()),
+            acks: Mutex::new(AckQueue::default()),
         }
     }
 
@@ -99,37 +112,57 @@ impl SidecarCore {
         self.stats.gauge(Gauge::OutstandingHandles).set(held as f64);
     }
 
-    /// Runs acks in the background (batched per broker); the outcome goes back to the
-    /// translator.
+    /// Runs acks in the background (batched per broker, in rounds: see [`AckQueue`]); the
+    /// outcome goes back to the translator.
     pub(super) fn spawn_acks(self: &Arc<Self>, acks: Vec<HandleAction>) {
         if acks.is_empty() {
             return;
         }
+        {
+            let mut q = self.pulls.acks.lock().unwrap_or_else(|e| e.into_inner());
+            q.pending.extend(acks);
+            if q.flushing {
+                return;
+            }
+            q.flushing = true;
+        }
         let core = self.clone();
         tokio::spawn(async move {
-            let (batches, mut singles) = batch_acks(acks);
-            let mut futs = Vec::new();
-            for b in batches {
-                if core.pulls.batches_to(&b.broker) {
-                    futs.push(core.clone().batch_ack_handles(b));
-                } else {
-                    singles.extend(b.actions);
-                }
+            loop {
+                let acks = {
+                    let mut q = core.pulls.acks.lock().unwrap_or_else(|e| e.into_inner());
+                    if q.pending.is_empty() {
+                        q.flushing = false;
+                        break;
+                    }
+                    std::mem::take(&mut q.pending)
+                };
+                core.send_acks(acks).await;
             }
-            let singles = singles.into_iter().map(|a| {
-                let core = core.clone();
-                async move {
-                    let outcome = core.ack_handle(&a).await;
-                    core.pulls.lock().ack_done(&a.key, a.offset, outcome);
-                }
-            });
-            futures_util::future::join(
-                futures_util::future::join_all(futs),
-                futures_util::future::join_all(singles),
-            )
-            .await;
-            core.set_held_gauge();
         });
+    }
+
+    /// One round of acks.
+    async fn send_acks(self: &Arc<Self>, acks: Vec<HandleAction>) {
+        let (batches, mut singles) = batch_acks(acks);
+        let mut futs = Vec::new();
+        for b in batches {
+            if self.pulls.batches_to(&b.broker) {
+                futs.push(self.clone().batch_ack_handles(b));
+            } else {
+                singles.extend(b.actions);
+            }
+        }
+        let singles = singles.into_iter().map(|a| async move {
+            let outcome = self.ack_handle(&a).await;
+            self.pulls.lock().ack_done(&a.key, a.offset, outcome);
+        });
+        futures_util::future::join(
+            futures_util::future::join_all(futs),
+            futures_util::future::join_all(singles),
+        )
+        .await;
+        self.set_held_gauge();
     }
 
     /// One BATCH_ACK_MESSAGE; refused batches are acked one by one.
@@ -521,8 +554,9 @@ impl SidecarCore {
         }
     }
 
-    /// Pops `key`'s next batch in the background when the translator wants one (see the
-    /// translator's prefetch); a pull waiting for it is woken when it is back.
+    /// Pops ahead for `key` in the background while the translator wants more (see the
+    /// translator's prefetch: one pop in flight per queue, a bounded buffer); pulls waiting for
+    /// it are woken after each pop.
     fn spawn_prefetch(self: &Arc<Self>, key: &VQueueKey, target: &PopTarget) {
         let Some(ticket) = self.pulls.lock().begin_prefetch(key) else {
             return;
@@ -531,15 +565,25 @@ impl SidecarCore {
         let key = key.clone();
         let target = target.clone();
         tokio::spawn(async move {
-            core.prefetch(key, target, ticket).await;
-            core.pulls.prefetched.notify_waiters();
+            let mut ticket = Some(ticket);
+            while let Some(t) = ticket {
+                let more = core.prefetch(&key, &target, t).await;
+                core.pulls.prefetched.notify_waiters();
+                // Back to back while records keep coming and the buffer has room.
+                ticket = if more {
+                    core.pulls.lock().begin_prefetch(&key)
+                } else {
+                    None
+                };
+            }
             core.set_held_gauge();
         });
     }
 
-    async fn prefetch(&self, key: VQueueKey, target: PopTarget, ticket: PrefetchTicket) {
+    /// One prefetch pop; true when it added records.
+    async fn prefetch(&self, key: &VQueueKey, target: &PopTarget, ticket: PrefetchTicket) -> bool {
         let found = match self
-            .pop_upstream(&target, ticket.max_msgs, Duration::ZERO)
+            .pop_upstream(target, ticket.max_msgs, Duration::ZERO)
             .await
         {
             Ok(found) => found,
@@ -554,17 +598,18 @@ impl SidecarCore {
         };
         let (found_header, found_body) = found.unzip();
         let done = self.pulls.lock().complete_prefetch(
-            &key,
+            key,
             ticket,
             &target.broker,
             found_header.as_ref().zip(found_body),
             self.cfg.advertise.parse().ok(),
             now_ms(),
         );
-        if let Err(e) = done {
+        done.unwrap_or_else(|e| {
             // Not stamped, not held: the broker redelivers the batch after its invisible time.
             tracing::warn!("cannot translate a prefetched pop response: {e}");
-        }
+            false
+        })
     }
 
     /// UPDATE_CONSUMER_OFFSET (15): commit -> acks.

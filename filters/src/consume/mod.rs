@@ -28,16 +28,20 @@
 //!   takes its table with it and the broker redelivers everything not acked.
 //! * **Bounded.** Handles per queue and queues in all are capped; a queue at its cap is throttled
 //!   (no pop) until its consumer commits, as the SDK's own flow control would.
-//! * **Prefetch.** Once a pull of a virtual queue is answered with messages, the sidecar may pop
-//!   that queue's next batch in the background ([`Translator::begin_prefetch`], without long
-//!   polling). At most one batch per virtual queue is prefetched: it is stamped at the queue's
-//!   next virtual offset and its handles are held (counted against the bounds, renewed) but not
-//!   delivered. The next pull at exactly that offset is answered from it at once; a pull while it
-//!   is still in flight waits for it. A pull anywhere else (a rewind), a prefetched handle that
-//!   expires or fails its renewal, or the connection closing drops the whole batch un-acked: the
-//!   broker redelivers it once its invisible time is over. A prefetched handle is never acked.
+//! * **Prefetch.** Once a pull of a virtual queue is answered with messages, the sidecar pops
+//!   ahead for that queue in the background ([`Translator::begin_prefetch`], without long
+//!   polling): at most one pop in flight per virtual queue, and at most
+//!   [`TranslatorConfig::prefetch_max`] messages buffered ahead (one prefetched batch of up to
+//!   that size, filled by back-to-back pops of at most 32). Each pop's records are stamped at the
+//!   end of the buffer (the queue's next virtual offsets) and their handles are held (counted
+//!   against the bounds, renewed) but not delivered. The next pull at exactly the buffer's start
+//!   is answered from it at once (one pop's records at most); a pull finding the buffer empty
+//!   while a pop is in flight waits for it. A pull anywhere else (a rewind), a buffered handle
+//!   that expires or fails its renewal, or the connection closing drops the whole buffer
+//!   un-acked: the broker redelivers it once its invisible time is over. A prefetched handle is
+//!   never acked.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -63,8 +67,9 @@ pub struct TranslatorConfig {
     pub max_held_per_queue: usize,
     /// Most virtual queues tracked in all.
     pub max_queues: usize,
-    /// Pop each virtual queue's next batch in the background once a pull returned messages.
-    pub prefetch: bool,
+    /// Most messages popped ahead (prefetched, not delivered) per virtual queue; 0 turns
+    /// prefetching off. A prefetch pop starts only while at least 32 more fit.
+    pub prefetch_max: usize,
 }
 
 impl Default for TranslatorConfig {
@@ -75,7 +80,7 @@ impl Default for TranslatorConfig {
             max_hold_ms: 15 * 60_000,
             max_held_per_queue: 1024,
             max_queues: 16_384,
-            prefetch: true,
+            prefetch_max: 64,
         }
     }
 }
@@ -131,10 +136,34 @@ struct VQueue {
     held: BTreeMap<i64, Held>,
     /// The max message count of the last pull (for prefetches).
     last_max: i32,
-    prefetch: Prefetch,
+    /// Prefetched records from `next` on, one chunk per pop, oldest first.
+    ahead: VecDeque<Chunk>,
+    /// The generation of the prefetch pop in flight.
+    in_flight: Option<u64>,
     /// Bumped whenever a prefetch starts or is dropped: a late pop result of an older one is
     /// not stamped.
     generation: u64,
+}
+
+/// One prefetch pop's records, stamped at `start..`, not delivered yet.
+#[derive(Debug)]
+struct Chunk {
+    start: i64,
+    body: BytesMut,
+    /// Byte length of each record left, in order.
+    lens: VecDeque<usize>,
+}
+
+impl VQueue {
+    fn buffered(&self) -> usize {
+        self.ahead.iter().map(|c| c.lens.len()).sum()
+    }
+
+    fn ahead_end(&self) -> i64 {
+        self.ahead
+            .back()
+            .map_or(self.next, |c| c.start + c.lens.len() as i64)
+    }
 }
 
 impl VQueue {
@@ -145,24 +174,11 @@ impl VQueue {
             committed: 0,
             held: BTreeMap::new(),
             last_max: 32,
-            prefetch: Prefetch::Idle,
+            ahead: VecDeque::new(),
+            in_flight: None,
             generation: 0,
         }
     }
-}
-
-#[derive(Debug)]
-enum Prefetch {
-    Idle,
-    /// A pop is running for the batch at `next` (the generation it was started in).
-    InFlight(u64),
-    /// The batch at `next`: its handles are held as [`HeldState::Prefetched`].
-    Ready {
-        start: i64,
-        end: i64,
-        body: BytesMut,
-        count: usize,
-    },
 }
 
 /// A prefetch to run: pop up to `max_msgs` and report with [`Translator::complete_prefetch`].
@@ -448,10 +464,11 @@ impl Translator {
         let Some(vq) = self.queues.get_mut(key) else {
             return;
         };
-        if matches!(vq.prefetch, Prefetch::Idle) {
+        if vq.ahead.is_empty() && vq.in_flight.is_none() {
             return;
         }
-        vq.prefetch = Prefetch::Idle;
+        vq.ahead.clear();
+        vq.in_flight = None;
         vq.generation += 1;
         let dropped: Vec<i64> = vq
             .held
@@ -489,17 +506,18 @@ impl Translator {
             .entry(key.clone())
             .or_insert_with(|| VQueue::new(key));
         vq.last_max = max_msgs.clamp(1, 32);
-        match &vq.prefetch {
-            Prefetch::Ready { start, .. } if *start == offset => {
-                let Prefetch::Ready {
-                    start,
-                    end,
-                    body,
-                    count,
-                } = std::mem::replace(&mut vq.prefetch, Prefetch::Idle)
-                else {
-                    unreachable!("matched above")
-                };
+        if offset == vq.next {
+            if let Some(chunk) = vq.ahead.front_mut() {
+                // The front chunk's records, as many as asked for.
+                let n = chunk.lens.len().min(vq.last_max as usize);
+                let bytes: usize = chunk.lens.drain(..n).sum();
+                let body = chunk.body.split_to(bytes);
+                let start = chunk.start;
+                chunk.start += n as i64;
+                if chunk.lens.is_empty() {
+                    vq.ahead.pop_front();
+                }
+                let end = start + n as i64;
                 for (_, h) in vq.held.range_mut(start..end) {
                     if h.state == HeldState::Prefetched {
                         h.state = HeldState::Outstanding;
@@ -510,14 +528,16 @@ impl Translator {
                     next_begin: end,
                     max_offset: end,
                     body,
-                    count,
+                    count: n,
                 };
                 return (acks, PullPlan::Ready(reply));
             }
-            Prefetch::InFlight(_) if offset == vq.next => return (acks, PullPlan::Wait),
-            Prefetch::Idle => {}
-            // The consumer reads somewhere else: the batch ahead is not for it.
-            _ => self.drop_prefetch(key),
+            if vq.in_flight.is_some() {
+                return (acks, PullPlan::Wait);
+            }
+        } else {
+            // The consumer reads somewhere else: what was popped ahead is not for it.
+            self.drop_prefetch(key);
         }
         let vq = self.queues.get_mut(key).expect("just inserted");
         if offset < vq.next {
@@ -684,32 +704,32 @@ impl Translator {
         Ok((next, body, count))
     }
 
-    /// Starts a prefetch of `key`'s next batch when it has none and has room: the caller pops
-    /// (without long polling) and reports with [`complete_prefetch`](Self::complete_prefetch).
+    /// Starts a prefetch pop for `key` when none is in flight, at least 32 more messages fit in
+    /// its buffer ahead and it has room for more handles: the caller pops (without long
+    /// polling) and reports with [`complete_prefetch`](Self::complete_prefetch).
     pub fn begin_prefetch(&mut self, key: &VQueueKey) -> Option<PrefetchTicket> {
-        if !self.cfg.prefetch {
-            return None;
-        }
         let vq = self.queues.get_mut(key)?;
-        if !matches!(vq.prefetch, Prefetch::Idle) {
+        if vq.in_flight.is_some() {
             return None;
         }
+        let fits = self.cfg.prefetch_max.saturating_sub(vq.buffered());
         let room = self.cfg.max_held_per_queue.saturating_sub(vq.held.len());
-        if room == 0 {
+        let max = fits.min(room).min(vq.last_max as usize);
+        if max == 0 || fits < 32.min(vq.last_max as usize) {
             return None;
         }
         vq.generation += 1;
-        vq.prefetch = Prefetch::InFlight(vq.generation);
+        vq.in_flight = Some(vq.generation);
         Some(PrefetchTicket {
             generation: vq.generation,
-            max_msgs: vq.last_max.min(room as i32),
+            max_msgs: max as i32,
         })
     }
 
-    /// The prefetch pop of `ticket` returned. Its records are stamped at the queue's next offset
-    /// and held, undelivered, for the next pull; returns whether a batch is now ready. A result
-    /// the queue no longer waits for (the connection closed, the consumer rewound) is dropped:
-    /// never acked, redelivered by the broker after the invisible time.
+    /// The prefetch pop of `ticket` returned. Its records are stamped at the end of the queue's
+    /// buffer ahead and held, undelivered, for the next pulls; returns whether records were
+    /// added. A result the queue no longer waits for (the connection closed, the consumer
+    /// rewound) is dropped: never acked, redelivered by the broker after the invisible time.
     #[allow(clippy::too_many_arguments)]
     pub fn complete_prefetch(
         &mut self,
@@ -723,15 +743,15 @@ impl Translator {
         let Some(vq) = self.queues.get_mut(key) else {
             return Ok(false);
         };
-        if !matches!(vq.prefetch, Prefetch::InFlight(g) if g == ticket.generation) {
+        if vq.in_flight != Some(ticket.generation) {
             return Ok(false);
         }
-        vq.prefetch = Prefetch::Idle;
-        let start = vq.next;
+        vq.in_flight = None;
+        let start = vq.ahead_end();
         let Some((header, body)) = found else {
             return Ok(false);
         };
-        let (end, body, count) = self.stamp(
+        let (_, mut body, count) = self.stamp(
             key,
             start,
             broker,
@@ -744,12 +764,16 @@ impl Translator {
         if count == 0 {
             return Ok(false);
         }
-        self.queues.get_mut(key).expect("checked above").prefetch = Prefetch::Ready {
-            start,
-            end,
-            body,
-            count,
-        };
+        let mut lens = VecDeque::with_capacity(count);
+        patch_records(&mut body, |rec| -> Result<(), ConsumeError> {
+            lens.push_back(rec.len());
+            Ok(())
+        })?;
+        self.queues
+            .get_mut(key)
+            .expect("checked above")
+            .ahead
+            .push_back(Chunk { start, body, lens });
         Ok(true)
     }
 

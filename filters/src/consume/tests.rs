@@ -481,7 +481,11 @@ fn send_backs_find_their_message_when_brokers_commit_logs_overlap() {
 /// Prefetches `offsets` of real queue 0 for `k` (after a pull answered with messages).
 fn prefetch(t: &mut Translator, k: &VQueueKey, offsets: &[i64], phys: i64) -> PrefetchTicket {
     let ticket = t.begin_prefetch(k).expect("a prefetch starts");
-    assert_eq!(t.begin_prefetch(k), None, "one batch per queue at most");
+    assert_eq!(
+        t.begin_prefetch(k),
+        None,
+        "one pop in flight per queue at most"
+    );
     let (h, body) = pop_response(0, offsets, phys);
     assert!(t
         .complete_prefetch(k, ticket, "broker-a", Some((&h, body)), None, 3_000)
@@ -618,7 +622,7 @@ fn prefetches_are_bounded_and_renewed_like_held_handles() {
     ));
     // Disabled: no prefetch.
     let mut t = Translator::new(TranslatorConfig {
-        prefetch: false,
+        prefetch_max: 0,
         ..Default::default()
     });
     pull(&mut t, &k, 0, 0, &[0], 0);
