@@ -628,3 +628,59 @@ fn prefetches_are_bounded_and_renewed_like_held_handles() {
     pull(&mut t, &k, 0, 0, &[0], 0);
     assert_eq!(t.begin_prefetch(&k), None);
 }
+
+#[test]
+fn pops_ahead_back_to_back_up_to_the_buffer_bound() {
+    let mut t = Translator::new(TranslatorConfig::default()); // prefetch_max 64
+    let k = key(1, 0);
+    pull(&mut t, &k, 0, 0, &[0], 0);
+    let a: Vec<i64> = (1..33).collect();
+    let b: Vec<i64> = (33..65).collect();
+    prefetch(&mut t, &k, &a, 0);
+    // 32 buffered: 32 more fit, the next pop may start at once.
+    prefetch(&mut t, &k, &b, 0);
+    assert_eq!(t.begin_prefetch(&k), None, "64 buffered: the bound");
+    assert_eq!(t.held(), 65);
+    // Each pull gets the front pop's records; the second chunk is stamped after the first.
+    for (from, to) in [(1, 33), (33, 65)] {
+        let (_, plan) = t.begin_pull(&k, from, 32, None);
+        let PullPlan::Ready(PullReply::Found {
+            next_begin, body, ..
+        }) = plan
+        else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(next_begin, to);
+        let msgs = decode_records(&body.freeze()).unwrap();
+        assert_eq!(
+            msgs.iter().map(|m| m.queue_offset).collect::<Vec<_>>(),
+            (from..to).collect::<Vec<_>>()
+        );
+        assert_eq!(msgs[0].body.as_ref(), format!("m{from}").as_bytes());
+    }
+    // A pull asking for fewer gets part of a chunk; the rest stays for the next pull.
+    prefetch(&mut t, &k, &[65, 66, 67], 0);
+    let (_, plan) = t.begin_pull(&k, 65, 2, None);
+    assert!(matches!(
+        plan,
+        PullPlan::Ready(PullReply::Found {
+            next_begin: 67,
+            count: 2,
+            ..
+        })
+    ));
+    let (_, plan) = t.begin_pull(&k, 67, 2, None);
+    assert!(matches!(
+        plan,
+        PullPlan::Ready(PullReply::Found {
+            next_begin: 68,
+            count: 1,
+            ..
+        })
+    ));
+    // Nothing buffered nor in flight: an ordinary pop.
+    assert!(matches!(
+        t.begin_pull(&k, 68, 32, None).1,
+        PullPlan::Pop { .. }
+    ));
+}
