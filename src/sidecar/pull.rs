@@ -39,6 +39,8 @@ use crate::remoting::Connection;
 
 /// PULL sysFlag bit: the request carries a commit offset.
 const FLAG_COMMIT_OFFSET: i32 = 1;
+/// Wake-up shards for pulls waiting on a prefetch.
+const PREFETCH_SHARDS: usize = 64;
 /// Longest a pop parks at the broker for one pull (C++ asks 20 s; the SDK times out at 30 s).
 const MAX_POLL: Duration = Duration::from_secs(20);
 
@@ -55,8 +57,9 @@ pub struct PullBridge {
     t: Mutex<Translator>,
     /// Woken by commits, for throttled pulls.
     committed: Notify,
-    /// Woken when a prefetch finished, for pulls waiting on it.
-    prefetched: Notify,
+    /// Woken when a prefetch pop finished, for pulls waiting on it; sharded by virtual queue so
+    /// a pop wakes (about) only the pull of its own queue.
+    prefetched: [Notify; PREFETCH_SHARDS],
     /// Brokers that do not know BATCH_ACK_MESSAGE: acked one message at a time.
     no_batch_ack: Mutex<HashSet<String>>,
     /// Acks waiting for the round in flight to finish.
@@ -78,7 +81,7 @@ impl PullBridge {
         PullBridge {
             t: Mutex::new(Translator::new(cfg)),
             committed: Notify::new(),
-            prefetched: Notify::new(),
+            prefetched: std::array::from_fn(|_| Notify::new()),
             no_batch_ack: Mutex::new(HashSet::new()),
             acks: Mutex::new(AckQueue::default()),
         }
@@ -90,6 +93,12 @@ impl PullBridge {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(broker)
+    }
+
+    fn prefetched(&self, key: &VQueueKey) -> &Notify {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
+        &self.prefetched[(h % PREFETCH_SHARDS as u64) as usize]
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Translator> {
@@ -334,7 +343,7 @@ impl SidecarCore {
         let max_msgs = loop {
             // Enabled before the translator is asked, so a prefetch finishing in between is
             // not missed.
-            let prefetched = self.pulls.prefetched.notified();
+            let prefetched = self.pulls.prefetched(&key).notified();
             tokio::pin!(prefetched);
             prefetched.as_mut().enable();
             let committing = commit.is_some();
@@ -568,7 +577,7 @@ impl SidecarCore {
             let mut ticket = Some(ticket);
             while let Some(t) = ticket {
                 let more = core.prefetch(&key, &target, t).await;
-                core.pulls.prefetched.notify_waiters();
+                core.pulls.prefetched(&key).notify_waiters();
                 // Back to back while records keep coming and the buffer has room.
                 ticket = if more {
                     core.pulls.lock().begin_prefetch(&key)
