@@ -545,7 +545,8 @@ impl SidecarCore {
                 let ph: PopMessageResponseHeader = resp
                     .decode_header()
                     .map_err(|e| PopFailed::Refused(e.into()))?;
-                // Patched in place: no copy when the body is not shared.
+                // Patched in place: no copy when the body is not shared (today the upstream
+                // reader's frames share its read buffer, so this copies).
                 let body = resp
                     .take_body()
                     .try_into_mut()
