@@ -5,7 +5,8 @@
 //!   starting from a rotating one), advances the position at once, and records a checkpoint per
 //!   queue read: the offsets handed out, the pop time and the invisible time. Pop-retry messages
 //!   (`%RETRY%<group>_<topic>`) are read first one time in five, and top up a batch otherwise.
-//! * An ack marks its offset in the checkpoint; a batch ack marks many.
+//! * An ack marks its offset in the checkpoint; a batch ack marks many (one log line per
+//!   checkpoint).
 //! * Change-invisible-time writes a one-message checkpoint with the new time and acks the old one.
 //! * The revive service re-puts every message still un-acked when its checkpoint expires into the
 //!   pop-retry topic with `reconsumeTimes + 1` (or the group's DLQ after the maximum), and then
@@ -444,10 +445,9 @@ pub(crate) fn batch_ack(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
             start_offset: a.start_offset,
             pop_time: a.pop_time,
         };
-        for offset in a.acked_offsets() {
-            if let Err(e) = b.store.pop().ack(&key, offset) {
-                return error(b, req, code::SYSTEM_ERROR, format!("ack failed: {e}"));
-            }
+        // One log line for the checkpoint's offsets, not one per offset.
+        if let Err(e) = b.store.pop().ack_many(&key, a.acked_offsets()) {
+            return error(b, req, code::SYSTEM_ERROR, format!("ack failed: {e}"));
         }
     }
     reply(b, req, code::SUCCESS)

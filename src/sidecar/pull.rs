@@ -5,6 +5,10 @@
 //! Acks go out as one BATCH_ACK_MESSAGE per broker and commit (a checkpoint's messages in one bit
 //! set); a broker that answers REQUEST_CODE_NOT_SUPPORTED (older than 5.1) gets single
 //! ACK_MESSAGEs from then on, and any other refusal of a batch is retried as single acks.
+//!
+//! Once a pull is answered with messages, the queue's next batch is popped in the background
+//! (without long polling; see the translator's prefetch): the next pull is answered from it at
+//! once, or waits for it while it is in flight.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -23,8 +27,8 @@ use rocketmesh_filters::codec::headers::{
 use rocketmesh_filters::codec::pop::PopHandle;
 use rocketmesh_filters::codec::RemotingCommand;
 use rocketmesh_filters::consume::{
-    batch_acks, AckBatch, HandleAction, Outcome, PullPlan, PullReply, SendBackPlan, Translator,
-    TranslatorConfig, VQueueKey,
+    batch_acks, AckBatch, HandleAction, Outcome, PrefetchTicket, PullPlan, PullReply, SendBackPlan,
+    Translator, TranslatorConfig, VQueueKey,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +39,8 @@ use crate::remoting::Connection;
 
 /// PULL sysFlag bit: the request carries a commit offset.
 const FLAG_COMMIT_OFFSET: i32 = 1;
+/// Wake-up shards for pulls waiting on a prefetch.
+const PREFETCH_SHARDS: usize = 64;
 /// Longest a pop parks at the broker for one pull (C++ asks 20 s; the SDK times out at 30 s).
 const MAX_POLL: Duration = Duration::from_secs(20);
 
@@ -51,8 +57,23 @@ pub struct PullBridge {
     t: Mutex<Translator>,
     /// Woken by commits, for throttled pulls.
     committed: Notify,
+    /// Woken when a prefetch pop finished, for pulls waiting on it; sharded by virtual queue so
+    /// a pop wakes (about) only the pull of its own queue.
+    prefetched: [Notify; PREFETCH_SHARDS],
     /// Brokers that do not know BATCH_ACK_MESSAGE: acked one message at a time.
     no_batch_ack: Mutex<HashSet<String>>,
+    /// Acks waiting for the round in flight to finish.
+    acks: Mutex<AckQueue>,
+}
+
+/// Acks are sent in rounds, one round in flight at a time: what commits cause meanwhile waits
+/// and goes out together in the next round (fewer, larger BATCH_ACK_MESSAGEs under load, no
+/// added delay when idle). Bounded by the handles held.
+#[derive(Debug, Default)]
+struct AckQueue {
+    pending: Vec<HandleAction>,
+    /// A round is in flight (its task sends `pending` next).
+    flushing: bool,
 }
 
 impl PullBridge {
@@ -60,7 +81,9 @@ impl PullBridge {
         PullBridge {
             t: Mutex::new(Translator::new(cfg)),
             committed: Notify::new(),
+            prefetched: std::array::from_fn(|_| Notify::new()),
             no_batch_ack: Mutex::new(HashSet::new()),
+            acks: Mutex::new(AckQueue::default()),
         }
     }
 
@@ -70,6 +93,12 @@ impl PullBridge {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(broker)
+    }
+
+    fn prefetched(&self, key: &VQueueKey) -> &Notify {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
+        &self.prefetched[(h % PREFETCH_SHARDS as u64) as usize]
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Translator> {
@@ -92,37 +121,57 @@ impl SidecarCore {
         self.stats.gauge(Gauge::OutstandingHandles).set(held as f64);
     }
 
-    /// Runs acks in the background (batched per broker); the outcome goes back to the
-    /// translator.
+    /// Runs acks in the background (batched per broker, in rounds: see [`AckQueue`]); the
+    /// outcome goes back to the translator.
     pub(super) fn spawn_acks(self: &Arc<Self>, acks: Vec<HandleAction>) {
         if acks.is_empty() {
             return;
         }
+        {
+            let mut q = self.pulls.acks.lock().unwrap_or_else(|e| e.into_inner());
+            q.pending.extend(acks);
+            if q.flushing {
+                return;
+            }
+            q.flushing = true;
+        }
         let core = self.clone();
         tokio::spawn(async move {
-            let (batches, mut singles) = batch_acks(acks);
-            let mut futs = Vec::new();
-            for b in batches {
-                if core.pulls.batches_to(&b.broker) {
-                    futs.push(core.clone().batch_ack_handles(b));
-                } else {
-                    singles.extend(b.actions);
-                }
+            loop {
+                let acks = {
+                    let mut q = core.pulls.acks.lock().unwrap_or_else(|e| e.into_inner());
+                    if q.pending.is_empty() {
+                        q.flushing = false;
+                        break;
+                    }
+                    std::mem::take(&mut q.pending)
+                };
+                core.send_acks(acks).await;
             }
-            let singles = singles.into_iter().map(|a| {
-                let core = core.clone();
-                async move {
-                    let outcome = core.ack_handle(&a).await;
-                    core.pulls.lock().ack_done(&a.key, a.offset, outcome);
-                }
-            });
-            futures_util::future::join(
-                futures_util::future::join_all(futs),
-                futures_util::future::join_all(singles),
-            )
-            .await;
-            core.set_held_gauge();
         });
+    }
+
+    /// One round of acks.
+    async fn send_acks(self: &Arc<Self>, acks: Vec<HandleAction>) {
+        let (batches, mut singles) = batch_acks(acks);
+        let mut futs = Vec::new();
+        for b in batches {
+            if self.pulls.batches_to(&b.broker) {
+                futs.push(self.clone().batch_ack_handles(b));
+            } else {
+                singles.extend(b.actions);
+            }
+        }
+        let singles = singles.into_iter().map(|a| async move {
+            let outcome = self.ack_handle(&a).await;
+            self.pulls.lock().ack_done(&a.key, a.offset, outcome);
+        });
+        futures_util::future::join(
+            futures_util::future::join_all(futs),
+            futures_util::future::join_all(singles),
+        )
+        .await;
+        self.set_held_gauge();
     }
 
     /// One BATCH_ACK_MESSAGE; refused batches are acked one by one.
@@ -151,7 +200,7 @@ impl SidecarCore {
             .counter(Counter::AcksFromCommits)
             .increment(b.actions.len() as u64);
         let Ok((ep, timeout)) = self
-            .broker_endpoint(&first.topic, &first.group, &b.broker)
+            .broker_endpoint(&first.topic(), first.group(), &b.broker)
             .await
         else {
             // The broker is gone from the route: the handles cannot be acked; they are redelivered.
@@ -185,16 +234,17 @@ impl SidecarCore {
 
     async fn ack_handle(&self, a: &HandleAction) -> Outcome {
         self.stats.inc(Counter::AcksFromCommits);
-        let Ok((ep, timeout)) = self.broker_endpoint(&a.topic, &a.group, &a.broker).await else {
+        let topic = a.topic();
+        let Ok((ep, timeout)) = self.broker_endpoint(&topic, a.group(), &a.broker).await else {
             // The broker is gone from the route: the handle cannot be acked; it is redelivered.
             return Outcome::Done;
         };
         let h = AckMessageRequestHeader {
-            consumer_group: a.group.clone(),
-            topic: a.topic.clone(),
+            consumer_group: a.group().to_owned(),
+            topic,
             queue_id: a.queue_id,
             offset: a.queue_offset,
-            extra_info: a.extra_info.clone(),
+            extra_info: a.extra_info(),
             ..Default::default()
         };
         let req = RemotingCommand::request_with_header(rc::ACK_MESSAGE, &h);
@@ -217,16 +267,17 @@ impl SidecarCore {
     }
 
     async fn change_invisible(&self, a: &HandleAction) -> Result<PopHandle, String> {
+        let topic = a.topic();
         let (ep, timeout) = self
-            .broker_endpoint(&a.topic, &a.group, &a.broker)
+            .broker_endpoint(&topic, a.group(), &a.broker)
             .await
             .map_err(|r| r.1)?;
         let h = ChangeInvisibleTimeRequestHeader {
-            consumer_group: a.group.clone(),
-            topic: a.topic.clone(),
+            consumer_group: a.group().to_owned(),
+            topic,
             queue_id: a.queue_id,
             offset: a.queue_offset,
-            extra_info: a.extra_info.clone(),
+            extra_info: a.extra_info(),
             invisible_time: a.invisible_time_ms,
             ..Default::default()
         };
@@ -245,8 +296,8 @@ impl SidecarCore {
         }
         let rh: ChangeInvisibleTimeResponseHeader =
             resp.decode_header().map_err(|e| e.to_string())?;
-        let old = PopHandle::parse(&a.extra_info).map_err(|e| e.to_string())?;
-        Ok(old.after_change_invisible(rh.pop_time, rh.invisible_time, rh.revive_qid))
+        Ok(a.handle
+            .after_change_invisible(rh.pop_time, rh.invisible_time, rh.revive_qid))
     }
 
     /// PULL_MESSAGE (11) -> POP.
@@ -284,40 +335,140 @@ impl SidecarCore {
             // A queue the route no longer has (stale SDK view): nothing there.
             return Ok(not_found(h.queue_offset, h.queue_offset));
         };
-        let commit = (h.sys_flag & FLAG_COMMIT_OFFSET != 0).then_some(h.commit_offset);
-        let (acks, plan) =
-            self.pulls
-                .lock()
-                .begin_pull(&key, h.queue_offset, h.max_msg_nums, commit);
-        self.spawn_acks(acks);
-        if commit.is_some() {
-            self.pulls.committed.notify_waiters();
-        }
+        let mut commit = (h.sys_flag & FLAG_COMMIT_OFFSET != 0).then_some(h.commit_offset);
         let suspend = Duration::from_millis(u64::try_from(h.suspend_timeout_millis).unwrap_or(0))
             .min(MAX_POLL);
-        let max_msgs = match plan {
-            PullPlan::Pop { max_msgs } => max_msgs,
-            PullPlan::Refused(why) => return Err(Reject::system(why)),
-            PullPlan::Throttled => {
-                // Hold the pull until the consumer commits (or the suspend time passes), as the
-                // broker's long polling would, instead of letting the SDK spin.
-                let wait = self.pulls.committed.notified();
-                let _ = tokio::time::timeout(suspend.max(Duration::from_millis(100)), wait).await;
-                if self.pulls.lock().is_throttled(&key) {
-                    let max = self.pulls.lock().max_offset(&key);
-                    return Ok(not_found(h.queue_offset, max));
+        let target = self.pop_target(&route, broker, real_queue, &h, suspend);
+        let mut waited_for_commit = false;
+        let max_msgs = loop {
+            // Enabled before the translator is asked, so a prefetch finishing in between is
+            // not missed.
+            let prefetched = self.pulls.prefetched(&key).notified();
+            tokio::pin!(prefetched);
+            prefetched.as_mut().enable();
+            let committing = commit.is_some();
+            let (acks, plan) =
+                self.pulls
+                    .lock()
+                    .begin_pull(&key, h.queue_offset, h.max_msg_nums, commit.take());
+            self.spawn_acks(acks);
+            if committing {
+                self.pulls.committed.notify_waiters();
+            }
+            match plan {
+                PullPlan::Pop { max_msgs } => break max_msgs,
+                PullPlan::Refused(why) => return Err(Reject::system(why)),
+                PullPlan::Ready(reply) => {
+                    self.stats.inc(Counter::PullConverted);
+                    if let Ok(target) = &target {
+                        self.spawn_prefetch(&key, target);
+                    }
+                    self.set_held_gauge();
+                    return self.pull_reply(req, Ok(reply));
                 }
-                let (acks, plan) =
-                    self.pulls
-                        .lock()
-                        .begin_pull(&key, h.queue_offset, h.max_msg_nums, None);
-                self.spawn_acks(acks);
-                match plan {
-                    PullPlan::Pop { max_msgs } => max_msgs,
-                    _ => return Ok(not_found(h.queue_offset, h.queue_offset)),
+                PullPlan::Wait => {
+                    // The prefetch does not long-poll: it is back within the request timeout.
+                    let wait = self.cfg.request_timeout + Duration::from_secs(1);
+                    if tokio::time::timeout(wait, prefetched).await.is_err() {
+                        let max = self.pulls.lock().max_offset(&key);
+                        return Ok(not_found(h.queue_offset, max));
+                    }
+                }
+                PullPlan::Throttled => {
+                    if waited_for_commit {
+                        let max = self.pulls.lock().max_offset(&key);
+                        return Ok(not_found(h.queue_offset, max));
+                    }
+                    // Hold the pull until the consumer commits (or the suspend time passes), as
+                    // the broker's long polling would, instead of letting the SDK spin.
+                    waited_for_commit = true;
+                    let wait = self.pulls.committed.notified();
+                    let _ =
+                        tokio::time::timeout(suspend.max(Duration::from_millis(100)), wait).await;
                 }
             }
         };
+        let target = target?;
+        self.stats.inc(Counter::PullConverted);
+        let found = match self.pop_upstream(&target, max_msgs, suspend).await {
+            Ok(found) => found,
+            Err(PopFailed::Transport(e)) => {
+                // Nothing was handed out: answer "nothing yet" so the SDK simply pulls again.
+                tracing::debug!("pop for a pull failed: {e}");
+                let max = self.pulls.lock().max_offset(&key);
+                return Ok(not_found(h.queue_offset, max));
+            }
+            Err(PopFailed::Refused(r)) => return Err(r),
+        };
+        let (found_header, found_body) = found.unzip();
+        let reply = {
+            let mut t = self.pulls.lock();
+            t.complete_pull(
+                &key,
+                h.queue_offset,
+                &target.broker,
+                found_header.as_ref().zip(found_body),
+                self.cfg.advertise.parse().ok(),
+                now_ms(),
+            )
+        };
+        if matches!(reply, Ok(PullReply::Found { .. })) {
+            self.spawn_prefetch(&key, &target);
+        }
+        self.set_held_gauge();
+        self.pull_reply(req, reply)
+    }
+
+    /// The answer to a PULL.
+    fn pull_reply(
+        &self,
+        req: &RemotingCommand,
+        reply: Result<PullReply, rocketmesh_filters::consume::ConsumeError>,
+    ) -> Result<RemotingCommand, Reject> {
+        let (code, rh, body) = match reply {
+            Ok(PullReply::Found {
+                next_begin,
+                max_offset,
+                body,
+                ..
+            }) => (response_code::SUCCESS, (next_begin, max_offset), Some(body)),
+            Ok(PullReply::NotFound {
+                next_begin,
+                max_offset,
+            }) => (
+                response_code::PULL_NOT_FOUND,
+                (next_begin, max_offset),
+                None,
+            ),
+            Err(e) => {
+                return Err(Reject::system(format!(
+                    "cannot translate the pop response: {e}"
+                )));
+            }
+        };
+        let rh = PullMessageResponseHeader {
+            suggest_which_broker_id: 0,
+            next_begin_offset: rh.0,
+            min_offset: 0,
+            max_offset: rh.1,
+            ..Default::default()
+        };
+        let resp = self.reply(req, code, None).with_header(&rh);
+        Ok(match body {
+            Some(body) => resp.with_body(body.freeze()),
+            None => resp,
+        })
+    }
+
+    /// Where and how a virtual queue's pops go.
+    fn pop_target(
+        &self,
+        route: &rocketmesh_xds::model::TopicRoute,
+        broker: &str,
+        real_queue: i32,
+        h: &PullMessageRequestHeader,
+        suspend: Duration,
+    ) -> Result<PopTarget, Reject> {
         let sel = route
             .select(&rocketmesh_xds::model::RouteRequest {
                 code: rc::POP_MESSAGE,
@@ -334,14 +485,14 @@ impl SidecarCore {
                 h.topic
             )));
         };
-        let pop = PopMessageRequestHeader {
+        let header = PopMessageRequestHeader {
             consumer_group: h.consumer_group.clone(),
             topic: h.topic.clone(),
             queue_id: real_queue,
-            max_msg_nums: max_msgs,
+            max_msg_nums: 32,
             invisible_time: self.pulls.lock().config().invisible_time_ms,
             poll_time: suspend.as_millis() as i64,
-            born_time: now_ms(),
+            born_time: 0,
             // Start from the queue's first message for a new group: nothing produced before the
             // first pull is skipped.
             init_mode: 0,
@@ -354,87 +505,121 @@ impl SidecarCore {
             ),
             ..Default::default()
         };
+        Ok(PopTarget {
+            address: ep.address.clone(),
+            broker: ep.broker_name.clone(),
+            connect_timeout: sel
+                .cluster
+                .spec
+                .connect_timeout_ms
+                .map(Duration::from_millis),
+            header,
+        })
+    }
+
+    /// One POP of `target`: the response header and body when it found messages, `None` when it
+    /// found none.
+    async fn pop_upstream(
+        &self,
+        target: &PopTarget,
+        max_msgs: i32,
+        poll: Duration,
+    ) -> Result<Option<(PopMessageResponseHeader, BytesMut)>, PopFailed> {
+        let mut pop = target.header.clone();
+        pop.max_msg_nums = max_msgs;
+        pop.poll_time = poll.as_millis() as i64;
+        pop.born_time = now_ms();
         let pop_req = RemotingCommand::request_with_header(rc::POP_MESSAGE, &pop);
-        let timeout = sel
-            .cluster
-            .spec
-            .connect_timeout_ms
-            .map(Duration::from_millis);
-        self.stats.inc(Counter::PullConverted);
-        let resp = match self
+        let mut resp = self
             .upstreams
             .invoke(
-                &ep.address,
+                &target.address,
                 pop_req,
-                self.cfg.request_timeout + suspend,
-                timeout,
+                self.cfg.request_timeout + poll,
+                target.connect_timeout,
             )
             .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                // Nothing was handed out: answer "nothing yet" so the SDK simply pulls again.
-                tracing::debug!("pop for a pull failed: {e}");
-                let max = self.pulls.lock().max_offset(&key);
-                return Ok(not_found(h.queue_offset, max));
-            }
-        };
-        let found = match resp.code() {
+            .map_err(|e| PopFailed::Transport(e.to_string()))?;
+        match resp.code() {
             response_code::SUCCESS => {
-                let ph: PopMessageResponseHeader = resp.decode_header()?;
-                Some((ph, BytesMut::from(&resp.body()[..])))
+                let ph: PopMessageResponseHeader = resp
+                    .decode_header()
+                    .map_err(|e| PopFailed::Refused(e.into()))?;
+                // Patched in place: no copy when the body is not shared (today the upstream
+                // reader's frames share its read buffer, so this copies).
+                let body = resp
+                    .take_body()
+                    .try_into_mut()
+                    .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+                Ok(Some((ph, body)))
             }
             response_code::PULL_NOT_FOUND
             | response_code::POLLING_TIMEOUT
             | response_code::POLLING_FULL
-            | response_code::NO_MESSAGE => None,
-            code => {
-                return Err(Reject(
-                    code,
-                    resp.remark().unwrap_or("pop failed").to_owned(),
-                ));
+            | response_code::NO_MESSAGE => Ok(None),
+            code => Err(PopFailed::Refused(Reject(
+                code,
+                resp.remark().unwrap_or("pop failed").to_owned(),
+            ))),
+        }
+    }
+
+    /// Pops ahead for `key` in the background while the translator wants more (see the
+    /// translator's prefetch: one pop in flight per queue, a bounded buffer); pulls waiting for
+    /// it are woken after each pop.
+    fn spawn_prefetch(self: &Arc<Self>, key: &VQueueKey, target: &PopTarget) {
+        let Some(ticket) = self.pulls.lock().begin_prefetch(key) else {
+            return;
+        };
+        let core = self.clone();
+        let key = key.clone();
+        let target = target.clone();
+        tokio::spawn(async move {
+            let mut ticket = Some(ticket);
+            while let Some(t) = ticket {
+                let more = core.prefetch(&key, &target, t).await;
+                core.pulls.prefetched(&key).notify_waiters();
+                // Back to back while records keep coming and the buffer has room.
+                ticket = if more {
+                    core.pulls.lock().begin_prefetch(&key)
+                } else {
+                    None
+                };
+            }
+            core.set_held_gauge();
+        });
+    }
+
+    /// One prefetch pop; true when it added records.
+    async fn prefetch(&self, key: &VQueueKey, target: &PopTarget, ticket: PrefetchTicket) -> bool {
+        let found = match self
+            .pop_upstream(target, ticket.max_msgs, Duration::ZERO)
+            .await
+        {
+            Ok(found) => found,
+            Err(PopFailed::Transport(e)) => {
+                tracing::debug!("prefetch pop failed: {e}");
+                None
+            }
+            Err(PopFailed::Refused(Reject(code, why))) => {
+                tracing::debug!(code, "prefetch pop refused: {why}");
+                None
             }
         };
         let (found_header, found_body) = found.unzip();
-        let reply = {
-            let mut t = self.pulls.lock();
-            t.complete_pull(
-                &key,
-                h.queue_offset,
-                &ep.broker_name,
-                found_header.as_ref().zip(found_body),
-                self.cfg.advertise.parse().ok(),
-                now_ms(),
-            )
-        };
-        self.set_held_gauge();
-        match reply {
-            Ok(PullReply::Found {
-                next_begin,
-                max_offset,
-                body,
-                ..
-            }) => {
-                let rh = PullMessageResponseHeader {
-                    suggest_which_broker_id: 0,
-                    next_begin_offset: next_begin,
-                    min_offset: 0,
-                    max_offset,
-                    ..Default::default()
-                };
-                Ok(self
-                    .reply(req, response_code::SUCCESS, None)
-                    .with_header(&rh)
-                    .with_body(body.freeze()))
-            }
-            Ok(PullReply::NotFound {
-                next_begin,
-                max_offset,
-            }) => Ok(not_found(next_begin, max_offset)),
-            Err(e) => Err(Reject::system(format!(
-                "cannot translate the pop response: {e}"
-            ))),
-        }
+        let done = self.pulls.lock().complete_prefetch(
+            key,
+            ticket,
+            &target.broker,
+            found_header.as_ref().zip(found_body),
+            self.cfg.advertise.parse().ok(),
+            now_ms(),
+        );
+        done.unwrap_or_else(|e| {
+            // Not stamped, not held: the broker redelivers the batch after its invisible time.
+            tracing::warn!("cannot translate a prefetched pop response: {e}");
+            false
+        })
     }
 
     /// UPDATE_CONSUMER_OFFSET (15): commit -> acks.
@@ -535,7 +720,7 @@ impl SidecarCore {
             } => {
                 // The broker moves the message (by its real commit log offset; the consumer
                 // named the virtual one) to %DLQ%<group>.
-                let (ep, timeout) = self.broker_endpoint(&ack.topic, &ack.group, &broker).await?;
+                let (ep, timeout) = self.broker_endpoint(&ack.topic(), ack.group(), &broker).await?;
                 let mut fwd = req.clone();
                 fwd.ext_mut().put("offset", commit_log_offset);
                 match self.upstreams.invoke(&ep.address, fwd, self.cfg.request_timeout, timeout).await {
@@ -559,6 +744,23 @@ impl SidecarCore {
             ))),
         }
     }
+}
+
+/// Where a virtual queue's pops go: the broker's address and a POP header to fill in.
+#[derive(Debug, Clone)]
+struct PopTarget {
+    address: String,
+    broker: String,
+    connect_timeout: Option<Duration>,
+    header: PopMessageRequestHeader,
+}
+
+/// Why a POP brought nothing.
+enum PopFailed {
+    /// Not delivered or no answer: nothing was handed out.
+    Transport(String),
+    /// The broker refused it: the pull is refused the same way.
+    Refused(Reject),
 }
 
 /// Renews held handles and retries owed acks, every second.

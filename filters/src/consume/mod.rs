@@ -28,8 +28,21 @@
 //!   takes its table with it and the broker redelivers everything not acked.
 //! * **Bounded.** Handles per queue and queues in all are capped; a queue at its cap is throttled
 //!   (no pop) until its consumer commits, as the SDK's own flow control would.
+//! * **Prefetch.** Once a pull of a virtual queue is answered with messages, the sidecar pops
+//!   ahead for that queue in the background ([`Translator::begin_prefetch`], without long
+//!   polling): at most one pop in flight per virtual queue, and at most
+//!   [`TranslatorConfig::prefetch_max`] messages buffered ahead (one prefetched batch of up to
+//!   that size, filled by back-to-back pops of at most 32). Each pop's records are stamped at the
+//!   end of the buffer (the queue's next virtual offsets) and their handles are held (counted
+//!   against the bounds, renewed) but not delivered. The next pull at exactly the buffer's start
+//!   is answered from it at once (one pop's records at most); a pull finding the buffer empty
+//!   while a pop is in flight waits for it. A pull anywhere else (a rewind), a buffered handle
+//!   that expires or fails its renewal, or the connection closing drops the whole buffer
+//!   un-acked: the broker redelivers it once its invisible time is over. A prefetched handle is
+//!   never acked.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use thiserror::Error;
@@ -54,6 +67,9 @@ pub struct TranslatorConfig {
     pub max_held_per_queue: usize,
     /// Most virtual queues tracked in all.
     pub max_queues: usize,
+    /// Most messages popped ahead (prefetched, not delivered) per virtual queue; 0 turns
+    /// prefetching off. A prefetch pop starts only while at least 32 more fit.
+    pub prefetch_max: usize,
 }
 
 impl Default for TranslatorConfig {
@@ -64,6 +80,7 @@ impl Default for TranslatorConfig {
             max_hold_ms: 15 * 60_000,
             max_held_per_queue: 1024,
             max_queues: 16_384,
+            prefetch_max: 64,
         }
     }
 }
@@ -88,11 +105,13 @@ enum HeldState {
     Acking,
     /// Sent back (invisible time changed to the retry delay): skipped by offset acks.
     SentBack,
+    /// Popped ahead and stamped, not delivered yet: never acked; dropped with its batch.
+    Prefetched,
 }
 
 #[derive(Debug, Clone)]
 struct Held {
-    broker: String,
+    broker: Arc<str>,
     handle: PopHandle,
     /// The virtual commit log offset the consumer was given (the send-back key).
     commit_log_offset: i64,
@@ -107,11 +126,66 @@ struct Held {
     state: HeldState,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct VQueue {
+    /// The queue's own key, shared by its handles' actions.
+    key: Arc<VQueueKey>,
+    /// The next virtual offset to deliver.
     next: i64,
     committed: i64,
     held: BTreeMap<i64, Held>,
+    /// The max message count of the last pull (for prefetches).
+    last_max: i32,
+    /// Prefetched records from `next` on, one chunk per pop, oldest first.
+    ahead: VecDeque<Chunk>,
+    /// The generation of the prefetch pop in flight.
+    in_flight: Option<u64>,
+    /// Bumped whenever a prefetch starts or is dropped: a late pop result of an older one is
+    /// not stamped.
+    generation: u64,
+}
+
+/// One prefetch pop's records, stamped at `start..`, not delivered yet.
+#[derive(Debug)]
+struct Chunk {
+    start: i64,
+    body: BytesMut,
+    /// Byte length of each record left, in order.
+    lens: VecDeque<usize>,
+}
+
+impl VQueue {
+    fn buffered(&self) -> usize {
+        self.ahead.iter().map(|c| c.lens.len()).sum()
+    }
+
+    fn ahead_end(&self) -> i64 {
+        self.ahead
+            .back()
+            .map_or(self.next, |c| c.start + c.lens.len() as i64)
+    }
+}
+
+impl VQueue {
+    fn new(key: &VQueueKey) -> Self {
+        VQueue {
+            key: Arc::new(key.clone()),
+            next: 0,
+            committed: 0,
+            held: BTreeMap::new(),
+            last_max: 32,
+            ahead: VecDeque::new(),
+            in_flight: None,
+            generation: 0,
+        }
+    }
+}
+
+/// A prefetch to run: pop up to `max_msgs` and report with [`Translator::complete_prefetch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefetchTicket {
+    pub generation: u64,
+    pub max_msgs: i32,
 }
 
 /// What to do for a pull.
@@ -121,12 +195,16 @@ pub enum PullPlan {
     Pop { max_msgs: i32 },
     /// Too many messages held and not committed: wait for a commit, then answer not-found.
     Throttled,
+    /// Answered from the prefetched batch (start the next prefetch).
+    Ready(PullReply),
+    /// The batch at this offset is being prefetched: wait for it, then begin the pull again.
+    Wait,
     /// Refused (a table is full); answer an error with this text.
     Refused(String),
 }
 
 /// The answer to a pull.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PullReply {
     Found {
         next_begin: i64,
@@ -143,19 +221,16 @@ pub enum PullReply {
 /// A handle to ack (or to change invisible time of) at a broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandleAction {
-    pub key: VQueueKey,
+    pub key: Arc<VQueueKey>,
     /// Virtual offset (to report the outcome back).
     pub offset: i64,
     /// The broker that served the pop.
-    pub broker: String,
-    /// The topic to name in the request (the retry topic for retry messages).
-    pub topic: String,
-    pub group: String,
+    pub broker: Arc<str>,
     /// Real queue id and offset of the message.
     pub queue_id: i32,
     pub queue_offset: i64,
-    /// The pop handle (`extraInfo`).
-    pub extra_info: String,
+    /// The pop handle (`extraInfo` once formatted).
+    pub handle: PopHandle,
     /// The pop checkpoint the handle belongs to (what BATCH_ACK_MESSAGE names).
     pub checkpoint: CheckpointRef,
     /// New invisible time for change-invisible actions, ms.
@@ -171,6 +246,23 @@ pub struct CheckpointRef {
     pub invisible_time: i64,
     pub revive_qid: i32,
     pub retry: RetryFlag,
+}
+
+impl HandleAction {
+    /// The topic to name in the request (the retry topic for retry messages).
+    pub fn topic(&self) -> String {
+        self.handle.real_topic(&self.key.topic, &self.key.group)
+    }
+
+    /// The consumer group.
+    pub fn group(&self) -> &str {
+        &self.key.group
+    }
+
+    /// The pop handle as `extraInfo`.
+    pub fn extra_info(&self) -> String {
+        self.handle.to_extra_info()
+    }
 }
 
 impl CheckpointRef {
@@ -201,56 +293,66 @@ pub struct AckBatch {
 /// batches. Acks whose offset does not fit their checkpoint's bit set are returned apart, for
 /// single ACK_MESSAGEs.
 pub fn batch_acks(actions: Vec<HandleAction>) -> (Vec<AckBatch>, Vec<HandleAction>) {
-    type CkKey = (String, i32, CheckpointRef);
-    let mut singles = Vec::new();
-    let mut batches: Vec<(AckBatch, HashMap<CkKey, usize>)> = Vec::new();
-    let mut by_target: HashMap<(String, String), usize> = HashMap::new();
-    for a in actions {
-        let ck = a.checkpoint;
-        let bit = a.queue_offset.checked_sub(ck.start_offset);
-        let Some(bit) = bit
-            .and_then(|b| usize::try_from(b).ok())
-            .filter(|b| *b < AckBitSet::MAX_BITS)
-        else {
-            singles.push(a);
-            continue;
-        };
-        let target = (a.broker.clone(), a.key.topic.clone());
-        let bi = *by_target.entry(target).or_insert_with(|| {
-            batches.push((
-                AckBatch {
-                    broker: a.broker.clone(),
-                    body: BatchAckMessageRequestBody {
-                        acks: Vec::new(),
-                        broker_name: a.broker.clone(),
-                    },
-                    actions: Vec::new(),
-                },
-                HashMap::new(),
-            ));
-            batches.len() - 1
-        });
-        let (batch, cks) = &mut batches[bi];
-        let ai = *cks
-            .entry((a.group.clone(), a.queue_id, ck))
-            .or_insert_with(|| {
-                batch.body.acks.push(BatchAck {
-                    consumer_group: a.group.clone(),
-                    topic: a.key.topic.clone(),
-                    retry: ck.retry.as_str().to_owned(),
-                    start_offset: ck.start_offset,
-                    queue_id: a.queue_id,
-                    revive_queue_id: ck.revive_qid,
-                    pop_time: ck.pop_time,
-                    invisible_time: ck.invisible_time,
-                    bit_set: AckBitSet::new(),
+    let mut batches: Vec<AckBatch> = Vec::new();
+    // Where each action goes, (batch, bit) or a single ack; worked out first so that the keys
+    // can borrow from the actions.
+    let mut slots: Vec<Option<usize>> = Vec::with_capacity(actions.len());
+    {
+        let mut by_target: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut by_ck: HashMap<(usize, &str, i32, CheckpointRef), usize> = HashMap::new();
+        for a in &actions {
+            let ck = a.checkpoint;
+            let bit = a
+                .queue_offset
+                .checked_sub(ck.start_offset)
+                .and_then(|b| usize::try_from(b).ok())
+                .filter(|b| *b < AckBitSet::MAX_BITS);
+            let Some(bit) = bit else {
+                slots.push(None);
+                continue;
+            };
+            let bi = *by_target
+                .entry((&*a.broker, a.key.topic.as_str()))
+                .or_insert_with(|| {
+                    batches.push(AckBatch {
+                        broker: a.broker.to_string(),
+                        body: BatchAckMessageRequestBody {
+                            acks: Vec::new(),
+                            broker_name: a.broker.to_string(),
+                        },
+                        actions: Vec::new(),
+                    });
+                    batches.len() - 1
                 });
-                batch.body.acks.len() - 1
-            });
-        batch.body.acks[ai].bit_set.set(bit);
-        batch.actions.push(a);
+            let batch = &mut batches[bi];
+            let ai = *by_ck
+                .entry((bi, a.key.group.as_str(), a.queue_id, ck))
+                .or_insert_with(|| {
+                    batch.body.acks.push(BatchAck {
+                        consumer_group: a.key.group.clone(),
+                        topic: a.key.topic.clone(),
+                        retry: ck.retry.as_str().to_owned(),
+                        start_offset: ck.start_offset,
+                        queue_id: a.queue_id,
+                        revive_queue_id: ck.revive_qid,
+                        pop_time: ck.pop_time,
+                        invisible_time: ck.invisible_time,
+                        bit_set: AckBitSet::new(),
+                    });
+                    batch.body.acks.len() - 1
+                });
+            batch.body.acks[ai].bit_set.set(bit);
+            slots.push(Some(bi));
+        }
     }
-    (batches.into_iter().map(|(b, _)| b).collect(), singles)
+    let mut singles = Vec::new();
+    for (a, slot) in actions.into_iter().zip(slots) {
+        match slot {
+            Some(bi) => batches[bi].actions.push(a),
+            None => singles.push(a),
+        }
+    }
+    (batches, singles)
 }
 
 /// What to do with a CONSUMER_SEND_MSG_BACK.
@@ -308,8 +410,9 @@ pub fn send_back_delay_ms(level: i32, reconsume_times: i32) -> i64 {
 pub struct Translator {
     cfg: TranslatorConfig,
     queues: HashMap<VQueueKey, VQueue>,
-    /// (connection, group, virtual commit log offset) -> (queue, virtual offset), for send-backs.
-    by_phys: HashMap<(u64, String, i64), (VQueueKey, i64)>,
+    /// Virtual commit log offset (unique in the translator) -> (queue, virtual offset), for
+    /// send-backs.
+    by_phys: HashMap<i64, (Arc<VQueueKey>, i64)>,
     /// The next virtual commit log offset to hand out.
     next_phys: i64,
     held: usize,
@@ -338,23 +441,43 @@ impl Translator {
     fn remove_held(&mut self, key: &VQueueKey, offset: i64) -> Option<Held> {
         let h = self.queues.get_mut(key)?.held.remove(&offset)?;
         self.held -= 1;
-        self.by_phys
-            .remove(&(key.conn, key.group.clone(), h.commit_log_offset));
+        self.by_phys.remove(&h.commit_log_offset);
         Some(h)
     }
 
-    fn action(key: &VQueueKey, offset: i64, h: &Held, invisible_time_ms: i64) -> HandleAction {
+    fn action(key: &Arc<VQueueKey>, offset: i64, h: &Held, invisible_time_ms: i64) -> HandleAction {
         HandleAction {
             key: key.clone(),
             offset,
             broker: h.broker.clone(),
-            topic: h.handle.real_topic(&key.topic, &key.group),
-            group: key.group.clone(),
             queue_id: h.handle.queue_id,
             queue_offset: h.handle.queue_offset,
-            extra_info: h.handle.to_extra_info(),
+            handle: h.handle.clone(),
             checkpoint: CheckpointRef::of(&h.handle),
             invisible_time_ms,
+        }
+    }
+
+    /// Drops the queue's prefetched batch (or the result of the one in flight): its handles are
+    /// forgotten, never acked; the broker redelivers them after their invisible time.
+    fn drop_prefetch(&mut self, key: &VQueueKey) {
+        let Some(vq) = self.queues.get_mut(key) else {
+            return;
+        };
+        if vq.ahead.is_empty() && vq.in_flight.is_none() {
+            return;
+        }
+        vq.ahead.clear();
+        vq.in_flight = None;
+        vq.generation += 1;
+        let dropped: Vec<i64> = vq
+            .held
+            .range(vq.next..)
+            .filter(|(_, h)| h.state == HeldState::Prefetched)
+            .map(|(o, _)| *o)
+            .collect();
+        for o in dropped {
+            self.remove_held(key, o);
         }
     }
 
@@ -378,7 +501,45 @@ impl Translator {
             );
         }
         let offset = offset.max(0);
-        let vq = self.queues.entry(key.clone()).or_default();
+        let vq = self
+            .queues
+            .entry(key.clone())
+            .or_insert_with(|| VQueue::new(key));
+        vq.last_max = max_msgs.clamp(1, 32);
+        if offset == vq.next {
+            if let Some(chunk) = vq.ahead.front_mut() {
+                // The front chunk's records, as many as asked for.
+                let n = chunk.lens.len().min(vq.last_max as usize);
+                let bytes: usize = chunk.lens.drain(..n).sum();
+                let body = chunk.body.split_to(bytes);
+                let start = chunk.start;
+                chunk.start += n as i64;
+                if chunk.lens.is_empty() {
+                    vq.ahead.pop_front();
+                }
+                let end = start + n as i64;
+                for (_, h) in vq.held.range_mut(start..end) {
+                    if h.state == HeldState::Prefetched {
+                        h.state = HeldState::Outstanding;
+                    }
+                }
+                vq.next = end;
+                let reply = PullReply::Found {
+                    next_begin: end,
+                    max_offset: end,
+                    body,
+                    count: n,
+                };
+                return (acks, PullPlan::Ready(reply));
+            }
+            if vq.in_flight.is_some() {
+                return (acks, PullPlan::Wait);
+            }
+        } else {
+            // The consumer reads somewhere else: what was popped ahead is not for it.
+            self.drop_prefetch(key);
+        }
+        let vq = self.queues.get_mut(key).expect("just inserted");
         if offset < vq.next {
             // The consumer went back (offset reset): what it held past `offset` is no longer
             // in its process queue. Stop tracking it; the broker redelivers it when it expires.
@@ -422,6 +583,9 @@ impl Translator {
         store_host: Option<std::net::SocketAddr>,
         now_ms: i64,
     ) -> Result<PullReply, ConsumeError> {
+        // Another pull of the same queue prefetched meanwhile: this one's records take the
+        // offsets, the batch ahead is dropped.
+        self.drop_prefetch(key);
         let Some(vq) = self.queues.get_mut(key) else {
             // The connection closed meanwhile; nothing to stamp into.
             return Ok(PullReply::NotFound {
@@ -429,14 +593,54 @@ impl Translator {
                 max_offset: offset,
             });
         };
-        let Some((header, mut body)) = found else {
+        let Some((header, body)) = found else {
             return Ok(PullReply::NotFound {
                 next_begin: vq.next.max(offset),
                 max_offset: vq.next,
             });
         };
-        let info = PopResponseInfo::from_header(header)?;
         let start = vq.next.max(offset);
+        let (next, body, count) = self.stamp(
+            key,
+            start,
+            broker,
+            header,
+            body,
+            store_host,
+            now_ms,
+            HeldState::Outstanding,
+        )?;
+        self.queues.get_mut(key).expect("checked above").next = next;
+        if count == 0 {
+            return Ok(PullReply::NotFound {
+                next_begin: start,
+                max_offset: next,
+            });
+        }
+        Ok(PullReply::Found {
+            next_begin: next,
+            max_offset: next,
+            body,
+            count,
+        })
+    }
+
+    /// Stamps a pop response's records at virtual offsets `start..` of `key` (which must exist)
+    /// and holds their handles in `state`. Returns (the offset after the last, body, count).
+    #[allow(clippy::too_many_arguments)]
+    fn stamp(
+        &mut self,
+        key: &VQueueKey,
+        start: i64,
+        broker: &str,
+        header: &PopMessageResponseHeader,
+        mut body: BytesMut,
+        store_host: Option<std::net::SocketAddr>,
+        now_ms: i64,
+        state: HeldState,
+    ) -> Result<(i64, BytesMut, usize), ConsumeError> {
+        let info = PopResponseInfo::from_header(header)?;
+        let shared_broker: Arc<str> = Arc::from(broker);
         let mut next = start;
         let mut phys = self.next_phys;
         let mut new_held: Vec<(i64, Held)> = Vec::new();
@@ -452,7 +656,7 @@ impl Translator {
             new_held.push((
                 next,
                 Held {
-                    broker: broker.to_owned(),
+                    broker: shared_broker.clone(),
                     commit_log_offset: phys,
                     real_commit_log_offset: rec.commit_log_offset(),
                     reconsume_times: rec.reconsume_times(),
@@ -460,7 +664,7 @@ impl Translator {
                     visible_at_ms: handle.pop_time + handle.invisible_time,
                     handle,
                     renewing: false,
-                    state: HeldState::Outstanding,
+                    state,
                 },
             ));
             rec.set_queue_id(key.queue);
@@ -489,29 +693,88 @@ impl Translator {
             }
             body = out;
         }
-        let vq = self.queues.get_mut(key).expect("checked above");
-        vq.next = next;
+        let vq = self.queues.get_mut(key).expect("the caller checked");
         for (o, h) in new_held {
-            self.by_phys.insert(
-                (key.conn, key.group.clone(), h.commit_log_offset),
-                (key.clone(), o),
-            );
+            self.by_phys
+                .insert(h.commit_log_offset, (vq.key.clone(), o));
             if vq.held.insert(o, h).is_none() {
                 self.held += 1;
             }
         }
-        if count == 0 {
-            return Ok(PullReply::NotFound {
-                next_begin: start,
-                max_offset: next,
-            });
+        Ok((next, body, count))
+    }
+
+    /// Starts a prefetch pop for `key` when none is in flight, at least 32 more messages fit in
+    /// its buffer ahead and it has room for more handles: the caller pops (without long
+    /// polling) and reports with [`complete_prefetch`](Self::complete_prefetch).
+    pub fn begin_prefetch(&mut self, key: &VQueueKey) -> Option<PrefetchTicket> {
+        let vq = self.queues.get_mut(key)?;
+        if vq.in_flight.is_some() {
+            return None;
         }
-        Ok(PullReply::Found {
-            next_begin: next,
-            max_offset: next,
-            body,
-            count,
+        let fits = self.cfg.prefetch_max.saturating_sub(vq.buffered());
+        let room = self.cfg.max_held_per_queue.saturating_sub(vq.held.len());
+        let max = fits.min(room).min(vq.last_max as usize);
+        if max == 0 || fits < 32.min(vq.last_max as usize) {
+            return None;
+        }
+        vq.generation += 1;
+        vq.in_flight = Some(vq.generation);
+        Some(PrefetchTicket {
+            generation: vq.generation,
+            max_msgs: max as i32,
         })
+    }
+
+    /// The prefetch pop of `ticket` returned. Its records are stamped at the end of the queue's
+    /// buffer ahead and held, undelivered, for the next pulls; returns whether records were
+    /// added. A result the queue no longer waits for (the connection closed, the consumer
+    /// rewound) is dropped: never acked, redelivered by the broker after the invisible time.
+    #[allow(clippy::too_many_arguments)]
+    pub fn complete_prefetch(
+        &mut self,
+        key: &VQueueKey,
+        ticket: PrefetchTicket,
+        broker: &str,
+        found: Option<(&PopMessageResponseHeader, BytesMut)>,
+        store_host: Option<std::net::SocketAddr>,
+        now_ms: i64,
+    ) -> Result<bool, ConsumeError> {
+        let Some(vq) = self.queues.get_mut(key) else {
+            return Ok(false);
+        };
+        if vq.in_flight != Some(ticket.generation) {
+            return Ok(false);
+        }
+        vq.in_flight = None;
+        let start = vq.ahead_end();
+        let Some((header, body)) = found else {
+            return Ok(false);
+        };
+        let (_, mut body, count) = self.stamp(
+            key,
+            start,
+            broker,
+            header,
+            body,
+            store_host,
+            now_ms,
+            HeldState::Prefetched,
+        )?;
+        if count == 0 {
+            return Ok(false);
+        }
+        let mut lens = VecDeque::with_capacity(count);
+        patch_records(&mut body, |rec| -> Result<(), ConsumeError> {
+            lens.push_back(rec.len());
+            Ok(())
+        })?;
+        self.queues
+            .get_mut(key)
+            .expect("checked above")
+            .ahead
+            .push_back(Chunk { start, body, lens });
+        Ok(true)
     }
 
     /// The consumer committed `offset`: every held handle below it is acked.
@@ -526,10 +789,10 @@ impl Translator {
             match h.state {
                 HeldState::Outstanding => {
                     h.state = HeldState::Acking;
-                    out.push(Self::action(key, *o, h, 0));
+                    out.push(Self::action(&vq.key, *o, h, 0));
                 }
                 HeldState::SentBack => sent_back.push(*o),
-                HeldState::Acking => {}
+                HeldState::Acking | HeldState::Prefetched => {}
             }
         }
         for o in sent_back {
@@ -579,7 +842,8 @@ impl Translator {
     ) -> SendBackPlan {
         let Some((key, o)) = self
             .by_phys
-            .get(&(conn, group.to_owned(), commit_log_offset))
+            .get(&commit_log_offset)
+            .filter(|(k, _)| k.conn == conn && k.group == group)
             .cloned()
         else {
             return SendBackPlan::Unknown;
@@ -599,7 +863,7 @@ impl Translator {
             h.state = HeldState::Acking;
             let ack = Self::action(&key, o, h, 0);
             return SendBackPlan::DeadLetter {
-                broker: h.broker.clone(),
+                broker: h.broker.to_string(),
                 commit_log_offset: h.real_commit_log_offset,
                 ack,
             };
@@ -629,23 +893,37 @@ impl Translator {
     pub fn renewals_due(&mut self, now_ms: i64) -> Vec<HandleAction> {
         let mut out = Vec::new();
         let mut expired = Vec::new();
-        for (k, q) in self.queues.iter_mut() {
+        let mut expired_prefetch = Vec::new();
+        for q in self.queues.values_mut() {
             for (o, h) in q.held.iter_mut() {
-                if h.state != HeldState::Outstanding || h.renewing {
+                let prefetched = match h.state {
+                    HeldState::Outstanding => false,
+                    HeldState::Prefetched => true,
+                    HeldState::Acking | HeldState::SentBack => continue,
+                };
+                if h.renewing {
                     continue;
                 }
                 if now_ms >= h.visible_at_ms {
-                    expired.push((k.clone(), *o));
+                    if prefetched {
+                        expired_prefetch.push(q.key.clone());
+                    } else {
+                        expired.push((q.key.clone(), *o));
+                    }
                 } else if h.visible_at_ms - now_ms <= self.cfg.renew_before_ms
                     && now_ms - h.first_pop_ms < self.cfg.max_hold_ms
                 {
                     h.renewing = true;
-                    out.push(Self::action(k, *o, h, self.cfg.invisible_time_ms));
+                    out.push(Self::action(&q.key, *o, h, self.cfg.invisible_time_ms));
                 }
             }
         }
         for (k, o) in expired {
             self.remove_held(&k, o);
+        }
+        // A batch is delivered whole: one of its handles gone drops the rest with it.
+        for k in expired_prefetch {
+            self.drop_prefetch(&k);
         }
         out
     }
@@ -669,11 +947,13 @@ impl Translator {
                 h.visible_at_ms = pop_time + invisible;
                 h.handle = handle;
             }
-            None => {
-                if h.state == HeldState::Outstanding {
+            None => match h.state {
+                HeldState::Outstanding => {
                     self.remove_held(key, offset);
                 }
-            }
+                HeldState::Prefetched => self.drop_prefetch(key),
+                HeldState::Acking | HeldState::SentBack => {}
+            },
         }
     }
 
@@ -691,7 +971,7 @@ impl Translator {
                 self.held -= q.held.len();
             }
         }
-        self.by_phys.retain(|(c, _, _), _| *c != conn);
+        self.by_phys.retain(|_, (k, _)| k.conn != conn);
     }
 
     /// QUERY_CONSUMER_OFFSET: the committed offset (0 for a queue never pulled).

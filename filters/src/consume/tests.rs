@@ -124,9 +124,9 @@ fn commits_ack_exactly_the_handles_below() {
     assert_eq!(acks[0].queue_id, 3);
     assert_eq!(acks[0].queue_offset, 7);
     assert_eq!(acks[1].queue_offset, 8);
-    assert_eq!(acks[0].broker, "broker-a");
-    assert_eq!(acks[0].topic, "T");
-    let h = PopHandle::parse(&acks[1].extra_info).unwrap();
+    assert_eq!(&*acks[0].broker, "broker-a");
+    assert_eq!(acks[0].topic(), "T");
+    let h = PopHandle::parse(&acks[1].extra_info()).unwrap();
     assert_eq!(
         (
             h.broker_name.as_str(),
@@ -248,7 +248,7 @@ fn renewal_until_the_max_hold_time_then_let_go() {
     let new = PopHandle {
         pop_time: 50_000,
         invisible_time: 60_000,
-        ..PopHandle::parse(&due[0].extra_info).unwrap()
+        ..due[0].handle.clone()
     };
     t.renewed(&k, 0, Some((new.to_extra_info(), 50_000, 60_000)));
     // Visible at 110_000 now; the next renewal would come at 95_000, within the 100 s hold.
@@ -372,7 +372,7 @@ fn retry_messages_ack_on_their_retry_topic() {
     t.complete_pull(&k, 0, "broker-a", Some((&h, body)), None, 0)
         .unwrap();
     let acks = t.commit(&k, 1);
-    assert_eq!(acks[0].topic, "%RETRY%g_T");
+    assert_eq!(acks[0].topic(), "%RETRY%g_T");
     assert_eq!(acks[0].queue_offset, 6);
 }
 
@@ -474,6 +474,213 @@ fn send_backs_find_their_message_when_brokers_commit_logs_overlap() {
         let SendBackPlan::Retry(a) = t.send_back(1, "g", clo, 3, 16) else {
             panic!("{broker}@{offset}")
         };
-        assert_eq!((a.broker.as_str(), a.offset), (broker, offset));
+        assert_eq!((&*a.broker, a.offset), (broker, offset));
     }
+}
+
+/// Prefetches `offsets` of real queue 0 for `k` (after a pull answered with messages).
+fn prefetch(t: &mut Translator, k: &VQueueKey, offsets: &[i64], phys: i64) -> PrefetchTicket {
+    let ticket = t.begin_prefetch(k).expect("a prefetch starts");
+    assert_eq!(
+        t.begin_prefetch(k),
+        None,
+        "one pop in flight per queue at most"
+    );
+    let (h, body) = pop_response(0, offsets, phys);
+    assert!(t
+        .complete_prefetch(k, ticket, "broker-a", Some((&h, body)), None, 3_000)
+        .unwrap());
+    ticket
+}
+
+#[test]
+fn a_prefetched_batch_answers_the_next_pull_at_once() {
+    let mut t = Translator::new(TranslatorConfig::default());
+    let k = key(1, 0);
+    pull(&mut t, &k, 0, 0, &[10, 11], 0);
+    let ticket = t.begin_prefetch(&k).unwrap();
+    assert_eq!(ticket.max_msgs, 32);
+    // The next pull arrives while the pop is in flight: it waits for it.
+    let (acks, plan) = t.begin_pull(&k, 2, 32, Some(2));
+    assert_eq!(acks.len(), 2, "the commit is taken at once");
+    assert_eq!(plan, PullPlan::Wait);
+    let (h, body) = pop_response(0, &[12, 13, 14], 0);
+    assert!(t
+        .complete_prefetch(&k, ticket, "broker-a", Some((&h, body)), None, 3_000)
+        .unwrap());
+    assert_eq!(t.held(), 5, "prefetched handles count against the bounds");
+    assert_eq!(t.max_offset(&k), 2, "not delivered yet");
+    // Prefetched handles are never acked, even by a commit past them.
+    assert!(t.commit(&k, 5).is_empty());
+    let (_, plan) = t.begin_pull(&k, 2, 32, None);
+    let PullPlan::Ready(PullReply::Found {
+        next_begin,
+        body,
+        count,
+        ..
+    }) = plan
+    else {
+        panic!("{plan:?}")
+    };
+    assert_eq!((next_begin, count), (5, 3));
+    let msgs = decode_records(&body.freeze()).unwrap();
+    assert_eq!(
+        msgs.iter().map(|m| m.queue_offset).collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
+    assert_eq!(msgs[0].body.as_ref(), b"m12");
+    // Delivered now: the next commit acks them.
+    let acks = t.commit(&k, 5);
+    assert_eq!(
+        acks.iter().map(|a| a.queue_offset).collect::<Vec<_>>(),
+        vec![12, 13, 14]
+    );
+    // An empty prefetch leaves the queue to ordinary pulls.
+    let ticket = t.begin_prefetch(&k).unwrap();
+    assert!(!t
+        .complete_prefetch(&k, ticket, "broker-a", None, None, 4_000)
+        .unwrap());
+    assert!(matches!(
+        t.begin_pull(&k, 5, 32, None).1,
+        PullPlan::Pop { .. }
+    ));
+}
+
+#[test]
+fn a_prefetched_batch_is_dropped_unacked_on_rewind_and_disconnect() {
+    let mut t = Translator::new(TranslatorConfig::default());
+    let k = key(1, 0);
+    pull(&mut t, &k, 0, 0, &[10, 11], 0);
+    prefetch(&mut t, &k, &[12, 13], 0);
+    assert_eq!(t.held(), 4);
+    // A rewind to 1: the batch ahead (and offset 1) leave without an ack.
+    let (acks, plan) = t.begin_pull(&k, 1, 32, None);
+    assert!(acks.is_empty());
+    assert!(matches!(plan, PullPlan::Pop { .. }), "{plan:?}");
+    assert_eq!(t.held(), 1);
+    let acks = t.commit(&k, 10);
+    assert_eq!(
+        acks.iter().map(|a| a.queue_offset).collect::<Vec<_>>(),
+        vec![10],
+        "only what was delivered"
+    );
+    // A prefetch whose result comes back after a rewind is not stamped.
+    let k2 = key(1, 1);
+    pull(&mut t, &k2, 0, 0, &[20], 0);
+    let ticket = t.begin_prefetch(&k2).unwrap();
+    t.begin_pull(&k2, 0, 32, None);
+    let (h, body) = pop_response(0, &[21], 0);
+    assert!(!t
+        .complete_prefetch(&k2, ticket, "broker-a", Some((&h, body)), None, 0)
+        .unwrap());
+    assert_eq!(t.counts().1, 1, "the late batch is dropped, not held");
+    // A disconnect drops a ready batch, and one in flight when it comes back.
+    let k3 = key(2, 0);
+    pull(&mut t, &k3, 0, 0, &[30], 0);
+    prefetch(&mut t, &k3, &[31], 0);
+    let k4 = key(2, 1);
+    pull(&mut t, &k4, 0, 0, &[40], 0);
+    let ticket = t.begin_prefetch(&k4).unwrap();
+    t.connection_closed(2);
+    let (h, body) = pop_response(0, &[41], 0);
+    assert!(!t
+        .complete_prefetch(&k4, ticket, "broker-a", Some((&h, body)), None, 0)
+        .unwrap());
+    assert_eq!(t.counts(), (2, 1));
+}
+
+#[test]
+fn prefetches_are_bounded_and_renewed_like_held_handles() {
+    let cfg = TranslatorConfig {
+        max_held_per_queue: 3,
+        ..Default::default()
+    };
+    let mut t = Translator::new(cfg);
+    let k = key(1, 0);
+    t.begin_pull(&k, 0, 32, None);
+    let (h, body) = pop_response(0, &[0, 1], 0);
+    t.complete_pull(&k, 0, "broker-a", Some((&h, body)), None, 2_000)
+        .unwrap();
+    let ticket = t.begin_prefetch(&k).unwrap();
+    assert_eq!(ticket.max_msgs, 1, "only the room left");
+    let (h, body) = pop_response(0, &[2], 0);
+    t.complete_prefetch(&k, ticket, "broker-a", Some((&h, body)), None, 2_000)
+        .unwrap();
+    assert_eq!(t.begin_prefetch(&k), None, "no room, and a batch is ready");
+    // Popped at 1_000 for 60 s: all three are renewed, the prefetched one included.
+    let due = t.renewals_due(50_000);
+    assert_eq!(
+        due.iter().map(|a| a.offset).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    // A failed renewal of a prefetched handle drops its batch.
+    t.renewed(&k, 2, None);
+    assert_eq!(t.held(), 2);
+    assert!(matches!(
+        t.begin_pull(&k, 2, 32, None).1,
+        PullPlan::Pop { max_msgs: 1 }
+    ));
+    // Disabled: no prefetch.
+    let mut t = Translator::new(TranslatorConfig {
+        prefetch_max: 0,
+        ..Default::default()
+    });
+    pull(&mut t, &k, 0, 0, &[0], 0);
+    assert_eq!(t.begin_prefetch(&k), None);
+}
+
+#[test]
+fn pops_ahead_back_to_back_up_to_the_buffer_bound() {
+    let mut t = Translator::new(TranslatorConfig::default()); // prefetch_max 64
+    let k = key(1, 0);
+    pull(&mut t, &k, 0, 0, &[0], 0);
+    let a: Vec<i64> = (1..33).collect();
+    let b: Vec<i64> = (33..65).collect();
+    prefetch(&mut t, &k, &a, 0);
+    // 32 buffered: 32 more fit, the next pop may start at once.
+    prefetch(&mut t, &k, &b, 0);
+    assert_eq!(t.begin_prefetch(&k), None, "64 buffered: the bound");
+    assert_eq!(t.held(), 65);
+    // Each pull gets the front pop's records; the second chunk is stamped after the first.
+    for (from, to) in [(1, 33), (33, 65)] {
+        let (_, plan) = t.begin_pull(&k, from, 32, None);
+        let PullPlan::Ready(PullReply::Found {
+            next_begin, body, ..
+        }) = plan
+        else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(next_begin, to);
+        let msgs = decode_records(&body.freeze()).unwrap();
+        assert_eq!(
+            msgs.iter().map(|m| m.queue_offset).collect::<Vec<_>>(),
+            (from..to).collect::<Vec<_>>()
+        );
+        assert_eq!(msgs[0].body.as_ref(), format!("m{from}").as_bytes());
+    }
+    // A pull asking for fewer gets part of a chunk; the rest stays for the next pull.
+    prefetch(&mut t, &k, &[65, 66, 67], 0);
+    let (_, plan) = t.begin_pull(&k, 65, 2, None);
+    assert!(matches!(
+        plan,
+        PullPlan::Ready(PullReply::Found {
+            next_begin: 67,
+            count: 2,
+            ..
+        })
+    ));
+    let (_, plan) = t.begin_pull(&k, 67, 2, None);
+    assert!(matches!(
+        plan,
+        PullPlan::Ready(PullReply::Found {
+            next_begin: 68,
+            count: 1,
+            ..
+        })
+    ));
+    // Nothing buffered nor in flight: an ordinary pop.
+    assert!(matches!(
+        t.begin_pull(&k, 68, 32, None).1,
+        PullPlan::Pop { .. }
+    ));
 }

@@ -5,8 +5,9 @@
 //! time)`; the topic is the real topic the messages were read from (a retry topic included).
 //!
 //! Persistence: an append-only log `DIR/pop/checkpoint.log` of JSON lines, one per change
-//! (`{"op":"add","ck":{..}}`, `{"op":"ack","key":{..},"offset":n}`,
-//! `{"op":"remove","key":{..}}`). Lines are written at once (no fsync); [`PopStore::sync`]
+//! (`{"op":"add","ck":{..}}`, `{"op":"ack","key":{..},"offset":n}`, `{"op":"acks","key":{..},
+//! "offsets":[n,..]}` for the offsets of one checkpoint a batch ack newly acked (one line, one
+//! write), `{"op":"remove","key":{..}}`). Lines are written at once (no fsync); [`PopStore::sync`]
 //! fsyncs the log, which the store does in each flush round. On open the log is replayed: a torn
 //! last line is cut off, a malformed line elsewhere is skipped with a warning. When the log has
 //! grown to more than `compact_threshold` lines and twice the live checkpoints, it is rewritten
@@ -173,9 +174,21 @@ pub struct ChangeInvisibleOutcome {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 enum LogRecord {
-    Add { ck: PopCheckpoint },
-    Ack { key: PopKey, offset: i64 },
-    Remove { key: PopKey },
+    Add {
+        ck: PopCheckpoint,
+    },
+    Ack {
+        key: PopKey,
+        offset: i64,
+    },
+    /// Several offsets of one checkpoint (a batch ack).
+    Acks {
+        key: PopKey,
+        offsets: Vec<i64>,
+    },
+    Remove {
+        key: PopKey,
+    },
 }
 
 #[derive(Debug)]
@@ -329,6 +342,18 @@ impl PopStore {
                     }
                 }
             }
+            LogRecord::Acks { key, offsets } => {
+                if let Some(ck) = table.get_mut(&key) {
+                    for offset in offsets {
+                        if let Some(i) = ck.msg_offsets.iter().position(|o| *o == offset) {
+                            ck.acked.set(i);
+                        }
+                    }
+                    if ck.is_fully_acked() {
+                        table.remove(&key);
+                    }
+                }
+            }
             LogRecord::Remove { key } => {
                 table.remove(&key);
             }
@@ -459,6 +484,50 @@ impl PopStore {
     pub fn ack(&self, key: &PopKey, queue_offset: i64) -> Result<AckOutcome> {
         let mut inner = self.lock();
         self.ack_locked(&mut inner, key, queue_offset)
+    }
+
+    /// Acks several queue offsets of one checkpoint (a batch ack) with one log line: the offsets
+    /// newly acked. Offsets not in the checkpoint, or acked already, are skipped. Returns how
+    /// many were newly acked and whether the checkpoint was completed (and removed); `None` when
+    /// there is no such checkpoint.
+    pub fn ack_many(
+        &self,
+        key: &PopKey,
+        offsets: impl IntoIterator<Item = i64>,
+    ) -> Result<Option<(usize, bool)>> {
+        let mut inner = self.lock();
+        let Some(ck) = inner.table.get_mut(key) else {
+            return Ok(None);
+        };
+        let mut newly = Vec::new();
+        for offset in offsets {
+            if let Some(i) = ck.msg_offsets.iter().position(|o| *o == offset) {
+                if ck.acked.set(i) {
+                    newly.push(offset);
+                }
+            }
+        }
+        if newly.is_empty() {
+            return Ok(Some((0, false)));
+        }
+        let completed = ck.is_fully_acked();
+        if completed {
+            inner.table.remove(key);
+        }
+        let n = newly.len();
+        let rec = if n == 1 {
+            LogRecord::Ack {
+                key: key.clone(),
+                offset: newly[0],
+            }
+        } else {
+            LogRecord::Acks {
+                key: key.clone(),
+                offsets: newly,
+            }
+        };
+        self.log(&mut inner, &rec)?;
+        Ok(Some((n, completed)))
     }
 
     /// CHANGE_MESSAGE_INVISIBLETIME: adds a single-message checkpoint for `queue_offset`

@@ -854,6 +854,34 @@ fn pop_checkpoints_survive_reopen() {
 }
 
 #[test]
+fn batch_acks_are_one_log_line_and_survive_reopen() {
+    let d = TestDir::new("pop-acks");
+    let path = d.path().join("pop/checkpoint.log");
+    let (k1, k2);
+    {
+        let pop = PopStore::open(&path, 10, 1000).unwrap();
+        k1 = pop.add_checkpoint(ck(&[10, 11, 12, 13], 1000)).unwrap();
+        k2 = pop.add_checkpoint(ck(&[20, 21], 2000)).unwrap();
+        let lines = pop.log_lines();
+        // Offsets outside the checkpoint are skipped; one line for the rest.
+        assert_eq!(pop.ack_many(&k1, [10, 12, 99]).unwrap(), Some((2, false)));
+        assert_eq!(pop.log_lines(), lines + 1);
+        // Already acked: nothing written.
+        assert_eq!(pop.ack_many(&k1, [10, 12]).unwrap(), Some((0, false)));
+        assert_eq!(pop.log_lines(), lines + 1);
+        // Completing a checkpoint removes it.
+        assert_eq!(pop.ack_many(&k2, [20, 21]).unwrap(), Some((2, true)));
+        assert!(pop.get(&k2).is_none());
+        assert_eq!(pop.ack_many(&k2, [20]).unwrap(), None);
+        pop.sync().unwrap();
+    }
+    let pop = PopStore::open(&path, 10, 1000).unwrap();
+    assert_eq!(pop.len(), 1);
+    assert_eq!(pop.get(&k1).unwrap().unacked_offsets(), vec![11, 13]);
+    assert!(pop.get(&k2).is_none());
+}
+
+#[test]
 fn pop_store_bounds_compaction_and_torn_log() {
     let d = TestDir::new("popbounds");
     let path = d.path().join("pop/checkpoint.log");
