@@ -179,6 +179,8 @@ impl RemotingClient {
             // Raw frames, headers parsed here: FramedRead ends the stream after any decoder error.
             let mut frames =
                 FramedRead::with_capacity(read, FrameCodec::default(), super::READ_BUFFER);
+            // One registration for the connection's life, not one per frame.
+            let mut stop = std::pin::pin!(r_closed.cancelled());
             let mut sweep = tokio::time::interval(SWEEP_EVERY);
             sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -188,7 +190,7 @@ impl RemotingClient {
                         sweep_expired(&r_pending, addr);
                         continue;
                     }
-                    () = r_closed.cancelled() => break,
+                    () = &mut stop => break,
                 };
                 match next.map(|r| r.and_then(RemotingCodec::parse_frame)) {
                     Some(Ok(cmd)) if cmd.is_response() => {

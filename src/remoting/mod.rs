@@ -33,13 +33,14 @@ pub(crate) async fn write_loop(
     let mut codec = RemotingCodec::new(limits);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut failure = None;
+    let mut stop = std::pin::pin!(closed.cancelled());
     loop {
         // Queued frames first: a connection closing after its last requests were answered
         // (e.g. the peer half-closed) must still write those answers.
         let first = tokio::select! {
             biased;
             c = queue.recv() => c,
-            () = closed.cancelled() => None,
+            () = &mut stop => None,
         };
         let Some(first) = first else { break };
         let mut next = Some(first);

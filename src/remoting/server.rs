@@ -253,10 +253,12 @@ async fn serve_connection<H: Handler>(
     // well-delimited frame is recoverable, so headers are parsed here instead.
     let mut frames =
         FramedRead::with_capacity(read, FrameCodec::new(config.limits), super::READ_BUFFER);
+    // One registration for the connection's life, not one per frame.
+    let mut stop = std::pin::pin!(closed.cancelled());
     loop {
         let next = tokio::select! {
             f = frames.next() => f,
-            () = closed.cancelled() => break,
+            () = &mut stop => break,
         };
         let next = next.map(|r| r.and_then(RemotingCodec::parse_frame));
         match next {
@@ -267,9 +269,13 @@ async fn serve_connection<H: Handler>(
                 }
             }
             Some(Ok(request)) => {
-                let permit = tokio::select! {
-                    p = in_flight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                    () = closed.cancelled() => break,
+                let permit = match in_flight.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    // All slots taken: stop reading until one frees (TCP backpressure).
+                    Err(_) => tokio::select! {
+                        p = in_flight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                        () = &mut stop => break,
+                    },
                 };
                 let slot = RequestSlot(permit);
                 let (request, RequestSlot(permit)) =
