@@ -341,31 +341,12 @@ impl SidecarCore {
 
     async fn send(&self, req: RemotingCommand) -> Result<RemotingCommand, Reject> {
         let code = req.code();
-        let (counter, active) = match code {
-            rc::SEND_MESSAGE => (Counter::SendMessageV1, Gauge::SendMessageV1Active),
-            rc::SEND_BATCH_MESSAGE => (Counter::SendMessageBatch, Gauge::SendMessageV2Active),
-            _ => (Counter::SendMessageV2, Gauge::SendMessageV2Active),
-        };
+        let (counter, active) = send_stats(code);
         self.stats.inc(counter);
         let _a = self.stats.track(active);
-        // V1 names its fields, V2 (and batch from Java) uses a..n.
-        let compact = req.ext().contains("b");
-        let (k_topic, k_default, k_queue) = if compact {
-            ("b", "c", "e")
-        } else {
-            ("topic", "defaultTopic", "queueId")
-        };
-        let topic = req.ext().required_str(k_topic)?.to_owned();
-        let default_topic = req.ext().get(k_default).unwrap_or("").to_owned();
-        let queue: i32 = req.ext().optional(k_queue)?.unwrap_or(-1);
-        let k_props = if compact { "i" } else { "properties" };
-        let transactional = req
-            .ext()
-            .get(k_props)
-            .and_then(|p| {
-                rocketmesh_filters::codec::message::properties::lookup(p, property_keys::TRAN_MSG)
-            })
-            .is_some_and(|v| v == "true");
+        let h = SendHeader::read(&req)?;
+        let (topic, default_topic) = (h.topic.to_owned(), h.default_topic.to_owned());
+        let (queue, k_queue, transactional) = (h.queue, h.k_queue, h.transactional);
 
         let route = match self.route(&topic, Gauge::SendMessagePending).await {
             Ok(r) => r,
@@ -452,22 +433,8 @@ impl SidecarCore {
                 .await
             {
                 Ok(mut resp) => {
-                    if transactional && resp.code() == response_code::SUCCESS {
-                        for key in ["msgId", "transactionId"] {
-                            if let Some(id) = resp.ext().get(key) {
-                                self.txn.remember(id, &ep.address);
-                            }
-                        }
-                    }
-                    // Answer in the SDK's queue space.
                     let v = vq.virtual_write(&ep.broker_name, local).unwrap_or(vqueue);
-                    if resp
-                        .ext()
-                        .get("queueId")
-                        .is_some_and(|q| q != v.to_string())
-                    {
-                        resp.ext_mut().put("queueId", v);
-                    }
+                    self.finish_send(&mut resp, transactional.then_some(ep.address.as_str()), v);
                     return Ok(resp);
                 }
                 Err(e) if e.not_sent() => {
@@ -478,6 +445,25 @@ impl SidecarCore {
             }
         }
         Err(upstream_reject(last_err.expect("at least one attempt")))
+    }
+
+    /// A send's answer in the SDK's terms: the virtual queue id, and (for a transactional send
+    /// to the broker at `txn_addr`) the half message remembered for END_TRANSACTION.
+    fn finish_send(&self, resp: &mut RemotingCommand, txn_addr: Option<&str>, vqueue: i32) {
+        if let (Some(addr), response_code::SUCCESS) = (txn_addr, resp.code()) {
+            for key in ["msgId", "transactionId"] {
+                if let Some(id) = resp.ext().get(key) {
+                    self.txn.remember(id, addr);
+                }
+            }
+        }
+        if resp
+            .ext()
+            .get("queueId")
+            .is_some_and(|q| q.parse() != Ok(vqueue))
+        {
+            resp.ext_mut().put("queueId", vqueue);
+        }
     }
 
     /// The common send, without a task: when the topic's route is at hand and the broker of the
@@ -496,18 +482,11 @@ impl SidecarCore {
             return Err((req, slot));
         }
         let code = req.code();
-        let compact = req.ext().contains("b");
-        let (k_topic, k_queue, k_props) = if compact {
-            ("b", "e", "i")
-        } else {
-            ("topic", "queueId", "properties")
-        };
-        let (Some(topic), Ok(queue)) = (req.ext().get(k_topic), req.ext().optional::<i32>(k_queue))
-        else {
+        let Ok(h) = SendHeader::read(&req) else {
             return Err((req, slot));
         };
-        let queue = queue.unwrap_or(-1);
-        let Some(route) = self.xds.snapshot().route(topic).cloned() else {
+        let (queue, k_queue, transactional) = (h.queue, h.k_queue, h.transactional);
+        let Some(route) = self.xds.snapshot().route(h.topic).cloned() else {
             return Err((req, slot));
         };
         let Some(sel) = route.select(&RouteRequest {
@@ -537,21 +516,10 @@ impl SidecarCore {
         else {
             return Err((req, slot));
         };
-        let transactional = req
-            .ext()
-            .get(k_props)
-            .and_then(|p| {
-                rocketmesh_filters::codec::message::properties::lookup(p, property_keys::TRAN_MSG)
-            })
-            .is_some_and(|v| v == "true");
         if local != queue {
             req.ext_mut().put(k_queue, local);
         }
-        let (counter, active) = match code {
-            rc::SEND_MESSAGE => (Counter::SendMessageV1, Gauge::SendMessageV1Active),
-            rc::SEND_BATCH_MESSAGE => (Counter::SendMessageBatch, Gauge::SendMessageV2Active),
-            _ => (Counter::SendMessageV2, Gauge::SendMessageV2Active),
-        };
+        let (counter, active) = send_stats(code);
         // Counted as in flight before it can complete (on another thread, maybe at once).
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.stats.gauge(Gauge::RequestActive).increment(1.0);
@@ -990,6 +958,55 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// The counter and active gauge of a send code.
+fn send_stats(code: i32) -> (Counter, Gauge) {
+    match code {
+        rc::SEND_MESSAGE => (Counter::SendMessageV1, Gauge::SendMessageV1Active),
+        rc::SEND_BATCH_MESSAGE => (Counter::SendMessageBatch, Gauge::SendMessageV2Active),
+        _ => (Counter::SendMessageV2, Gauge::SendMessageV2Active),
+    }
+}
+
+/// What routing reads from a send's header. V1 names its fields, V2 (and batch from Java) uses
+/// `a`..`n`.
+struct SendHeader<'a> {
+    topic: &'a str,
+    /// `defaultTopic` ("" when absent): a legacy producer's auto-create.
+    default_topic: &'a str,
+    /// The SDK's (virtual) queue; -1 when absent.
+    queue: i32,
+    /// The key of the queue id, for rewriting it.
+    k_queue: &'static str,
+    /// The message is a transactional half message (`TRAN_MSG=true`).
+    transactional: bool,
+}
+
+impl<'a> SendHeader<'a> {
+    fn read(req: &'a RemotingCommand) -> Result<Self, rocketmesh_filters::codec::ext::HeaderError> {
+        let ext = req.ext();
+        let (k_topic, k_default, k_queue, k_props) = if ext.contains("b") {
+            ("b", "c", "e", "i")
+        } else {
+            ("topic", "defaultTopic", "queueId", "properties")
+        };
+        Ok(SendHeader {
+            topic: ext.required_str(k_topic)?,
+            default_topic: ext.get(k_default).unwrap_or(""),
+            queue: ext.optional(k_queue)?.unwrap_or(-1),
+            k_queue,
+            transactional: ext
+                .get(k_props)
+                .and_then(|p| {
+                    rocketmesh_filters::codec::message::properties::lookup(
+                        p,
+                        property_keys::TRAN_MSG,
+                    )
+                })
+                .is_some_and(|v| v == "true"),
+        })
+    }
+}
+
 /// The rest of a send taken by [`SidecarCore::try_send_inline`]: runs on the upstream
 /// connection's reader when the broker answers (or the request times out or the connection
 /// ends), and answers the client the way [`SidecarCore::send`] would.
@@ -1020,20 +1037,7 @@ impl Completion for SendDone {
                 stats.inc(Counter::ResponseDecodingSuccess);
                 stats.inc(Counter::ResponseSuccess);
                 resp.set_opaque(self.opaque);
-                if let (Some(addr), response_code::SUCCESS) = (&self.transactional, resp.code()) {
-                    for key in ["msgId", "transactionId"] {
-                        if let Some(id) = resp.ext().get(key) {
-                            core.txn.remember(id, addr);
-                        }
-                    }
-                }
-                if resp
-                    .ext()
-                    .get("queueId")
-                    .is_some_and(|q| q.parse() != Ok(self.vqueue))
-                {
-                    resp.ext_mut().put("queueId", self.vqueue);
-                }
+                core.finish_send(&mut resp, self.transactional.as_deref(), self.vqueue);
                 resp
             }
             Err(e) => {

@@ -103,6 +103,16 @@ impl Pool {
 }
 
 impl Pool {
+    /// The next slot in rotation and its connection when it is up, without waiting on the slot.
+    fn try_live(&self) -> (usize, Option<RemotingClient>) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let live = match self.slots[i].try_lock() {
+            Ok(slot) => slot.as_ref().filter(|c| !c.is_closed()).cloned(),
+            Err(_) => None,
+        };
+        (i, live)
+    }
+
     /// Closes every connection of the pool (waiting requests fail).
     fn close(&self) {
         for slot in &self.slots {
@@ -203,12 +213,9 @@ impl Upstreams {
                 reason: "endpoint is cooling down after a failed connect".into(),
             });
         }
-        let i = pool.next.fetch_add(1, Ordering::Relaxed) % pool.slots.len();
-        // Fast path: a live connection, without waiting on the slot.
-        if let Ok(slot) = pool.slots[i].try_lock() {
-            if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
-                return Ok(c.clone());
-            }
+        let (i, live) = pool.try_live();
+        if let Some(c) = live {
+            return Ok(c);
         }
         let mut slot = pool.slots[i].lock().await;
         if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
@@ -320,12 +327,7 @@ impl Upstreams {
         if pool.is_down() {
             return Err((cmd, done));
         }
-        let i = pool.next.fetch_add(1, Ordering::Relaxed) % pool.slots.len();
-        let client = match pool.slots[i].try_lock() {
-            Ok(slot) => slot.as_ref().filter(|c| !c.is_closed()).cloned(),
-            Err(_) => None,
-        };
-        let Some(client) = client else {
+        let Some(client) = pool.try_live().1 else {
             return Err((cmd, done));
         };
         pool.stats.active.fetch_add(1, Ordering::Relaxed);

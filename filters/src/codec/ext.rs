@@ -207,10 +207,6 @@ impl ExtFields {
 
     /// Sets `key` to what `write` appends to the arena (no intermediate string).
     pub(crate) fn insert_with(&mut self, key: &str, write: impl FnOnce(&mut String)) {
-        self.set_with(key, write);
-    }
-
-    fn set_with(&mut self, key: &str, write: impl FnOnce(&mut String)) {
         match self.position(key) {
             Some(i) => self.replace_value(i, write),
             None => self.push(key, write),
@@ -292,7 +288,7 @@ impl ExtFields {
 
     /// Sets `field` to the string form of `value`.
     pub fn put(&mut self, field: &str, value: impl fmt::Display) {
-        self.set_with(field, |arena| {
+        self.insert_with(field, |arena| {
             use fmt::Write;
             // Writing into a String cannot fail.
             let _ = write!(arena, "{value}");
