@@ -42,15 +42,17 @@ pub(crate) fn decode_serde(bytes: &[u8]) -> Result<(HeaderFields, bool), String>
         .deserialize_map(HeaderVisitor(&shape))
         .map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
-    let unique = shape.opaque_keys.get() == 1 && !shape.nested.get();
+    let unique = shape.top_opaque.get() == 1 && shape.ext_opaque.get() == 0 && !shape.nested.get();
     Ok((fields, unique))
 }
 
 /// What the decoder saw of the header's shape.
 #[derive(Default)]
 struct Shape {
-    /// Keys named `opaque`, top level and `extFields` alike.
-    opaque_keys: std::cell::Cell<u32>,
+    /// Top-level keys named `opaque`.
+    top_opaque: std::cell::Cell<u32>,
+    /// `extFields` keys named `opaque`.
+    ext_opaque: std::cell::Cell<u32>,
     /// A nested object or array somewhere (kept as text, or skipped).
     nested: std::cell::Cell<bool>,
 }
@@ -297,7 +299,7 @@ impl<'de> Visitor<'de> for Ext<'_> {
                 )));
             }
             if key.as_ref() == "opaque" {
-                self.0.opaque_keys.set(self.0.opaque_keys.get() + 1);
+                self.0.ext_opaque.set(self.0.ext_opaque.get() + 1);
             }
             if let Some(value) = map.next_value_seed(Scalar(self.0))? {
                 ext.insert(key, value);
@@ -371,7 +373,7 @@ impl<'de> Visitor<'de> for HeaderVisitor<'_> {
                 Key::Language => fields.language = map.next_value_seed(Language)?,
                 Key::Version => fields.version = map.next_value_seed(Int32("version"))?,
                 Key::Opaque => {
-                    self.0.opaque_keys.set(self.0.opaque_keys.get() + 1);
+                    self.0.top_opaque.set(self.0.top_opaque.get() + 1);
                     fields.opaque = map.next_value_seed(Int32("opaque"))?;
                 }
                 Key::Flag => fields.flag = map.next_value_seed(Int32("flag"))?,
@@ -651,6 +653,7 @@ mod splice_tests {
         for h in [
             &br#"{"code":10,"extFields":{"opaque":"7"},"opaque":1}"#[..],
             br#"{"code":10,"opaque":1,"opaque":2}"#,
+            br#"{"code":10,"extFields":{"opaque":32}}"#,
             br#"{"code":10,"x":{"opaque":3},"opaque":1}"#,
             br#"{"code":10,"extFields":{"a":[1]},"opaque":1}"#,
             br#"{"code":10,"opaque":"12"}"#,

@@ -388,6 +388,7 @@ mod tests {
             r#"{"code":1,"extFields":{"n":1.5,"m":-0,"o":007}}"#,
             r#"{"code":1,"extFields":{"opaque":"1"},"opaque":4}"#,
             r#"{"code":1,"opaque":4,"opaque":5}"#,
+            r#"{"code":10 , "extFields":{"opaque":32 , "code":true}}"#,
             r#"{"code":1,"opaque":"4"}"#,
             r#"{"code":99999999999}"#,
             r#"{"code":1,"extFields":{"k\u0041":"v"}}"#,
