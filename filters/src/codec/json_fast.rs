@@ -102,6 +102,19 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<(HeaderFields, Option<(usize, usize
     Some((fields, opaque_span.filter(|_| opaque_keys == 1)))
 }
 
+/// Bytes that end a plain run inside a JSON string: `"`, `\\` and the control characters.
+const STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = true;
+        c += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
 struct Reader<'a> {
     b: &'a [u8],
     /// The same bytes, checked UTF-8.
@@ -139,8 +152,8 @@ impl<'a> Reader<'a> {
     fn plain_string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.i;
-        let end = start + memchr::memchr2(b'"', b'\\', &self.b[start..])?;
-        if self.b[end] != b'"' || self.b[start..end].iter().any(|&c| c < 0x20) {
+        let end = self.string_stop(start)?;
+        if self.b[end] != b'"' {
             return None;
         }
         self.i = end + 1;
@@ -152,10 +165,7 @@ impl<'a> Reader<'a> {
         self.eat(b'"')?;
         loop {
             let start = self.i;
-            let end = start + memchr::memchr2(b'"', b'\\', &self.b[start..])?;
-            if self.b[start..end].iter().any(|&c| c < 0x20) {
-                return None; // raw control characters are invalid JSON
-            }
+            let end = self.string_stop(start)?;
             out.push_str(&self.s[start..end]);
             self.i = end + 1;
             if self.b[end] == b'"' {
@@ -188,6 +198,17 @@ impl<'a> Reader<'a> {
             };
             out.push(c);
         }
+    }
+
+    /// Where a string's plain run starting at `from` stops: at a `"` or a `\\`. `None` at a
+    /// raw control character (invalid JSON) or the end of input. One pass, one table look-up
+    /// per byte: header strings are short (keys, numbers as text), where a SIMD search's set-up
+    /// costs more than it saves, and it also had to be followed by a second pass for control
+    /// characters.
+    fn string_stop(&self, from: usize) -> Option<usize> {
+        let rest = self.b.get(from..)?;
+        let n = rest.iter().position(|&c| STOP[usize::from(c)])?;
+        (rest[n] >= 0x20).then_some(from + n)
     }
 
     fn hex4(&mut self) -> Option<u32> {
