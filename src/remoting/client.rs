@@ -7,8 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -84,6 +83,9 @@ struct PendingMap {
     waiters: HashMap<i32, Waiter>,
     /// Callback entries among `waiters` (the sweep is skipped when 0).
     callbacks: AtomicUsize,
+    /// Set by the reader when it has failed every waiter on its way out: nothing may be
+    /// registered after that (no reader would ever complete it).
+    drained: bool,
 }
 
 type Pending = Arc<Mutex<PendingMap>>;
@@ -111,11 +113,15 @@ struct Inner {
     out: mpsc::Sender<RemotingCommand>,
     slots: Arc<Semaphore>,
     closed: CancellationToken,
+    /// `closed`, readable without a lock (the token's own check takes one): set by `close`
+    /// and by the reader when the connection ends for any other reason.
+    dead: Arc<AtomicBool>,
     close_reason: Arc<Mutex<Option<String>>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.dead.store(true, Ordering::Release);
         self.closed.cancel();
     }
 }
@@ -158,6 +164,7 @@ impl RemotingClient {
         let (out, out_rx) = mpsc::channel::<RemotingCommand>(WRITE_QUEUE);
         let pending: Pending = Arc::default();
         let closed = CancellationToken::new();
+        let dead: Arc<AtomicBool> = Arc::default();
         let close_reason: Arc<Mutex<Option<String>>> = Arc::default();
 
         // Writer: drain whatever is queued into one buffer, one write per batch.
@@ -174,6 +181,7 @@ impl RemotingClient {
         // Reader: complete pending calls, forward peer requests, time out late callbacks.
         let r_pending = pending.clone();
         let r_closed = closed.clone();
+        let r_dead = dead.clone();
         let r_reason = close_reason.clone();
         tokio::spawn(async move {
             // Raw frames, headers parsed here: FramedRead ends the stream after any decoder error.
@@ -184,7 +192,10 @@ impl RemotingClient {
             let mut sweep = tokio::time::interval(SWEEP_EVERY);
             sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
+                // Frames first; the sweep and `stop` are looked at whenever the socket has
+                // nothing more to read (see the server's loop).
                 let next = tokio::select! {
+                    biased;
                     f = frames.next() => f,
                     _ = sweep.tick() => {
                         sweep_expired(&r_pending, addr);
@@ -221,10 +232,12 @@ impl RemotingClient {
                     }
                 }
             }
+            r_dead.store(true, Ordering::Release);
             r_closed.cancel();
             // Fail every waiter at once rather than letting each time out.
             let waiters: Vec<Waiter> = {
                 let mut p = lock(&r_pending);
+                p.drained = true;
                 p.callbacks.store(0, Ordering::Relaxed);
                 p.waiters.drain().map(|(_, w)| w).collect()
             };
@@ -247,6 +260,7 @@ impl RemotingClient {
                 out,
                 slots: Arc::new(Semaphore::new(DEFAULT_MAX_IN_FLIGHT)),
                 closed,
+                dead,
                 close_reason,
             }),
         }
@@ -259,11 +273,12 @@ impl RemotingClient {
 
     /// Whether the connection is closed.
     pub fn is_closed(&self) -> bool {
-        self.inner.closed.is_cancelled()
+        self.inner.dead.load(Ordering::Acquire)
     }
 
     /// Closes the connection; calls in flight fail with [`ClientError::Closed`].
     pub fn close(&self) {
+        self.inner.dead.store(true, Ordering::Release);
         self.inner.closed.cancel();
     }
 
@@ -342,18 +357,21 @@ impl RemotingClient {
             Ok(p) => p,
             Err(_) => return Err((cmd, done)),
         };
-        let code = cmd.code();
-        let opaque = self.inner.next_opaque.fetch_add(1, Ordering::Relaxed);
-        cmd.set_opaque(opaque);
-        let entry = CallbackEntry {
-            deadline: Instant::now() + timeout,
-            code,
-            timeout,
-            done: Box::new(move |r| done.complete(r)),
-            _slot: slot,
-        };
         {
             let mut p = lock(&self.inner.pending);
+            if p.drained {
+                // The reader ended after the check above: no one would complete a callback.
+                return Err((cmd, done));
+            }
+            let opaque = self.inner.next_opaque.fetch_add(1, Ordering::Relaxed);
+            let entry = CallbackEntry {
+                deadline: Instant::now() + timeout,
+                code: cmd.code(),
+                timeout,
+                done: Box::new(move |r| done.complete(r)),
+                _slot: slot,
+            };
+            cmd.set_opaque(opaque);
             p.waiters.insert(opaque, Waiter::Callback(entry));
             p.callbacks.fetch_add(1, Ordering::Relaxed);
         }

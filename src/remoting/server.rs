@@ -256,7 +256,10 @@ async fn serve_connection<H: Handler>(
     // One registration for the connection's life, not one per frame.
     let mut stop = std::pin::pin!(closed.cancelled());
     loop {
+        // Frames first: `stop` is then looked at whenever the socket has nothing more to read
+        // (every read batch), without a lock per frame (a cancellation check takes one).
         let next = tokio::select! {
+            biased;
             f = frames.next() => f,
             () = &mut stop => break,
         };
