@@ -285,3 +285,48 @@ fn a_new_opaque_is_written_in_place_for_every_captured_frame() {
         }
     }
 }
+
+/// A frame read with its custom header deferred (`parse_frame_deferred`, how upstream responses
+/// are read) is the same command as one read in full, for every captured frame: equal fields
+/// and custom header, byte-identical when relayed with a new opaque, and encoded afresh the
+/// same way once a header field changes.
+#[test]
+fn a_deferred_custom_header_reads_and_relays_like_a_full_one() {
+    use rocketmesh_filters::codec::frame::FrameCodec;
+    for (path, bytes) in all_frames() {
+        let Ok(Some(frame)) = FrameCodec::default().decode(&mut BytesMut::from(&bytes[..])) else {
+            continue;
+        };
+        let Ok(full) = RemotingCodec::parse_frame(frame.clone()) else {
+            continue; // the malformed samples
+        };
+        let deferred = RemotingCodec::parse_frame_deferred(frame)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(deferred, full, "{}", path.display());
+        assert_eq!(deferred.ext(), full.ext(), "{}", path.display());
+
+        let (mut a, mut b) = (deferred.clone(), full.clone());
+        a.set_opaque(4242);
+        b.set_opaque(4242);
+        assert_eq!(
+            encode_to_bytes(&a).unwrap(),
+            encode_to_bytes(&b).unwrap(),
+            "{}",
+            path.display()
+        );
+
+        // A changed field: both are encoded from their fields, the deferred one's read first.
+        let (mut a, mut b) = (deferred.clone(), full);
+        a.set_remark(Some("changed".into()));
+        b.set_remark(Some("changed".into()));
+        assert_eq!(
+            encode_to_bytes(&a).unwrap(),
+            encode_to_bytes(&b).unwrap(),
+            "{}",
+            path.display()
+        );
+        let mut c = deferred;
+        c.ext_mut().insert("added", "1");
+        assert_eq!(c.ext().get("added"), Some("1"), "{}", path.display());
+    }
+}

@@ -203,7 +203,8 @@ impl RemotingClient {
                     }
                     () = &mut stop => break,
                 };
-                match next.map(|r| r.and_then(RemotingCodec::parse_frame)) {
+                // Custom headers read on first use: a response relayed by opaque never needs its own.
+                match next.map(|r| r.and_then(RemotingCodec::parse_frame_deferred)) {
                     Some(Ok(cmd)) if cmd.is_response() => {
                         let waiter = take_waiter(&r_pending, cmd.opaque());
                         match waiter {

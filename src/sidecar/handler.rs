@@ -434,7 +434,8 @@ impl SidecarCore {
             {
                 Ok(mut resp) => {
                     let v = vq.virtual_write(&ep.broker_name, local).unwrap_or(vqueue);
-                    self.finish_send(&mut resp, transactional.then_some(ep.address.as_str()), v);
+                    let txn = transactional.then_some(ep.address.as_str());
+                    self.finish_send(&mut resp, txn, v, local);
                     return Ok(resp);
                 }
                 Err(e) if e.not_sent() => {
@@ -449,7 +450,13 @@ impl SidecarCore {
 
     /// A send's answer in the SDK's terms: the virtual queue id, and (for a transactional send
     /// to the broker at `txn_addr`) the half message remembered for END_TRANSACTION.
-    fn finish_send(&self, resp: &mut RemotingCommand, txn_addr: Option<&str>, vqueue: i32) {
+    fn finish_send(
+        &self,
+        resp: &mut RemotingCommand,
+        txn_addr: Option<&str>,
+        vqueue: i32,
+        local: i32,
+    ) {
         if let (Some(addr), response_code::SUCCESS) = (txn_addr, resp.code()) {
             for key in ["msgId", "transactionId"] {
                 if let Some(id) = resp.ext().get(key) {
@@ -457,10 +464,14 @@ impl SidecarCore {
                 }
             }
         }
-        if resp
-            .ext()
-            .get("queueId")
-            .is_some_and(|q| q.parse() != Ok(vqueue))
+        // The broker answers with its own queue id. When its queues start the virtual range
+        // (`local == vqueue`) its ids are the virtual ones, and the answer goes back as it came,
+        // its custom header not even read.
+        if local != vqueue
+            && resp
+                .ext()
+                .get("queueId")
+                .is_some_and(|q| q.parse() != Ok(vqueue))
         {
             resp.ext_mut().put("queueId", vqueue);
         }
@@ -533,6 +544,7 @@ impl SidecarCore {
             language: req.language(),
             serialize: req.serialize_type(),
             vqueue,
+            local,
             active,
             transactional: transactional.then(|| ep.address.clone()),
             start: Instant::now(),
@@ -1020,6 +1032,8 @@ struct SendDone {
     serialize: rocketmesh_filters::codec::codes::SerializeType,
     /// The SDK's (virtual) queue, written back into the answer.
     vqueue: i32,
+    /// The broker's queue the send went to.
+    local: i32,
     active: Gauge,
     /// The broker's address, for a transactional send (END_TRANSACTION goes there).
     transactional: Option<String>,
@@ -1037,7 +1051,12 @@ impl Completion for SendDone {
                 stats.inc(Counter::ResponseDecodingSuccess);
                 stats.inc(Counter::ResponseSuccess);
                 resp.set_opaque(self.opaque);
-                core.finish_send(&mut resp, self.transactional.as_deref(), self.vqueue);
+                core.finish_send(
+                    &mut resp,
+                    self.transactional.as_deref(),
+                    self.vqueue,
+                    self.local,
+                );
                 resp
             }
             Err(e) => {

@@ -46,9 +46,19 @@ pub struct RemotingCommand {
     body: Bytes,
     serialize: SerializeType,
     raw_header: Option<Bytes>,
+    /// Set when the custom header was checked but not read at decoding: the byte range of the
+    /// `extFields` object in `raw_header`, read on first use. Present only with `raw_header`.
+    deferred_ext: Option<DeferredExt>,
     /// Where the opaque sits in `raw_header` when it has been changed since decoding: written
     /// afresh at encode time around the original bytes (no copy of the header until then).
     opaque_at: OpaqueAt,
+}
+
+/// A JSON custom header read on first use ([`RemotingCommand::ext`]).
+#[derive(Clone, Debug)]
+struct DeferredExt {
+    span: (usize, usize),
+    read: std::sync::OnceLock<ExtFields>,
 }
 
 /// The opaque's place in the original header bytes.
@@ -79,7 +89,7 @@ impl fmt::Debug for RemotingCommand {
             .field("opaque", &self.fields.opaque)
             .field("flag", &self.fields.flag)
             .field("remark", &self.fields.remark)
-            .field("ext", &self.fields.ext)
+            .field("ext", self.ext())
             .field("body_len", &self.body.len())
             .field("serialize", &self.serialize)
             .finish()
@@ -90,7 +100,12 @@ impl fmt::Debug for RemotingCommand {
 /// command still carries its original header bytes does not matter.
 impl PartialEq for RemotingCommand {
     fn eq(&self, other: &Self) -> bool {
-        self.fields == other.fields && self.body == other.body && self.serialize == other.serialize
+        let top = |f: &HeaderFields| (f.code, f.language, f.version, f.opaque, f.flag);
+        top(&self.fields) == top(&other.fields)
+            && self.fields.remark == other.fields.remark
+            && self.ext() == other.ext()
+            && self.body == other.body
+            && self.serialize == other.serialize
     }
 }
 
@@ -107,6 +122,7 @@ impl RemotingCommand {
             body: Bytes::new(),
             serialize: SerializeType::Json,
             raw_header: None,
+            deferred_ext: None,
             opaque_at: OpaqueAt::AsIs(None),
         }
     }
@@ -144,6 +160,7 @@ impl RemotingCommand {
             body: Bytes::new(),
             serialize,
             raw_header: None,
+            deferred_ext: None,
             opaque_at: OpaqueAt::AsIs(None),
         }
     }
@@ -161,12 +178,17 @@ impl RemotingCommand {
         raw_header: Bytes,
         body: Bytes,
         opaque_span: Option<(usize, usize)>,
+        ext_span: Option<(usize, usize)>,
     ) -> Self {
         Self {
             fields,
             body,
             serialize,
             raw_header: Some(raw_header),
+            deferred_ext: ext_span.map(|span| DeferredExt {
+                span,
+                read: std::sync::OnceLock::new(),
+            }),
             opaque_at: OpaqueAt::AsIs(opaque_span),
         }
     }
@@ -211,14 +233,14 @@ impl RemotingCommand {
 
     /// Sets the sender language.
     pub fn with_language(mut self, language: LanguageCode) -> Self {
-        self.raw_header = None;
+        self.forget_raw_header();
         self.fields.language = language;
         self
     }
 
     /// Sets the sender version.
     pub fn with_version(mut self, version: i32) -> Self {
-        self.raw_header = None;
+        self.forget_raw_header();
         self.fields.version = version;
         self
     }
@@ -265,7 +287,10 @@ impl RemotingCommand {
     }
     /// The custom header.
     pub fn ext(&self) -> &ExtFields {
-        &self.fields.ext
+        match (&self.deferred_ext, &self.raw_header) {
+            (Some(d), Some(raw)) => d.read.get_or_init(|| read_deferred(raw, d.span)),
+            _ => &self.fields.ext,
+        }
     }
     /// The body.
     pub fn body(&self) -> &Bytes {
@@ -282,7 +307,7 @@ impl RemotingCommand {
     }
     /// Reads a typed custom header from the ext fields.
     pub fn decode_header<H: CommandHeader>(&self) -> Result<H, HeaderError> {
-        H::from_ext(&self.fields.ext)
+        H::from_ext(self.ext())
     }
 
     // ----- mutators -----
@@ -290,7 +315,7 @@ impl RemotingCommand {
     /// Sets the code.
     pub fn set_code(&mut self, code: i32) {
         if code != self.fields.code {
-            self.raw_header = None;
+            self.forget_raw_header();
             self.fields.code = code;
         }
     }
@@ -318,7 +343,7 @@ impl RemotingCommand {
             }
             // No plain number to patch: the header is written afresh.
             _ => {
-                self.raw_header = None;
+                self.forget_raw_header();
                 OpaqueAt::AsIs(None)
             }
         };
@@ -354,21 +379,44 @@ impl RemotingCommand {
     /// Sets the flag bits.
     pub fn set_flag(&mut self, flag: i32) {
         if flag != self.fields.flag {
-            self.raw_header = None;
+            self.forget_raw_header();
             self.fields.flag = flag;
         }
     }
 
     /// Sets the remark.
     pub fn set_remark(&mut self, remark: Option<String>) {
-        self.raw_header = None;
+        self.forget_raw_header();
         self.fields.remark = remark;
     }
 
     /// Mutable access to the custom header (drops the original header bytes).
     pub fn ext_mut(&mut self) -> &mut ExtFields {
-        self.raw_header = None;
+        self.forget_raw_header();
         &mut self.fields.ext
+    }
+
+    /// Drops the original header bytes; a custom header not read yet is read first, into the
+    /// fields the header will be encoded from.
+    fn forget_raw_header(&mut self) {
+        if let Some(d) = self.deferred_ext.take() {
+            self.fields.ext = match (d.read.into_inner(), &self.raw_header) {
+                (Some(ext), _) => ext,
+                (None, Some(raw)) => read_deferred(raw, d.span),
+                (None, None) => ExtFields::new(),
+            };
+        }
+        self.raw_header = None;
+    }
+
+    /// The header fields to encode afresh from (the custom header read if it was deferred).
+    pub(crate) fn fields_for_encoding(&self) -> std::borrow::Cow<'_, HeaderFields> {
+        if self.deferred_ext.is_none() {
+            return std::borrow::Cow::Borrowed(&self.fields);
+        }
+        let mut fields = self.fields.clone();
+        fields.ext = self.ext().clone();
+        std::borrow::Cow::Owned(fields)
     }
 
     /// Replaces the body (the header bytes stay valid: the body is not part of the header).
@@ -384,15 +432,24 @@ impl RemotingCommand {
     /// Changes the header encoding.
     pub fn set_serialize_type(&mut self, serialize: SerializeType) {
         if serialize != self.serialize {
-            self.raw_header = None;
+            self.forget_raw_header();
             self.serialize = serialize;
         }
     }
 
     /// Forgets the original header bytes, so the next encode writes the header afresh.
     pub fn drop_raw_header(&mut self) {
-        self.raw_header = None;
+        self.forget_raw_header();
     }
+}
+
+/// Reads a deferred custom header. The decoder checked these bytes with the same grammar, so
+/// this cannot fail; were it to, serde reads the whole header again rather than losing fields.
+fn read_deferred(raw: &Bytes, (start, end): (usize, usize)) -> ExtFields {
+    raw.get(start..end)
+        .and_then(super::json_fast::read_ext)
+        .or_else(|| super::json::decode_serde(raw).ok().map(|(f, _)| f.ext))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

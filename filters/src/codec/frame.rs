@@ -18,7 +18,7 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use super::codes::{request_code, SerializeType};
 use super::command::RemotingCommand;
-use super::{binary, json};
+use super::{binary, json, json_fast};
 
 /// Default maximum frame, length prefix included: 16 MiB, Java's `com.rocketmq.remoting.frameMaxLength`.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -294,13 +294,31 @@ impl RemotingCodec {
 
     /// Parses the header of a raw frame into a command.
     pub fn parse_frame(frame: RawFrame) -> Result<RemotingCommand, CodecError> {
-        let (parsed, opaque_span) = match frame.serialize {
+        Self::parse(frame, false)
+    }
+
+    /// Like [`RemotingCodec::parse_frame`], but a JSON custom header is only checked here and
+    /// read on first use ([`RemotingCommand::ext`]): for frames mostly relayed by opaque, like
+    /// the responses an upstream connection hands back to waiting requests.
+    pub fn parse_frame_deferred(frame: RawFrame) -> Result<RemotingCommand, CodecError> {
+        Self::parse(frame, true)
+    }
+
+    fn parse(frame: RawFrame, defer_ext: bool) -> Result<RemotingCommand, CodecError> {
+        let (parsed, opaque_span, ext_span) = match frame.serialize {
             SerializeType::Json => {
-                json::decode(&frame.header).map_err(|reason| CodecError::MalformedHeader {
+                let malformed = |reason| CodecError::MalformedHeader {
                     kind: "JSON",
                     opaque: json::salvage_opaque(&frame.header),
                     reason,
-                })?
+                };
+                match defer_ext.then(|| json_fast::decode_deferred(&frame.header)) {
+                    Some(Some(d)) => (d.fields, d.opaque_span, d.ext_span),
+                    _ => {
+                        let (fields, span) = json::decode(&frame.header).map_err(malformed)?;
+                        (fields, span, None)
+                    }
+                }
             }
             SerializeType::Rocketmq => {
                 let fields = binary::decode(&frame.header).map_err(|reason| {
@@ -310,7 +328,7 @@ impl RemotingCodec {
                         reason,
                     }
                 })?;
-                (fields, None)
+                (fields, None, None)
             }
         };
         Ok(RemotingCommand::from_decoded(
@@ -319,6 +337,7 @@ impl RemotingCodec {
             frame.header,
             frame.body,
             opaque_span,
+            ext_span,
         ))
     }
 }
@@ -348,10 +367,11 @@ impl Encoder<&RemotingCommand> for RemotingCodec {
         dst.put_u32(0);
         dst.put_u32(0);
         if !cmd.write_raw_header(serialize, dst) {
+            let fields = cmd.fields_for_encoding();
             match serialize {
-                SerializeType::Json => json::encode(&cmd.fields, dst),
+                SerializeType::Json => json::encode(&fields, dst),
                 SerializeType::Rocketmq => {
-                    if let Err(reason) = binary::encode(&cmd.fields, dst) {
+                    if let Err(reason) = binary::encode(&fields, dst) {
                         dst.truncate(start);
                         return Err(CodecError::Encode(reason));
                     }

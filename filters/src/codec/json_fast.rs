@@ -15,6 +15,40 @@ use super::ext::{ExtFields, MAX_EXT_FIELDS};
 /// Reads `bytes`; `None` when the header is not of the simple shape (or not valid).
 /// The span is the byte range of the top-level `opaque` number when it is the only `opaque` key.
 pub(crate) fn decode(bytes: &[u8]) -> Option<(HeaderFields, Option<(usize, usize)>)> {
+    decode_with(bytes, false).map(|d| (d.fields, d.opaque_span))
+}
+
+/// A header read by [`decode_deferred`].
+pub(crate) struct Decoded {
+    pub fields: HeaderFields,
+    /// As for [`decode`].
+    pub opaque_span: Option<(usize, usize)>,
+    /// The `extFields` object's bytes (`{` to `}`) when they were checked but not read:
+    /// `fields.ext` is then empty, and [`read_ext`] over this range reads them.
+    pub ext_span: Option<(usize, usize)>,
+}
+
+/// Like [`decode`], but `extFields` is only checked, not read (no copy, no allocation): a
+/// command whose custom header nobody looks at, such as a response relayed by opaque, never
+/// pays for it. The check accepts no more than the full reading does.
+pub(crate) fn decode_deferred(bytes: &[u8]) -> Option<Decoded> {
+    decode_with(bytes, true)
+}
+
+/// Reads an `extFields` object that [`decode_deferred`] checked (its `ext_span` bytes).
+pub(crate) fn read_ext(bytes: &[u8]) -> Option<ExtFields> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut r = Reader {
+        b: text.as_bytes(),
+        s: text,
+        i: 0,
+    };
+    let mut ext = ExtFields::with_capacity(16);
+    r.ext(&mut 0, &mut ext)?;
+    (r.i == r.b.len()).then_some(ext)
+}
+
+fn decode_with(bytes: &[u8], defer_ext: bool) -> Option<Decoded> {
     let text = std::str::from_utf8(bytes).ok()?;
     let mut r = Reader {
         b: text.as_bytes(),
@@ -25,6 +59,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<(HeaderFields, Option<(usize, usize
     let mut have_code = false;
     let mut opaque_keys = 0u32;
     let mut opaque_span = None;
+    let mut ext_span = None;
     r.ws();
     r.eat(b'{')?;
     r.ws();
@@ -77,15 +112,24 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<(HeaderFields, Option<(usize, usize
                     _ => return None,
                 };
             }
-            "extFields" => {
-                fields.ext = match r.peek()? {
-                    b'n' => {
-                        r.literal("null")?;
-                        ExtFields::new()
-                    }
-                    _ => r.ext(&mut opaque_keys)?,
-                };
-            }
+            "extFields" => match r.peek()? {
+                b'n' => {
+                    r.literal("null")?;
+                    fields.ext = ExtFields::new();
+                    ext_span = None;
+                }
+                _ if defer_ext => {
+                    let start = r.i;
+                    r.ext(&mut opaque_keys, &mut Skim::default())?;
+                    fields.ext = ExtFields::new();
+                    ext_span = Some((start, r.i));
+                }
+                _ => {
+                    let mut ext = ExtFields::with_capacity(16);
+                    r.ext(&mut opaque_keys, &mut ext)?;
+                    fields.ext = ext;
+                }
+            },
             _ => r.skip_scalar()?,
         }
         r.ws();
@@ -99,7 +143,79 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<(HeaderFields, Option<(usize, usize
     if r.i != r.b.len() || !have_code {
         return None;
     }
-    Some((fields, opaque_span.filter(|_| opaque_keys == 1)))
+    Some(Decoded {
+        fields,
+        opaque_span: opaque_span.filter(|_| opaque_keys == 1),
+        ext_span,
+    })
+}
+
+/// Where string contents go: the [`ExtFields`] arena, a `String`, or nowhere (a check only).
+trait StrOut {
+    fn push_str(&mut self, s: &str);
+    fn push(&mut self, c: char);
+}
+
+impl StrOut for String {
+    fn push_str(&mut self, s: &str) {
+        String::push_str(self, s);
+    }
+    fn push(&mut self, c: char) {
+        String::push(self, c);
+    }
+}
+
+/// Discards what it is given.
+struct Discard;
+
+impl StrOut for Discard {
+    fn push_str(&mut self, _: &str) {}
+    fn push(&mut self, _: char) {}
+}
+
+/// Where the `extFields` entries go. [`Skim`] counts every key, duplicates included, so it is
+/// full no later than an [`ExtFields`] (which replaces duplicates) would be: what it accepts,
+/// the full reading accepts too.
+trait ExtSink {
+    type Out: StrOut;
+    fn is_full(&self) -> bool;
+    /// Adds `key` with the value `write` produces; false when `write` failed.
+    fn value(&mut self, key: &str, write: impl FnOnce(&mut Self::Out) -> bool) -> bool;
+    fn literal(&mut self, key: &str, value: &str);
+}
+
+impl ExtSink for ExtFields {
+    type Out = String;
+    fn is_full(&self) -> bool {
+        self.len() >= MAX_EXT_FIELDS
+    }
+    fn value(&mut self, key: &str, write: impl FnOnce(&mut String) -> bool) -> bool {
+        let mut ok = true;
+        self.insert_with(key, |arena| ok = write(arena));
+        ok
+    }
+    fn literal(&mut self, key: &str, value: &str) {
+        self.insert(key, value);
+    }
+}
+
+#[derive(Default)]
+struct Skim {
+    keys: usize,
+}
+
+impl ExtSink for Skim {
+    type Out = Discard;
+    fn is_full(&self) -> bool {
+        self.keys >= MAX_EXT_FIELDS
+    }
+    fn value(&mut self, _: &str, write: impl FnOnce(&mut Discard) -> bool) -> bool {
+        self.keys += 1;
+        write(&mut Discard)
+    }
+    fn literal(&mut self, _: &str, _: &str) {
+        self.keys += 1;
+    }
 }
 
 /// Bytes that end a plain run inside a JSON string: `"`, `\\` and the control characters.
@@ -161,7 +277,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A string appended to `out`, escapes resolved.
-    fn string_into(&mut self, out: &mut String) -> Option<()> {
+    fn string_into(&mut self, out: &mut impl StrOut) -> Option<()> {
         self.eat(b'"')?;
         loop {
             let start = self.i;
@@ -266,13 +382,12 @@ impl<'a> Reader<'a> {
     }
 
     /// The `extFields` object: scalar values, coerced to strings as fastjson would write them.
-    fn ext(&mut self, opaque_keys: &mut u32) -> Option<ExtFields> {
+    fn ext(&mut self, opaque_keys: &mut u32, ext: &mut impl ExtSink) -> Option<()> {
         self.eat(b'{')?;
-        let mut ext = ExtFields::with_capacity(16);
         self.ws();
         if self.peek()? == b'}' {
             self.i += 1;
-            return Some(ext);
+            return Some(());
         }
         loop {
             self.ws();
@@ -283,38 +398,34 @@ impl<'a> Reader<'a> {
             self.ws();
             self.eat(b':')?;
             self.ws();
-            if ext.len() >= MAX_EXT_FIELDS {
+            if ext.is_full() {
                 return None;
             }
             match self.peek()? {
                 b'"' => {
-                    let mut failed = false;
-                    ext.insert_with(key, |arena| {
-                        failed = self.string_into(arena).is_none();
-                    });
-                    if failed {
+                    if !ext.value(key, |out| self.string_into(out).is_some()) {
                         return None;
                     }
                 }
                 b't' => {
                     self.literal("true")?;
-                    ext.insert(key, "true");
+                    ext.literal(key, "true");
                 }
                 b'f' => {
                     self.literal("false")?;
-                    ext.insert(key, "false");
+                    ext.literal(key, "false");
                 }
                 // null: the field is dropped, as in serde's reading.
                 b'n' => self.literal("null")?,
                 _ => {
                     let (text, _) = self.integer()?;
-                    ext.insert(key, text);
+                    ext.literal(key, text);
                 }
             }
             self.ws();
             match self.next()? {
                 b',' => continue,
-                b'}' => return Some(ext),
+                b'}' => return Some(()),
                 _ => return None,
             }
         }
@@ -330,6 +441,7 @@ mod tests {
     /// Fast and serde readings agree: same fields, and the span is where serde's shape check
     /// and the byte search put it.
     fn agree(bytes: &[u8]) -> bool {
+        deferred_agrees(bytes);
         let fast = decode(bytes);
         let slow = json::decode_serde(bytes);
         match (fast, slow) {
@@ -349,6 +461,24 @@ mod tests {
             ),
             (None, _) => false,
         }
+    }
+
+    /// The deferred reading accepts no more than the full one, and agrees with it: the same
+    /// top-level fields and opaque span, and the checked `extFields` bytes read to the same map.
+    fn deferred_agrees(bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes);
+        let Some(d) = decode_deferred(bytes) else {
+            return;
+        };
+        let (full, span) = decode(bytes).unwrap_or_else(|| panic!("deferred only: {text}"));
+        assert_eq!(d.opaque_span, span, "{text}");
+        assert!(d.fields.ext.is_empty(), "{text}");
+        let ext = match d.ext_span {
+            Some((a, b)) => read_ext(&bytes[a..b]).unwrap_or_else(|| panic!("unreadable: {text}")),
+            None => ExtFields::new(),
+        };
+        assert_eq!(ext, full.ext, "{text}");
+        assert_eq!(HeaderFields { ext, ..d.fields }, full, "{text}");
     }
 
     #[test]
