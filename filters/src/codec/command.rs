@@ -48,7 +48,8 @@ pub struct RemotingCommand {
     raw_header: Option<Bytes>,
     /// Set when the custom header was checked but not read at decoding: the byte range of the
     /// `extFields` object in `raw_header`, read on first use. Present only with `raw_header`.
-    deferred_ext: Option<DeferredExt>,
+    /// Boxed: a command is moved through channels whole, and most carry none.
+    deferred_ext: Option<Box<DeferredExt>>,
     /// Where the opaque sits in `raw_header` when it has been changed since decoding: written
     /// afresh at encode time around the original bytes (no copy of the header until then).
     opaque_at: OpaqueAt,
@@ -185,9 +186,11 @@ impl RemotingCommand {
             body,
             serialize,
             raw_header: Some(raw_header),
-            deferred_ext: ext_span.map(|span| DeferredExt {
-                span,
-                read: std::sync::OnceLock::new(),
+            deferred_ext: ext_span.map(|span| {
+                Box::new(DeferredExt {
+                    span,
+                    read: std::sync::OnceLock::new(),
+                })
             }),
             opaque_at: OpaqueAt::AsIs(opaque_span),
         }
@@ -400,9 +403,10 @@ impl RemotingCommand {
     /// fields the header will be encoded from.
     fn forget_raw_header(&mut self) {
         if let Some(d) = self.deferred_ext.take() {
-            self.fields.ext = match (d.read.into_inner(), &self.raw_header) {
+            let DeferredExt { span, read } = *d;
+            self.fields.ext = match (read.into_inner(), &self.raw_header) {
                 (Some(ext), _) => ext,
-                (None, Some(raw)) => read_deferred(raw, d.span),
+                (None, Some(raw)) => read_deferred(raw, span),
                 (None, None) => ExtFields::new(),
             };
         }
