@@ -4,14 +4,15 @@
 #
 #   examples/bench/compare.sh
 #
-# Settings (environment): DURATION (s per run, 15), ROUNDS (a,b,c repeated, 2), SIDECAR_WORKERS (1),
+# Settings (environment): DURATION (s per run, 15), ROUNDS (3; odd rounds run a,b,c and even
+#   rounds c,b,a, so a drift over the run favours no target), SIDECAR_WORKERS (1),
 #   CONNECTIONS (4),
 # INFLIGHT (16), SIZE (1024), WARMUP (s per target, 3), CARGO_TARGET_DIR (target).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DURATION="${DURATION:-15}"
-ROUNDS="${ROUNDS:-2}"
+ROUNDS="${ROUNDS:-3}"
 CONNECTIONS="${CONNECTIONS:-4}"
 INFLIGHT="${INFLIGHT:-16}"
 SIZE="${SIZE:-1024}"
@@ -93,7 +94,9 @@ fi
 RESULTS="$WORK/results"
 : >"$RESULTS"
 for round in $(seq "$ROUNDS"); do
-    for t in a b c; do
+    order="a b c"
+    if [ $((round % 2)) -eq 0 ]; then order="c b a"; fi
+    for t in $order; do
         case $t in
         a) target="$BROKER" pid="" ;;
         b) target="$SIDECAR" pid="$PID_SIDECAR" ;;
