@@ -87,15 +87,7 @@ done
 
 # ----- report -----
 
-awk -v rounds="$ROUNDS" -v conns="$CONNECTIONS" -v size="$SIZE" -v msgs="$MESSAGES" '
-function median(arr, n,    i, j, tmp) {
-    for (i = 2; i <= n; i++) {
-        tmp = arr[i]
-        for (j = i - 1; j >= 1 && arr[j] > tmp; j--) arr[j + 1] = arr[j]
-        arr[j + 1] = tmp
-    }
-    return (n % 2) ? arr[(n + 1) / 2] : (arr[n / 2] + arr[n / 2 + 1]) / 2
-}
+awk -v rounds="$ROUNDS" -v conns="$CONNECTIONS" -v size="$SIZE" -v msgs="$MESSAGES" "$AWK_MEDIAN"'
 {
     t = $1; n[t]++
     tp[t, n[t]] = $3; p50[t, n[t]] = $4; p99[t, n[t]] = $5

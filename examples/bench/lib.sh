@@ -1,5 +1,5 @@
 # Shared by compare.sh and consume.sh (sourced, not run). Needs ROOT and WORK set and `set -euo
-# pipefail`; provides: PIDS + an EXIT trap that stops every started process and removes WORK, log,
+# pipefail`; provides: PIDS + an EXIT trap that stops every started process and removes WORK, log, AWK_MEDIAN,
 # BIN (the release binary, built here), start, free_port, and start_mesh (control plane + one
 # registered broker + a sidecar, setting CP_REMOTING, CP_XDS, BROKER, PID_BROKER, SIDECAR,
 # PID_SIDECAR; extra sidecar flags from SIDECAR_FLAGS).
@@ -26,6 +26,19 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 log() { echo "== $*" >&2; }
+
+# An awk function for the reports: median(arr, n) of arr[1..n] (sorts arr in place).
+# Used as: awk -v ... "$AWK_MEDIAN"'<the rest of the program>'
+AWK_MEDIAN='
+function median(arr, n,    i, j, tmp) {
+    for (i = 2; i <= n; i++) {
+        tmp = arr[i]
+        for (j = i - 1; j >= 1 && arr[j] > tmp; j--) arr[j + 1] = arr[j]
+        arr[j + 1] = tmp
+    }
+    return (n % 2) ? arr[(n + 1) / 2] : (arr[n / 2] + arr[n / 2 + 1]) / 2
+}
+'
 
 log "building rocketmesh (release)"
 (cd "$ROOT" && cargo build --release --bin rocketmesh --quiet)
