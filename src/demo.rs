@@ -591,7 +591,7 @@ async fn consume(
                 Some(_) => out.received += 1,
             }
             *out.per_broker
-                .entry(msg.handle.broker_name.clone())
+                .entry(msg.handle.broker_name.to_string())
                 .or_default() += 1;
             let second = out.received % 2 == 0;
             let conn = if second { acker } else { consumer };

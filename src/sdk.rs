@@ -189,7 +189,7 @@ pub fn ack(consumer_group: &str, topic: &str, handle: &PopHandle) -> RemotingCom
         queue_id: handle.queue_id,
         offset: handle.queue_offset,
         extra_info: handle.to_extra_info(),
-        bname: Some(handle.broker_name.clone()),
+        bname: Some(handle.broker_name.to_string()),
     };
     RemotingCommand::request_with_header(request_code::ACK_MESSAGE, &header)
 }

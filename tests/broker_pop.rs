@@ -100,7 +100,7 @@ async fn ack(c: &RemotingClient, topic: &str, p: &Popped) -> i32 {
         queue_id: p.handle.queue_id,
         offset: p.handle.queue_offset,
         extra_info: p.handle.to_extra_info(),
-        bname: Some(p.handle.broker_name.clone()),
+        bname: Some(p.handle.broker_name.to_string()),
     };
     c.invoke(RemotingCommand::request_with_header(rc::ACK_MESSAGE, &h), T)
         .await

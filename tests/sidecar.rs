@@ -282,7 +282,7 @@ fn ack_request(topic: &str, p: &Popped) -> RemotingCommand {
         queue_id: p.handle.queue_id,
         offset: p.handle.queue_offset,
         extra_info: p.handle.to_extra_info(),
-        bname: Some(p.handle.broker_name.clone()),
+        bname: Some(p.handle.broker_name.to_string()),
     };
     RemotingCommand::request_with_header(rc::ACK_MESSAGE, &h)
 }
@@ -502,10 +502,7 @@ async fn acks_follow_the_pop_handle_across_connections_and_restarts() {
         let consumer = connect(sc.addr).await;
         let invisible = 3_000;
         let popped = pop_n(&consumer, topic, total as usize, invisible).await;
-        let by_broker: BTreeSet<&str> = popped
-            .iter()
-            .map(|p| p.handle.broker_name.as_str())
-            .collect();
+        let by_broker: BTreeSet<&str> = popped.iter().map(|p| &*p.handle.broker_name).collect();
         assert_eq!(
             by_broker,
             BTreeSet::from(["broker-a", "broker-c"]),
@@ -554,7 +551,7 @@ async fn acks_follow_the_pop_handle_across_connections_and_restarts() {
         for p in &rest[2..] {
             groups
                 .entry((
-                    p.handle.broker_name.clone(),
+                    p.handle.broker_name.to_string(),
                     p.handle.queue_id,
                     p.handle.ck_queue_offset,
                 ))

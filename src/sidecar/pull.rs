@@ -179,10 +179,7 @@ impl SidecarCore {
         let outcome = self.send_batch_ack(&b).await;
         let fallback = match outcome {
             Some(outcome) => {
-                let mut t = self.pulls.lock();
-                for a in &b.actions {
-                    t.ack_done(&a.key, a.offset, outcome);
-                }
+                self.pulls.lock().ack_done_all(&b.actions, outcome);
                 return;
             }
             None => b.actions,

@@ -23,6 +23,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -181,8 +182,9 @@ pub struct PopHandle {
     pub revive_qid: i32,
     /// Field 4: Topic type.
     pub retry: RetryFlag,
-    /// Field 5: Broker that popped the message (route acks there).
-    pub broker_name: String,
+    /// Field 5: Broker that popped the message (route acks there). Shared: every handle of a
+    /// pop names the same broker.
+    pub broker_name: Arc<str>,
     /// Field 6: Queue actually read (the retry queue for retry messages).
     pub queue_id: i32,
     /// Field 7: Offset of the message in that queue.
@@ -222,7 +224,7 @@ impl PopHandle {
             invisible_time: num(fields[2]).ok_or_else(|| bad(2))?,
             revive_qid: num(fields[3]).ok_or_else(|| bad(3))?,
             retry: RetryFlag::parse(fields[4]).ok_or_else(|| bad(4))?,
-            broker_name: broker_name.to_owned(),
+            broker_name: Arc::from(broker_name),
             queue_id: num(fields[6]).ok_or_else(|| bad(6))?,
             queue_offset: num(fields[7]).ok_or_else(|| bad(7))?,
         })
@@ -663,6 +665,19 @@ impl PopResponseInfo {
         pop_ck: Option<&str>,
         broker_name: &str,
     ) -> Result<PopHandle, PopError> {
+        let broker: Arc<str> = Arc::from(broker_name);
+        self.handle_for_shared(record_topic, queue_id, queue_offset, pop_ck, &broker)
+    }
+
+    /// [`PopResponseInfo::handle_for`] with the broker's name shared by every handle of the pop.
+    pub fn handle_for_shared(
+        &self,
+        record_topic: &str,
+        queue_id: i32,
+        queue_offset: i64,
+        pop_ck: Option<&str>,
+        broker_name: &Arc<str>,
+    ) -> Result<PopHandle, PopError> {
         if let Some(ck) = pop_ck.filter(|ck| !ck.is_empty()) {
             return PopHandle::parse(ck);
         }
@@ -679,7 +694,7 @@ impl PopResponseInfo {
             invisible_time: self.invisible_time,
             revive_qid: self.revive_qid,
             retry: key.retry,
-            broker_name: broker_name.to_owned(),
+            broker_name: broker_name.clone(),
             queue_id,
             queue_offset,
         })
@@ -892,7 +907,7 @@ mod tests {
         let kept = info
             .handle_for("TopicA", 3, 9, Some("1 2 3 4 0 broker-b 6 7"), "broker-a")
             .unwrap();
-        assert_eq!(kept.broker_name, "broker-b");
+        assert_eq!(&*kept.broker_name, "broker-b");
         let old = PopResponseInfo::new(1, 2, 3, None, None).unwrap();
         assert_eq!(
             old.handle_for("T", 1, 44, None, "b")

@@ -300,6 +300,9 @@ pub fn batch_acks(actions: Vec<HandleAction>) -> (Vec<AckBatch>, Vec<HandleActio
     {
         let mut by_target: HashMap<(&str, &str), usize> = HashMap::new();
         let mut by_ck: HashMap<(usize, &str, i32, CheckpointRef), usize> = HashMap::new();
+        // The slot of the previous action: a commit's acks come in runs of one queue and one
+        // pop (the same key and broker handles), which skip the look-ups.
+        let mut last: Option<(&HandleAction, usize, usize)> = None;
         for a in &actions {
             let ck = a.checkpoint;
             let bit = a
@@ -311,36 +314,50 @@ pub fn batch_acks(actions: Vec<HandleAction>) -> (Vec<AckBatch>, Vec<HandleActio
                 slots.push(None);
                 continue;
             };
-            let bi = *by_target
-                .entry((&*a.broker, a.key.topic.as_str()))
-                .or_insert_with(|| {
-                    batches.push(AckBatch {
-                        broker: a.broker.to_string(),
-                        body: BatchAckMessageRequestBody {
-                            acks: Vec::new(),
-                            broker_name: a.broker.to_string(),
-                        },
-                        actions: Vec::new(),
-                    });
-                    batches.len() - 1
-                });
+            let same_run = last.filter(|(p, _, _)| {
+                Arc::ptr_eq(&p.key, &a.key)
+                    && Arc::ptr_eq(&p.broker, &a.broker)
+                    && p.queue_id == a.queue_id
+                    && p.checkpoint == ck
+            });
+            let (bi, ai) = match same_run {
+                Some((_, bi, ai)) => (bi, ai),
+                None => {
+                    let bi = *by_target
+                        .entry((&*a.broker, a.key.topic.as_str()))
+                        .or_insert_with(|| {
+                            batches.push(AckBatch {
+                                broker: a.broker.to_string(),
+                                body: BatchAckMessageRequestBody {
+                                    acks: Vec::new(),
+                                    broker_name: a.broker.to_string(),
+                                },
+                                actions: Vec::new(),
+                            });
+                            batches.len() - 1
+                        });
+                    let batch = &mut batches[bi];
+                    let ai = *by_ck
+                        .entry((bi, a.key.group.as_str(), a.queue_id, ck))
+                        .or_insert_with(|| {
+                            batch.body.acks.push(BatchAck {
+                                consumer_group: a.key.group.clone(),
+                                topic: a.key.topic.clone(),
+                                retry: ck.retry.as_str().to_owned(),
+                                start_offset: ck.start_offset,
+                                queue_id: a.queue_id,
+                                revive_queue_id: ck.revive_qid,
+                                pop_time: ck.pop_time,
+                                invisible_time: ck.invisible_time,
+                                bit_set: AckBitSet::new(),
+                            });
+                            batch.body.acks.len() - 1
+                        });
+                    (bi, ai)
+                }
+            };
+            last = Some((a, bi, ai));
             let batch = &mut batches[bi];
-            let ai = *by_ck
-                .entry((bi, a.key.group.as_str(), a.queue_id, ck))
-                .or_insert_with(|| {
-                    batch.body.acks.push(BatchAck {
-                        consumer_group: a.key.group.clone(),
-                        topic: a.key.topic.clone(),
-                        retry: ck.retry.as_str().to_owned(),
-                        start_offset: ck.start_offset,
-                        queue_id: a.queue_id,
-                        revive_queue_id: ck.revive_qid,
-                        pop_time: ck.pop_time,
-                        invisible_time: ck.invisible_time,
-                        bit_set: AckBitSet::new(),
-                    });
-                    batch.body.acks.len() - 1
-                });
             batch.body.acks[ai].bit_set.set(bit);
             slots.push(Some(bi));
         }
@@ -405,6 +422,29 @@ pub fn send_back_delay_ms(level: i32, reconsume_times: i32) -> i64 {
     DELAY_LEVELS_MS[(level.clamp(1, DELAY_LEVELS_MS.len() as i32) - 1) as usize]
 }
 
+/// Hashes the translator's own integer keys (virtual commit log offsets, handed out in
+/// sequence): one multiply instead of SipHash, whose flooding resistance buys nothing for keys
+/// no peer chooses.
+#[derive(Default, Clone, Copy)]
+struct OffsetHasher(u64);
+
+impl std::hash::Hasher for OffsetHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_i64(&mut self, n: i64) {
+        // Fibonacci hashing: sequential keys spread over the high bits hashbrown looks at.
+        self.0 = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type OffsetMap<V> = HashMap<i64, V, std::hash::BuildHasherDefault<OffsetHasher>>;
+
 /// The translator state of one sidecar.
 #[derive(Debug)]
 pub struct Translator {
@@ -412,7 +452,7 @@ pub struct Translator {
     queues: HashMap<VQueueKey, VQueue>,
     /// Virtual commit log offset (unique in the translator) -> (queue, virtual offset), for
     /// send-backs.
-    by_phys: HashMap<i64, (Arc<VQueueKey>, i64)>,
+    by_phys: OffsetMap<(Arc<VQueueKey>, i64)>,
     /// The next virtual commit log offset to hand out.
     next_phys: i64,
     held: usize,
@@ -423,7 +463,7 @@ impl Translator {
         Translator {
             cfg,
             queues: HashMap::new(),
-            by_phys: HashMap::new(),
+            by_phys: OffsetMap::default(),
             next_phys: 0,
             held: 0,
         }
@@ -600,7 +640,7 @@ impl Translator {
             });
         };
         let start = vq.next.max(offset);
-        let (next, body, count) = self.stamp(
+        let (next, body, lens) = self.stamp(
             key,
             start,
             broker,
@@ -611,6 +651,7 @@ impl Translator {
             HeldState::Outstanding,
         )?;
         self.queues.get_mut(key).expect("checked above").next = next;
+        let count = lens.len();
         if count == 0 {
             return Ok(PullReply::NotFound {
                 next_begin: start,
@@ -626,7 +667,7 @@ impl Translator {
     }
 
     /// Stamps a pop response's records at virtual offsets `start..` of `key` (which must exist)
-    /// and holds their handles in `state`. Returns (the offset after the last, body, count).
+    /// and holds their handles in `state`. Returns (the offset after the last, body, each record's byte length).
     #[allow(clippy::too_many_arguments)]
     fn stamp(
         &mut self,
@@ -638,20 +679,22 @@ impl Translator {
         store_host: Option<std::net::SocketAddr>,
         now_ms: i64,
         state: HeldState,
-    ) -> Result<(i64, BytesMut, usize), ConsumeError> {
+    ) -> Result<(i64, BytesMut, Vec<usize>), ConsumeError> {
         let info = PopResponseInfo::from_header(header)?;
         let shared_broker: Arc<str> = Arc::from(broker);
         let mut next = start;
         let mut phys = self.next_phys;
-        let mut new_held: Vec<(i64, Held)> = Vec::new();
-        let count = patch_records(&mut body, |rec| -> Result<(), ConsumeError> {
+        let mut new_held: Vec<(i64, Held)> = Vec::with_capacity(32);
+        let mut lens: Vec<usize> = Vec::with_capacity(32);
+        patch_records(&mut body, |rec| -> Result<(), ConsumeError> {
+            lens.push(rec.len());
             let pop_ck = rec.property(property_keys::POP_CK)?.map(str::to_owned);
-            let handle = info.handle_for(
+            let handle = info.handle_for_shared(
                 rec.topic(),
                 rec.queue_id(),
                 rec.queue_offset(),
                 pop_ck.as_deref(),
-                broker,
+                &shared_broker,
             )?;
             new_held.push((
                 next,
@@ -684,12 +727,15 @@ impl Translator {
         if new_held.iter().any(|(_, h)| h.handle.retry.is_retry()) {
             let mut msgs = decode_records(&body.clone().freeze())?;
             let mut out = BytesMut::with_capacity(body.len());
+            lens.clear();
             for m in &mut msgs {
                 if m.topic != key.topic && is_retry_topic(&m.topic) {
                     m.topic = key.topic.clone();
                     m.version = MessageVersion::for_topic_len(m.topic.len());
                 }
+                let before = out.len();
                 encode_record(m, &mut out)?;
+                lens.push(out.len() - before);
             }
             body = out;
         }
@@ -701,7 +747,7 @@ impl Translator {
                 self.held += 1;
             }
         }
-        Ok((next, body, count))
+        Ok((next, body, lens))
     }
 
     /// Starts a prefetch pop for `key` when none is in flight, at least 32 more messages fit in
@@ -751,7 +797,7 @@ impl Translator {
         let Some((header, body)) = found else {
             return Ok(false);
         };
-        let (_, mut body, count) = self.stamp(
+        let (_, body, lens) = self.stamp(
             key,
             start,
             broker,
@@ -761,14 +807,10 @@ impl Translator {
             now_ms,
             HeldState::Prefetched,
         )?;
-        if count == 0 {
+        if lens.is_empty() {
             return Ok(false);
         }
-        let mut lens = VecDeque::with_capacity(count);
-        patch_records(&mut body, |rec| -> Result<(), ConsumeError> {
-            lens.push_back(rec.len());
-            Ok(())
-        })?;
+        let lens = VecDeque::from(lens);
         self.queues
             .get_mut(key)
             .expect("checked above")
@@ -814,6 +856,38 @@ impl Translator {
                     .and_then(|q| q.held.get_mut(&offset))
                 {
                     h.state = HeldState::Outstanding;
+                }
+            }
+        }
+    }
+
+    /// Acks finished, all with the same outcome: like [`Translator::ack_done`] for each, with
+    /// one queue look-up per run of actions of the same queue (a commit's acks come in runs).
+    pub fn ack_done_all(&mut self, actions: &[HandleAction], outcome: Outcome) {
+        let mut rest = actions;
+        while let Some(first) = rest.first() {
+            let run = rest
+                .iter()
+                .position(|a| !Arc::ptr_eq(&a.key, &first.key) && a.key != first.key)
+                .unwrap_or(rest.len());
+            let (now, later) = rest.split_at(run);
+            rest = later;
+            let Some(vq) = self.queues.get_mut(&*first.key) else {
+                continue;
+            };
+            for a in now {
+                match outcome {
+                    Outcome::Done => {
+                        if let Some(h) = vq.held.remove(&a.offset) {
+                            self.held -= 1;
+                            self.by_phys.remove(&h.commit_log_offset);
+                        }
+                    }
+                    Outcome::Retry => {
+                        if let Some(h) = vq.held.get_mut(&a.offset) {
+                            h.state = HeldState::Outstanding;
+                        }
+                    }
                 }
             }
         }

@@ -129,7 +129,7 @@ fn commits_ack_exactly_the_handles_below() {
     let h = PopHandle::parse(&acks[1].extra_info()).unwrap();
     assert_eq!(
         (
-            h.broker_name.as_str(),
+            &*h.broker_name,
             h.queue_id,
             h.queue_offset,
             h.ck_queue_offset
@@ -683,4 +683,42 @@ fn pops_ahead_back_to_back_up_to_the_buffer_bound() {
         t.begin_pull(&k, 68, 32, None).1,
         PullPlan::Pop { .. }
     ));
+}
+
+#[test]
+fn acks_finished_together_settle_each_queue_they_name() {
+    let mut t = Translator::new(TranslatorConfig::default());
+    let (k1, k2) = (key(1, 0), key(1, 1));
+    pull(&mut t, &k1, 0, 0, &[10, 11, 12], 0);
+    pull(&mut t, &k2, 0, 1, &[20, 21], 1_000);
+    assert_eq!(t.held(), 5);
+    // Runs of two queues, interleaved the way rounds of acks can mix them.
+    let mut a1 = t.commit(&k1, 2);
+    let a2 = t.commit(&k2, 2);
+    let last = a1.split_off(1);
+    let mixed: Vec<HandleAction> = a1.into_iter().chain(a2).chain(last).collect();
+    assert_eq!(
+        mixed
+            .iter()
+            .map(|a| (a.key.queue, a.offset))
+            .collect::<Vec<_>>(),
+        vec![(0, 0), (1, 0), (1, 1), (0, 1)]
+    );
+    // Not delivered: all owed again, for both queues.
+    t.ack_done_all(&mixed, Outcome::Retry);
+    assert_eq!(t.held(), 5);
+    let mut owed: Vec<(i32, i64)> = t
+        .pending_acks()
+        .iter()
+        .map(|a| (a.key.queue, a.offset))
+        .collect();
+    owed.sort();
+    assert_eq!(owed, vec![(0, 0), (0, 1), (1, 0), (1, 1)]);
+    // Delivered: forgotten, send-backs no longer find them, the rest is still held.
+    t.ack_done_all(&mixed, Outcome::Done);
+    assert_eq!(t.held(), 1);
+    assert!(t.pending_acks().is_empty());
+    assert_eq!(t.send_back(1, "g", 0, 0, 16), SendBackPlan::Unknown);
+    let acks = t.commit(&k1, 3);
+    assert_eq!(acks.iter().map(|a| a.offset).collect::<Vec<_>>(), vec![2]);
 }
