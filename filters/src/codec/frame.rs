@@ -233,20 +233,30 @@ impl Encoder<RawFrame> for FrameCodec {
         dst.put_u32(0);
         dst.put_slice(&frame.header);
         dst.put_slice(&frame.body);
-        finish_frame(dst, start, frame.serialize, frame.header.len(), self.limits)
+        finish_frame(
+            dst,
+            start,
+            0,
+            frame.serialize,
+            frame.header.len(),
+            self.limits,
+        )
     }
 }
 
 /// Writes the length prefix and header word of a frame that starts at `start` in `dst` and runs
 /// to its end, checking the limits; on error `dst` is truncated back to `start`.
+/// Fills in the length prefix of the frame that starts at `start` in `dst` and goes on for
+/// `apart` more bytes written separately.
 fn finish_frame(
     dst: &mut BytesMut,
     start: usize,
+    apart: usize,
     serialize: SerializeType,
     header_len: usize,
     limits: FrameLimits,
 ) -> Result<(), CodecError> {
-    let total = dst.len() - start;
+    let total = dst.len() - start + apart;
     if total > limits.max_frame {
         dst.truncate(start);
         return Err(CodecError::FrameTooLarge {
@@ -354,10 +364,28 @@ impl Decoder for RemotingCodec {
     }
 }
 
-impl Encoder<&RemotingCommand> for RemotingCodec {
-    type Error = CodecError;
+impl RemotingCodec {
+    /// Encodes `cmd` like [`Encoder::encode`], except that a body of at least `apart_from`
+    /// bytes is not copied: `dst` gets the frame up to the body, and the body is returned, to
+    /// be written right after it (a vectored write), sharing the command's buffer.
+    pub fn encode_body_apart(
+        &mut self,
+        cmd: &RemotingCommand,
+        dst: &mut BytesMut,
+        apart_from: usize,
+    ) -> Result<Option<Bytes>, CodecError> {
+        let apart = cmd.body().len() >= apart_from;
+        self.encode_parts(cmd, dst, !apart)?;
+        Ok(apart.then(|| cmd.body().clone()))
+    }
 
-    fn encode(&mut self, cmd: &RemotingCommand, dst: &mut BytesMut) -> Result<(), CodecError> {
+    /// The frame of `cmd` into `dst`, with its body or (`with_body` false) up to it.
+    fn encode_parts(
+        &mut self,
+        cmd: &RemotingCommand,
+        dst: &mut BytesMut,
+        with_body: bool,
+    ) -> Result<(), CodecError> {
         let start = dst.len();
         let body = cmd.body();
         let mut serialize = cmd.serialize_type();
@@ -387,8 +415,21 @@ impl Encoder<&RemotingCommand> for RemotingCodec {
                 max: self.frames.limits.max_frame,
             });
         }
-        dst.put_slice(body);
-        finish_frame(dst, start, serialize, header_len, self.frames.limits)
+        let apart = if with_body {
+            dst.put_slice(body);
+            0
+        } else {
+            body.len()
+        };
+        finish_frame(dst, start, apart, serialize, header_len, self.frames.limits)
+    }
+}
+
+impl Encoder<&RemotingCommand> for RemotingCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, cmd: &RemotingCommand, dst: &mut BytesMut) -> Result<(), CodecError> {
+        self.encode_parts(cmd, dst, true)
     }
 }
 
