@@ -120,6 +120,11 @@ fn pairs(wire: &str) -> impl Iterator<Item = (&str, &str)> {
 /// Looks `name` up in a wire properties string without building a map (the last occurrence wins,
 /// as with Java's parser).
 pub fn lookup<'a>(wire: &'a str, name: &str) -> Option<&'a str> {
+    // A name that is not even a substring is in no pair: one vectorized search answers the
+    // usual question (is a rare property such as POP_CK there?) without splitting the string.
+    if name.is_empty() || !wire.contains(name) {
+        return None;
+    }
     pairs(wire)
         .filter(|(n, _)| *n == name)
         .last()
@@ -289,6 +294,16 @@ mod tests {
         assert_eq!(got, [("v", "a\u{1}b"), ("d", "2"), ("z", "9")]);
         assert_eq!(lookup("d\u{1}1\u{2}d\u{1}2\u{2}", "d"), Some("2"));
         assert!(Properties::parse("").is_empty());
+        // The substring pre-check only rules names out: inside a longer name or in a value the
+        // name is still not found, and every pair parse() accepts is found.
+        assert_eq!(lookup("aPOP_CK\u{1}x\u{2}", "POP_CK"), None);
+        assert_eq!(lookup("x\u{1}POP_CK\u{2}", "POP_CK"), None);
+        assert_eq!(lookup("x\u{1}1\u{2}POP_CK\u{1}h", "POP_CK"), Some("h"));
+        assert_eq!(lookup("x\u{1}1", ""), None);
+        let wire = "a\u{2}\u{1}x\u{2}k\u{1}\u{2}noSep\u{2}v\u{1}a\u{1}b\u{2}d\u{1}1\u{2}z\u{1}9";
+        for (n, v) in Properties::parse(wire).iter() {
+            assert_eq!(lookup(wire, n), Some(v), "{n}");
+        }
     }
 
     #[test]
