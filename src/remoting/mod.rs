@@ -75,8 +75,8 @@ impl Batch {
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
-            while n > 0 {
-                let piece = &mut self.pieces[at];
+            // The kernel reports at most what it was given, so `n` runs out within the pieces.
+            while let (true, Some(piece)) = (n > 0, self.pieces.get_mut(at)) {
                 if n >= piece.len() {
                     n -= piece.len();
                     at += 1;
