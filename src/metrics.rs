@@ -221,7 +221,7 @@ struct StatsInner {
     histogram_name: String,
     by_code: Mutex<HashMap<i32, metrics::Histogram>>,
     /// Handles of the data path's codes, looked up without the lock once registered.
-    hot: [std::sync::OnceLock<metrics::Histogram>; HOT_CODES.len()],
+    hot: [OnceLock<metrics::Histogram>; HOT_CODES.len()],
     other_code: metrics::Histogram,
 }
 
@@ -339,7 +339,18 @@ impl Stats {
 
 /// Codes of every forwarded message (sends, pull, pop, acks): their latency histograms are kept
 /// where the data path finds them without a lock.
-const HOT_CODES: [i32; 7] = [10, 310, 320, 11, 200050, 200051, 200151];
+const HOT_CODES: [i32; 7] = {
+    use rocketmesh_filters::codec::request_code as rc;
+    [
+        rc::SEND_MESSAGE,
+        rc::SEND_MESSAGE_V2,
+        rc::SEND_BATCH_MESSAGE,
+        rc::PULL_MESSAGE,
+        rc::POP_MESSAGE,
+        rc::ACK_MESSAGE,
+        rc::BATCH_ACK_MESSAGE,
+    ]
+};
 
 /// Holds a gauge one higher while alive.
 #[derive(Debug)]

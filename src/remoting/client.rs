@@ -121,7 +121,7 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.dead.store(true, Ordering::Release);
+        // The reader sees this, ends and sets `dead`.
         self.closed.cancel();
     }
 }
@@ -242,13 +242,9 @@ impl RemotingClient {
                 p.callbacks.store(0, Ordering::Relaxed);
                 p.waiters.drain().map(|(_, w)| w).collect()
             };
-            let reason = lock(&r_reason).clone().unwrap_or_else(|| "closed".into());
             for w in waiters {
                 if let Waiter::Callback(entry) = w {
-                    (entry.done)(Err(ClientError::Closed {
-                        addr,
-                        reason: reason.clone(),
-                    }));
+                    (entry.done)(Err(closed_error(addr, &r_reason)));
                 }
             }
         });
@@ -284,12 +280,7 @@ impl RemotingClient {
     }
 
     fn closed_error(&self) -> ClientError {
-        ClientError::Closed {
-            addr: self.inner.addr,
-            reason: lock(&self.inner.close_reason)
-                .clone()
-                .unwrap_or_else(|| "closed".into()),
-        }
+        closed_error(self.inner.addr, &self.inner.close_reason)
     }
 
     /// Sends a request and waits for its response. The command's opaque is replaced by one
@@ -465,4 +456,12 @@ fn set_reason(slot: &Mutex<Option<String>>, reason: String) {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The error of a call on a closed connection, with the reason it closed.
+fn closed_error(addr: SocketAddr, reason: &Mutex<Option<String>>) -> ClientError {
+    ClientError::Closed {
+        addr,
+        reason: lock(reason).clone().unwrap_or_else(|| "closed".into()),
+    }
 }

@@ -75,18 +75,14 @@ impl Batch {
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
-            // The kernel reports at most what it was given, so `n` runs out within the pieces.
-            while let (true, Some(piece)) = (n > 0, self.pieces.get_mut(at)) {
-                if n >= piece.len() {
-                    n -= piece.len();
-                    at += 1;
-                } else {
+            // Past what was written, empty pieces included (the kernel reports at most what
+            // it was given, so `n` runs out within the pieces).
+            while let Some(piece) = self.pieces.get_mut(at) {
+                if n < piece.len() {
                     piece.advance(n);
-                    n = 0;
+                    break;
                 }
-            }
-            // Empty pieces (an empty split) are skipped too.
-            while self.pieces.get(at).is_some_and(Bytes::is_empty) {
+                n -= piece.len();
                 at += 1;
             }
         }

@@ -182,16 +182,21 @@ async fn oversized_frame_closes_only_that_connection() {
     stop.cancel();
 }
 
-#[tokio::test]
-async fn timeouts_and_closed_connections_fail_fast() {
+/// A peer that accepts one connection, never answers, and closes it after `hold`.
+async fn silent_peer(hold: Duration) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    // a peer that accepts and never answers, then closes
     let peer = tokio::spawn(async move {
         let (s, _) = listener.accept().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(hold).await;
         drop(s);
     });
+    (addr, peer)
+}
+
+#[tokio::test]
+async fn timeouts_and_closed_connections_fail_fast() {
+    let (addr, peer) = silent_peer(Duration::from_millis(300)).await;
     let client = RemotingClient::connect(addr, None).await.unwrap();
     let err = client
         .invoke(RemotingCommand::request(1), Duration::from_millis(50))
@@ -250,13 +255,7 @@ async fn callbacks_get_answers_timeouts_and_closes() {
     shutdown.cancel();
 
     // Not answered: the sweep times the callback out, near its deadline.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let peer = tokio::spawn(async move {
-        let (s, _) = listener.accept().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        drop(s);
-    });
+    let (addr, peer) = silent_peer(Duration::from_millis(600)).await;
     let client = RemotingClient::connect(addr, None).await.unwrap();
     let (late, late_rx) = callback();
     let started = std::time::Instant::now();

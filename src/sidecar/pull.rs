@@ -162,10 +162,9 @@ impl SidecarCore {
                 singles.extend(b.actions);
             }
         }
-        let singles = singles.into_iter().map(|a| async move {
-            let outcome = self.ack_handle(&a).await;
-            self.pulls.lock().ack_done(&a.key, a.offset, outcome);
-        });
+        let singles = singles
+            .into_iter()
+            .map(|a| async move { self.ack_handle(&a).await });
         futures_util::future::join(
             futures_util::future::join_all(futs),
             futures_util::future::join_all(singles),
@@ -185,8 +184,7 @@ impl SidecarCore {
             None => b.actions,
         };
         for a in fallback {
-            let outcome = self.ack_handle(&a).await;
-            self.pulls.lock().ack_done(&a.key, a.offset, outcome);
+            self.ack_handle(&a).await;
         }
     }
 
@@ -229,7 +227,13 @@ impl SidecarCore {
         }
     }
 
-    async fn ack_handle(&self, a: &HandleAction) -> Outcome {
+    /// One ACK_MESSAGE; its outcome goes back to the translator.
+    async fn ack_handle(&self, a: &HandleAction) {
+        let outcome = self.send_ack(a).await;
+        self.pulls.lock().ack_done(&a.key, a.offset, outcome);
+    }
+
+    async fn send_ack(&self, a: &HandleAction) -> Outcome {
         self.stats.inc(Counter::AcksFromCommits);
         let topic = a.topic();
         let Ok((ep, timeout)) = self.broker_endpoint(&topic, a.group(), &a.broker).await else {
@@ -335,7 +339,7 @@ impl SidecarCore {
         let mut commit = (h.sys_flag & FLAG_COMMIT_OFFSET != 0).then_some(h.commit_offset);
         let suspend = Duration::from_millis(u64::try_from(h.suspend_timeout_millis).unwrap_or(0))
             .min(MAX_POLL);
-        let target = self.pop_target(&route, broker, real_queue, &h, suspend);
+        let target = self.pop_target(&route, broker, real_queue, &h);
         let mut waited_for_commit = false;
         let max_msgs = loop {
             // Enabled before the translator is asked, so a prefetch finishing in between is
@@ -464,7 +468,6 @@ impl SidecarCore {
         broker: &str,
         real_queue: i32,
         h: &PullMessageRequestHeader,
-        suspend: Duration,
     ) -> Result<PopTarget, Reject> {
         let sel = route
             .select(&rocketmesh_xds::model::RouteRequest {
@@ -486,10 +489,8 @@ impl SidecarCore {
             consumer_group: h.consumer_group.clone(),
             topic: h.topic.clone(),
             queue_id: real_queue,
-            max_msg_nums: 32,
             invisible_time: self.pulls.lock().config().invisible_time_ms,
-            poll_time: suspend.as_millis() as i64,
-            born_time: 0,
+            // max_msg_nums, poll_time and born_time are set per pop (`pop_upstream`).
             // Start from the queue's first message for a new group: nothing produced before the
             // first pull is skipped.
             init_mode: 0,

@@ -12,7 +12,6 @@ use rocketmesh_filters::codec::RemotingCommand;
 
 const T: Duration = Duration::from_secs(10);
 
-/// A port free on loopback right now (for processes that must restart on the same address).
 /// `N` distinct free ports (all held until every one is picked: two `free_port` calls in a row
 /// can return the same port).
 pub fn free_ports<const N: usize>() -> [u16; N] {
@@ -22,6 +21,7 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
     std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
+/// A port free on loopback right now (for processes that must restart on the same address).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -245,9 +245,8 @@ impl Encoder<RawFrame> for FrameCodec {
 }
 
 /// Writes the length prefix and header word of a frame that starts at `start` in `dst` and runs
-/// to its end, checking the limits; on error `dst` is truncated back to `start`.
-/// Fills in the length prefix of the frame that starts at `start` in `dst` and goes on for
-/// `apart` more bytes written separately.
+/// to its end plus `apart` more bytes written separately, checking the limits; on error `dst` is
+/// truncated back to `start`.
 fn finish_frame(
     dst: &mut BytesMut,
     start: usize,
@@ -322,13 +321,17 @@ impl RemotingCodec {
                     opaque: json::salvage_opaque(&frame.header),
                     reason,
                 };
-                match defer_ext.then(|| json_fast::decode_deferred(&frame.header)) {
-                    Some(Some(d)) => (d.fields, d.opaque_span, d.ext_span),
-                    _ => {
-                        let (fields, span) = json::decode(&frame.header).map_err(malformed)?;
-                        (fields, span, None)
+                let decoded = if defer_ext {
+                    // The deferred check accepts no more than the fast reading: when it gives
+                    // up, serde reads the header (same fields either way).
+                    match json_fast::decode_deferred(&frame.header) {
+                        Some(d) => Ok((d.fields, d.opaque_span, d.ext_span)),
+                        None => json::decode_slow(&frame.header).map(|(f, s)| (f, s, None)),
                     }
-                }
+                } else {
+                    json::decode(&frame.header).map(|(f, s)| (f, s, None))
+                };
+                decoded.map_err(malformed)?
             }
             SerializeType::Rocketmq => {
                 let fields = binary::decode(&frame.header).map_err(|reason| {

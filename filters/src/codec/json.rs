@@ -25,9 +25,14 @@ use super::ext::{ExtFields, MAX_EXT_FIELDS};
 /// The usual shape (scalars and a flat `extFields`) is read by [`super::json_fast`] in one pass;
 /// anything else by serde.
 pub(crate) fn decode(bytes: &[u8]) -> Result<(HeaderFields, Option<(usize, usize)>), String> {
-    if let Some(fast) = super::json_fast::decode(bytes) {
-        return Ok(fast);
+    match super::json_fast::decode(bytes) {
+        Some(fast) => Ok(fast),
+        None => decode_slow(bytes),
     }
+}
+
+/// [`decode`] for a header the fast reader gave up on: serde, then the opaque by its bytes.
+pub(crate) fn decode_slow(bytes: &[u8]) -> Result<(HeaderFields, Option<(usize, usize)>), String> {
     let (fields, unique) = decode_serde(bytes)?;
     Ok((fields, if unique { find_opaque(bytes) } else { None }))
 }

@@ -164,9 +164,7 @@ impl VQueue {
             .back()
             .map_or(self.next, |c| c.start + c.lens.len() as i64)
     }
-}
 
-impl VQueue {
     fn new(key: &VQueueKey) -> Self {
         VQueue {
             key: Arc::new(key.clone()),
@@ -294,7 +292,7 @@ pub struct AckBatch {
 /// single ACK_MESSAGEs.
 pub fn batch_acks(actions: Vec<HandleAction>) -> (Vec<AckBatch>, Vec<HandleAction>) {
     let mut batches: Vec<AckBatch> = Vec::new();
-    // Where each action goes, (batch, bit) or a single ack; worked out first so that the keys
+    // Where each action goes, its batch or (None) a single ack; worked out first so that the keys
     // can borrow from the actions.
     let mut slots: Vec<Option<usize>> = Vec::with_capacity(actions.len());
     {
@@ -478,11 +476,25 @@ impl Translator {
         self.held
     }
 
-    fn remove_held(&mut self, key: &VQueueKey, offset: i64) -> Option<Held> {
-        let h = self.queues.get_mut(key)?.held.remove(&offset)?;
-        self.held -= 1;
-        self.by_phys.remove(&h.commit_log_offset);
-        Some(h)
+    /// Forgets (never acks) the handles of `key` at `from` and beyond that are in `state`.
+    fn remove_held_from(&mut self, key: &VQueueKey, from: i64, state: HeldState) {
+        let Some(vq) = self.queues.get(key) else {
+            return;
+        };
+        let dropped: Vec<i64> = vq
+            .held
+            .range(from..)
+            .filter(|(_, h)| h.state == state)
+            .map(|(o, _)| *o)
+            .collect();
+        for o in dropped {
+            self.remove_held(key, o);
+        }
+    }
+
+    /// Forgets one handle (acked, or left to the broker to redeliver).
+    fn remove_held(&mut self, key: &VQueueKey, offset: i64) {
+        self.ack_done(key, offset, Outcome::Done);
     }
 
     fn action(key: &Arc<VQueueKey>, offset: i64, h: &Held, invisible_time_ms: i64) -> HandleAction {
@@ -510,15 +522,8 @@ impl Translator {
         vq.ahead.clear();
         vq.in_flight = None;
         vq.generation += 1;
-        let dropped: Vec<i64> = vq
-            .held
-            .range(vq.next..)
-            .filter(|(_, h)| h.state == HeldState::Prefetched)
-            .map(|(o, _)| *o)
-            .collect();
-        for o in dropped {
-            self.remove_held(key, o);
-        }
+        let next = vq.next;
+        self.remove_held_from(key, next, HeldState::Prefetched);
     }
 
     /// A PULL for `key` at `offset`, optionally committing `commit` first.
@@ -583,15 +588,7 @@ impl Translator {
         if offset < vq.next {
             // The consumer went back (offset reset): what it held past `offset` is no longer
             // in its process queue. Stop tracking it; the broker redelivers it when it expires.
-            let dropped: Vec<i64> = vq
-                .held
-                .range(offset..)
-                .filter(|(_, h)| h.state == HeldState::Outstanding)
-                .map(|(o, _)| *o)
-                .collect();
-            for o in dropped {
-                self.remove_held(key, o);
-            }
+            self.remove_held_from(key, offset, HeldState::Outstanding);
         }
         let vq = self.queues.get_mut(key).expect("just inserted");
         vq.next = offset;
@@ -599,7 +596,7 @@ impl Translator {
         if room == 0 {
             return (acks, PullPlan::Throttled);
         }
-        let max = max_msgs.clamp(1, 32).min(room as i32);
+        let max = vq.last_max.min(room as i32);
         (acks, PullPlan::Pop { max_msgs: max })
     }
 
@@ -679,15 +676,15 @@ impl Translator {
         store_host: Option<std::net::SocketAddr>,
         now_ms: i64,
         state: HeldState,
-    ) -> Result<(i64, BytesMut, Vec<usize>), ConsumeError> {
+    ) -> Result<(i64, BytesMut, VecDeque<usize>), ConsumeError> {
         let info = PopResponseInfo::from_header(header)?;
         let shared_broker: Arc<str> = Arc::from(broker);
         let mut next = start;
         let mut phys = self.next_phys;
         let mut new_held: Vec<(i64, Held)> = Vec::with_capacity(32);
-        let mut lens: Vec<usize> = Vec::with_capacity(32);
+        let mut lens: VecDeque<usize> = VecDeque::with_capacity(32);
         patch_records(&mut body, |rec| -> Result<(), ConsumeError> {
-            lens.push(rec.len());
+            lens.push_back(rec.len());
             let pop_ck = rec.property(property_keys::POP_CK)?.map(str::to_owned);
             let handle = info.handle_for_shared(
                 rec.topic(),
@@ -735,7 +732,7 @@ impl Translator {
                 }
                 let before = out.len();
                 encode_record(m, &mut out)?;
-                lens.push(out.len() - before);
+                lens.push_back(out.len() - before);
             }
             body = out;
         }
@@ -810,7 +807,6 @@ impl Translator {
         if lens.is_empty() {
             return Ok(false);
         }
-        let lens = VecDeque::from(lens);
         self.queues
             .get_mut(key)
             .expect("checked above")
@@ -845,16 +841,28 @@ impl Translator {
 
     /// An ack finished.
     pub fn ack_done(&mut self, key: &VQueueKey, offset: i64, outcome: Outcome) {
+        if let Some(vq) = self.queues.get_mut(key) {
+            Self::settle(vq, &mut self.held, &mut self.by_phys, offset, outcome);
+        }
+    }
+
+    /// The end of one ack of `vq`: done forgets the handle, retry owes it again.
+    fn settle(
+        vq: &mut VQueue,
+        held: &mut usize,
+        by_phys: &mut OffsetMap<(Arc<VQueueKey>, i64)>,
+        offset: i64,
+        outcome: Outcome,
+    ) {
         match outcome {
             Outcome::Done => {
-                self.remove_held(key, offset);
+                if let Some(h) = vq.held.remove(&offset) {
+                    *held -= 1;
+                    by_phys.remove(&h.commit_log_offset);
+                }
             }
             Outcome::Retry => {
-                if let Some(h) = self
-                    .queues
-                    .get_mut(key)
-                    .and_then(|q| q.held.get_mut(&offset))
-                {
+                if let Some(h) = vq.held.get_mut(&offset) {
                     h.state = HeldState::Outstanding;
                 }
             }
@@ -876,19 +884,7 @@ impl Translator {
                 continue;
             };
             for a in now {
-                match outcome {
-                    Outcome::Done => {
-                        if let Some(h) = vq.held.remove(&a.offset) {
-                            self.held -= 1;
-                            self.by_phys.remove(&h.commit_log_offset);
-                        }
-                    }
-                    Outcome::Retry => {
-                        if let Some(h) = vq.held.get_mut(&a.offset) {
-                            h.state = HeldState::Outstanding;
-                        }
-                    }
-                }
+                Self::settle(vq, &mut self.held, &mut self.by_phys, a.offset, outcome);
             }
         }
     }
