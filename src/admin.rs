@@ -72,6 +72,9 @@ pub trait AdminSource: Send + Sync + 'static {
     fn config_dump(&self) -> serde_json::Value;
     /// Envoy-like text for `/clusters`: one line per cluster/endpoint with its stats.
     fn clusters(&self) -> String;
+    /// Hands counts kept outside the recorder to it; called before every `/stats/prometheus`
+    /// render (see [`crate::metrics::Stats::publish`]).
+    fn publish_stats(&self) {}
 }
 
 /// Admin server limits.
@@ -322,11 +325,14 @@ impl App {
                 }
             },
             "/healthz" => text(StatusCode::OK, "ok\n".to_owned()),
-            "/stats/prometheus" => respond(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.stats.render(),
-            ),
+            "/stats/prometheus" => {
+                self.source.publish_stats();
+                respond(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    self.stats.render(),
+                )
+            }
             "/config_dump" => match serde_json::to_string_pretty(&self.source.config_dump()) {
                 Ok(mut json) => {
                     json.push('\n');

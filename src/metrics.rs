@@ -25,14 +25,17 @@
 //! # Use
 //!
 //! Call [`install`] once at start (later calls return the same handle), then build one [`Stats`]
-//! per stat prefix. `Stats` registers every handle up front, so counting on the data path is an
-//! atomic add with no name formatting or map lookup.
+//! per stat prefix. `Stats` registers every handle up front. Counters and gauges are counted in
+//! the `Stats`' own atomics (one relaxed add on the data path, where a recorder handle costs a
+//! generation bump too, and a compare-and-swap loop for a float gauge) and handed to the
+//! recorder by [`Stats::publish`], which the admin server calls before every scrape.
 //!
 //! Bounded: the histogram's `code` label keeps at most [`MAX_CODE_LABELS`] distinct values, later
 //! codes share `code="other"`; a background thread drains histogram samples every
 //! [`UPKEEP_INTERVAL`] whether or not anyone scrapes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -216,8 +219,13 @@ pub struct Stats {
 
 struct StatsInner {
     prefix: String,
-    counters: Vec<metrics::Counter>,
-    gauges: Vec<metrics::Gauge>,
+    /// Counts so far, one per [`Counter`].
+    counts: Vec<AtomicU64>,
+    /// Current levels, one per [`Gauge`].
+    levels: Vec<AtomicI64>,
+    /// The recorder's handles and what was last handed to them (deltas are handed on, so
+    /// several `Stats` of one prefix add up as the handles themselves would).
+    published: Mutex<Published>,
     histogram_name: String,
     by_code: Mutex<HashMap<i32, metrics::Histogram>>,
     /// Handles of the data path's codes, looked up without the lock once registered.
@@ -269,8 +277,14 @@ impl Stats {
         Ok(Self {
             inner: Arc::new(StatsInner {
                 prefix: stat_prefix.to_owned(),
-                counters,
-                gauges,
+                counts: Counter::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+                levels: Gauge::ALL.iter().map(|_| AtomicI64::new(0)).collect(),
+                published: Mutex::new(Published {
+                    counters,
+                    counts: vec![0; Counter::ALL.len()],
+                    gauges,
+                    levels: vec![0; Gauge::ALL.len()],
+                }),
                 histogram_name,
                 by_code: Mutex::new(HashMap::new()),
                 hot: Default::default(),
@@ -284,26 +298,69 @@ impl Stats {
         &self.inner.prefix
     }
 
-    /// The handle of one counter.
-    pub fn counter(&self, counter: Counter) -> &metrics::Counter {
-        &self.inner.counters[counter as usize]
-    }
-
     /// Adds one to a counter.
     pub fn inc(&self, counter: Counter) {
-        self.counter(counter).increment(1);
+        self.add(counter, 1);
     }
 
-    /// The handle of one gauge.
-    pub fn gauge(&self, gauge: Gauge) -> &metrics::Gauge {
-        &self.inner.gauges[gauge as usize]
+    /// Adds `n` to a counter.
+    pub fn add(&self, counter: Counter, n: u64) {
+        self.inner.counts[counter as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A counter's count so far in this `Stats`.
+    pub fn count(&self, counter: Counter) -> u64 {
+        self.inner.counts[counter as usize].load(Ordering::Relaxed)
+    }
+
+    /// Moves a gauge by `delta`.
+    pub fn gauge_add(&self, gauge: Gauge, delta: i64) {
+        self.inner.levels[gauge as usize].fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Sets a gauge.
+    pub fn gauge_set(&self, gauge: Gauge, level: i64) {
+        self.inner.levels[gauge as usize].store(level, Ordering::Relaxed);
+    }
+
+    /// A gauge's level in this `Stats`.
+    pub fn level(&self, gauge: Gauge) -> i64 {
+        self.inner.levels[gauge as usize].load(Ordering::Relaxed)
     }
 
     /// Raises `gauge` by one until the returned guard is dropped (Envoy's `*_active` pattern).
     pub fn track(&self, gauge: Gauge) -> GaugeGuard {
-        let handle = self.gauge(gauge).clone();
-        handle.increment(1.0);
-        GaugeGuard { gauge: handle }
+        self.gauge_add(gauge, 1);
+        GaugeGuard {
+            stats: self.clone(),
+            gauge,
+        }
+    }
+
+    /// Hands the counts and levels to the recorder (what changed since the last call), so a
+    /// render of the recorder shows them. Called before every scrape; cheap when nothing moved.
+    pub fn publish(&self) {
+        // A poisoned lock only holds handles and numbers, which stay valid.
+        let mut p = self
+            .inner
+            .published
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let p = &mut *p;
+        for (i, count) in self.inner.counts.iter().enumerate() {
+            let now = count.load(Ordering::Relaxed);
+            if now != p.counts[i] {
+                p.counters[i].increment(now.wrapping_sub(p.counts[i]));
+                p.counts[i] = now;
+            }
+        }
+        for (i, level) in self.inner.levels.iter().enumerate() {
+            let now = level.load(Ordering::Relaxed);
+            if now != p.levels[i] {
+                p.gauges[i].increment((now - p.levels[i]) as f64);
+                p.levels[i] = now;
+            }
+        }
     }
 
     /// Records one upstream round trip of a request with `code`.
@@ -352,16 +409,25 @@ const HOT_CODES: [i32; 7] = {
     ]
 };
 
+/// The recorder's side of a [`Stats`]: its handles and the values they were last given.
+struct Published {
+    counters: Vec<metrics::Counter>,
+    counts: Vec<u64>,
+    gauges: Vec<metrics::Gauge>,
+    levels: Vec<i64>,
+}
+
 /// Holds a gauge one higher while alive.
 #[derive(Debug)]
 #[must_use = "the gauge drops back as soon as the guard is dropped"]
 pub struct GaugeGuard {
-    gauge: metrics::Gauge,
+    stats: Stats,
+    gauge: Gauge,
 }
 
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
-        self.gauge.decrement(1.0);
+        self.stats.gauge_add(self.gauge, -1);
     }
 }
 

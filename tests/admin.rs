@@ -15,6 +15,8 @@ const STEP: Duration = Duration::from_secs(5);
 
 struct TestSource {
     ready: Ready,
+    /// Published before each scrape, as the sidecar's are.
+    stats: Option<Stats>,
 }
 
 impl AdminSource for TestSource {
@@ -33,6 +35,12 @@ impl AdminSource for TestSource {
         "broker-a::127.0.0.1:10911::cx_active::1\nbroker-a::127.0.0.1:10911::health_flags::healthy\n"
             .to_owned()
     }
+
+    fn publish_stats(&self) {
+        if let Some(s) = &self.stats {
+            s.publish();
+        }
+    }
 }
 
 fn loopback() -> AdminConfig {
@@ -43,10 +51,18 @@ fn loopback() -> AdminConfig {
 }
 
 async fn start(config: AdminConfig, ready: Ready) -> (AdminServer, CancellationToken) {
+    start_with(config, ready, None).await
+}
+
+async fn start_with(
+    config: AdminConfig,
+    ready: Ready,
+    stats: Option<Stats>,
+) -> (AdminServer, CancellationToken) {
     let shutdown = CancellationToken::new();
     let server = AdminServer::start(
         config,
-        Arc::new(TestSource { ready }),
+        Arc::new(TestSource { ready, stats }),
         metrics::install(),
         shutdown.clone(),
     )
@@ -247,12 +263,12 @@ async fn prometheus_exposition() {
     let stats = Stats::new("admin_test").expect("valid prefix");
     stats.inc(Counter::Request);
     stats.inc(Counter::Request);
-    stats.counter(Counter::SendMessageV2).increment(5);
+    stats.add(Counter::SendMessageV2, 5);
     let active = stats.track(Gauge::SendMessageV2Active);
     stats.upstream_rq_time(310, Duration::from_millis(3));
     stats.upstream_rq_time(200050, Duration::from_millis(40));
 
-    let (server, shutdown) = start(loopback(), Ready::new()).await;
+    let (server, shutdown) = start_with(loopback(), Ready::new(), Some(stats.clone())).await;
     let reply = get(server.local_addr(), "/stats/prometheus").await;
     assert_eq!(reply.status, 200);
     assert_eq!(
@@ -298,6 +314,7 @@ async fn prometheus_exposition() {
     );
 
     drop(active);
+    stats.publish();
     assert!(again
         .render()
         .contains("\nrocketmq_admin_test_send_message_v2_active 0\n"));
@@ -513,4 +530,60 @@ async fn shutdown_forces_stuck_connections_at_the_deadline() {
     let elapsed = started.elapsed();
     assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
     expect_closed(&mut stream).await;
+}
+
+#[tokio::test]
+async fn published_stats_add_up_and_follow_each_change() {
+    let handle = metrics::install();
+    // Two `Stats` of one prefix (two sidecars in one process) add up, as shared handles would.
+    let a = Stats::new("admin_publish").expect("valid prefix");
+    let b = Stats::new("admin_publish").expect("valid prefix");
+    a.add(Counter::Request, 3);
+    b.inc(Counter::Request);
+    let held = a.track(Gauge::RequestActive);
+    b.gauge_add(Gauge::RequestActive, 2);
+    a.gauge_set(Gauge::OutstandingHandles, 7);
+    let body = handle.render();
+    assert!(
+        body.contains("\nrocketmq_admin_publish_request 0\n"),
+        "nothing reaches the recorder before a publish: {body}"
+    );
+    a.publish();
+    b.publish();
+    a.publish(); // nothing moved since: no change
+    let body = handle.render();
+    assert!(
+        body.contains("\nrocketmq_admin_publish_request 4\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("\nrocketmq_admin_publish_request_active 3\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("\nrocketmq_admin_publish_outstanding_handles 7\n"),
+        "{body}"
+    );
+    assert_eq!(a.count(Counter::Request), 3);
+    assert_eq!(a.level(Gauge::RequestActive), 1);
+
+    drop(held);
+    b.gauge_add(Gauge::RequestActive, -2);
+    a.gauge_set(Gauge::OutstandingHandles, 2);
+    a.inc(Counter::Request);
+    a.publish();
+    b.publish();
+    let body = handle.render();
+    assert!(
+        body.contains("\nrocketmq_admin_publish_request 5\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("\nrocketmq_admin_publish_request_active 0\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("\nrocketmq_admin_publish_outstanding_handles 2\n"),
+        "{body}"
+    );
 }

@@ -1266,6 +1266,17 @@ async fn admin_reports_readiness_stats_and_config() {
             line.split_whitespace().nth(1),
             Some(sends.to_string().as_str())
         );
+        let stat = |body: &str, name: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(&format!("rocketmq_sctest_admin_{name} ")))
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            stat(&body, "downstream_connections").as_deref(),
+            Some("1"),
+            "the one SDK connection is counted: {body}"
+        );
+        assert_eq!(stat(&body, "send_message_v2_active").as_deref(), Some("0"));
 
         let (status, body) = http_get(admin, "/config_dump").await;
         assert_eq!(status, 200);
@@ -1277,6 +1288,18 @@ async fn admin_reports_readiness_stats_and_config() {
         );
         assert!(!body.contains("UnusedT"));
         c.close();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, body) = http_get(admin, "/stats/prometheus").await;
+            if stat(&body, "downstream_connections").as_deref() == Some("0") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "a closed connection is still counted: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         sc.shutdown().await;
         a.shutdown().await;
         cp.shutdown().await;

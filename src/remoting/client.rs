@@ -17,7 +17,9 @@ use rocketmesh_filters::codec::{
 };
 use thiserror::Error;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot};
+
+use super::gate::{Gate, Pass};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
@@ -75,7 +77,7 @@ struct CallbackEntry {
     timeout: Duration,
     done: Box<dyn FnOnce(Result<RemotingCommand, ClientError>) + Send>,
     /// The request's in-flight slot, released with the entry.
-    _slot: OwnedSemaphorePermit,
+    _slot: Pass,
 }
 
 #[derive(Default)]
@@ -111,7 +113,7 @@ struct Inner {
     next_opaque: AtomicI32,
     pending: Pending,
     out: mpsc::Sender<RemotingCommand>,
-    slots: Arc<Semaphore>,
+    slots: Arc<Gate>,
     closed: CancellationToken,
     /// `closed`, readable without a lock (the token's own check takes one): set by `close`
     /// and by the reader when the connection ends for any other reason.
@@ -255,7 +257,7 @@ impl RemotingClient {
                 next_opaque: AtomicI32::new(1),
                 pending,
                 out,
-                slots: Arc::new(Semaphore::new(DEFAULT_MAX_IN_FLIGHT)),
+                slots: Gate::new(DEFAULT_MAX_IN_FLIGHT),
                 closed,
                 dead,
                 close_reason,
@@ -291,9 +293,7 @@ impl RemotingClient {
         timeout: Duration,
     ) -> Result<RemotingCommand, ClientError> {
         let code = cmd.code();
-        let Ok(_slot) = self.inner.slots.acquire().await else {
-            return Err(self.closed_error());
-        };
+        let _slot = self.inner.slots.pass().await;
         if self.is_closed() {
             return Err(self.closed_error());
         }
@@ -334,14 +334,27 @@ impl RemotingClient {
     #[allow(clippy::result_large_err)]
     pub fn try_invoke_with<C: Completion>(
         &self,
+        cmd: RemotingCommand,
+        timeout: Duration,
+        done: C,
+    ) -> Result<(), (RemotingCommand, C)> {
+        self.try_invoke_at(cmd, Instant::now(), timeout, done)
+    }
+
+    /// [`RemotingClient::try_invoke_with`] with the caller's reading of the clock as "now"
+    /// (a caller that timestamps the request anyway saves a second reading).
+    #[allow(clippy::result_large_err)]
+    pub fn try_invoke_at<C: Completion>(
+        &self,
         mut cmd: RemotingCommand,
+        now: Instant,
         timeout: Duration,
         done: C,
     ) -> Result<(), (RemotingCommand, C)> {
         if self.is_closed() {
             return Err((cmd, done));
         }
-        let Ok(slot) = self.inner.slots.clone().try_acquire_owned() else {
+        let Some(slot) = self.inner.slots.try_pass() else {
             return Err((cmd, done));
         };
         // Reserve the write queue first: once the callback is registered, the request goes out.
@@ -357,7 +370,7 @@ impl RemotingClient {
             }
             let opaque = self.inner.next_opaque.fetch_add(1, Ordering::Relaxed);
             let entry = CallbackEntry {
-                deadline: Instant::now() + timeout,
+                deadline: now + timeout,
                 code: cmd.code(),
                 timeout,
                 done: Box::new(move |r| done.complete(r)),

@@ -2,6 +2,7 @@
 //! control plane, the sidecar and `rocketmesh bench`.
 
 pub mod client;
+mod gate;
 pub mod server;
 
 pub use client::{ClientError, Completion, RemotingClient};

@@ -24,7 +24,9 @@ use rocketmesh_filters::codec::{
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::gate::{Gate, Pass};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
@@ -76,6 +78,9 @@ pub trait Handler: Send + Sync + 'static {
         Err((request, slot))
     }
 
+    /// Called once when a connection opens, before its first request.
+    fn on_open(&self, _conn: &Arc<Connection>) {}
+
     /// Called once when a connection ends.
     fn on_close(&self, _conn: &Arc<Connection>) {}
 }
@@ -83,7 +88,7 @@ pub trait Handler: Send + Sync + 'static {
 /// One of a connection's in-flight request slots (`ServerConfig::max_in_flight`): held until the
 /// request's response is queued for writing, so the write queue cannot overflow.
 #[derive(Debug)]
-pub struct RequestSlot(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct RequestSlot(#[allow(dead_code)] Pass);
 
 /// One client connection, as seen by handlers.
 #[derive(Debug)]
@@ -238,6 +243,7 @@ async fn serve_connection<H: Handler>(
         pending: Mutex::default(),
     });
     tracing::debug!(conn = conn.id, %peer, "connection opened");
+    handler.on_open(&conn);
 
     let writer = tokio::spawn({
         let closed = closed.clone();
@@ -248,7 +254,7 @@ async fn serve_connection<H: Handler>(
         }
     });
 
-    let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+    let in_flight = Gate::new(config.max_in_flight);
     // Raw frames: FramedRead ends the stream after any decoder error, but a bad header in a
     // well-delimited frame is recoverable, so headers are parsed here instead.
     let mut frames =
@@ -272,11 +278,11 @@ async fn serve_connection<H: Handler>(
                 }
             }
             Some(Ok(request)) => {
-                let permit = match in_flight.clone().try_acquire_owned() {
-                    Ok(p) => p,
+                let permit = match in_flight.try_pass() {
+                    Some(p) => p,
                     // All slots taken: stop reading until one frees (TCP backpressure).
-                    Err(_) => tokio::select! {
-                        p = in_flight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                    None => tokio::select! {
+                        p = in_flight.pass() => p,
                         () = &mut stop => break,
                     },
                 };
@@ -319,11 +325,7 @@ async fn serve_connection<H: Handler>(
         }
     }
     // Let requests already being handled finish writing their responses, bounded.
-    let _ = tokio::time::timeout(
-        Duration::from_secs(5),
-        in_flight.acquire_many(config.max_in_flight.max(1) as u32),
-    )
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), in_flight.drained()).await;
     closed.cancel();
     let _ = writer.await;
     lock(&conn.pending).clear();

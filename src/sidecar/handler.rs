@@ -531,10 +531,11 @@ impl SidecarCore {
             req.ext_mut().put(k_queue, local);
         }
         let (counter, active) = send_stats(code);
+        let start = Instant::now();
         // Counted as in flight before it can complete (on another thread, maybe at once).
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.stats.gauge(Gauge::RequestActive).increment(1.0);
-        self.stats.gauge(active).increment(1.0);
+        self.stats.gauge_add(Gauge::RequestActive, 1);
+        self.stats.gauge_add(active, 1);
         let done = SendDone {
             core: self.clone(),
             conn: conn.clone(),
@@ -547,11 +548,11 @@ impl SidecarCore {
             local,
             active,
             transactional: transactional.then(|| ep.address.clone()),
-            start: Instant::now(),
+            start,
         };
         match self
             .upstreams
-            .try_forward(&ep.address, req, self.cfg.request_timeout, done)
+            .try_forward(&ep.address, req, start, self.cfg.request_timeout, done)
         {
             Ok(()) => {
                 self.stats.inc(Counter::Request);
@@ -561,8 +562,8 @@ impl SidecarCore {
             }
             Err((mut req, done)) => {
                 self.in_flight.fetch_sub(1, Ordering::Relaxed);
-                self.stats.gauge(Gauge::RequestActive).decrement(1.0);
-                self.stats.gauge(active).decrement(1.0);
+                self.stats.gauge_add(Gauge::RequestActive, -1);
+                self.stats.gauge_add(active, -1);
                 if local != queue {
                     // Back to the SDK's queue id: the waiting path maps it again.
                     if queue >= 0 {
@@ -1075,8 +1076,8 @@ impl Completion for SendDone {
                 core.reply(&stub, response_code::SYSTEM_ERROR, Some(remark))
             }
         };
-        stats.gauge(self.active).decrement(1.0);
-        stats.gauge(Gauge::RequestActive).decrement(1.0);
+        stats.gauge_add(self.active, -1);
+        stats.gauge_add(Gauge::RequestActive, -1);
         core.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.conn.deliver(resp, self.slot);
     }
@@ -1109,7 +1110,12 @@ impl Handler for SidecarHandler {
         }
     }
 
+    fn on_open(&self, _conn: &Arc<Connection>) {
+        self.0.stats.gauge_add(Gauge::DownstreamConnections, 1);
+    }
+
     fn on_close(&self, conn: &Arc<Connection>) {
+        self.0.stats.gauge_add(Gauge::DownstreamConnections, -1);
         self.0.groups.connection_closed(conn.id());
         // Nothing is acked that was not committed: the broker redelivers the rest.
         self.0.pulls.connection_closed(conn.id());

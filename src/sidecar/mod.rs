@@ -173,6 +173,10 @@ impl AdminSource for AdminView {
         self.ready.readiness()
     }
 
+    fn publish_stats(&self) {
+        self.core.stats.publish();
+    }
+
     fn config_dump(&self) -> serde_json::Value {
         let (consumer_groups, producer_groups, clients) = self.core.groups.counts();
         serde_json::json!({

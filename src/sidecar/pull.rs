@@ -118,7 +118,10 @@ impl PullBridge {
 impl SidecarCore {
     fn set_held_gauge(&self) {
         let held = self.pulls.lock().held();
-        self.stats.gauge(Gauge::OutstandingHandles).set(held as f64);
+        self.stats.gauge_set(
+            Gauge::OutstandingHandles,
+            held.try_into().unwrap_or(i64::MAX),
+        );
     }
 
     /// Runs acks in the background (batched per broker, in rounds: see [`AckQueue`]); the
@@ -192,8 +195,7 @@ impl SidecarCore {
     async fn send_batch_ack(&self, b: &AckBatch) -> Option<Outcome> {
         let first = b.actions.first()?;
         self.stats
-            .counter(Counter::AcksFromCommits)
-            .increment(b.actions.len() as u64);
+            .add(Counter::AcksFromCommits, b.actions.len() as u64);
         let Ok((ep, timeout)) = self
             .broker_endpoint(&first.topic(), first.group(), &b.broker)
             .await

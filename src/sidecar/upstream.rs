@@ -86,6 +86,7 @@ struct Pool {
     /// Cool-down end after a failed connect, ms since `EPOCH` (0: none). Atomics, not locks:
     /// every request reads them.
     down_until: AtomicU64,
+    /// [`Upstreams::uses`] at the last look-up: the least recent idle pool is evicted first.
     last_used: AtomicU64,
     stats: PoolStats,
 }
@@ -98,7 +99,9 @@ fn now_ms() -> u64 {
 
 impl Pool {
     fn is_down(&self) -> bool {
-        now_ms() < self.down_until.load(Ordering::Relaxed)
+        // No clock read in the common case (never failed, or recovered since).
+        let until = self.down_until.load(Ordering::Relaxed);
+        until != 0 && now_ms() < until
     }
 }
 
@@ -151,6 +154,9 @@ impl<C: Completion> Completion for PoolDone<C> {
 pub struct Upstreams {
     cfg: UpstreamConfig,
     pools: Mutex<HashMap<String, Arc<Pool>>>,
+    /// Pool look-ups so far: the recency order of [`Pool::last_used`] (a count, not a clock
+    /// read per request).
+    uses: AtomicU64,
     inbound: mpsc::Sender<BrokerRequest>,
 }
 
@@ -160,6 +166,7 @@ impl Upstreams {
         Upstreams {
             cfg,
             pools: Mutex::new(HashMap::new()),
+            uses: AtomicU64::new(0),
             inbound,
         }
     }
@@ -167,7 +174,8 @@ impl Upstreams {
     fn pool(&self, addr: &str) -> Arc<Pool> {
         let mut pools = lock(&self.pools);
         if let Some(p) = pools.get(addr) {
-            p.last_used.store(now_ms(), Ordering::Relaxed);
+            p.last_used
+                .store(self.uses.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
             return p.clone();
         }
         if pools.len() >= self.cfg.max_endpoints {
@@ -190,7 +198,7 @@ impl Upstreams {
                 .collect(),
             next: AtomicUsize::new(0),
             down_until: AtomicU64::new(0),
-            last_used: AtomicU64::new(now_ms()),
+            last_used: AtomicU64::new(self.uses.fetch_add(1, Ordering::Relaxed)),
             stats: PoolStats::default(),
         });
         pools.insert(addr.to_owned(), pool.clone());
@@ -315,11 +323,13 @@ impl Upstreams {
     /// the answer (or the error) later, on that connection's reader. Hands both back when no
     /// live connection is at hand or it cannot take the request now (the caller then goes the
     /// waiting way: [`Upstreams::invoke`] connects, waits for room, and can retry elsewhere).
+    /// The timeout runs from `now`, the caller's reading of the clock.
     #[allow(clippy::result_large_err)]
     pub fn try_forward<C: Completion>(
         &self,
         addr: &str,
         cmd: RemotingCommand,
+        now: Instant,
         timeout: Duration,
         done: C,
     ) -> Result<(), (RemotingCommand, C)> {
@@ -335,7 +345,7 @@ impl Upstreams {
             pool: pool.clone(),
             inner: done,
         };
-        match client.try_invoke_with(cmd, timeout, tracked) {
+        match client.try_invoke_at(cmd, now, timeout, tracked) {
             Ok(()) => {
                 pool.stats.requests.fetch_add(1, Ordering::Relaxed);
                 Ok(())
