@@ -380,20 +380,14 @@ impl SidecarCore {
             .collect();
         let view = self.queue_view_cached(&route);
         let vq = &view.1;
-        let nq = vq.write_queue_nums() as i32;
-        if writable.is_empty() || nq == 0 {
+        let target = self.send_queue(vq, queue).filter(|_| !writable.is_empty());
+        let Some((vqueue, first, _)) = target else {
             return Err(Reject::system(format!(
                 "no writable broker for topic {topic}"
             )));
-        }
-        let vqueue = if (0..nq).contains(&queue) {
-            queue
-        } else {
-            (self.next() % nq as usize) as i32
         };
         // The broker for that virtual queue first, then the other writable brokers (only when
         // the request certainly did not reach the previous one).
-        let (first, _) = vq.write_target(vqueue).expect("vqueue in range");
         let mut order: Vec<&Endpoint> = writable
             .iter()
             .copied()
@@ -446,6 +440,23 @@ impl SidecarCore {
             }
         }
         Err(upstream_reject(last_err.expect("at least one attempt")))
+    }
+
+    /// Where a send goes first, the same for both send paths: the virtual queue (the SDK's
+    /// when in range, else the next in rotation), its broker and that broker's queue id. `None`
+    /// when the topic has no writable queue.
+    fn send_queue<'v>(&self, vq: &'v VirtualQueues, queue: i32) -> Option<(i32, &'v str, i32)> {
+        let nq = vq.write_queue_nums() as i32;
+        if nq == 0 {
+            return None;
+        }
+        let vqueue = if (0..nq).contains(&queue) {
+            queue
+        } else {
+            (self.next() % nq as usize) as i32
+        };
+        let (broker, local) = vq.write_target(vqueue)?;
+        Some((vqueue, broker, local))
     }
 
     /// A send's answer in the SDK's terms: the virtual queue id, and (for a transactional send
@@ -507,17 +518,7 @@ impl SidecarCore {
             return Err((req, slot));
         };
         let view = self.queue_view_cached(&route);
-        let vq = &view.1;
-        let nq = vq.write_queue_nums() as i32;
-        if nq == 0 {
-            return Err((req, slot));
-        }
-        let vqueue = if (0..nq).contains(&queue) {
-            queue
-        } else {
-            (self.next() % nq as usize) as i32
-        };
-        let Some((broker, local)) = vq.write_target(vqueue) else {
+        let Some((vqueue, broker, local)) = self.send_queue(&view.1, queue) else {
             return Err((req, slot));
         };
         let Some(ep) = sel
