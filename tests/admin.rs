@@ -551,18 +551,13 @@ async fn published_stats_add_up_and_follow_each_change() {
     a.publish();
     b.publish();
     a.publish(); // nothing moved since: no change
-    let body = handle.render();
-    assert!(
-        body.contains("\nrocketmq_admin_publish_request 4\n"),
-        "{body}"
-    );
-    assert!(
-        body.contains("\nrocketmq_admin_publish_request_active 3\n"),
-        "{body}"
-    );
-    assert!(
-        body.contains("\nrocketmq_admin_publish_outstanding_handles 7\n"),
-        "{body}"
+    assert_published(
+        &handle.render(),
+        &[
+            ("request", 4),
+            ("request_active", 3),
+            ("outstanding_handles", 7),
+        ],
     );
     assert_eq!(a.count(Counter::Request), 3);
     assert_eq!(a.level(Gauge::RequestActive), 1);
@@ -573,17 +568,20 @@ async fn published_stats_add_up_and_follow_each_change() {
     a.inc(Counter::Request);
     a.publish();
     b.publish();
-    let body = handle.render();
-    assert!(
-        body.contains("\nrocketmq_admin_publish_request 5\n"),
-        "{body}"
+    assert_published(
+        &handle.render(),
+        &[
+            ("request", 5),
+            ("request_active", 0),
+            ("outstanding_handles", 2),
+        ],
     );
-    assert!(
-        body.contains("\nrocketmq_admin_publish_request_active 0\n"),
-        "{body}"
-    );
-    assert!(
-        body.contains("\nrocketmq_admin_publish_outstanding_handles 2\n"),
-        "{body}"
-    );
+}
+
+/// Every `(stat, value)` appears in `body` as `rocketmq_admin_publish_<stat> <value>`.
+fn assert_published(body: &str, expected: &[(&str, i64)]) {
+    for (stat, value) in expected {
+        let line = format!("\nrocketmq_admin_publish_{stat} {value}\n");
+        assert!(body.contains(&line), "no {line:?} in:\n{body}");
+    }
 }

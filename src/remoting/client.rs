@@ -18,10 +18,10 @@ use rocketmesh_filters::codec::{
 use thiserror::Error;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-
-use super::gate::{Gate, Pass};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
+
+use super::gate::{Gate, Pass};
 
 /// Default cap on requests in flight on one connection.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;

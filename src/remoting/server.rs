@@ -25,10 +25,10 @@ use rocketmesh_filters::codec::{
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
-
-use super::gate::{Gate, Pass};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
+
+use super::gate::{Gate, Pass};
 
 /// Server limits.
 #[derive(Clone, Copy, Debug)]

@@ -78,7 +78,6 @@ pub struct SidecarCore {
     /// Queue views of recent routes, reused while the route snapshot is the same.
     views: std::sync::Mutex<std::collections::HashMap<String, CachedView>>,
     rr: AtomicUsize,
-    in_flight: AtomicUsize,
 }
 
 impl std::fmt::Debug for SidecarCore {
@@ -219,7 +218,6 @@ impl SidecarCore {
             views: std::sync::Mutex::new(std::collections::HashMap::new()),
             txn: TxnBrokers::default(),
             rr: AtomicUsize::new(0),
-            in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -249,9 +247,12 @@ impl SidecarCore {
         view
     }
 
-    /// Requests being handled now (graceful drain waits for 0).
+    /// Requests being handled now (graceful drain waits for 0): the `request_active` gauge.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.stats
+            .level(Gauge::RequestActive)
+            .try_into()
+            .unwrap_or(0)
     }
 
     pub(super) fn reply(
@@ -534,7 +535,6 @@ impl SidecarCore {
         let (counter, active) = send_stats(code);
         let start = Instant::now();
         // Counted as in flight before it can complete (on another thread, maybe at once).
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.stats.gauge_add(Gauge::RequestActive, 1);
         self.stats.gauge_add(active, 1);
         let done = SendDone {
@@ -562,7 +562,6 @@ impl SidecarCore {
                 Ok(())
             }
             Err((mut req, done)) => {
-                self.in_flight.fetch_sub(1, Ordering::Relaxed);
                 self.stats.gauge_add(Gauge::RequestActive, -1);
                 self.stats.gauge_add(active, -1);
                 if local != queue {
@@ -873,8 +872,6 @@ impl SidecarCore {
         self.stats.inc(Counter::Request);
         self.stats.inc(Counter::RequestDecodingSuccess);
         let _active = self.stats.track(Gauge::RequestActive);
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let _done = InFlight(&self.in_flight);
         let oneway = req.is_oneway();
         let code = req.code();
         // What an error answer needs of the request, so forwarded requests can move on without
@@ -961,14 +958,6 @@ fn stamp_pop_handles(resp: RemotingCommand, broker: &str) -> RemotingCommand {
             tracing::warn!(%broker, "POP response passed on without pop handles: {e}");
             resp
         }
-    }
-}
-
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -1079,7 +1068,6 @@ impl Completion for SendDone {
         };
         stats.gauge_add(self.active, -1);
         stats.gauge_add(Gauge::RequestActive, -1);
-        core.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.conn.deliver(resp, self.slot);
     }
 }
