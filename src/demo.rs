@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -118,34 +118,28 @@ fn ensure_free(addr: SocketAddr, flag: &str) -> Result<()> {
     }
 }
 
-/// The temporary data directory, removed when dropped (every exit path but a kill).
-struct DataDir(PathBuf);
+/// The temporary data directory, removed when dropped (every exit path but a kill). Named
+/// `rocketmesh-demo-{pid}` (no random part) so the printed layout and a test can find it.
+struct DataDir(tempfile::TempDir);
 
 impl DataDir {
     fn create() -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("rocketmesh-demo-{}", std::process::id()));
-        if path.exists() {
-            std::fs::remove_dir_all(&path)
-                .with_context(|| format!("removing a stale {}", path.display()))?;
+        let name = format!("rocketmesh-demo-{}", std::process::id());
+        let stale = std::env::temp_dir().join(&name);
+        if stale.exists() {
+            std::fs::remove_dir_all(&stale)
+                .with_context(|| format!("removing a stale {}", stale.display()))?;
         }
-        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(DataDir(path))
+        let dir = tempfile::Builder::new()
+            .prefix(&name)
+            .rand_bytes(0)
+            .tempdir()
+            .with_context(|| format!("creating {}", stale.display()))?;
+        Ok(DataDir(dir))
     }
 
     fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for DataDir {
-    fn drop(&mut self) {
-        match std::fs::remove_dir_all(&self.0) {
-            Ok(()) => tracing::debug!(dir = %self.0.display(), "data directory removed"),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(dir = %self.0.display(), "cannot remove the data directory: {e}")
-            }
-        }
+        self.0.path()
     }
 }
 

@@ -1,4 +1,5 @@
 //! The `rocketmesh` binary: CLI and process wiring.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

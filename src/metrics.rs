@@ -34,9 +34,10 @@
 //! codes share `code="other"`; a background thread drains histogram samples every
 //! [`UPKEEP_INTERVAL`] whether or not anyone scrapes.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -341,11 +342,7 @@ impl Stats {
     /// render of the recorder shows them. Called before every scrape; cheap when nothing moved.
     pub fn publish(&self) {
         // A poisoned lock only holds handles and numbers, which stay valid.
-        let mut p = self
-            .inner
-            .published
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut p = self.inner.published.lock();
         let p = &mut *p;
         for (i, count) in self.inner.counts.iter().enumerate() {
             let now = count.load(Ordering::Relaxed);
@@ -376,11 +373,7 @@ impl Stats {
 
     fn code_histogram(&self, code: i32) -> metrics::Histogram {
         // A poisoned map only holds handles, which stay valid.
-        let mut by_code = self
-            .inner
-            .by_code
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut by_code = self.inner.by_code.lock();
         if let Some(h) = by_code.get(&code) {
             return h.clone();
         }

@@ -2,6 +2,7 @@
 //! route look-ups, SEND_MESSAGE_V2, POP_MESSAGE and ACK_MESSAGE. Shared by `rocketmesh bench`
 //! and `rocketmesh demo`, which talk to brokers and sidecars as an application would.
 
+use rocketmesh_filters::clock::unix_ms;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -89,7 +90,7 @@ pub fn send_v2(
         d: queue_nums,
         e: queue_id,
         f: 0,
-        g: now_ms(),
+        g: unix_ms(),
         h: 0,
         i: Some(props.to_wire_string()),
         j: Some(0),
@@ -117,7 +118,7 @@ pub fn pop(
         max_msg_nums: max,
         invisible_time: i64::try_from(invisible.as_millis()).unwrap_or(i64::MAX),
         poll_time: i64::try_from(poll.as_millis()).unwrap_or(i64::MAX),
-        born_time: now_ms(),
+        born_time: unix_ms(),
         init_mode: 0,
         exp_type: Some("TAG".into()),
         exp: Some("*".into()),
@@ -192,9 +193,4 @@ pub fn ack(consumer_group: &str, topic: &str, handle: &PopHandle) -> RemotingCom
         bname: Some(handle.broker_name.to_string()),
     };
     RemotingCommand::request_with_header(request_code::ACK_MESSAGE, &header)
-}
-
-/// Wall-clock time in ms since the Unix epoch.
-pub fn now_ms() -> i64 {
-    rocketmesh_filters::codec::message::id::now_ms()
 }

@@ -1,7 +1,8 @@
 //! Broker behaviour at the protocol's edges, over loopback: registration with a nameserver,
 //! limits, malformed headers, unknown codes, pull long polling, offsets.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rocketmesh::broker::{self, BrokerConfig, BrokerHandle};
@@ -59,7 +60,7 @@ impl Handler for FakeNamesrv {
         req: RemotingCommand,
         _c: &Arc<Connection>,
     ) -> Option<RemotingCommand> {
-        self.seen.lock().unwrap().push(req.clone());
+        self.seen.lock().push(req.clone());
         Some(req.response_to(response_code::SUCCESS, ResponseEncoding::Json))
     }
 }
@@ -68,7 +69,6 @@ impl FakeNamesrv {
     fn registered_topics(&self) -> Vec<Vec<String>> {
         self.seen
             .lock()
-            .unwrap()
             .iter()
             .filter(|c| c.code() == rc::REGISTER_BROKER)
             .map(|c| {
@@ -141,7 +141,6 @@ async fn registers_at_start_on_topic_creation_and_unregisters_on_shutdown() {
     wait_until("unregistration", || {
         ns.seen
             .lock()
-            .unwrap()
             .iter()
             .any(|c| c.code() == rc::UNREGISTER_BROKER)
     })

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
+pub mod clock;
 pub mod codec;
 pub mod consume;
 pub mod route;

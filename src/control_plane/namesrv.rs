@@ -16,8 +16,9 @@
 //! Brokers leave on UNREGISTER_BROKER, when the connection they registered on closes (as Apache's
 //! nameserver does on channel close), or when silent longer than the expiry ([`sweep`]).
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rocketmesh_filters::codec::body::{
@@ -416,18 +417,14 @@ impl NameServer {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
-        self.registry.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Number of registered brokers (addresses).
     pub fn broker_count(&self) -> usize {
-        self.lock().brokers.len()
+        self.registry.lock().brokers.len()
     }
 
     /// Whether a registered broker has `topic`.
     pub fn has_topic(&self, topic: &str) -> bool {
-        self.lock().topic_index.contains_key(topic)
+        self.registry.lock().topic_index.contains_key(topic)
     }
 
     /// Recomputes `affected` topics and pushes them into the catalog. Runs under the registry
@@ -455,7 +452,7 @@ impl NameServer {
     }
 
     fn remove_where(&self, why: &str, pred: impl Fn(&BrokerEntry) -> bool) -> usize {
-        let mut reg = self.lock();
+        let mut reg = self.registry.lock();
         let gone: Vec<String> = reg
             .brokers
             .iter()
@@ -576,7 +573,7 @@ impl NameServer {
             data_version: wrapper.data_version,
             conn_id,
         };
-        let mut reg = self.lock();
+        let mut reg = self.registry.lock();
         match reg.register(registration, Instant::now(), self.opts.max_brokers) {
             Ok(affected) => {
                 self.publish(&reg, affected);
@@ -603,7 +600,7 @@ impl NameServer {
             Ok(h) => h,
             Err(resp) => return resp,
         };
-        let mut reg = self.lock();
+        let mut reg = self.registry.lock();
         let matches = reg.brokers.get(&h.broker_addr).is_some_and(|e| {
             e.broker_name == h.broker_name && i64::try_from(e.broker_id).ok() == Some(h.broker_id)
         });
@@ -625,7 +622,7 @@ impl NameServer {
             req.version(),
             h.accept_standard_json_only.unwrap_or(false),
         );
-        let local = self.lock().route_data(&h.topic);
+        let local = self.registry.lock().route_data(&h.topic);
         let route = match (local, &self.upstream) {
             (Some(route), _) => Some(route),
             (None, Some(upstream)) => match upstream.query(&h.topic).await {
@@ -652,14 +649,14 @@ impl NameServer {
     }
 
     fn cluster_info(&self, req: &RemotingCommand) -> RemotingCommand {
-        let info = self.lock().cluster_info();
+        let info = self.registry.lock().cluster_info();
         let standard = RouteJsonStyle::for_request(req.version(), false).is_standard();
         self.reply(req, code::SUCCESS)
             .with_body(info.to_json(standard))
     }
 
     fn topic_list(&self, req: &RemotingCommand) -> RemotingCommand {
-        let topics: BTreeSet<String> = self.lock().topic_index.keys().cloned().collect();
+        let topics: BTreeSet<String> = self.registry.lock().topic_index.keys().cloned().collect();
         let body = serde_json::json!({ "topicList": topics });
         self.reply(req, code::SUCCESS)
             .with_body(serde_json::to_vec(&body).unwrap_or_default())
@@ -843,7 +840,7 @@ mod tests {
         let names: Vec<String> = (0..100_000).map(|i| format!("T{i}")).collect();
         let topics: Vec<(&str, i32)> = names.iter().map(|t| (t.as_str(), 6)).collect();
         let apply = |r: Registration| {
-            let mut g = ns.lock();
+            let mut g = ns.registry.lock();
             let affected = g.register(r, Instant::now(), 10).unwrap();
             let n = affected.len();
             ns.publish(&g, affected);
@@ -865,7 +862,7 @@ mod tests {
         let catalog = Arc::new(Catalog::new(CatalogOptions::default()));
         let ns = NameServer::new(catalog.clone(), None, NamesrvOptions::default());
         {
-            let mut r = ns.lock();
+            let mut r = ns.registry.lock();
             let affected = r
                 .register(reg("a:1", "A", 0, &[("T", 6)]), Instant::now(), 10)
                 .unwrap();

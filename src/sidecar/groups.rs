@@ -5,8 +5,9 @@
 //! one table per sidecar, new members are added, expired members are not listed, and the table is
 //! bounded.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rocketmesh_filters::codec::body::HeartbeatData;
@@ -77,14 +78,10 @@ impl Groups {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
-        self.t.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Records a heartbeat. Returns the consumer groups that gained a member.
     pub fn heartbeat(&self, conn: &Arc<Connection>, hb: &HeartbeatData) -> Vec<String> {
         let now = Instant::now();
-        let mut t = self.lock();
+        let mut t = self.t.lock();
         let mut joined = Vec::new();
         for c in &hb.consumer_data_set {
             if upsert(&mut t.consumers, &c.group_name, &hb.client_id, conn, now) {
@@ -108,7 +105,7 @@ impl Groups {
         producer_group: Option<&str>,
         consumer_group: Option<&str>,
     ) {
-        let mut t = self.lock();
+        let mut t = self.t.lock();
         if let Some(g) = consumer_group.filter(|g| !g.is_empty()) {
             remove_member(&mut t.consumers, g, client);
         }
@@ -128,7 +125,7 @@ impl Groups {
     /// Live client ids of a consumer group, sorted.
     pub fn consumers(&self, group: &str) -> Vec<String> {
         let now = Instant::now();
-        let t = self.lock();
+        let t = self.t.lock();
         let mut out: Vec<String> = t
             .consumers
             .get(group)
@@ -147,7 +144,7 @@ impl Groups {
 
     /// The client id a connection registered in a consumer group (by heartbeat).
     pub fn client_of(&self, conn_id: u64, group: &str) -> Option<String> {
-        let t = self.lock();
+        let t = self.t.lock();
         t.consumers
             .get(group)?
             .iter()
@@ -169,7 +166,7 @@ impl Groups {
         &self,
         pick: impl Fn(&Tables) -> Option<&HashMap<String, Member>>,
     ) -> Vec<Arc<Connection>> {
-        let t = self.lock();
+        let t = self.t.lock();
         pick(&t)
             .map(|m| {
                 m.values()
@@ -183,7 +180,7 @@ impl Groups {
     /// A downstream connection closed: its clients leave every group. Returns the consumer
     /// groups that lost a member.
     pub fn connection_closed(&self, conn_id: u64) -> Vec<String> {
-        let mut t = self.lock();
+        let mut t = self.t.lock();
         let mut left = BTreeSet::new();
         for (g, members) in t.consumers.iter_mut() {
             let before = members.len();
@@ -215,7 +212,7 @@ impl Groups {
     pub fn expire(&self) -> Vec<String> {
         let now = Instant::now();
         let expiry = self.expiry;
-        let mut t = self.lock();
+        let mut t = self.t.lock();
         let mut changed = Vec::new();
         for (g, members) in t.consumers.iter_mut() {
             let before = members.len();
@@ -236,7 +233,8 @@ impl Groups {
 
     /// The clients' latest heartbeats (to repeat towards brokers).
     pub fn heartbeats(&self) -> Vec<HeartbeatData> {
-        self.lock()
+        self.t
+            .lock()
             .heartbeats
             .values()
             .map(|(h, _)| h.clone())
@@ -245,7 +243,7 @@ impl Groups {
 
     /// (consumer groups, producer groups, clients) for introspection.
     pub fn counts(&self) -> (usize, usize, usize) {
-        let t = self.lock();
+        let t = self.t.lock();
         (t.consumers.len(), t.producers.len(), t.heartbeats.len())
     }
 }

@@ -76,7 +76,7 @@ pub struct SidecarCore {
     /// Half messages of transactional sends: message id -> broker address (END_TRANSACTION).
     pub txn: TxnBrokers,
     /// Queue views of recent routes, reused while the route snapshot is the same.
-    views: std::sync::Mutex<std::collections::HashMap<String, CachedView>>,
+    views: parking_lot::Mutex<std::collections::HashMap<String, CachedView>>,
     rr: AtomicUsize,
 }
 
@@ -91,7 +91,7 @@ impl std::fmt::Debug for SidecarCore {
 /// Remembers which broker holds each half message (bounded; oldest forgotten first).
 #[derive(Debug, Default)]
 pub struct TxnBrokers {
-    inner: std::sync::Mutex<(
+    inner: parking_lot::Mutex<(
         std::collections::HashMap<String, String>,
         std::collections::VecDeque<String>,
     )>,
@@ -102,7 +102,7 @@ const MAX_TXN: usize = 65_536;
 
 impl TxnBrokers {
     pub fn remember(&self, msg_id: &str, addr: &str) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.inner.lock();
         let (map, order) = &mut *g;
         if map.insert(msg_id.to_owned(), addr.to_owned()).is_none() {
             order.push_back(msg_id.to_owned());
@@ -115,7 +115,7 @@ impl TxnBrokers {
     }
 
     pub fn lookup(&self, msg_id: &str) -> Option<String> {
-        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let g = self.inner.lock();
         g.0.get(msg_id).cloned()
     }
 }
@@ -215,7 +215,7 @@ impl SidecarCore {
             groups,
             stats,
             pulls: PullBridge::new(translator),
-            views: std::sync::Mutex::new(std::collections::HashMap::new()),
+            views: parking_lot::Mutex::new(std::collections::HashMap::new()),
             txn: TxnBrokers::default(),
             rr: AtomicUsize::new(0),
         }
@@ -227,7 +227,7 @@ impl SidecarCore {
         &self,
         route: &Arc<TopicRoute>,
     ) -> Arc<(Vec<BrokerView>, VirtualQueues)> {
-        let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+        let mut views = self.views.lock();
         if let Some(c) = views.get(&route.topic) {
             if Arc::ptr_eq(&c.route, route) {
                 return c.view.clone();

@@ -10,9 +10,11 @@
 //! (without long polling; see the translator's prefetch): the next pull is answered from it at
 //! once, or waits for it while it is in flight.
 
+use parking_lot::Mutex;
+use rocketmesh_filters::clock::unix_ms;
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use rocketmesh_filters::codec::codes::{request_code as rc, response_code};
@@ -43,13 +45,6 @@ const FLAG_COMMIT_OFFSET: i32 = 1;
 const PREFETCH_SHARDS: usize = 64;
 /// Longest a pop parks at the broker for one pull (C++ asks 20 s; the SDK times out at 30 s).
 const MAX_POLL: Duration = Duration::from_secs(20);
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// The translator and what waits on it.
 #[derive(Debug)]
@@ -88,11 +83,7 @@ impl PullBridge {
     }
 
     fn batches_to(&self, broker: &str) -> bool {
-        !self
-            .no_batch_ack
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(broker)
+        !self.no_batch_ack.lock().contains(broker)
     }
 
     fn prefetched(&self, key: &VQueueKey) -> &Notify {
@@ -101,23 +92,19 @@ impl PullBridge {
         &self.prefetched[(h % PREFETCH_SHARDS as u64) as usize]
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Translator> {
-        self.t.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub fn connection_closed(&self, conn: u64) {
-        self.lock().connection_closed(conn);
+        self.t.lock().connection_closed(conn);
     }
 
     /// (virtual queues, held handles).
     pub fn counts(&self) -> (usize, usize) {
-        self.lock().counts()
+        self.t.lock().counts()
     }
 }
 
 impl SidecarCore {
     fn set_held_gauge(&self) {
-        let held = self.pulls.lock().held();
+        let held = self.pulls.t.lock().held();
         self.stats.gauge_set(
             Gauge::OutstandingHandles,
             held.try_into().unwrap_or(i64::MAX),
@@ -131,7 +118,7 @@ impl SidecarCore {
             return;
         }
         {
-            let mut q = self.pulls.acks.lock().unwrap_or_else(|e| e.into_inner());
+            let mut q = self.pulls.acks.lock();
             q.pending.extend(acks);
             if q.flushing {
                 return;
@@ -142,7 +129,7 @@ impl SidecarCore {
         tokio::spawn(async move {
             loop {
                 let acks = {
-                    let mut q = core.pulls.acks.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut q = core.pulls.acks.lock();
                     if q.pending.is_empty() {
                         q.flushing = false;
                         break;
@@ -181,7 +168,7 @@ impl SidecarCore {
         let outcome = self.send_batch_ack(&b).await;
         let fallback = match outcome {
             Some(outcome) => {
-                self.pulls.lock().ack_done_all(&b.actions, outcome);
+                self.pulls.t.lock().ack_done_all(&b.actions, outcome);
                 return;
             }
             None => b.actions,
@@ -213,11 +200,7 @@ impl SidecarCore {
             Ok(resp) if resp.code() == response_code::SUCCESS => Some(Outcome::Done),
             Ok(resp) => {
                 if resp.code() == response_code::REQUEST_CODE_NOT_SUPPORTED {
-                    self.pulls
-                        .no_batch_ack
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(b.broker.clone());
+                    self.pulls.no_batch_ack.lock().insert(b.broker.clone());
                 }
                 tracing::debug!(code = resp.code(), remark = ?resp.remark(), "batch ack refused, acking singly");
                 None
@@ -232,7 +215,7 @@ impl SidecarCore {
     /// One ACK_MESSAGE; its outcome goes back to the translator.
     async fn ack_handle(&self, a: &HandleAction) {
         let outcome = self.send_ack(a).await;
-        self.pulls.lock().ack_done(&a.key, a.offset, outcome);
+        self.pulls.t.lock().ack_done(&a.key, a.offset, outcome);
     }
 
     async fn send_ack(&self, a: &HandleAction) -> Outcome {
@@ -352,6 +335,7 @@ impl SidecarCore {
             let committing = commit.is_some();
             let (acks, plan) =
                 self.pulls
+                    .t
                     .lock()
                     .begin_pull(&key, h.queue_offset, h.max_msg_nums, commit.take());
             self.spawn_acks(acks);
@@ -373,13 +357,13 @@ impl SidecarCore {
                     // The prefetch does not long-poll: it is back within the request timeout.
                     let wait = self.cfg.request_timeout + Duration::from_secs(1);
                     if tokio::time::timeout(wait, prefetched).await.is_err() {
-                        let max = self.pulls.lock().max_offset(&key);
+                        let max = self.pulls.t.lock().max_offset(&key);
                         return Ok(not_found(h.queue_offset, max));
                     }
                 }
                 PullPlan::Throttled => {
                     if waited_for_commit {
-                        let max = self.pulls.lock().max_offset(&key);
+                        let max = self.pulls.t.lock().max_offset(&key);
                         return Ok(not_found(h.queue_offset, max));
                     }
                     // Hold the pull until the consumer commits (or the suspend time passes), as
@@ -398,21 +382,21 @@ impl SidecarCore {
             Err(PopFailed::Transport(e)) => {
                 // Nothing was handed out: answer "nothing yet" so the SDK simply pulls again.
                 tracing::debug!("pop for a pull failed: {e}");
-                let max = self.pulls.lock().max_offset(&key);
+                let max = self.pulls.t.lock().max_offset(&key);
                 return Ok(not_found(h.queue_offset, max));
             }
             Err(PopFailed::Refused(r)) => return Err(r),
         };
         let (found_header, found_body) = found.unzip();
         let reply = {
-            let mut t = self.pulls.lock();
+            let mut t = self.pulls.t.lock();
             t.complete_pull(
                 &key,
                 h.queue_offset,
                 &target.broker,
                 found_header.as_ref().zip(found_body),
                 self.cfg.advertise.parse().ok(),
-                now_ms(),
+                unix_ms(),
             )
         };
         if matches!(reply, Ok(PullReply::Found { .. })) {
@@ -491,7 +475,7 @@ impl SidecarCore {
             consumer_group: h.consumer_group.clone(),
             topic: h.topic.clone(),
             queue_id: real_queue,
-            invisible_time: self.pulls.lock().config().invisible_time_ms,
+            invisible_time: self.pulls.t.lock().config().invisible_time_ms,
             // max_msg_nums, poll_time and born_time are set per pop (`pop_upstream`).
             // Start from the queue's first message for a new group: nothing produced before the
             // first pull is skipped.
@@ -528,7 +512,7 @@ impl SidecarCore {
         let mut pop = target.header.clone();
         pop.max_msg_nums = max_msgs;
         pop.poll_time = poll.as_millis() as i64;
-        pop.born_time = now_ms();
+        pop.born_time = unix_ms();
         let pop_req = RemotingCommand::request_with_header(rc::POP_MESSAGE, &pop);
         let mut resp = self
             .upstreams
@@ -568,7 +552,7 @@ impl SidecarCore {
     /// translator's prefetch: one pop in flight per queue, a bounded buffer); pulls waiting for
     /// it are woken after each pop.
     fn spawn_prefetch(self: &Arc<Self>, key: &VQueueKey, target: &PopTarget) {
-        let Some(ticket) = self.pulls.lock().begin_prefetch(key) else {
+        let Some(ticket) = self.pulls.t.lock().begin_prefetch(key) else {
             return;
         };
         let core = self.clone();
@@ -581,7 +565,7 @@ impl SidecarCore {
                 core.pulls.prefetched(&key).notify_waiters();
                 // Back to back while records keep coming and the buffer has room.
                 ticket = if more {
-                    core.pulls.lock().begin_prefetch(&key)
+                    core.pulls.t.lock().begin_prefetch(&key)
                 } else {
                     None
                 };
@@ -607,13 +591,13 @@ impl SidecarCore {
             }
         };
         let (found_header, found_body) = found.unzip();
-        let done = self.pulls.lock().complete_prefetch(
+        let done = self.pulls.t.lock().complete_prefetch(
             key,
             ticket,
             &target.broker,
             found_header.as_ref().zip(found_body),
             self.cfg.advertise.parse().ok(),
-            now_ms(),
+            unix_ms(),
         );
         done.unwrap_or_else(|e| {
             // Not stamped, not held: the broker redelivers the batch after its invisible time.
@@ -635,7 +619,7 @@ impl SidecarCore {
             topic: h.topic,
             queue: h.queue_id,
         };
-        let acks = self.pulls.lock().commit(&key, h.commit_offset);
+        let acks = self.pulls.t.lock().commit(&key, h.commit_offset);
         self.spawn_acks(acks);
         self.pulls.committed.notify_waiters();
         Ok(self.reply(req, response_code::SUCCESS, None))
@@ -654,7 +638,7 @@ impl SidecarCore {
             topic: h.topic,
             queue: h.queue_id,
         };
-        let offset = self.pulls.lock().committed(&key);
+        let offset = self.pulls.t.lock().committed(&key);
         Ok(self
             .reply(req, response_code::SUCCESS, None)
             .with_header(&QueryConsumerOffsetResponseHeader { offset }))
@@ -674,6 +658,7 @@ impl SidecarCore {
             rc::GET_MAX_OFFSET => {
                 let h: GetMaxOffsetRequestHeader = req.decode_header()?;
                 self.pulls
+                    .t
                     .lock()
                     .max_offset_any(conn.id(), &h.topic, h.queue_id)
             }
@@ -681,6 +666,7 @@ impl SidecarCore {
                 // Every virtual offset handed out is "now": searching by time lands at the end.
                 let h: SearchOffsetRequestHeader = req.decode_header()?;
                 self.pulls
+                    .t
                     .lock()
                     .max_offset_any(conn.id(), &h.topic, h.queue_id)
             }
@@ -698,7 +684,7 @@ impl SidecarCore {
     ) -> Result<RemotingCommand, Reject> {
         self.stats.inc(Counter::SendBacks);
         let h: ConsumerSendMsgBackRequestHeader = req.decode_header()?;
-        let plan = self.pulls.lock().send_back(
+        let plan = self.pulls.t.lock().send_back(
             conn.id(),
             &h.group,
             h.offset,
@@ -709,7 +695,7 @@ impl SidecarCore {
             SendBackPlan::Retry(a) => match self.change_invisible(&a).await {
                 Ok(_) => Ok(self.reply(req, response_code::SUCCESS, None)),
                 Err(e) => {
-                    self.pulls.lock().send_back_failed(&a.key, a.offset);
+                    self.pulls.t.lock().send_back_failed(&a.key, a.offset);
                     Err(Reject::system(format!("send back failed: {e}")))
                 }
             },
@@ -729,11 +715,11 @@ impl SidecarCore {
                         Ok(self.reply(req, response_code::SUCCESS, None))
                     }
                     Ok(resp) => {
-                        self.pulls.lock().ack_done(&ack.key, ack.offset, Outcome::Retry);
+                        self.pulls.t.lock().ack_done(&ack.key, ack.offset, Outcome::Retry);
                         Err(Reject(resp.code(), resp.remark().unwrap_or("send back refused").to_owned()))
                     }
                     Err(e) => {
-                        self.pulls.lock().ack_done(&ack.key, ack.offset, Outcome::Retry);
+                        self.pulls.t.lock().ack_done(&ack.key, ack.offset, Outcome::Retry);
                         Err(Reject::system(e.to_string()))
                     }
                 }
@@ -772,8 +758,8 @@ pub(super) async fn maintain(core: Arc<SidecarCore>, stop: CancellationToken) {
             () = stop.cancelled() => return,
         }
         let (due, owed) = {
-            let mut t = core.pulls.lock();
-            (t.renewals_due(now_ms()), t.pending_acks())
+            let mut t = core.pulls.t.lock();
+            (t.renewals_due(unix_ms()), t.pending_acks())
         };
         core.spawn_acks(owed);
         for a in due {
@@ -787,7 +773,7 @@ pub(super) async fn maintain(core: Arc<SidecarCore>, stop: CancellationToken) {
                         None
                     }
                 };
-                core.pulls.lock().renewed(&a.key, a.offset, new);
+                core.pulls.t.lock().renewed(&a.key, a.offset, new);
             });
         }
         core.set_held_gauge();

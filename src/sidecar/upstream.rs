@@ -3,10 +3,12 @@
 //! cool-down for endpoints that refuse connections, so a dead broker is skipped instead of being
 //! re-dialled by every request.
 
+use parking_lot::Mutex;
+use rocketmesh_filters::clock::mono_ms;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rocketmesh_filters::codec::RemotingCommand;
@@ -91,17 +93,11 @@ struct Pool {
     stats: PoolStats,
 }
 
-static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
-
-fn now_ms() -> u64 {
-    EPOCH.elapsed().as_millis() as u64
-}
-
 impl Pool {
     fn is_down(&self) -> bool {
         // No clock read in the common case (never failed, or recovered since).
         let until = self.down_until.load(Ordering::Relaxed);
-        until != 0 && now_ms() < until
+        until != 0 && mono_ms() < until
     }
 }
 
@@ -126,10 +122,6 @@ impl Pool {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Keeps a pool's counters right around a [`Upstreams::try_forward`] completion.
@@ -172,7 +164,7 @@ impl Upstreams {
     }
 
     fn pool(&self, addr: &str) -> Arc<Pool> {
-        let mut pools = lock(&self.pools);
+        let mut pools = self.pools.lock();
         if let Some(p) = pools.get(addr) {
             p.last_used
                 .store(self.uses.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
@@ -207,7 +199,7 @@ impl Upstreams {
 
     /// Whether `addr` refused a connection recently (callers prefer other endpoints).
     pub fn is_down(&self, addr: &str) -> bool {
-        lock(&self.pools).get(addr).is_some_and(|p| p.is_down())
+        self.pools.lock().get(addr).is_some_and(|p| p.is_down())
     }
 
     async fn connection(
@@ -269,7 +261,7 @@ impl Upstreams {
             Err(e) => {
                 pool.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
                 pool.down_until.store(
-                    now_ms() + self.cfg.failure_cooldown.as_millis() as u64,
+                    mono_ms() + self.cfg.failure_cooldown.as_millis() as u64,
                     Ordering::Relaxed,
                 );
                 Err(UpstreamError::Connect {
@@ -372,21 +364,21 @@ impl Upstreams {
 
     /// Closes every pooled connection (shutdown).
     pub fn close_all(&self) {
-        for p in lock(&self.pools).drain().map(|(_, p)| p) {
+        for p in self.pools.lock().drain().map(|(_, p)| p) {
             p.close();
         }
     }
 
     /// Addresses pooled now.
     pub fn endpoints(&self) -> Vec<String> {
-        let mut v: Vec<String> = lock(&self.pools).keys().cloned().collect();
+        let mut v: Vec<String> = self.pools.lock().keys().cloned().collect();
         v.sort();
         v
     }
 
     /// Envoy-style `/clusters` lines for the pooled endpoints.
     pub fn clusters_text(&self) -> String {
-        let pools = lock(&self.pools);
+        let pools = self.pools.lock();
         let mut names: Vec<&String> = pools.keys().collect();
         names.sort();
         let mut out = String::new();

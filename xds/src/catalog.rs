@@ -17,8 +17,9 @@
 //! nameserver mode): then the first lookup is `Pending` and the handler is asked to fetch it; the
 //! fetcher answers with [`Catalog::set_topic`] or [`Catalog::mark_absent`].
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
@@ -127,12 +128,12 @@ impl Catalog {
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(|e| e.into_inner())
+    fn read(&self) -> parking_lot::RwLockReadGuard<'_, State> {
+        self.state.read()
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
+    fn write(&self) -> parking_lot::RwLockWriteGuard<'_, State> {
+        self.state.write()
     }
 
     fn publish(&self, rev: u64) {
@@ -173,10 +174,7 @@ impl Catalog {
     /// Sets (or replaces) a registered topic's route. Returns whether anything changed.
     pub fn set_topic(&self, route: TopicRouteSpec) -> bool {
         let topic = route.topic.clone();
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&topic);
+        self.pending.lock().remove(&topic);
         let version = content_version(&route);
         let mut s = self.write();
         let was_absent = s.absent.remove(&topic);
@@ -244,10 +242,7 @@ impl Catalog {
 
     /// Records that an upstream nameserver does not know `topic` (answers Pending lookups).
     pub fn mark_absent(&self, topic: &str) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(topic);
+        self.pending.lock().remove(topic);
         let mut s = self.write();
         let existed = s.routes.remove(topic).is_some();
         if !s.absent.insert(topic.to_owned()) && !existed {
@@ -327,7 +322,7 @@ impl Catalog {
         if absent {
             return Lookup::Absent;
         }
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.pending.lock();
         if pending.contains(topic) {
             return Lookup::Pending;
         }

@@ -15,9 +15,10 @@
 //! lookup; a miss parks the caller on a per-topic watch shared by every concurrent waiter (one
 //! subscription however many wait), bounded by a deadline.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -338,7 +339,7 @@ impl XdsClient {
             return Err(RouteError::Missing(topic.to_owned()));
         };
         let (mut rx, created) = {
-            let mut waiters = self.inner.waiters.lock().unwrap_or_else(|e| e.into_inner());
+            let mut waiters = self.inner.waiters.lock();
             // Re-check under the lock: the task swaps the snapshot before it resolves waiters.
             if let Some(r) = self.lookup(topic)? {
                 return Ok(r);
@@ -420,7 +421,7 @@ impl XdsClient {
     /// Current resources with versions, the last NACK and the topics held.
     pub fn config_dump(&self) -> ConfigDump {
         let table = self.snapshot();
-        let status = self.inner.status.lock().unwrap_or_else(|e| e.into_inner());
+        let status = self.inner.status.lock();
         let mut ready = Vec::new();
         let mut missing = Vec::new();
         for (t, s) in &table.topics {
@@ -582,7 +583,7 @@ fn uri(server: &str) -> String {
 
 impl Task {
     fn set_connected(&self, up: bool, mode: Option<XdsMode>) {
-        let mut s = self.inner.status.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.inner.status.lock();
         s.connected = up;
         if up {
             s.last_error = None;
@@ -594,11 +595,7 @@ impl Task {
 
     fn set_error(&self, e: String) {
         warn!(server = %self.inner.cfg.server, error = %e, "xDS stream ended; serving the last good config");
-        self.inner
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .last_error = Some(e);
+        self.inner.status.lock().last_error = Some(e);
     }
 
     fn node(&self) -> pb_core::Node {
@@ -717,14 +714,14 @@ impl Task {
     }
 
     fn notify(&self, topic: &str, outcome: Result<(), RouteError>) {
-        let mut waiters = self.inner.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut waiters = self.inner.waiters.lock();
         if let Some(tx) = waiters.remove(topic) {
             tx.send_replace(Some(outcome));
         }
     }
 
     fn fail_all(&self, e: RouteError) {
-        let mut waiters = self.inner.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut waiters = self.inner.waiters.lock();
         for (_, tx) in waiters.drain() {
             tx.send_replace(Some(Err(e.clone())));
         }
@@ -763,7 +760,7 @@ impl Task {
         };
         self.inner.table.store(Arc::new(table));
         {
-            let mut s = self.inner.status.lock().unwrap_or_else(|e| e.into_inner());
+            let mut s = self.inner.status.lock();
             s.resources = if complete && self.res.vhosts.len() > 1000 {
                 Vec::new()
             } else {
@@ -771,7 +768,7 @@ impl Task {
             };
         }
         let pending: Vec<String> = {
-            let waiters = self.inner.waiters.lock().unwrap_or_else(|e| e.into_inner());
+            let waiters = self.inner.waiters.lock();
             waiters.keys().cloned().collect()
         };
         for topic in pending {
@@ -789,11 +786,7 @@ impl Task {
             "rejecting xDS update; keeping the last good resources"
         );
         self.inner.counters.nacks.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .last_nack = Some(NackInfo {
+        self.inner.status.lock().last_nack = Some(NackInfo {
             type_url: type_url.to_owned(),
             nonce: nonce.to_owned(),
             message: message.to_owned(),

@@ -195,11 +195,11 @@ impl StringMatch {
 const REGEX_CACHE_LIMIT: usize = 1024;
 
 static REGEX_CACHE: std::sync::LazyLock<
-    std::sync::Mutex<std::collections::HashMap<String, Arc<regex::Regex>>>,
+    parking_lot::Mutex<std::collections::HashMap<String, Arc<regex::Regex>>>,
 > = std::sync::LazyLock::new(Default::default);
 
 fn compile_full(pattern: &str) -> Result<Arc<regex::Regex>, regex::Error> {
-    let mut cache = REGEX_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cache = REGEX_CACHE.lock();
     if let Some(r) = cache.get(pattern) {
         return Ok(r.clone());
     }

@@ -21,11 +21,12 @@
 //! `version_info` (SotW) carry the catalog revision; resource versions are the catalog's content
 //! versions.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -166,11 +167,7 @@ impl AdsServer {
             responses_sent: s.responses_sent.load(Ordering::Relaxed),
             acks: s.acks.load(Ordering::Relaxed),
             nacks: s.nacks.load(Ordering::Relaxed),
-            last_nack: s
-                .last_nack
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            last_nack: s.last_nack.lock().clone(),
             subscriptions: s.subscriptions.load(Ordering::Relaxed),
         }
     }
@@ -415,7 +412,7 @@ impl<R> Outbound<R> {
                 let message = truncate(&e.message, MAX_ERROR_CHARS);
                 warn!(stream = self.permit.id, node = %self.node, type_url, nonce, code = e.code,
                     error = %message, "NACK: the client rejected a response");
-                *s.last_nack.lock().unwrap_or_else(|e| e.into_inner()) = Some(NackRecord {
+                *s.last_nack.lock() = Some(NackRecord {
                     node_id: self.node.clone(),
                     type_url: truncate(type_url, MAX_ERROR_CHARS),
                     nonce: truncate(nonce, MAX_ERROR_CHARS),

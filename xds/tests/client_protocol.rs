@@ -4,8 +4,8 @@
 //! The real control plane is exercised in the workspace's tests/xds_client.rs; this server exists
 //! to send what a correct control plane never would (bad resources, no delta support).
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use rocketmesh_xds::client::{ClientConfig, RouteError, XdsClient, XdsMode};
@@ -51,7 +51,6 @@ impl AggregatedDiscoveryService for Script {
         let rx = self
             .sotw_responses
             .lock()
-            .unwrap()
             .take()
             .ok_or_else(|| tonic::Status::unavailable("one stream"))?;
         let tx = self.sotw_requests.clone();
@@ -78,7 +77,6 @@ impl AggregatedDiscoveryService for Script {
         let rx = self
             .delta_responses
             .lock()
-            .unwrap()
             .take()
             .ok_or_else(|| tonic::Status::unavailable("one stream"))?;
         let tx = self.delta_requests.clone();

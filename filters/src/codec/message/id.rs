@@ -7,9 +7,9 @@
 //!   `client IP (4 | 16) ‖ pid (int16) ‖ seed (int32, Java's class-loader hash code) ‖
 //!   ms since the start of the month (int32) ‖ counter (int16)`.
 
+use crate::clock::unix_ms;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::MessageError;
 
@@ -125,14 +125,6 @@ fn previous_month_start_ms(now_ms: i64) -> i64 {
     days_from_civil(y, m, 1) * MS_PER_DAY
 }
 
-/// Wall-clock time in ms since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// Creates `UNIQ_KEY` ids the way `MessageClientIDSetter.createUniqID` does.
 ///
 /// The clock is a parameter of [`UniqIdGenerator::next_id`], so ids are reproducible in tests.
@@ -178,7 +170,7 @@ impl UniqIdGenerator {
 
     /// The next id at the current wall-clock time.
     pub fn next_id_now(&self) -> String {
-        self.next_id(now_ms())
+        self.next_id(unix_ms())
     }
 }
 

@@ -5,10 +5,11 @@
 //! sidecar's upstream pools build on it. The peer may also send requests to us (a broker
 //! notifying consumers); those are handed to an optional channel.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -239,7 +240,7 @@ impl RemotingClient {
             r_closed.cancel();
             // Fail every waiter at once rather than letting each time out.
             let waiters: Vec<Waiter> = {
-                let mut p = lock(&r_pending);
+                let mut p = r_pending.lock();
                 p.drained = true;
                 p.callbacks.store(0, Ordering::Relaxed);
                 p.waiters.drain().map(|(_, w)| w).collect()
@@ -300,7 +301,9 @@ impl RemotingClient {
         let opaque = self.inner.next_opaque.fetch_add(1, Ordering::Relaxed);
         cmd.set_opaque(opaque);
         let (tx, rx) = oneshot::channel();
-        lock(&self.inner.pending)
+        self.inner
+            .pending
+            .lock()
             .waiters
             .insert(opaque, Waiter::Reply(tx));
         let guard = PendingGuard {
@@ -363,7 +366,7 @@ impl RemotingClient {
             Err(_) => return Err((cmd, done)),
         };
         {
-            let mut p = lock(&self.inner.pending);
+            let mut p = self.inner.pending.lock();
             if p.drained {
                 // The reader ended after the check above: no one would complete a callback.
                 return Err((cmd, done));
@@ -413,13 +416,13 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        lock(self.pending).waiters.remove(&self.opaque);
+        self.pending.lock().waiters.remove(&self.opaque);
     }
 }
 
 /// Removes the waiter of `opaque`, keeping the callback count right.
 fn take_waiter(pending: &Pending, opaque: i32) -> Option<Waiter> {
-    let mut p = lock(pending);
+    let mut p = pending.lock();
     let w = p.waiters.remove(&opaque);
     if matches!(w, Some(Waiter::Callback(_))) {
         p.callbacks.fetch_sub(1, Ordering::Relaxed);
@@ -430,7 +433,7 @@ fn take_waiter(pending: &Pending, opaque: i32) -> Option<Waiter> {
 /// Completes the callbacks whose deadline has passed with [`ClientError::Timeout`].
 fn sweep_expired(pending: &Pending, addr: SocketAddr) {
     let expired: Vec<CallbackEntry> = {
-        let mut p = lock(pending);
+        let mut p = pending.lock();
         if p.callbacks.load(Ordering::Relaxed) == 0 {
             return;
         }
@@ -463,18 +466,14 @@ fn sweep_expired(pending: &Pending, addr: SocketAddr) {
 }
 
 fn set_reason(slot: &Mutex<Option<String>>, reason: String) {
-    let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+    let mut guard = slot.lock();
     guard.get_or_insert(reason);
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The error of a call on a closed connection, with the reason it closed.
 fn closed_error(addr: SocketAddr, reason: &Mutex<Option<String>>) -> ClientError {
     ClientError::Closed {
         addr,
-        reason: lock(reason).clone().unwrap_or_else(|| "closed".into()),
+        reason: reason.lock().clone().unwrap_or_else(|| "closed".into()),
     }
 }

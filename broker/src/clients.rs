@@ -8,15 +8,16 @@
 //! Subscriptions keep the tag hashes computed here from the tag names: the C++ client sends
 //! `codeSet` as zeros, so trusting it would filter everything out.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rocketmesh_filters::codec::body::{
     java_string_hash, ConsumeFromWhere, ConsumeType, HeartbeatData, MessageModel, SubscriptionData,
 };
 
-use crate::remoting::Connection;
+use rocketmesh_remoting::Connection;
 
 /// Members silent for longer than this are dropped.
 pub const CLIENT_EXPIRY: Duration = Duration::from_secs(120);
@@ -74,14 +75,10 @@ impl ClientTable {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Registers a heartbeat; returns the consumer groups whose membership changed.
     pub fn heartbeat(&self, conn: &Arc<Connection>, hb: &HeartbeatData) -> Vec<String> {
         let now = Instant::now();
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         let mut changed = Vec::new();
         for p in &hb.producer_data_set {
             if !inner.producers.contains_key(&p.group_name) && inner.producers.len() >= MAX_GROUPS {
@@ -140,7 +137,7 @@ impl ClientTable {
         producer_group: Option<&str>,
         consumer_group: Option<&str>,
     ) -> bool {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         if let Some(g) = producer_group.filter(|g| !g.is_empty()) {
             if let Some(members) = inner.producers.get_mut(g) {
                 members.remove(client_id);
@@ -174,7 +171,7 @@ impl ClientTable {
     }
 
     fn remove_where(&self, dead: impl Fn(&Member) -> bool) -> Vec<String> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         let mut changed = Vec::new();
         inner.consumers.retain(|name, group| {
             let before = group.members.len();
@@ -193,7 +190,8 @@ impl ClientTable {
 
     /// The group's member client ids, sorted (GET_CONSUMER_LIST_BY_GROUP).
     pub fn consumer_ids(&self, group: &str) -> Vec<String> {
-        self.lock()
+        self.inner
+            .lock()
             .consumers
             .get(group)
             .map(|g| g.members.keys().cloned().collect())
@@ -202,7 +200,8 @@ impl ClientTable {
 
     /// Connections of the group's members (for NOTIFY_CONSUMER_IDS_CHANGED).
     pub fn consumer_connections(&self, group: &str) -> Vec<Arc<Connection>> {
-        self.lock()
+        self.inner
+            .lock()
             .consumers
             .get(group)
             .map(|g| g.members.values().map(|m| m.conn.clone()).collect())
@@ -211,7 +210,8 @@ impl ClientTable {
 
     /// The subscription the group registered for `topic`.
     pub fn subscription(&self, group: &str, topic: &str) -> Option<SubscriptionData> {
-        self.lock()
+        self.inner
+            .lock()
             .consumers
             .get(group)
             .and_then(|g| g.subscriptions.get(topic).cloned())
@@ -219,7 +219,7 @@ impl ClientTable {
 
     /// A summary of a consumer group.
     pub fn group(&self, group: &str) -> Option<GroupInfo> {
-        self.lock().consumers.get(group).map(|g| GroupInfo {
+        self.inner.lock().consumers.get(group).map(|g| GroupInfo {
             group: group.to_owned(),
             client_ids: g.members.keys().cloned().collect(),
             consume_type: g.consume_type,
@@ -230,7 +230,7 @@ impl ClientTable {
 
     /// Every consumer group name.
     pub fn consumer_groups(&self) -> Vec<String> {
-        let mut v: Vec<_> = self.lock().consumers.keys().cloned().collect();
+        let mut v: Vec<_> = self.inner.lock().consumers.keys().cloned().collect();
         v.sort();
         v
     }

@@ -7,6 +7,7 @@
 //! * [`schedule`]: delay levels (send-back retries, `DELAY` messages).
 //! * [`topics`], [`clients`], [`long_poll`], [`register`]: topic table, client table, parked
 //!   requests, registration with a nameserver.
+#![forbid(unsafe_code)]
 
 pub mod clients;
 pub mod long_poll;
@@ -22,7 +23,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use rocketmesh_filters::codec::codes::request_code;
 use rocketmesh_filters::codec::headers::NotifyConsumerIdsChangedRequestHeader;
 use rocketmesh_filters::codec::message::MessageExt;
@@ -32,8 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use self::clients::ClientTable;
 use self::store::{FlushMode, GetResult, MessageStore, PutResult, StoreConfig, StoreError};
-use self::topics::TopicTable;
-use crate::remoting::{serve, ServerConfig};
+use self::topics::{TopicError, TopicTable};
+use rocketmesh_remoting::{serve, ServerConfig};
 
 /// Broker settings.
 #[derive(Debug, Clone)]
@@ -126,12 +126,29 @@ impl BrokerHandle {
     }
 }
 
+/// Why a broker node did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("opening the store in {dir}: {source}")]
+    Store { dir: PathBuf, source: StoreError },
+    #[error("topic table: {0}")]
+    Topics(#[from] TopicError),
+}
+
 /// Opens the store and starts serving.
-pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
+pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, StartError> {
+    let bind_err = |addr, source| StartError::Bind { addr, source };
     let listener = TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    let addr = listener.local_addr()?;
+        .map_err(|e| bind_err(config.listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| bind_err(config.listen, e))?;
     if config.advertise.port() == 0 || config.advertise == config.listen {
         config.advertise = addr;
     }
@@ -145,7 +162,10 @@ pub async fn start(mut config: BrokerConfig) -> anyhow::Result<BrokerHandle> {
         max_message_size: config.max_message_size,
         ..StoreConfig::new(config.data_dir.clone())
     })
-    .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    .map_err(|source| StartError::Store {
+        dir: config.data_dir.clone(),
+        source,
+    })?;
     let topics = TopicTable::open(
         &config.data_dir,
         config.auto_create_topics,

@@ -4,7 +4,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::error::{IoContext, Result, StoreError};
 
@@ -55,14 +54,6 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
     } else {
         None
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// fsyncs a directory so that file creations, renames and removals in it are durable.

@@ -14,11 +14,12 @@
 //! magic, layout, body CRC and the stored physical offset, and cuts the log at the first record
 //! that fails. See the method for the torn-tail / corruption policy.
 
+use parking_lot::Mutex;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use rocketmesh_filters::codec::body::java_string_hash;
@@ -29,7 +30,7 @@ use rocketmesh_filters::codec::message::{
 use tracing::{debug, error, warn};
 
 use super::error::{IoContext, Result, StoreError};
-use super::util::{create_dir_all, now_ms, open_segment_files, segment_file_name, sync_dir};
+use super::util::{create_dir_all, open_segment_files, segment_file_name, sync_dir};
 
 /// Default segment size: 64 MiB.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
@@ -250,10 +251,6 @@ impl CommitLog {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The commit log directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -267,12 +264,12 @@ impl CommitLog {
     /// End of the written data: the physical offset the next record is appended at (or the
     /// base of the next segment after a BLANK).
     pub fn end_offset(&self) -> u64 {
-        self.lock().end
+        self.inner.lock().end
     }
 
     /// First stored physical offset (the base of the first segment; the end when empty).
     pub fn min_offset(&self) -> u64 {
-        let inner = self.lock();
+        let inner = self.inner.lock();
         inner.segments.first().map_or(inner.end, |s| s.base)
     }
 
@@ -304,7 +301,7 @@ impl CommitLog {
         from: u64,
         on_record: &mut dyn FnMut(&ScannedRecord) -> Result<bool>,
     ) -> Result<RecoveryReport> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         let mut report = RecoveryReport::default();
         let Some(first) = inner.segments.first() else {
             report.end = inner.end;
@@ -501,7 +498,7 @@ impl CommitLog {
         report: &mut RecoveryReport,
     ) -> Result<()> {
         let seg = Arc::clone(&inner.segments[idx]);
-        let stamp = now_ms();
+        let stamp = rocketmesh_filters::clock::unix_ms();
         if quarantine && p < file_len {
             let path = PathBuf::from(format!("{}.{p}.{stamp}.corrupt", seg.path.display()));
             self.copy_range(&seg, p, file_len, &path)?;
@@ -597,7 +594,7 @@ impl CommitLog {
                 .into());
             }
         }
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         let mut out = Vec::with_capacity(msgs.len());
         let mut buf = BytesMut::new();
         let mut buf_start = inner.end;
@@ -655,7 +652,7 @@ impl CommitLog {
             max,
         };
         let seg = {
-            let inner = self.lock();
+            let inner = self.inner.lock();
             let min = inner.segments.first().map_or(inner.end, |s| s.base);
             let end = offset.checked_add(size);
             if offset < min || end.is_none_or(|e| e > inner.end) {
@@ -718,7 +715,7 @@ impl CommitLog {
     /// append lock, so appends continue meanwhile.
     pub fn sync(&self, from: u64, to: u64) -> Result<usize> {
         let segs: Vec<Arc<Segment>> = {
-            let inner = self.lock();
+            let inner = self.inner.lock();
             inner
                 .segments
                 .iter()

@@ -5,8 +5,9 @@
 //! [`ArrivalHub::arrived`]. A waiter registers interest *before* checking the store again, so an
 //! arrival between the check and the wait is never missed.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::Notify;
 
@@ -29,7 +30,7 @@ impl ArrivalHub {
 
     /// The notifier for (topic, queue); use `ANY_QUEUE` to hear about every queue.
     pub fn waiter(&self, topic: &str, queue_id: i32) -> Arc<Notify> {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slots = self.slots.lock();
         if slots.len() > SWEEP_ABOVE {
             slots.retain(|_, n| Arc::strong_count(n) > 1);
         }
@@ -41,7 +42,7 @@ impl ArrivalHub {
 
     /// A message arrived on (topic, queue): wake its waiters and the topic-wide ones.
     pub fn arrived(&self, topic: &str, queue_id: i32) {
-        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slots = self.slots.lock();
         if slots.is_empty() {
             return;
         }

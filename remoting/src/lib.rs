@@ -1,5 +1,6 @@
 //! Remoting over TCP: a bounded server and a multiplexed client, shared by the broker, the
 //! control plane, the sidecar and `rocketmesh bench`.
+#![forbid(unsafe_code)]
 
 pub mod client;
 mod gate;

@@ -29,7 +29,7 @@ impl TestDir {
         let p = std::env::temp_dir().join(format!(
             "rocketmesh-store-{name}-{}-{n}-{}",
             std::process::id(),
-            util::now_ms()
+            rocketmesh_filters::clock::unix_ms()
         ));
         let _ = fs::remove_dir_all(&p);
         fs::create_dir_all(&p).unwrap();

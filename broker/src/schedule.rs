@@ -7,6 +7,7 @@
 //! stopped (a message may be delivered twice across a crash, never lost). Within one level
 //! messages are in delivery-time order, so each level is a simple queue scan.
 
+use rocketmesh_filters::clock::unix_ms;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,7 +116,7 @@ async fn deliver_level(broker: &Broker, level: i32) -> Result<(), super::store::
         if got.status != GetStatus::Found {
             return Ok(());
         }
-        let now = now_ms();
+        let now = unix_ms();
         let mut next = offset;
         for record in &got.records {
             let (msg, _) = rocketmesh_filters::codec::message::decode_record(record)
@@ -150,13 +151,6 @@ fn fresh(mut msg: MessageExt) -> MessageExt {
     msg.queue_offset = 0;
     msg.store_timestamp = 0;
     msg
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -16,11 +16,11 @@
 //! A checkpoint whose every offset is acked is removed at once (replay does the same from the
 //! `ack` lines, so no `remove` line is needed for it).
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
@@ -310,7 +310,7 @@ impl PopStore {
         // Always rewrite after a replay that found bad lines, so a torn tail is not followed by
         // new lines; otherwise only when the log is large.
         {
-            let mut inner = store.lock();
+            let mut inner = store.inner.lock();
             if bad_lines > 0 || inner.lines > store.compact_threshold.max(2 * inner.table.len()) {
                 store.compact(&mut inner)?;
             }
@@ -358,10 +358,6 @@ impl PopStore {
                 table.remove(&key);
             }
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn log(&self, inner: &mut Inner, rec: &LogRecord) -> Result<()> {
@@ -413,7 +409,7 @@ impl PopStore {
 
     /// Number of live checkpoints.
     pub fn len(&self) -> usize {
-        self.lock().table.len()
+        self.inner.lock().table.len()
     }
 
     /// True when there are no live checkpoints.
@@ -423,12 +419,12 @@ impl PopStore {
 
     /// Number of lines in the log (for tests and metrics).
     pub fn log_lines(&self) -> usize {
-        self.lock().lines
+        self.inner.lock().lines
     }
 
     /// A copy of a checkpoint.
     pub fn get(&self, key: &PopKey) -> Option<PopCheckpoint> {
-        self.lock().table.get(key).cloned()
+        self.inner.lock().table.get(key).cloned()
     }
 
     /// Adds a checkpoint (replacing one with the same key). Fails when it has no offsets or
@@ -436,7 +432,7 @@ impl PopStore {
     pub fn add_checkpoint(&self, ck: PopCheckpoint) -> Result<PopKey> {
         ck.validate()?;
         let key = ck.key();
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         if inner.table.len() >= self.max_live && !inner.table.contains_key(&key) {
             return Err(StoreError::TooManyCheckpoints { max: self.max_live });
         }
@@ -482,7 +478,7 @@ impl PopStore {
     /// Acks one queue offset of a checkpoint. A checkpoint whose offsets are all acked is
     /// removed.
     pub fn ack(&self, key: &PopKey, queue_offset: i64) -> Result<AckOutcome> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         self.ack_locked(&mut inner, key, queue_offset)
     }
 
@@ -495,7 +491,7 @@ impl PopStore {
         key: &PopKey,
         offsets: impl IntoIterator<Item = i64>,
     ) -> Result<Option<(usize, bool)>> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         let Some(ck) = inner.table.get_mut(key) else {
             return Ok(None);
         };
@@ -544,7 +540,7 @@ impl PopStore {
         new_pop_time: i64,
         new_invisible_time: i64,
     ) -> Result<ChangeInvisibleOutcome> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         let dead = ChangeInvisibleOutcome {
             new_checkpoint: None,
             original: AckOutcome {
@@ -599,7 +595,7 @@ impl PopStore {
     ///
     /// [`remove`]: PopStore::remove
     pub fn expired(&self, now_ms: i64) -> Vec<(PopCheckpoint, Vec<i64>)> {
-        let inner = self.lock();
+        let inner = self.inner.lock();
         let mut out: Vec<(PopCheckpoint, Vec<i64>)> = inner
             .table
             .values()
@@ -612,7 +608,7 @@ impl PopStore {
 
     /// Removes a checkpoint; returns it when it existed.
     pub fn remove(&self, key: &PopKey) -> Result<Option<PopCheckpoint>> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         let Some(ck) = inner.table.remove(key) else {
             return Ok(None);
         };
@@ -623,7 +619,7 @@ impl PopStore {
     /// fsyncs the log if it changed since the last sync; returns whether it did.
     pub fn sync(&self) -> Result<bool> {
         let file = {
-            let mut inner = self.lock();
+            let mut inner = self.inner.lock();
             if !inner.dirty {
                 return Ok(false);
             }
@@ -631,7 +627,7 @@ impl PopStore {
             inner.log.try_clone().at(&self.path)?
         };
         if let Err(e) = file.sync_data() {
-            self.lock().dirty = true;
+            self.inner.lock().dirty = true;
             return Err(StoreError::io(&self.path, e));
         }
         Ok(true)

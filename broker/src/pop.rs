@@ -14,9 +14,11 @@
 //! * Records are returned as stored; retry records keep their retry topic, from which clients
 //!   derive the handle's retry flag (the Java client resets the topic to the one it asked for).
 
+use parking_lot::Mutex;
+use rocketmesh_filters::clock::unix_ms;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -70,7 +72,7 @@ impl PopState {
     /// as a Java broker does).
     fn try_lock(&self, group: &str, topic: &str, queue_id: i32) -> Option<QueueLock<'_>> {
         let key = (group.to_owned(), topic.to_owned(), queue_id);
-        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let mut busy = self.busy.lock();
         // `then`, not `then_some`: a lock built and dropped on contention would release the
         // other pop's claim (and deadlock on this mutex).
         busy.insert(key.clone())
@@ -86,16 +88,9 @@ struct QueueLock<'a> {
 
 impl Drop for QueueLock<'_> {
     fn drop(&mut self) {
-        let mut busy = self.state.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let mut busy = self.state.busy.lock();
         busy.remove(&self.key);
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 struct QueueRead {
@@ -162,7 +157,7 @@ pub(crate) async fn pop(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingComma
         t.as_mut().enable();
         r.as_mut().enable();
 
-        let pop_time = now_ms();
+        let pop_time = unix_ms();
         let count = b.pop.counter.fetch_add(1, Ordering::Relaxed);
         let revive_qid = (count % REVIVE_QUEUES) as i32;
         let want = h.max_msg_nums as usize;
@@ -463,7 +458,7 @@ pub(crate) fn change_invisible(b: &Broker, req: &RemotingCommand) -> RemotingCom
         Ok(handle) => handle,
         Err(resp) => return resp,
     };
-    let now = now_ms();
+    let now = unix_ms();
     let invisible = h.invisible_time.clamp(0, MAX_INVISIBLE);
     let key = key_of(&handle, &h.consumer_group, &h.topic);
     match b
@@ -504,7 +499,7 @@ pub async fn revive(b: Arc<Broker>, shutdown: CancellationToken) {
             _ = tick.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        let expired = b.store.pop().expired(now_ms());
+        let expired = b.store.pop().expired(unix_ms());
         if !expired.is_empty() {
             tracing::debug!(
                 count = expired.len(),

@@ -10,11 +10,12 @@
 //! * The server can also send requests to a connected client ([`Connection::notify`],
 //!   [`Connection::invoke`]), as a broker does for NOTIFY_CONSUMER_IDS_CHANGED.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -151,7 +152,7 @@ impl Connection {
     pub async fn invoke(&self, cmd: RemotingCommand, timeout: Duration) -> Option<RemotingCommand> {
         let opaque = self.next_opaque.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(opaque, tx);
+        self.pending.lock().insert(opaque, tx);
         let sent = self.out.send(cmd.with_opaque(opaque)).await.is_ok();
         let resp = if sent {
             tokio::time::timeout(timeout, rx)
@@ -161,7 +162,7 @@ impl Connection {
         } else {
             None
         };
-        lock(&self.pending).remove(&opaque);
+        self.pending.lock().remove(&opaque);
         resp
     }
 }
@@ -272,7 +273,7 @@ async fn serve_connection<H: Handler>(
         let next = next.map(|r| r.and_then(RemotingCodec::parse_frame));
         match next {
             Some(Ok(cmd)) if cmd.is_response() => {
-                let waiter = lock(&conn.pending).remove(&cmd.opaque());
+                let waiter = conn.pending.lock().remove(&cmd.opaque());
                 if let Some(tx) = waiter {
                     let _ = tx.send(cmd);
                 }
@@ -328,11 +329,7 @@ async fn serve_connection<H: Handler>(
     let _ = tokio::time::timeout(Duration::from_secs(5), in_flight.drained()).await;
     closed.cancel();
     let _ = writer.await;
-    lock(&conn.pending).clear();
+    conn.pending.lock().clear();
     handler.on_close(&conn);
     tracing::debug!(conn = conn.id, %peer, "connection closed");
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -35,11 +35,12 @@ pub mod util;
 #[cfg(test)]
 mod tests;
 
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -256,7 +257,7 @@ struct FlushSignal {
 
 impl FlushSignal {
     fn lock(&self) -> MutexGuard<'_, FlushFlags> {
-        self.flags.lock().unwrap_or_else(|p| p.into_inner())
+        self.flags.lock()
     }
 }
 
@@ -511,7 +512,7 @@ impl MessageStore {
             .name("store-flush".into())
             .spawn(move || flush_loop(weak, signal, mode, persist_every))
             .map_err(|e| StoreError::io(&dir, e))?;
-        *store.flush_thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        *store.flush_thread.lock() = Some(handle);
         Ok(store)
     }
 
@@ -628,11 +629,11 @@ impl MessageStore {
     }
 
     fn write_state(&self) -> MutexGuard<'_, WriteState> {
-        self.write.lock().unwrap_or_else(|p| p.into_inner())
+        self.write.lock()
     }
 
     fn queue(&self, topic: &str, queue_id: i32) -> Option<Arc<ConsumeQueue>> {
-        let queues = self.queues.read().unwrap_or_else(|p| p.into_inner());
+        let queues = self.queues.read();
         queues.get(&(topic.to_owned(), queue_id)).cloned()
     }
 
@@ -640,7 +641,7 @@ impl MessageStore {
         if let Some(q) = self.queue(topic, queue_id) {
             return Ok(q);
         }
-        let mut queues = self.queues.write().unwrap_or_else(|p| p.into_inner());
+        let mut queues = self.queues.write();
         let key = (topic.to_owned(), queue_id);
         if let Some(q) = queues.get(&key) {
             return Ok(Arc::clone(q));
@@ -729,7 +730,7 @@ impl MessageStore {
         }
         let mut ws = self.write_state();
         self.check_writable()?;
-        let now = util::now_ms();
+        let now = rocketmesh_filters::clock::unix_ms();
         let mut next: HashMap<QueueKey, (Arc<ConsumeQueue>, u64)> = HashMap::new();
         let mut qs = Vec::with_capacity(msgs.len());
         for m in msgs.iter_mut() {
@@ -837,13 +838,10 @@ impl MessageStore {
     }
 
     fn flush_round(&self) -> Result<()> {
-        let mut progress = self
-            .flush_progress
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut progress = self.flush_progress.lock();
         let (end, dirty, ckpt) = {
             let mut ws = self.write_state();
-            let queues = self.queues.read().unwrap_or_else(|p| p.into_inner()).len();
+            let queues = self.queues.read().len();
             let end = self.commit_log.end_offset();
             let ckpt = StoreCheckpoint {
                 commit_log_offset: end,
@@ -899,11 +897,7 @@ impl MessageStore {
             f.stop = true;
             self.signal.cv.notify_all();
         }
-        let handle = self
-            .flush_thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let handle = self.flush_thread.lock().take();
         if let Some(h) = handle {
             if h.thread().id() != std::thread::current().id() && h.join().is_err() {
                 error!("the store flush thread panicked");
@@ -939,7 +933,7 @@ impl MessageStore {
 
     /// Queue ids of a topic, ascending.
     pub fn queue_ids(&self, topic: &str) -> Vec<i32> {
-        let queues = self.queues.read().unwrap_or_else(|p| p.into_inner());
+        let queues = self.queues.read();
         let mut ids: Vec<i32> = queues
             .keys()
             .filter(|(t, _)| t == topic)
@@ -951,7 +945,7 @@ impl MessageStore {
 
     /// Topics with at least one queue, sorted.
     pub fn topics(&self) -> Vec<String> {
-        let queues = self.queues.read().unwrap_or_else(|p| p.into_inner());
+        let queues = self.queues.read();
         let mut topics: Vec<String> = queues.keys().map(|(t, _)| t.clone()).collect();
         topics.sort_unstable();
         topics.dedup();
@@ -1161,11 +1155,7 @@ fn flush_loop(
         {
             let mut f = signal.lock();
             if !f.stop && !f.pending {
-                f = signal
-                    .cv
-                    .wait_timeout(f, wait)
-                    .map(|(g, _)| g)
-                    .unwrap_or_else(|p| p.into_inner().0);
+                let _ = signal.cv.wait_for(&mut f, wait);
             }
             if f.stop {
                 return;

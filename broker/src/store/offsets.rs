@@ -7,9 +7,9 @@
 //! directory fsync) by [`OffsetStore::persist`], which the store calls periodically from its
 //! flush thread and at shutdown.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -76,10 +76,6 @@ impl OffsetStore {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The file path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -92,7 +88,7 @@ impl OffsetStore {
         if queue_id < 0 {
             return Err(StoreError::InvalidQueueId(queue_id));
         }
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         let key = (group.to_owned(), topic.to_owned(), queue_id);
         if inner.table.insert(key, offset) != Some(offset) {
             inner.dirty = true;
@@ -102,7 +98,8 @@ impl OffsetStore {
 
     /// The stored offset, `None` when the group never committed one for this queue.
     pub fn query(&self, group: &str, topic: &str, queue_id: i32) -> Option<i64> {
-        self.lock()
+        self.inner
+            .lock()
             .table
             .get(&(group.to_owned(), topic.to_owned(), queue_id))
             .copied()
@@ -110,7 +107,8 @@ impl OffsetStore {
 
     /// Every stored offset of a group on a topic, by queue id.
     pub fn query_topic(&self, group: &str, topic: &str) -> BTreeMap<i32, i64> {
-        self.lock()
+        self.inner
+            .lock()
             .table
             .iter()
             .filter(|((g, t, _), _)| g == group && t == topic)
@@ -120,7 +118,7 @@ impl OffsetStore {
 
     /// Removes every offset of a group on a topic; returns how many were removed.
     pub fn remove(&self, group: &str, topic: &str) -> usize {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         let before = inner.table.len();
         inner
             .table
@@ -134,14 +132,14 @@ impl OffsetStore {
 
     /// True when there are changes not yet persisted.
     pub fn is_dirty(&self) -> bool {
-        self.lock().dirty
+        self.inner.lock().dirty
     }
 
     /// Writes the table if it changed since the last write; returns whether it wrote.
     pub fn persist(&self) -> Result<bool> {
-        let _serial = self.persist_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _serial = self.persist_lock.lock();
         let data = {
-            let mut inner = self.lock();
+            let mut inner = self.inner.lock();
             if !inner.dirty {
                 return Ok(false);
             }
@@ -156,7 +154,7 @@ impl OffsetStore {
             serde_json::to_vec_pretty(&file).unwrap_or_default()
         };
         if let Err(e) = write_atomic(&self.path, &data) {
-            self.lock().dirty = true;
+            self.inner.lock().dirty = true;
             return Err(e);
         }
         Ok(true)

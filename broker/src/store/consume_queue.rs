@@ -12,10 +12,11 @@
 //! error instead of repairing it (except a torn last entry and trailing zero entries, which a
 //! crash leaves behind and which are trimmed).
 
+use parking_lot::Mutex;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use tracing::warn;
 
@@ -199,10 +200,6 @@ impl ConsumeQueue {
         Ok(q)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The topic.
     pub fn topic(&self) -> &str {
         &self.topic
@@ -225,17 +222,17 @@ impl ConsumeQueue {
 
     /// Smallest logical offset still stored.
     pub fn min_offset(&self) -> u64 {
-        self.lock().min
+        self.inner.lock().min
     }
 
     /// Next logical offset to be written (the number of entries ever written).
     pub fn max_offset(&self) -> u64 {
-        self.lock().max
+        self.inner.lock().max
     }
 
     /// Appends an entry at logical offset `index`, which must be the current max offset.
     pub fn append(&self, index: u64, entry: CqEntry) -> Result<()> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         if index != inner.max {
             return Err(StoreError::corrupt(
                 &self.dir,
@@ -295,7 +292,7 @@ impl ConsumeQueue {
     /// `min..max`).
     pub fn get(&self, from: u64, max_entries: u64) -> Result<Vec<CqEntry>> {
         let (segs, min, max) = {
-            let inner = self.lock();
+            let inner = self.inner.lock();
             (inner.segments.clone(), inner.min, inner.max)
         };
         if from < min || from >= max {
@@ -328,7 +325,7 @@ impl ConsumeQueue {
     /// Drops every entry at or after `new_max` (no-op when `new_max >= max`). Files wholly past
     /// it are deleted.
     pub fn truncate(&self, new_max: u64) -> Result<()> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         if new_max >= inner.max {
             return Ok(());
         }
@@ -358,7 +355,7 @@ impl ConsumeQueue {
     /// created); returns the number of fsync calls.
     pub fn sync(&self) -> Result<usize> {
         let (segs, dir_dirty) = {
-            let mut inner = self.lock();
+            let mut inner = self.inner.lock();
             let segs: Vec<Arc<CqSegment>> = match inner.dirty_from.take() {
                 Some(from) => inner.segments.get(from..).unwrap_or(&[]).to_vec(),
                 None => Vec::new(),

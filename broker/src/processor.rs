@@ -5,6 +5,7 @@
 //! a malformed custom header is answered with the code the Java broker would use for that
 //! request and a remark naming the missing or malformed field.
 
+use rocketmesh_filters::clock::unix_ms;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +26,7 @@ use rocketmesh_filters::codec::{CommandHeader, HeaderError, RemotingCommand};
 use super::store::{GetStatus, PutResult, StoreError};
 use super::topics::{TopicError, AUTO_CREATE_TOPIC_KEY};
 use super::Broker;
-use crate::remoting::{Connection, Handler};
+use rocketmesh_remoting::{Connection, Handler};
 
 /// Most messages one pull returns.
 pub const MAX_PULL_MESSAGES: i32 = 32;
@@ -119,13 +120,6 @@ fn store_error(b: &Broker, req: &RemotingCommand, e: StoreError) -> RemotingComm
     error(b, req, code::SYSTEM_ERROR, format!("store error: {e}"))
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 // ----- send -----
 
 async fn send(b: &Arc<Broker>, req: &RemotingCommand, conn: &Arc<Connection>) -> RemotingCommand {
@@ -162,7 +156,7 @@ async fn send(b: &Arc<Broker>, req: &RemotingCommand, conn: &Arc<Connection>) ->
     }
     let mut queue_id = h.queue_id;
     if queue_id < 0 {
-        queue_id = (now_ms() % i64::from(topic_cfg.write_queue_nums)) as i32;
+        queue_id = (unix_ms() % i64::from(topic_cfg.write_queue_nums)) as i32;
     }
     if queue_id >= topic_cfg.write_queue_nums {
         return error(

@@ -16,7 +16,7 @@ use rocketmesh_filters::codec::RemotingCommand;
 use tokio_util::sync::CancellationToken;
 
 use super::Broker;
-use crate::remoting::RemotingClient;
+use rocketmesh_remoting::RemotingClient;
 
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Shortest pause between two registrations triggered by topic changes (bursts coalesce).

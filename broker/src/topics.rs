@@ -10,10 +10,10 @@
 //! * Every change bumps a data version and wakes subscribers (the registration task re-registers
 //!   at once), and is persisted atomically to `DIR/config/topics.json`.
 
+use parking_lot::RwLock;
+use rocketmesh_filters::clock::unix_ms;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rocketmesh_filters::codec::body::{
     perm, DataVersion, TopicConfig, TopicConfigSerializeWrapper,
@@ -138,7 +138,7 @@ impl TopicTable {
             inner: RwLock::new(Inner {
                 topics,
                 version: DataVersion {
-                    timestamp: now_ms(),
+                    timestamp: unix_ms(),
                     counter: 0,
                     ..DataVersion::default()
                 },
@@ -155,12 +155,12 @@ impl TopicTable {
 
     /// The config of `topic`, if it exists.
     pub fn get(&self, topic: &str) -> Option<TopicConfig> {
-        self.read().topics.get(topic).cloned()
+        self.inner.read().topics.get(topic).cloned()
     }
 
     /// Every topic.
     pub fn all(&self) -> Vec<TopicConfig> {
-        self.read().topics.values().cloned().collect()
+        self.inner.read().topics.values().cloned().collect()
     }
 
     /// The config of `topic` for a send; creates it from `default_topic` when allowed.
@@ -216,13 +216,13 @@ impl TopicTable {
         cfg.write_queue_nums = cfg.write_queue_nums.clamp(1, MAX_QUEUES);
         apply_read_only(&self.read_only, &mut cfg);
         let version = {
-            let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+            let mut inner = self.inner.write();
             if inner.topics.get(&cfg.topic_name) == Some(&cfg) {
                 return Ok(cfg);
             }
             inner.topics.insert(cfg.topic_name.clone(), cfg.clone());
             inner.version.counter += 1;
-            inner.version.timestamp = now_ms();
+            inner.version.timestamp = unix_ms();
             self.persist(&inner)?;
             inner.version.counter
         };
@@ -233,7 +233,7 @@ impl TopicTable {
 
     /// The table as sent in REGISTER_BROKER.
     pub fn snapshot(&self) -> TopicConfigSerializeWrapper {
-        let inner = self.read();
+        let inner = self.inner.read();
         TopicConfigSerializeWrapper {
             data_version: inner.version,
             topic_config_table: inner.topics.clone(),
@@ -244,10 +244,6 @@ impl TopicTable {
     /// A receiver that changes whenever the table does.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
-        self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn persist(&self, inner: &Inner) -> Result<(), TopicError> {
@@ -289,13 +285,6 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
