@@ -373,6 +373,8 @@ pub struct Ready {
 #[derive(Debug)]
 struct ReadyInner {
     blockers: watch::Sender<BTreeMap<usize, String>>,
+    /// Set once shutdown began: not ready again, whatever the blockers.
+    draining: std::sync::atomic::AtomicBool,
     next_id: AtomicUsize,
     created: Instant,
 }
@@ -389,6 +391,7 @@ impl Ready {
         Self {
             inner: Arc::new(ReadyInner {
                 blockers: watch::Sender::new(BTreeMap::new()),
+                draining: std::sync::atomic::AtomicBool::new(false),
                 next_id: AtomicUsize::new(0),
                 created: Instant::now(),
             }),
@@ -408,9 +411,21 @@ impl Ready {
         }
     }
 
-    /// `true` when no blocker is alive.
+    /// Shutdown began: `/ready` answers 503 `draining` from now on, so load balancers and
+    /// kubelets stop sending new work while in-flight work finishes.
+    pub fn drain(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+        tracing::info!("draining: /ready now answers 503");
+    }
+
+    /// `true` once [`Ready::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    /// `true` when no blocker is alive and shutdown has not begun.
     pub fn is_ready(&self) -> bool {
-        self.inner.blockers.borrow().is_empty()
+        !self.is_draining() && self.inner.blockers.borrow().is_empty()
     }
 
     /// The blockers still alive, oldest first.
@@ -420,6 +435,11 @@ impl Ready {
 
     /// Readiness, with one `waiting for <name>` reason per live blocker.
     pub fn readiness(&self) -> Readiness {
+        if self.is_draining() {
+            return Readiness::NotReady {
+                reasons: vec!["draining".to_owned()],
+            };
+        }
         let blockers = self.inner.blockers.borrow();
         if blockers.is_empty() {
             Readiness::Ready

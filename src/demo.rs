@@ -411,7 +411,7 @@ struct Report {
 }
 
 fn xds_view(mesh: &Mesh) -> XdsView {
-    let dump = mesh.sidecar.core().xds.config_dump();
+    let dump = mesh.sidecar.core().xds().config_dump();
     XdsView {
         topics: dump.topics_ready,
         vhost_subscribes: dump.stats.vhost_subscribes,

@@ -640,7 +640,7 @@ async fn unknown_topics_are_missing_at_once() {
             );
         }
         // Only what was asked for is held.
-        let dump = sc.core().xds.config_dump();
+        let dump = sc.core().xds().config_dump();
         assert_eq!(dump.topics_ready, vec!["KnownT"]);
         c.close();
         sc.shutdown().await;

@@ -93,7 +93,6 @@ impl Gate {
     }
 
     /// Passes out now.
-    #[cfg(test)]
     pub(crate) fn taken(&self) -> usize {
         self.taken.load(Ordering::SeqCst)
     }

@@ -3,10 +3,12 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod drain;
 mod gate;
 pub mod server;
 
 pub use client::{ClientError, Completion, RemotingClient};
+pub use drain::Drain;
 
 use bytes::{Buf, Bytes, BytesMut};
 use rocketmesh_filters::codec::{FrameLimits, RemotingCodec, RemotingCommand};
@@ -154,7 +156,7 @@ pub(crate) async fn write_loop(
     let _ = write.shutdown().await;
     failure
 }
-pub use server::{serve, serve_until, Connection, Handler, RequestSlot, ServerConfig};
+pub use server::{serve, serve_until, Connection, Handler, RequestSlot, Server, ServerConfig};
 
 #[cfg(test)]
 mod tests;

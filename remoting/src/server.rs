@@ -9,6 +9,12 @@
 //!   opaque can be recovered, and the connection reads on; a stream that lost framing is closed.
 //! * The server can also send requests to a connected client ([`Connection::notify`],
 //!   [`Connection::invoke`]), as a broker does for NOTIFY_CONSUMER_IDS_CHANGED.
+//!
+//! Lifecycle ([`Server`]): every task (accept loop, connection readers and writers, request
+//! tasks, delayed deliveries) runs on one `TaskTracker`. Stopping is three steps the owner
+//! sequences: [`Server::stop_accepting`] (the listener closes), [`Server::drained`] (every
+//! request taken so far has been answered, inline ones included), [`Server::close`] (connections
+//! close, requests still running are cancelled, and it returns once every task has ended).
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -28,6 +34,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::gate::{Gate, Pass};
 
@@ -87,9 +94,13 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// One of a connection's in-flight request slots (`ServerConfig::max_in_flight`): held until the
-/// request's response is queued for writing, so the write queue cannot overflow.
+/// request's response is queued for writing, so the write queue cannot overflow. It also counts
+/// the request in the server's in-flight total that a drain waits on.
 #[derive(Debug)]
-pub struct RequestSlot(#[allow(dead_code)] Pass);
+pub struct RequestSlot {
+    _conn: Pass,
+    _server: Pass,
+}
 
 /// One client connection, as seen by handlers.
 #[derive(Debug)]
@@ -101,6 +112,8 @@ pub struct Connection {
     closed: CancellationToken,
     next_opaque: AtomicI32,
     pending: Mutex<HashMap<i32, oneshot::Sender<RemotingCommand>>>,
+    /// The server's tasks: a delayed delivery runs there too.
+    tasks: TaskTracker,
 }
 
 impl Connection {
@@ -140,8 +153,12 @@ impl Connection {
             Ok(()) | Err(TrySendError::Closed(_)) => drop(slot),
             Err(TrySendError::Full(response)) => {
                 let out = self.out.clone();
-                tokio::spawn(async move {
-                    let _ = out.send(response).await;
+                let closed = self.closed.clone();
+                self.tasks.spawn(async move {
+                    tokio::select! {
+                        _ = out.send(response) => {}
+                        () = closed.cancelled() => {}
+                    }
                     drop(slot);
                 });
             }
@@ -169,7 +186,8 @@ impl Connection {
 
 static CONNECTION_IDS: AtomicU64 = AtomicU64::new(1);
 
-/// Serves `listener` until `shutdown` fires (which also closes every connection).
+/// Serves `listener` until `shutdown` fires, which closes every connection; returns once every
+/// task of the server has ended.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
@@ -180,8 +198,9 @@ pub async fn serve<H: Handler>(
 }
 
 /// Serves `listener`: accepts until `stop_accepting` fires (the listener is closed then), and
-/// keeps the accepted connections until `close` fires. Between the two, a caller can drain:
-/// let in-flight requests finish while no new connection comes in.
+/// keeps the accepted connections until `close` fires; returns once every task has ended.
+/// Between the two a caller can drain: let in-flight requests finish while no new connection
+/// comes in ([`Server`] gives the drain a condition to wait on).
 pub async fn serve_until<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
@@ -189,8 +208,100 @@ pub async fn serve_until<H: Handler>(
     stop_accepting: CancellationToken,
     close: CancellationToken,
 ) {
+    let server = Server::start(listener, handler, config);
+    tokio::select! {
+        () = stop_accepting.cancelled() => server.stop_accepting(),
+        () = close.cancelled() => {}
+    }
+    close.cancelled().await;
+    server.close().await;
+}
+
+/// A running server (see the module docs for its lifecycle).
+#[derive(Debug)]
+pub struct Server {
+    local_addr: SocketAddr,
+    stop_accepting: CancellationToken,
+    close: CancellationToken,
+    tasks: TaskTracker,
+    requests: Arc<Gate>,
+}
+
+impl Server {
+    /// Starts accepting on `listener` (inside a tokio runtime).
+    pub fn start<H: Handler>(listener: TcpListener, handler: Arc<H>, config: ServerConfig) -> Self {
+        let local_addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let server = Server {
+            local_addr,
+            stop_accepting: CancellationToken::new(),
+            close: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            requests: Gate::new(usize::MAX),
+        };
+        let shared = Shared {
+            config,
+            close: server.close.clone(),
+            tasks: server.tasks.clone(),
+            requests: server.requests.clone(),
+        };
+        server.tasks.spawn(accept_loop(
+            listener,
+            handler,
+            shared,
+            server.stop_accepting.clone(),
+        ));
+        server
+    }
+
+    /// The listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Closes the listener; accepted connections are served on.
+    pub fn stop_accepting(&self) {
+        self.stop_accepting.cancel();
+    }
+
+    /// Requests taken and not answered yet, on every connection.
+    pub fn in_flight(&self) -> usize {
+        self.requests.taken()
+    }
+
+    /// Resolves once no request is in flight (the caller bounds the wait).
+    pub async fn drained(&self) {
+        self.requests.drained().await
+    }
+
+    /// Closes every connection (requests still running are cancelled; their clients see the
+    /// connection end) and returns once every task of the server has ended.
+    pub async fn close(self) {
+        self.stop_accepting.cancel();
+        self.close.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// What every connection task of a server shares.
+#[derive(Clone)]
+struct Shared {
+    config: ServerConfig,
+    close: CancellationToken,
+    tasks: TaskTracker,
+    requests: Arc<Gate>,
+}
+
+async fn accept_loop<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    shared: Shared,
+    stop_accepting: CancellationToken,
+) {
     let shutdown = stop_accepting;
-    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let slots = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
     let mut accept_backoff = Duration::from_millis(5);
     loop {
         let permit = tokio::select! {
@@ -209,15 +320,18 @@ pub async fn serve_until<H: Handler>(
             Err(e) => {
                 // e.g. EMFILE: back off instead of spinning.
                 tracing::warn!("accept failed: {e}; retrying in {accept_backoff:?}");
-                tokio::time::sleep(accept_backoff).await;
+                tokio::select! {
+                    () = tokio::time::sleep(accept_backoff) => {}
+                    () = shutdown.cancelled() => return,
+                }
                 accept_backoff = (accept_backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
         };
         let handler = handler.clone();
-        let closed = close.child_token();
-        tokio::spawn(async move {
-            serve_connection(stream, peer, handler, config, closed).await;
+        let shared2 = shared.clone();
+        shared.tasks.spawn(async move {
+            serve_connection(stream, peer, handler, shared2).await;
             drop(permit);
         });
     }
@@ -227,9 +341,10 @@ async fn serve_connection<H: Handler>(
     stream: TcpStream,
     peer: SocketAddr,
     handler: Arc<H>,
-    config: ServerConfig,
-    closed: CancellationToken,
+    shared: Shared,
 ) {
+    let config = shared.config;
+    let closed = shared.close.child_token();
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
     let (read, write) = stream.into_split();
@@ -242,11 +357,12 @@ async fn serve_connection<H: Handler>(
         closed: closed.clone(),
         next_opaque: AtomicI32::new(1),
         pending: Mutex::default(),
+        tasks: shared.tasks.clone(),
     });
     tracing::debug!(conn = conn.id, %peer, "connection opened");
     handler.on_open(&conn);
 
-    let writer = tokio::spawn({
+    let writer = shared.tasks.spawn({
         let closed = closed.clone();
         async move {
             if let Some(e) = super::write_loop(write, out_rx, config.limits, closed).await {
@@ -287,21 +403,35 @@ async fn serve_connection<H: Handler>(
                         () = &mut stop => break,
                     },
                 };
-                let slot = RequestSlot(permit);
-                let (request, RequestSlot(permit)) =
-                    match handler.try_handle_inline(request, &conn, slot) {
-                        Ok(()) => continue,
-                        Err(back) => back,
-                    };
+                let Some(counted) = shared.requests.try_pass() else {
+                    // usize::MAX requests at once: cannot happen; refuse rather than panic.
+                    break;
+                };
+                let slot = RequestSlot {
+                    _conn: permit,
+                    _server: counted,
+                };
+                let (request, slot) = match handler.try_handle_inline(request, &conn, slot) {
+                    Ok(()) => continue,
+                    Err(back) => back,
+                };
                 let handler = handler.clone();
                 let conn = conn.clone();
-                tokio::spawn(async move {
+                let cancelled = closed.clone();
+                shared.tasks.spawn(async move {
                     let oneway = request.is_oneway();
-                    let response = handler.handle(request, &conn).await;
+                    // A forced close cancels the request: its client sees the connection end.
+                    let response = tokio::select! {
+                        r = handler.handle(request, &conn) => r,
+                        () = cancelled.cancelled() => None,
+                    };
                     if let (Some(resp), false) = (response, oneway) {
-                        let _ = conn.out.send(resp).await;
+                        tokio::select! {
+                            _ = conn.out.send(resp) => {}
+                            () = cancelled.cancelled() => {}
+                        }
                     }
-                    drop(permit);
+                    drop(slot);
                 });
             }
             Some(Err(CodecError::MalformedHeader {
@@ -325,8 +455,12 @@ async fn serve_connection<H: Handler>(
             None => break,
         }
     }
-    // Let requests already being handled finish writing their responses, bounded.
-    let _ = tokio::time::timeout(Duration::from_secs(5), in_flight.drained()).await;
+    // Let requests already being handled finish writing their responses (the client may only
+    // have closed its sending half), bounded; a forced close does not wait.
+    tokio::select! {
+        _ = tokio::time::timeout(Duration::from_secs(5), in_flight.drained()) => {}
+        () = closed.cancelled() => {}
+    }
     closed.cancel();
     let _ = writer.await;
     conn.pending.lock().clear();

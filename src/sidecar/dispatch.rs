@@ -1,0 +1,164 @@
+//! The downstream side: one Remoting handler for nameserver and broker requests alike. It only
+//! dispatches; each request family lives with the component that owns its state.
+//!
+//! ```text
+//! 105 GET_ROUTEINFO_BY_TOPIC        answered here: one virtual broker over the topic's writable /
+//!                                   readable endpoints, every address = the sidecar's
+//! 10/310/320 SEND                   send.rs: virtual write queue -> (writable broker, queue)
+//! 200050 POP, 200051 ACK, 200053, 200151 BATCH_ACK   pop.rs
+//! 34/35, 38                         clients.rs (the client table, groups.rs)
+//! 11 PULL, 14/15 offsets, 29/30/31, 36 SEND_BACK   pull/ (the Pull -> Pop translator)
+//! 37 END_TRANSACTION                txn.rs: the broker that stored the half message
+//! anything else                     REQUEST_CODE_NOT_SUPPORTED, remark names the code
+//! ```
+//!
+//! Requests for a topic not yet known wait on the xDS client (one subscription per topic, bounded
+//! by the route timeout): Missing -> TOPIC_NOT_EXIST at once, Timeout -> SYSTEM_ERROR saying what
+//! timed out.
+
+use std::sync::Arc;
+
+use rocketmesh_filters::codec::body::RouteJsonStyle;
+use rocketmesh_filters::codec::codes::{request_code as rc, response_code};
+use rocketmesh_filters::codec::headers::GetRouteInfoRequestHeader;
+use rocketmesh_filters::codec::RemotingCommand;
+use rocketmesh_filters::route::topic_route_data;
+use rocketmesh_xds::client::XdsClient;
+
+use super::clients;
+use super::context::Context;
+use super::error::SidecarError;
+use super::groups::Groups;
+use super::pop;
+use super::pull::PullBridge;
+use super::send;
+use super::txn::Transactions;
+use crate::metrics::{Counter, Gauge};
+use crate::remoting::{Connection, Handler, RequestSlot};
+
+/// The sidecar's data path: the shared context and the components that own state.
+#[derive(Debug)]
+pub struct SidecarCore {
+    pub ctx: Arc<Context>,
+    pub groups: Arc<Groups>,
+    pub txns: Arc<Transactions>,
+    pub pulls: Arc<PullBridge>,
+}
+
+impl SidecarCore {
+    /// The xDS client (routes, `config_dump`).
+    pub fn xds(&self) -> &XdsClient {
+        self.ctx.router.xds()
+    }
+
+    /// Dispatches one request; None for oneway requests.
+    pub async fn dispatch(
+        &self,
+        req: RemotingCommand,
+        conn: &Arc<Connection>,
+    ) -> Option<RemotingCommand> {
+        let ctx = &*self.ctx;
+        ctx.stats.inc(Counter::Request);
+        ctx.stats.inc(Counter::RequestDecodingSuccess);
+        let _active = ctx.stats.track(Gauge::RequestActive);
+        let oneway = req.is_oneway();
+        let code = req.code();
+        // What an error answer needs of the request, so forwarded requests can move on without
+        // a copy of their header fields.
+        let stub = RemotingCommand::request(code)
+            .with_opaque(req.opaque())
+            .with_language(req.language())
+            .with_serialize_type(req.serialize_type());
+        let groups = &*self.groups;
+        let result = match code {
+            rc::GET_ROUTEINFO_BY_TOPIC => get_route(ctx, &req).await,
+            rc::SEND_MESSAGE | rc::SEND_MESSAGE_V2 | rc::SEND_BATCH_MESSAGE => {
+                send::send(ctx, &self.txns, req).await
+            }
+            rc::POP_MESSAGE => pop::pop(ctx, req).await,
+            rc::ACK_MESSAGE | rc::CHANGE_MESSAGE_INVISIBLETIME => pop::ack_like(ctx, req).await,
+            rc::BATCH_ACK_MESSAGE => pop::batch_ack(ctx, req).await,
+            rc::END_TRANSACTION => self.txns.end_transaction(ctx, req).await,
+            rc::HEART_BEAT => clients::heartbeat(ctx, groups, &req, conn),
+            rc::UNREGISTER_CLIENT => clients::unregister(ctx, groups, &req),
+            rc::GET_CONSUMER_LIST_BY_GROUP => clients::consumer_list(ctx, groups, &req, conn),
+            rc::PULL_MESSAGE => self.pulls.pull(&req, conn).await,
+            rc::UPDATE_CONSUMER_OFFSET => self.pulls.update_offset(&req, conn),
+            rc::QUERY_CONSUMER_OFFSET => self.pulls.query_offset(&req, conn),
+            rc::GET_MAX_OFFSET | rc::GET_MIN_OFFSET | rc::SEARCH_OFFSET_BY_TIMESTAMP => {
+                self.pulls.offset_probe(&req, conn)
+            }
+            rc::CONSUMER_SEND_MSG_BACK => self.pulls.send_back(&req, conn).await,
+            _ => Ok(req.not_supported_response(ctx.cfg.response_encoding)),
+        };
+        let resp = match result {
+            Ok(r) => {
+                ctx.stats.inc(Counter::ResponseSuccess);
+                r
+            }
+            Err(e) => {
+                ctx.stats.inc(Counter::ResponseError);
+                ctx.reject(&stub, &e)
+            }
+        };
+        (!oneway).then_some(resp)
+    }
+}
+
+/// GET_ROUTEINFO_BY_TOPIC (105): the topic's queue view as one virtual broker at our address.
+async fn get_route(ctx: &Context, req: &RemotingCommand) -> Result<RemotingCommand, SidecarError> {
+    ctx.stats.inc(Counter::GetTopicRoute);
+    let _a = ctx.stats.track(Gauge::GetTopicRouteActive);
+    let h: GetRouteInfoRequestHeader = req.decode_header()?;
+    let route = ctx
+        .router
+        .route(&h.topic, Gauge::GetTopicRoutePending)
+        .await?;
+    let view = ctx.router.view(&route);
+    let data = topic_route_data(
+        &view.brokers,
+        &view.queues,
+        &ctx.cfg.virtual_broker,
+        &ctx.cfg.advertise,
+    );
+    let style =
+        RouteJsonStyle::for_request(req.version(), h.accept_standard_json_only.unwrap_or(false));
+    Ok(ctx
+        .reply(req, response_code::SUCCESS, None)
+        .with_body(data.encode(style)))
+}
+
+impl Handler for SidecarCore {
+    async fn handle(
+        self: &Arc<Self>,
+        req: RemotingCommand,
+        conn: &Arc<Connection>,
+    ) -> Option<RemotingCommand> {
+        self.dispatch(req, conn).await
+    }
+
+    fn try_handle_inline(
+        self: &Arc<Self>,
+        request: RemotingCommand,
+        conn: &Arc<Connection>,
+        slot: RequestSlot,
+    ) -> Result<(), (RemotingCommand, RequestSlot)> {
+        match request.code() {
+            rc::SEND_MESSAGE | rc::SEND_MESSAGE_V2 | rc::SEND_BATCH_MESSAGE => {
+                send::try_send_inline(&self.ctx, &self.txns, request, conn, slot)
+            }
+            _ => Err((request, slot)),
+        }
+    }
+
+    fn on_open(&self, _conn: &Arc<Connection>) {
+        self.ctx.stats.gauge_add(Gauge::DownstreamConnections, 1);
+    }
+
+    fn on_close(&self, conn: &Arc<Connection>) {
+        self.ctx.stats.gauge_add(Gauge::DownstreamConnections, -1);
+        self.groups.connection_closed(conn.id());
+        // Nothing is acked that was not committed: the broker redelivers the rest.
+        self.pulls.connection_closed(conn.id());
+    }
+}

@@ -1,0 +1,294 @@
+//! A sidecar process: start (listeners, xDS client or bootstrap, admin server, background
+//! tasks) and one shutdown path.
+//!
+//! Shutdown ([`Sidecar::shutdown`], SIGTERM in `main`): `/ready` turns 503 at once, listeners
+//! stop accepting, the pull bridge stops taking new pulls and wakes parked ones; requests in
+//! flight finish and owed acks are sent until the drain deadline; then connections are closed
+//! (what still runs is cancelled) and every task is awaited. Nothing is left detached.
+//!
+//! The admin server and the xDS client run on a small runtime of their own (one thread), so a
+//! scrape, a config dump or a large xDS push never stalls the data path's event loop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rocketmesh_xds::client::{ClientConfig, XdsClient};
+use rocketmesh_xds::static_config;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::admin_view::AdminView;
+use super::background::{expire_clients, heartbeat_brokers, relay_broker_requests};
+use super::context::{Context, HandlerConfig};
+use super::dispatch::SidecarCore;
+use super::groups::Groups;
+use super::pull::PullBridge;
+use super::router::Router;
+use super::txn::Transactions;
+use super::upstream::{BrokerRequest, Upstreams};
+use super::SidecarConfig;
+use crate::admin::{AdminConfig, AdminServer, Ready};
+use crate::metrics::{self, Stats};
+use crate::remoting::{Drain, Server};
+
+/// Bound on the broker -> client requests waiting to be relayed.
+const RELAY_QUEUE: usize = 256;
+
+/// A running sidecar.
+pub struct Sidecar {
+    /// The bound SDK-facing address (advertised in route answers).
+    pub addr: SocketAddr,
+    pub extra_addrs: Vec<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
+    core: Arc<SidecarCore>,
+    ready: Ready,
+    servers: Vec<Server>,
+    background: Drain,
+    admin: Option<AdminServer>,
+    admin_stop: CancellationToken,
+    control: ControlRuntime,
+    drain: Duration,
+}
+
+impl std::fmt::Debug for Sidecar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sidecar")
+            .field("addr", &self.addr)
+            .field("admin", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sidecar {
+    /// The data path (xDS client, pools, client table, translator).
+    pub fn core(&self) -> &Arc<SidecarCore> {
+        &self.core
+    }
+
+    /// Waits until listeners are bound and xDS is connected (or the bootstrap loaded).
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.ready.wait())
+            .await
+            .is_ok()
+    }
+
+    /// Requests taken and not answered yet, on every listener.
+    pub fn in_flight(&self) -> usize {
+        self.servers.iter().map(Server::in_flight).sum()
+    }
+
+    /// Graceful shutdown (see the module docs), bounded by the drain deadline.
+    pub async fn shutdown(self) {
+        let deadline = Instant::now() + self.drain;
+        self.ready.drain();
+        for s in &self.servers {
+            s.stop_accepting();
+        }
+        self.core.pulls.begin_drain();
+        let answered = futures_util::future::join_all(self.servers.iter().map(Server::drained));
+        if tokio::time::timeout_at(deadline.into(), answered)
+            .await
+            .is_err()
+        {
+            let left = self.in_flight();
+            tracing::warn!(left, "drain deadline passed with requests in flight");
+        }
+        if !self.core.pulls.flush_acks(deadline).await {
+            tracing::warn!("drain deadline passed with acks owed: those messages are redelivered");
+        }
+        futures_util::future::join_all(self.servers.into_iter().map(Server::close)).await;
+        self.core.pulls.close().await;
+        self.background.finish().await;
+        self.core.ctx.upstreams.close_all();
+        self.core.xds().shutdown();
+        self.admin_stop.cancel();
+        if let Some(a) = self.admin {
+            a.stopped().await;
+        }
+        self.control.stop().await;
+        tracing::info!("sidecar stopped");
+    }
+}
+
+/// Starts listeners, the xDS client (or bootstrap), the admin server and background tasks.
+pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
+    let ready = Ready::new();
+    let listeners_block = ready.block("listeners");
+    let config_block = ready.block("xds");
+    let control = ControlRuntime::new().context("starting the admin/xDS runtime")?;
+
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let mut extra = Vec::new();
+    for a in &cfg.extra_listen {
+        extra.push(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding {a}"))?,
+        );
+    }
+    let extra_addrs: Vec<SocketAddr> = extra
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<Result<_, _>>()?;
+
+    let xds = match &cfg.bootstrap {
+        Some(path) => {
+            let r = static_config::load(path)
+                .with_context(|| format!("loading bootstrap {}", path.display()))?;
+            XdsClient::from_static(&cfg.route_config, r.vhosts, r.clusters, r.load_assignments)
+        }
+        None => {
+            let server = cfg
+                .xds
+                .clone()
+                .context("no xDS server and no bootstrap file")?;
+            let mut c = ClientConfig::new(server);
+            c.route_config = cfg.route_config.clone();
+            c.mode = cfg.xds_mode;
+            c.route_timeout = cfg.route_timeout;
+            c.node_id = format!("sidecar~{}~rocketmesh-{}.local", addr.ip(), addr.port());
+            // The ADS stream's task runs on the control runtime.
+            let _on_control = control.handle.enter();
+            XdsClient::start(c)
+        }
+    };
+
+    let prom = metrics::install();
+    let stats = Arc::new(Stats::new(&cfg.stat_prefix).context("stat prefix")?);
+    let (inbound_tx, inbound_rx) = mpsc::channel::<BrokerRequest>(RELAY_QUEUE);
+    let ctx = Arc::new(Context {
+        cfg: HandlerConfig {
+            advertise: addr.to_string(),
+            virtual_broker: cfg.virtual_broker.clone(),
+            request_timeout: cfg.request_timeout,
+            response_encoding: cfg.server.response_encoding,
+        },
+        router: Router::new(xds.clone(), cfg.virtual_broker.clone(), stats.clone()),
+        upstreams: Arc::new(Upstreams::new(cfg.upstream.clone(), inbound_tx)),
+        stats,
+    });
+    let pulls = Arc::new(PullBridge::new(ctx.clone(), cfg.translator.clone()));
+    pulls.start();
+    let core = Arc::new(SidecarCore {
+        ctx,
+        groups: Arc::new(Groups::new(cfg.group_expiry)),
+        txns: Arc::new(Transactions::default()),
+        pulls,
+    });
+    let servers: Vec<Server> = std::iter::once(listener)
+        .chain(extra)
+        .map(|l| Server::start(l, core.clone(), cfg.server))
+        .collect();
+    drop(listeners_block);
+
+    let background = Drain::new();
+    background.spawn(expire_clients(core.groups.clone()));
+    background.spawn(heartbeat_brokers(core.clone(), addr, cfg.broker_heartbeat));
+    background.spawn(relay_broker_requests(
+        core.clone(),
+        inbound_rx,
+        background.clone(),
+    ));
+    background.spawn(async move {
+        // Ready once the ADS stream is up (a bootstrap client is up at once).
+        while !xds.wait_connected(Duration::from_secs(5)).await {
+            tracing::info!("waiting for the xDS server");
+        }
+        drop(config_block);
+    });
+
+    let admin_stop = CancellationToken::new();
+    let mut listeners = vec![addr];
+    listeners.extend(&extra_addrs);
+    let admin = match cfg.admin {
+        Some(a) => {
+            let view = Arc::new(AdminView {
+                core: core.clone(),
+                ready: ready.clone(),
+                listeners,
+            });
+            let acfg = AdminConfig {
+                addr: a,
+                drain_deadline: cfg.drain,
+                ..AdminConfig::default()
+            };
+            let stop = admin_stop.clone();
+            let started = control
+                .handle
+                .spawn(async move { AdminServer::start(acfg, view, prom, stop).await });
+            Some(started.await.context("admin server start")??)
+        }
+        None => None,
+    };
+    let admin_addr = admin.as_ref().map(AdminServer::local_addr);
+    tracing::info!(%addr, ?extra_addrs, ?admin_addr, "sidecar listening");
+    Ok(Sidecar {
+        addr,
+        extra_addrs,
+        admin_addr,
+        core,
+        ready,
+        servers,
+        background,
+        admin,
+        admin_stop,
+        control,
+        drain: cfg.drain,
+    })
+}
+
+/// A one-thread runtime for the admin server and the xDS client.
+struct ControlRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ControlRuntime {
+    fn new() -> std::io::Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("rocketmesh-control".into())
+            .spawn(move || {
+                rt.block_on(async {
+                    let _ = stopped.await;
+                });
+                // Tasks still there (none after a clean shutdown) are dropped with the runtime.
+                rt.shutdown_timeout(Duration::from_secs(1));
+            })?;
+        Ok(ControlRuntime {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the runtime and waits for its thread.
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+impl Drop for ControlRuntime {
+    fn drop(&mut self) {
+        // A sidecar dropped without shutdown: let the thread end on its own.
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
