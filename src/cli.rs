@@ -91,6 +91,28 @@ pub struct SidecarArgs {
     /// reaches the others).
     #[arg(long, default_value_t = 900_000, value_parser = clap::value_parser!(i64).range(1..))]
     pub max_hold_ms: i64,
+    /// On SIGTERM/SIGINT: how long requests in flight and owed acks may take before connections
+    /// are force-closed (`/ready` answers 503 from the first moment). E.g. `5s`, `1500ms`, `1m`.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: std::time::Duration,
+}
+
+/// A duration flag: a number with a unit (`ms`, `s`, `m`), or bare seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    use std::time::Duration;
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with a unit, e.g. 5s or 1500ms"))?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        other => return Err(format!("{s:?}: unknown unit {other:?} (use ms, s or m)")),
+    };
+    Ok(d)
 }
 
 impl SidecarArgs {
@@ -300,5 +322,18 @@ mod tests {
         assert!(
             Cli::try_parse_from(["rocketmesh", "sidecar", "--pop-invisible-ms", "10"]).is_err()
         );
+    }
+
+    #[test]
+    fn drain_timeout_takes_units() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("soon").is_err());
+        let d = sidecar(&["--drain-timeout", "250ms"]).drain_timeout;
+        assert_eq!(d, Duration::from_millis(250));
     }
 }

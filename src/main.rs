@@ -138,6 +138,8 @@ async fn run_sidecar(args: SidecarArgs) -> Result<()> {
     config.xds = Some(args.xds.to_string());
     config.bootstrap = args.bootstrap;
     config.route_config = args.route_config;
+    config.drain = args.drain_timeout;
+    let args_drain = args.drain_timeout;
     let sidecar = sidecar::start(config).await?;
     let waiting = async {
         while !sidecar.wait_ready(std::time::Duration::from_secs(5)).await {
@@ -152,7 +154,7 @@ async fn run_sidecar(args: SidecarArgs) -> Result<()> {
         }
         () = wait_for_signal() => {}
     }
-    tracing::info!("draining");
+    tracing::info!(deadline = ?args_drain, "draining");
     sidecar.shutdown().await;
     Ok(())
 }

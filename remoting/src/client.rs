@@ -313,7 +313,10 @@ impl RemotingClient {
         if self.inner.out.send(cmd).await.is_err() {
             return Err(self.closed_error());
         }
+        // The response first: the reader may hand it over and then see the connection end, and
+        // a response that arrived must not be reported as a closed connection.
         let result = tokio::select! {
+            biased;
             r = tokio::time::timeout(timeout, rx) => r,
             () = self.inner.closed.cancelled() => return Err(self.closed_error()),
         };

@@ -291,3 +291,49 @@ async fn callbacks_get_answers_timeouts_and_closes() {
     let back = client.try_invoke_with(RemotingCommand::request(7), Duration::from_secs(1), refused);
     assert!(matches!(back, Err((cmd, _)) if cmd.code() == 7));
 }
+
+/// A peer that answers a request and closes the connection in the same write: the answer must
+/// reach the caller, not a "connection closed" error (the reader hands the answer over and then
+/// sees the end of the stream; the caller must prefer the answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_followed_by_a_close_is_an_answer() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    const ROUNDS: usize = 200;
+    let peer = tokio::spawn(async move {
+        let mut codec = RemotingCodec::default();
+        for _ in 0..ROUNDS {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = BytesMut::new();
+            let req = loop {
+                if let Some(f) = codec.decode(&mut buf).unwrap() {
+                    break f;
+                }
+                assert!(s.read_buf(&mut buf).await.unwrap() > 0);
+            };
+            let mut out = BytesMut::new();
+            let resp = req.response_to(response_code::SUCCESS, ResponseEncoding::Json);
+            tokio_util::codec::Encoder::encode(&mut codec, resp, &mut out).unwrap();
+            s.write_all(&out).await.unwrap();
+            s.shutdown().await.unwrap();
+        }
+    });
+    let mut lost = 0;
+    for _ in 0..ROUNDS {
+        let c = RemotingClient::connect(addr, None).await.unwrap();
+        match c
+            .invoke(
+                RemotingCommand::request(request_code::HEART_BEAT),
+                Duration::from_secs(5),
+            )
+            .await
+        {
+            Ok(r) => assert_eq!(r.code(), response_code::SUCCESS),
+            Err(ClientError::Closed { .. }) => lost += 1,
+            Err(e) => panic!("{e}"),
+        }
+        c.close();
+    }
+    peer.await.unwrap();
+    assert_eq!(lost, 0, "answers reported as closed connections");
+}
