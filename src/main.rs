@@ -140,19 +140,22 @@ async fn run_sidecar(args: SidecarArgs) -> Result<()> {
     config.route_config = args.route_config;
     config.drain = args.drain_timeout;
     let args_drain = args.drain_timeout;
+    // Installed before anything binds: once the listener accepts, a SIGTERM is honoured.
+    let mut signal = std::pin::pin!(wait_for_signal());
     let sidecar = sidecar::start(config).await?;
     let waiting = async {
         while !sidecar.wait_ready(std::time::Duration::from_secs(5)).await {
             tracing::info!("not ready yet: waiting for the xDS server");
         }
     };
-    tokio::select! {
-        () = waiting => {
-            // Scripts wait for this line.
-            println!("ready {}", sidecar.addr);
-            wait_for_signal().await;
-        }
-        () = wait_for_signal() => {}
+    let signalled = tokio::select! {
+        () = waiting => false,
+        () = signal.as_mut() => true,
+    };
+    if !signalled {
+        // Scripts wait for this line.
+        println!("ready {}", sidecar.addr);
+        signal.await;
     }
     tracing::info!(deadline = ?args_drain, "draining");
     sidecar.shutdown().await;

@@ -111,6 +111,17 @@ pub struct BrokerHandle {
 }
 
 impl BrokerHandle {
+    /// PULL and POP requests parked on `topic` now, waiting for a message (introspection: tests
+    /// wait on this instead of sleeping).
+    pub fn parked(&self, topic: &str) -> usize {
+        self.broker.store.arrivals().parked(topic)
+    }
+
+    /// Pop checkpoints not yet fully acked: what revive would still bring back.
+    pub fn pop_checkpoints(&self) -> usize {
+        self.broker.store.pop().len()
+    }
+
     /// Stops serving, unregisters from the nameserver, flushes and closes the store.
     pub async fn shutdown(self) {
         self.shutdown.cancel();

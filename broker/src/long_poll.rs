@@ -40,6 +40,17 @@ impl ArrivalHub {
             .clone()
     }
 
+    /// Requests parked on `topic` right now (any queue), as far as their notifiers show: each
+    /// waiter holds its notifier while it waits. For tests and introspection.
+    pub fn parked(&self, topic: &str) -> usize {
+        let slots = self.slots.lock();
+        slots
+            .iter()
+            .filter(|((t, _), _)| t == topic)
+            .map(|(_, n)| Arc::strong_count(n) - 1)
+            .sum()
+    }
+
     /// A message arrived on (topic, queue): wake its waiters and the topic-wide ones.
     pub fn arrived(&self, topic: &str, queue_id: i32) {
         let slots = self.slots.lock();
@@ -73,6 +84,8 @@ mod tests {
         a.as_mut().enable();
         b.as_mut().enable();
         c.as_mut().enable();
+        assert_eq!(hub.parked("T"), 3);
+        assert_eq!(hub.parked("U"), 0);
         hub.arrived("T", 1);
         tokio::time::timeout(Duration::from_secs(1), a)
             .await

@@ -11,6 +11,7 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -97,6 +98,24 @@ pub struct ControlPlane {
     nameserver: Arc<NameServer>,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    static_reloads: Arc<StaticReloads>,
+}
+
+/// What the static file reloader has done: versions loaded (the first one included) and edits
+/// refused (the last good content stayed).
+#[derive(Debug, Default)]
+pub struct StaticReloads {
+    loaded: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl StaticReloads {
+    pub fn loaded(&self) -> u64 {
+        self.loaded.load(Ordering::Relaxed)
+    }
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -115,6 +134,10 @@ impl ControlPlane {
     }
 
     /// The ADS server (stream and ACK/NACK statistics), when serving xDS.
+    pub fn static_reloads(&self) -> &StaticReloads {
+        &self.static_reloads
+    }
+
     pub fn ads(&self) -> Option<&AdsServer> {
         self.ads.as_ref()
     }
@@ -141,12 +164,14 @@ pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
     let catalog = Arc::new(catalog);
 
     // Static resources first: a bad file stops the start.
+    let static_reloads = Arc::new(StaticReloads::default());
     let static_state = match &config.static_file {
         Some(path) => {
             let stamp = file_stamp(path);
             let resources = static_config::load(path)
                 .with_context(|| format!("loading static resources from {}", path.display()))?;
             apply_static(&catalog, path, resources);
+            static_reloads.loaded.fetch_add(1, Ordering::Relaxed);
             Some((path.clone(), stamp))
         }
         None => None,
@@ -201,6 +226,7 @@ pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
     if let Some((path, stamp)) = static_state {
         tasks.push(tokio::spawn(reload_static(
             catalog.clone(),
+            static_reloads.clone(),
             path,
             stamp,
             config.static_poll,
@@ -242,6 +268,7 @@ pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
         nameserver,
         shutdown,
         tasks,
+        static_reloads,
     })
 }
 
@@ -266,6 +293,7 @@ fn apply_static(catalog: &Catalog, path: &Path, r: StaticResources) {
 /// resources, a bad one is logged and the last good content stays.
 async fn reload_static(
     catalog: Arc<Catalog>,
+    reloads: Arc<StaticReloads>,
     path: PathBuf,
     mut seen: FileStamp,
     period: Duration,
@@ -290,11 +318,17 @@ async fn reload_static(
         let Some(loaded) = loaded else { continue };
         seen = stamp;
         match loaded {
-            Ok(resources) => apply_static(&catalog, &path, resources),
-            Err(e) => tracing::error!(
-                file = %path.display(),
-                "static resources not reloaded, keeping the last good ones: {e}"
-            ),
+            Ok(resources) => {
+                apply_static(&catalog, &path, resources);
+                reloads.loaded.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(
+                    file = %path.display(),
+                    "static resources not reloaded, keeping the last good ones: {e}"
+                );
+                reloads.rejected.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }

@@ -417,6 +417,11 @@ impl NameServer {
         }
     }
 
+    /// The upstream nameserver this one falls through to, if any.
+    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+        self.upstream.as_ref()
+    }
+
     /// Number of registered brokers (addresses).
     pub fn broker_count(&self) -> usize {
         self.registry.lock().brokers.len()

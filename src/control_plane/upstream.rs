@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -102,6 +103,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub struct Upstream {
     opts: UpstreamOptions,
     conn: Mutex<Conn>,
+    /// Answers (or failures) the fetcher has applied, on demand and on refresh.
+    applied: AtomicU64,
 }
 
 impl Upstream {
@@ -109,7 +112,14 @@ impl Upstream {
         Self {
             opts,
             conn: Mutex::new(Conn::default()),
+            applied: AtomicU64::new(0),
         }
+    }
+
+    /// How many upstream answers the fetcher has applied so far (a refresh round is visible
+    /// as this number moving).
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
     }
 
     pub fn options(&self) -> &UpstreamOptions {
@@ -267,6 +277,7 @@ pub async fn run_fetcher(
                 Ok((topic, result)) => {
                     state.queued.remove(&topic);
                     apply(&mut state, &catalog, &nameserver, &opts, topic, result);
+                    upstream.applied.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => tracing::error!("upstream query task failed: {e}"),
             },

@@ -4,20 +4,15 @@
 //! Each test starts its own control plane (ports picked free), brokers in-process (registering over
 //! Remoting like any broker would), and an in-process `XdsClient` (what the sidecar embeds).
 
-mod common;
-
-use common::{create_topic, free_port};
+use crate::support::{create_topic, eventually, free_port, start_broker, T};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rocketmesh::broker::{self, BrokerConfig, BrokerHandle};
 use rocketmesh_xds::client::{ClientConfig, RouteError, XdsClient, XdsMode};
 use rocketmesh_xds::model::{RouteRequest, TopicRoute};
-
-const T: Duration = Duration::from_secs(10);
 
 /// The control plane as a child process, killed on drop.
 struct ControlPlane {
@@ -83,38 +78,11 @@ impl Drop for ControlPlane {
     }
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("rocketmesh-xds-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-async fn start_broker(name: &str, test: &str, namesrv: SocketAddr) -> BrokerHandle {
-    let mut cfg = BrokerConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        temp_dir(&format!("{test}-{name}")),
-    );
-    cfg.name = name.into();
-    cfg.namesrv = Some(namesrv);
-    cfg.register_interval = Duration::from_secs(1);
-    broker::start(cfg).await.unwrap()
-}
-
 fn client(xds: SocketAddr, mode: XdsMode) -> XdsClient {
     let mut cfg = ClientConfig::new(xds.to_string());
     cfg.mode = mode;
     cfg.route_timeout = Duration::from_secs(5);
     XdsClient::start(cfg)
-}
-
-/// Polls `f` every 10 ms until it is true or `T` passes.
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < T, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    start.elapsed()
 }
 
 fn brokers(route: &TopicRoute) -> Vec<(String, u32)> {
@@ -150,7 +118,7 @@ fn current(client: &XdsClient, topic: &str) -> Option<Arc<TopicRoute>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_demand_route_and_missing_topics() {
     let cp = ControlPlane::start("127.0.0.1:0", "127.0.0.1:0");
-    let b = start_broker("broker-a", "ondemand", cp.remoting).await;
+    let b = start_broker("broker-a", "ondemand", Some(cp.remoting)).await;
     create_topic(b.addr, "TopicA", 6, 4).await;
     create_topic(b.addr, "TopicB", 6, 4).await;
     let c = client(cp.xds, XdsMode::Delta);
@@ -232,13 +200,13 @@ async fn on_demand_route_and_missing_topics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_changes_reach_the_client() {
     let cp = ControlPlane::start("127.0.0.1:0", "127.0.0.1:0");
-    let a = start_broker("broker-a", "changes", cp.remoting).await;
+    let a = start_broker("broker-a", "changes", Some(cp.remoting)).await;
     create_topic(a.addr, "TopicC", 6, 4).await;
     let c = client(cp.xds, XdsMode::Delta);
     eventually_route(&c, "TopicC").await;
 
     // A second broker joins with the topic read-only: both serve reads, only broker-a writes.
-    let b = start_broker("broker-b", "changes", cp.remoting).await;
+    let b = start_broker("broker-b", "changes", Some(cp.remoting)).await;
     create_topic(b.addr, "TopicC", 4, 8).await;
     let took = eventually("broker-b pushed", || {
         current(&c, "TopicC").is_some_and(|r| r.all_endpoints().len() == 2)
@@ -301,7 +269,7 @@ async fn eventually_route(c: &XdsClient, topic: &str) -> Arc<TopicRoute> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_waiters_one_subscription() {
     let cp = ControlPlane::start("127.0.0.1:0", "127.0.0.1:0");
-    let b = start_broker("broker-a", "waiters", cp.remoting).await;
+    let b = start_broker("broker-a", "waiters", Some(cp.remoting)).await;
     create_topic(b.addr, "TopicW", 6, 4).await;
     // Make sure the control plane has it before the burst, so every waiter must get Ok.
     let probe = client(cp.xds, XdsMode::Delta);
@@ -332,7 +300,7 @@ async fn control_plane_restart_reconnects_and_resubscribes() {
     let (rport, xport) = (free_port(), free_port());
     let (raddr, xaddr) = (format!("127.0.0.1:{rport}"), format!("127.0.0.1:{xport}"));
     let mut cp = ControlPlane::start(&raddr, &xaddr);
-    let a = start_broker("broker-a", "restart", cp.remoting).await;
+    let a = start_broker("broker-a", "restart", Some(cp.remoting)).await;
     create_topic(a.addr, "TopicR", 6, 4).await;
     let c = client(cp.xds, XdsMode::Delta);
     eventually_route(&c, "TopicR").await;
@@ -348,7 +316,7 @@ async fn control_plane_restart_reconnects_and_resubscribes() {
     // The broker re-registers (1 s interval), the client reconnects and resubscribes.
     eventually("reconnected", || c.stats().connects >= 2).await;
     // A change made after the restart reaches the client through the new stream.
-    let b = start_broker("broker-b", "restart", _cp.remoting).await;
+    let b = start_broker("broker-b", "restart", Some(_cp.remoting)).await;
     create_topic(b.addr, "TopicR", 6, 4).await;
     eventually("post-restart change pushed", || {
         current(&c, "TopicR").is_some_and(|r| r.all_endpoints().len() == 2)
@@ -362,7 +330,7 @@ async fn control_plane_restart_reconnects_and_resubscribes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sotw_mode_holds_the_catalogue() {
     let cp = ControlPlane::start("127.0.0.1:0", "127.0.0.1:0");
-    let b = start_broker("broker-a", "sotw", cp.remoting).await;
+    let b = start_broker("broker-a", "sotw", Some(cp.remoting)).await;
     for t in ["S1", "S2", "S3"] {
         create_topic(b.addr, t, 6, 4).await;
     }
@@ -382,7 +350,7 @@ async fn sotw_mode_holds_the_catalogue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eds_endpoints_are_followed() {
     let cp = ControlPlane::start_with("127.0.0.1:0", "127.0.0.1:0", &["--eds"]);
-    let a = start_broker("broker-a", "eds", cp.remoting).await;
+    let a = start_broker("broker-a", "eds", Some(cp.remoting)).await;
     create_topic(a.addr, "TopicE", 6, 4).await;
     let c = client(cp.xds, XdsMode::Delta);
     let r = eventually_route(&c, "TopicE").await;
@@ -394,7 +362,7 @@ async fn eds_endpoints_are_followed() {
         "{types:?}"
     );
     // An endpoint change travels through EDS.
-    let b = start_broker("broker-b", "eds", cp.remoting).await;
+    let b = start_broker("broker-b", "eds", Some(cp.remoting)).await;
     create_topic(b.addr, "TopicE", 6, 4).await;
     eventually("EDS update", || {
         current(&c, "TopicE").is_some_and(|r| r.all_endpoints().len() == 2)

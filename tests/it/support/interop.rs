@@ -1,6 +1,6 @@
-//! Shared machinery of the interop tests (`tests/interop_cpp.rs`, `tests/interop_sidecar.rs`):
+//! Shared machinery of the interop tests (`interop_cpp`, `interop_sidecar`, `interop_pull_pop`):
 //! the venv with the real Apache RocketMQ C++ client (PyPI `rocketmq==0.4.4`, `librocketmq.so`
-//! driven through its Python ctypes API by `tests/interop/sdk.py`), the `rocketmesh` binaries as
+//! driven through its Python ctypes API by `tests/it/support/sdk.py`), the `rocketmesh` binaries as
 //! child processes, and the driver script's runs.
 //!
 //! The venv lives under `$CARGO_TARGET_TMPDIR/interop-venv` (built once, reused, built in a
@@ -38,7 +38,7 @@ pub fn tmp_root() -> PathBuf {
 }
 
 pub fn driver_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/sdk.py")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/support/sdk.py")
 }
 
 /// A fresh work directory for one test (data dirs, client HOME, logs).
@@ -137,7 +137,7 @@ pub fn python() -> PathBuf {
 
 /// A loopback port that was free a moment ago (bind :0, read, close).
 pub fn free_port() -> u16 {
-    super::common::free_port()
+    super::free_port()
 }
 
 // ----- child processes -----
@@ -588,7 +588,7 @@ pub async fn call(c: &RemotingClient, req: RemotingCommand) -> RemotingCommand {
 
 /// UPDATE_AND_CREATE_TOPIC on one broker: `queues` read and write queues, read-write.
 pub async fn create_topic(broker: SocketAddr, topic: &str, queues: i32) {
-    super::common::create_topic(broker, topic, 6, queues).await;
+    super::create_topic(broker, topic, 6, queues).await;
 }
 
 /// The route answer as an SDK gets it from `sidecar` (or any name server), and its parsed body.

@@ -14,14 +14,8 @@ use rocketmesh_filters::codec::message::{decode_records, property_keys, MessageE
 use rocketmesh_filters::codec::pop::{PopHandle, PopResponseInfo};
 use rocketmesh_filters::codec::RemotingCommand;
 
-const T: Duration = Duration::from_secs(10);
+use crate::support::{eventually, temp_dir, T};
 const GROUP: &str = "pop_test_group";
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("rocketmesh-it-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
 
 async fn send(c: &RemotingClient, topic: &str, body: &str) {
     let mut props = Properties::default();
@@ -159,8 +153,8 @@ async fn pop_ack_half_expire_rest_and_get_them_back() {
         assert!(p.handle.retry.is_retry());
         assert_eq!(ack(&acker, topic, p).await, response_code::SUCCESS);
     }
-    // everything acked: nothing comes back
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // everything acked: the broker holds no checkpoint to revive, and nothing comes back
+    eventually("every pop checkpoint acked", || b.pop_checkpoints() == 0).await;
     assert!(pop(&consumer, topic, 1_000, 0).await.is_empty());
     b.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -4,16 +4,13 @@
 //! server too. The venv, child processes and driver runs are in `tests/interop/mod.rs`; the driver
 //! script is `tests/interop/sdk.py`.
 
-mod common;
-mod interop;
+use crate::support::interop::*;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-use interop::*;
 
 /// Returns the number of duplicate deliveries.
 fn check_received(sent: &[Value], received: &[Value], what: &str) -> usize {

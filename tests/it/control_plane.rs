@@ -2,12 +2,10 @@
 //! and Remoting clients; brokers leave by unregistering, by losing their connection or by going
 //! silent; upstream nameserver mode; static file load and reload.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use rocketmesh::broker::{self, BrokerConfig, BrokerHandle};
+use rocketmesh::broker::{BrokerConfig, BrokerHandle};
 use rocketmesh::control_plane::{self, ControlPlane, ControlPlaneConfig};
 use rocketmesh::remoting::RemotingClient;
 use rocketmesh_filters::codec::body::{
@@ -21,37 +19,10 @@ use rocketmesh_xds::catalog::Lookup;
 const RPC: Duration = Duration::from_secs(5);
 const TEST_LIMIT: Duration = Duration::from_secs(60);
 
-async fn bounded<F: Future<Output = ()>>(f: F) {
-    tokio::time::timeout(TEST_LIMIT, f)
-        .await
-        .expect("test exceeded its time limit");
-}
+use crate::support::{bounded, eventually_within, local, start_broker_with, temp_dir};
 
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("rocketmesh-cp-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn local() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-async fn control_plane(tweak: impl FnOnce(&mut ControlPlaneConfig)) -> ControlPlane {
-    let mut cfg = ControlPlaneConfig::new(local());
-    tweak(&mut cfg);
-    control_plane::start(cfg).await.unwrap()
+async fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    eventually_within(what, Duration::from_secs(15), cond).await;
 }
 
 async fn broker_node(
@@ -59,11 +30,13 @@ async fn broker_node(
     namesrv: SocketAddr,
     tweak: impl FnOnce(&mut BrokerConfig),
 ) -> BrokerHandle {
-    let mut cfg = BrokerConfig::new(local(), temp_dir(name));
-    cfg.name = name.into();
-    cfg.namesrv = Some(namesrv);
+    start_broker_with(name, "cp", Some(namesrv), tweak).await
+}
+
+async fn control_plane(tweak: impl FnOnce(&mut ControlPlaneConfig)) -> ControlPlane {
+    let mut cfg = ControlPlaneConfig::new(local());
     tweak(&mut cfg);
-    broker::start(cfg).await.unwrap()
+    control_plane::start(cfg).await.unwrap()
 }
 
 async fn client(addr: SocketAddr) -> RemotingClient {
@@ -142,7 +115,7 @@ async fn register(c: &RemotingClient, cmd: RemotingCommand) -> RemotingCommand {
 
 #[tokio::test]
 async fn broker_routes_reach_the_catalog_and_follow_perm_and_shutdown() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let cp = control_plane(|_| {}).await;
         let a = broker_node("broker-a", cp.remoting_addr, |_| {}).await;
         // Creating a topic on broker-a re-registers it at once.
@@ -261,7 +234,7 @@ async fn broker_routes_reach_the_catalog_and_follow_perm_and_shutdown() {
 
 #[tokio::test]
 async fn unknown_topic_and_unknown_code() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let cp = control_plane(|_| {}).await;
         let resp = route_info(cp.remoting_addr, "NoSuchTopic").await;
         assert_eq!(resp.code(), response_code::TOPIC_NOT_EXIST);
@@ -295,7 +268,7 @@ async fn unknown_topic_and_unknown_code() {
 
 #[tokio::test]
 async fn dead_connections_and_silent_brokers_are_removed() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let cp = control_plane(|c| c.broker_expiry = Duration::from_millis(600)).await;
 
         // Registered over a connection that then dies (compressed body, like Apache 5.x brokers).
@@ -365,7 +338,7 @@ async fn dead_connections_and_silent_brokers_are_removed() {
 
 #[tokio::test]
 async fn upstream_nameserver_mode() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let upstream = control_plane(|_| {}).await;
         let registrar = client(upstream.remoting_addr).await;
         register(
@@ -404,11 +377,10 @@ async fn upstream_nameserver_mode() {
         })
         .await;
         // The absent mark expires: the next lookup asks again.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_eq!(
-            cp.catalog.vhost("Nowhere", "rocketmq/Nowhere"),
-            Lookup::Pending
-        );
+        wait_until("the absent mark of Nowhere expires", || {
+            cp.catalog.vhost("Nowhere", "rocketmq/Nowhere") == Lookup::Pending
+        })
+        .await;
 
         // A perm change upstream reaches us with the next refresh.
         register(
@@ -437,7 +409,17 @@ async fn upstream_nameserver_mode() {
         )
         .await;
         assert_eq!(perms(&cp, "UpTopic"), [("local-a".to_owned(), 6)]);
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        // ... and keeps winning when the next upstream answer for it comes back.
+        let fetcher = cp
+            .nameserver()
+            .upstream()
+            .expect("upstream configured")
+            .clone();
+        let applied = fetcher.applied();
+        wait_until("an upstream refresh after the local registration", || {
+            fetcher.applied() > applied
+        })
+        .await;
         assert_eq!(perms(&cp, "UpTopic"), [("local-a".to_owned(), 6)]);
 
         cp.shutdown().await;
@@ -457,7 +439,7 @@ topics:
 
 #[tokio::test]
 async fn static_file_loads_reloads_and_survives_bad_edits() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let dir = temp_dir("static");
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("static.yaml");
@@ -502,7 +484,10 @@ async fn static_file_loads_reloads_and_survives_bad_edits() {
             format!("{v2}  - {{topic: StaticC, cluster: nope}}\n"),
         )
         .unwrap();
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        wait_until("the bad edit refused", || {
+            cp.static_reloads().rejected() == 1
+        })
+        .await;
         assert!(cp
             .catalog
             .vhost("StaticB", "rocketmq/StaticB")

@@ -13,8 +13,7 @@
 //! (our own client: the C++ client only knows Pull, not translated yet) returns every message
 //! exactly once.
 
-mod common;
-mod interop;
+use crate::support::interop::*;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -30,8 +29,6 @@ use rocketmesh_filters::codec::message::{decode_records, property_keys};
 use rocketmesh_filters::codec::pop::PopResponseInfo;
 use rocketmesh_filters::codec::RemotingCommand;
 use serde_json::Value;
-
-use interop::*;
 
 const TOPIC: &str = "InteropSidecar";
 const GROUP: &str = "CG_InteropSidecar";

@@ -6,7 +6,7 @@
 //! real SIGTERM while four pull loops (a legacy consumer's queues) pull and commit through it.
 //! Afterwards the broker's pop checkpoint log is read back: the ground truth of what was acked.
 
-mod common;
+use crate::support as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};

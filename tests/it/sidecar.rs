@@ -3,9 +3,10 @@
 //! started through their `start` functions. Clients speak Remoting to the sidecar exactly as an
 //! SDK would: every broker address they learn is the sidecar's.
 
-mod common;
-
-use common::{create_topic, free_port};
+use crate::support::{
+    bounded, call, connect, create_topic, eventually, free_port, http_get, local, start_broker,
+    start_control_plane as control_plane, start_sidecar, temp_dir, T,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,9 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use rocketmesh::broker::{self, BrokerConfig, BrokerHandle};
-use rocketmesh::control_plane::{self, ControlPlane, ControlPlaneConfig};
 use rocketmesh::remoting::RemotingClient;
-use rocketmesh::sidecar::{self, Sidecar, SidecarConfig};
+use rocketmesh::sidecar::{self, SidecarConfig};
 use rocketmesh_filters::codec::body::{
     AckBitSet, BatchAck, BatchAckMessageRequestBody, ConsumerData, ConsumerListBody, HeartbeatData,
     TopicRouteData,
@@ -32,43 +32,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Encoder, FramedRead};
 
-/// Deadline of one request or wait step.
-const T: Duration = Duration::from_secs(10);
 /// Deadline of a whole test.
 const TEST: Duration = Duration::from_secs(60);
 const VIRTUAL: &str = "rocketmesh";
 const GROUP: &str = "sc_group";
-
-fn local() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("rocketmesh-sc-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-/// Runs a test body with an overall deadline.
-async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
-    tokio::time::timeout(TEST, f)
-        .await
-        .expect("test exceeded its deadline");
-}
-
-async fn control_plane() -> ControlPlane {
-    let mut cfg = ControlPlaneConfig::new(local());
-    cfg.xds = Some(local());
-    control_plane::start(cfg).await.unwrap()
-}
-
-async fn start_broker(name: &str, test: &str, namesrv: Option<SocketAddr>) -> BrokerHandle {
-    let mut cfg = BrokerConfig::new(local(), temp_dir(&format!("{test}-{name}")));
-    cfg.name = name.into();
-    cfg.namesrv = namesrv;
-    cfg.register_interval = Duration::from_secs(1);
-    broker::start(cfg).await.unwrap()
-}
 
 fn sidecar_config(xds: Option<SocketAddr>) -> SidecarConfig {
     let mut cfg = SidecarConfig::new(local());
@@ -76,22 +43,6 @@ fn sidecar_config(xds: Option<SocketAddr>) -> SidecarConfig {
     cfg.route_timeout = Duration::from_secs(3);
     cfg.drain = Duration::from_secs(3);
     cfg
-}
-
-async fn start_sidecar(cfg: SidecarConfig) -> Sidecar {
-    let s = sidecar::start(cfg).await.unwrap();
-    assert!(s.wait_ready(T).await, "sidecar not ready");
-    s
-}
-
-async fn connect(addr: SocketAddr) -> RemotingClient {
-    RemotingClient::connect_timeout(addr, T, None)
-        .await
-        .unwrap()
-}
-
-async fn call(c: &RemotingClient, req: RemotingCommand) -> RemotingCommand {
-    c.invoke(req, T).await.unwrap()
 }
 
 fn route_request(topic: &str, version: i32) -> RemotingCommand {
@@ -314,7 +265,7 @@ fn encode(cmd: &RemotingCommand) -> BytesMut {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_answer_is_one_virtual_broker_at_the_sidecar() {
-    bounded(async {
+    bounded(TEST, async {
         let cp = control_plane().await;
         let a = start_broker("broker-a", "route", Some(cp.remoting_addr)).await;
         let b = start_broker("broker-b", "route", Some(cp.remoting_addr)).await;
@@ -372,7 +323,7 @@ async fn route_answer_is_one_virtual_broker_at_the_sidecar() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_map_virtual_queues_to_writable_brokers() {
-    bounded(async {
+    bounded(TEST, async {
         let cp = control_plane().await;
         let a = start_broker("broker-a", "send", Some(cp.remoting_addr)).await;
         let b = start_broker("broker-b", "send", Some(cp.remoting_addr)).await;
@@ -478,7 +429,7 @@ async fn sends_map_virtual_queues_to_writable_brokers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_follow_the_pop_handle_across_connections_and_restarts() {
-    bounded(async {
+    bounded(TEST, async {
         let cp = control_plane().await;
         let a = start_broker("broker-a", "pop", Some(cp.remoting_addr)).await;
         let cc = start_broker("broker-c", "pop", Some(cp.remoting_addr)).await;
@@ -586,13 +537,13 @@ async fn acks_follow_the_pop_handle_across_connections_and_restarts() {
             assert_eq!(resp.code(), response_code::SUCCESS, "{:?}", resp.remark());
         }
 
-        // Past the invisible time nothing comes back: every handle was honoured.
-        tokio::time::sleep(Duration::from_millis(invisible as u64 + 500)).await;
-        let start = Instant::now();
-        let mut back = Vec::new();
-        while start.elapsed() < Duration::from_secs(3) {
-            back.extend(pop(&c, topic, 60_000, 500).await);
-        }
+        // Every handle was honoured: the brokers hold one checkpoint between them (the message
+        // made invisible for a minute), nothing else they could revive, and nothing comes back.
+        eventually("every other pop checkpoint acked", || {
+            a.pop_checkpoints() + cc.pop_checkpoints() == 1
+        })
+        .await;
+        let back = pop(&c, topic, 60_000, 500).await;
         let bodies: Vec<&str> = back.iter().map(|p| p.body.as_str()).collect();
         assert!(bodies.is_empty(), "messages came back: {bodies:?}");
 
@@ -611,7 +562,7 @@ async fn acks_follow_the_pop_handle_across_connections_and_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_topics_are_missing_at_once() {
-    bounded(async {
+    bounded(TEST, async {
         let cp = control_plane().await;
         let a = start_broker("broker-a", "missing", Some(cp.remoting_addr)).await;
         create_topic(a.addr, "KnownT", 6, 4).await;
@@ -652,7 +603,7 @@ async fn unknown_topics_are_missing_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_xds_server_times_out_with_a_clear_remark() {
-    bounded(async {
+    bounded(TEST, async {
         // Accepts connections and never answers (not even the HTTP/2 handshake).
         let silent = tokio::net::TcpListener::bind(local()).await.unwrap();
         let silent_addr = silent.local_addr().unwrap();
@@ -722,7 +673,7 @@ fn write_bootstrap(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_bootstrap_needs_no_control_plane() {
-    bounded(async {
+    bounded(TEST, async {
         let a = start_broker("broker-a", "static", None).await;
         create_topic(a.addr, "StaticT", 6, 4).await;
         let path = write_bootstrap(
@@ -766,7 +717,7 @@ async fn static_bootstrap_needs_no_control_plane() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_auto_create_through_the_default_topic() {
-    bounded(async {
+    bounded(TEST, async {
         let cp = control_plane().await;
         // Default registration interval (30 s): the new topic must travel by the broker's
         // on-change registration, not by a periodic one.
@@ -840,7 +791,7 @@ async fn consumers(c: &RemotingClient) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_groups_span_connections() {
-    bounded(async {
+    bounded(TEST, async {
         let a = start_broker("broker-a", "groups", None).await;
         create_topic(a.addr, "GroupT", 6, 4).await;
         let path = write_bootstrap(
@@ -914,7 +865,7 @@ async fn consumer_groups_span_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clean_errors_and_spares_other_connections() {
-    bounded(async {
+    bounded(TEST, async {
         let a = start_broker("broker-a", "malformed", None).await;
         create_topic(a.addr, "BadT", 6, 4).await;
         let path = write_bootstrap(
@@ -1018,7 +969,7 @@ async fn bad_input_gets_clean_errors_and_spares_other_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_writable_broker_is_skipped() {
-    bounded(async {
+    bounded(TEST, async {
         let a = start_broker("broker-a", "dead", None).await;
         let cc = start_broker("broker-c", "dead", None).await;
         create_topic(a.addr, "FailT", 6, 2).await;
@@ -1083,7 +1034,7 @@ async fn a_dead_writable_broker_is_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_broker_times_sends_out_with_a_clear_remark() {
-    bounded(async {
+    bounded(TEST, async {
         // A "broker" that accepts and reads but never answers.
         let silent = TcpListener::bind(local()).await.unwrap();
         let silent_addr = silent.local_addr().unwrap();
@@ -1144,7 +1095,7 @@ async fn a_silent_broker_times_sends_out_with_a_clear_remark() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_answers_parked_pops_and_refuses_new_connections() {
-    bounded(async {
+    bounded(TEST, async {
         let a = start_broker("broker-a", "drain", None).await;
         create_topic(a.addr, "DrainT", 6, 1).await;
         let path = write_bootstrap(
@@ -1169,22 +1120,32 @@ async fn drain_answers_parked_pops_and_refuses_new_connections() {
                 (resp, Instant::now())
             })
         };
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        eventually("the pop parked at the broker", || a.parked("DrainT") == 1).await;
         let started = Instant::now();
         let shutdown = tokio::spawn(sc.shutdown());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        // New connections are refused once the drain began.
-        let refused = match TcpStream::connect(addr).await {
-            Err(_) => true,
-            Ok(mut s) => {
-                let mut buf = [0u8; 1];
-                matches!(
-                    tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await,
-                    Ok(Ok(0) | Err(_))
-                )
+        // New connections are refused once the drain began (a connection the listener took just
+        // before it closed is closed without an answer), while the parked pop is still served.
+        let deadline = Instant::now() + T;
+        loop {
+            let refused = match TcpStream::connect(addr).await {
+                Err(_) => true,
+                Ok(mut s) => {
+                    let mut buf = [0u8; 1];
+                    matches!(
+                        tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await,
+                        Ok(Ok(0) | Err(_))
+                    )
+                }
+            };
+            if refused {
+                break;
             }
-        };
-        assert!(refused, "a new connection was accepted while draining");
+            assert!(
+                Instant::now() < deadline,
+                "new connections were still accepted while draining"
+            );
+        }
+        assert!(!parked.is_finished(), "the parked pop ended early");
         // A message arriving at the broker completes the parked pop.
         let direct = connect(a.addr).await;
         send_ok(&direct, send_v2("DrainT", 0, "late")).await;
@@ -1212,32 +1173,9 @@ async fn drain_answers_parked_pops_and_refuses_new_connections() {
 // 10. Admin
 // ---------------------------------------------------------------------------------------------
 
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(T, s.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_reports_readiness_stats_and_config() {
-    bounded(async {
+    bounded(TEST, async {
         let cp = control_plane().await;
         let a = start_broker("broker-a", "admin", Some(cp.remoting_addr)).await;
         create_topic(a.addr, "AdminT", 6, 4).await;
@@ -1313,7 +1251,7 @@ async fn admin_reports_readiness_stats_and_config() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_exits_on_sigterm_before_xds_answers() {
-    bounded(async {
+    bounded(TEST, async {
         let silent = tokio::net::TcpListener::bind(local()).await.unwrap();
         let silent_addr = silent.local_addr().unwrap();
         let holder = tokio::spawn(async move {
@@ -1331,13 +1269,12 @@ async fn binary_exits_on_sigterm_before_xds_answers() {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("spawn the sidecar");
-        // Listening (so past start, with the signal handler about to be polled).
+        // Listening, so past start: the signal handlers are installed before the listener binds.
         let start = Instant::now();
         while TcpStream::connect(&listen).await.is_err() {
             assert!(start.elapsed() < T, "sidecar never listened");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
         let killed = std::process::Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
@@ -1367,7 +1304,7 @@ async fn binary_exits_on_sigterm_before_xds_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_transaction_reaches_the_broker_of_the_half_message() {
-    bounded(async {
+    bounded(TEST, async {
         let a = start_broker("broker-a", "txn", None).await;
         create_topic(a.addr, "TxnT", 6, 4).await;
         let path = write_bootstrap(

@@ -361,8 +361,24 @@ async fn excess_connections_are_turned_away() {
     for _ in 0..4 {
         idle.push(TcpStream::connect(addr).await.expect("connect"));
     }
-    // Let the server accept them all before the burst.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The server has accepted them all once a fresh connection is turned away as busy (until
+    // then a probe is served and its slot given back).
+    let deadline = Instant::now() + STEP;
+    loop {
+        let mut probe = TcpStream::connect(addr).await.expect("connect");
+        let _ = probe
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")
+            .await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(STEP, probe.read_to_end(&mut answer)).await;
+        if answer.starts_with(b"HTTP/1.1 503") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle connections were never accepted"
+        );
+    }
 
     let burst: Vec<_> = (0..32)
         .map(|_| {
@@ -509,18 +525,28 @@ async fn shutdown_forces_stuck_connections_at_the_deadline() {
     let config = AdminConfig {
         drain_deadline: Duration::from_millis(300),
         header_read_timeout: Duration::from_secs(30),
+        max_connections: 1,
         ..loopback()
     };
     let (server, shutdown) = start(config, Ready::new()).await;
-    let mut stream = TcpStream::connect(server.local_addr())
-        .await
-        .expect("connect");
+    let addr = server.local_addr();
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
     // Half a request head: the connection is busy, not idle, so graceful close waits on it.
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nhost: ad")
         .await
         .expect("write");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // It holds the only slot once the server took it: a probe is then turned away as busy.
+    let deadline = Instant::now() + STEP;
+    loop {
+        let mut probe = TcpStream::connect(addr).await.expect("connect");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(STEP, probe.read_to_end(&mut answer)).await;
+        if answer.starts_with(b"HTTP/1.1 503") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stuck connection was never accepted");
+    }
 
     let started = Instant::now();
     shutdown.cancel();

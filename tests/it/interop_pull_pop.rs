@@ -20,16 +20,14 @@
 //! Consumers of one group run until the test has seen every message (their `GOT` lines as they
 //! happen), then stop together (`--stop-file`); their RESULT records decide the assertions.
 
-mod common;
-mod interop;
+use crate::support as common;
+use crate::support::interop::*;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-use interop::*;
 
 /// Queues of the topic on each broker (8 virtual queues through a sidecar).
 const QUEUES: i32 = 4;

@@ -15,13 +15,7 @@ use rocketmesh_filters::codec::{RemotingCommand, ResponseEncoding};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-const T: Duration = Duration::from_secs(10);
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("rocketmesh-proto-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
+use crate::support::{eventually, temp_dir, T};
 
 async fn start(
     name: &str,
@@ -86,14 +80,6 @@ impl FakeNamesrv {
     }
 }
 
-async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !f() {
-        assert!(started.elapsed() < T, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_at_start_on_topic_creation_and_unregisters_on_shutdown() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -112,7 +98,7 @@ async fn registers_at_start_on_topic_creation_and_unregisters_on_shutdown() {
         c.read_only_topics = vec!["ReadOnlyTopic".into()];
     })
     .await;
-    wait_until("first registration", || !ns.registered_topics().is_empty()).await;
+    eventually("first registration", || !ns.registered_topics().is_empty()).await;
     let first = ns.registered_topics()[0].clone();
     assert!(first.contains(&"TBW102".to_owned()));
     assert!(first.contains(&"ReadOnlyTopic".to_owned()));
@@ -124,7 +110,7 @@ async fn registers_at_start_on_topic_creation_and_unregisters_on_shutdown() {
         .await
         .unwrap();
     assert_eq!(resp.code(), response_code::SUCCESS);
-    wait_until("re-registration with the new topic", || {
+    eventually("re-registration with the new topic", || {
         ns.registered_topics()
             .iter()
             .any(|t| t.contains(&"FreshTopic".to_owned()))
@@ -138,7 +124,7 @@ async fn registers_at_start_on_topic_creation_and_unregisters_on_shutdown() {
         .unwrap();
     assert_eq!(resp.code(), response_code::NO_PERMISSION);
     b.shutdown().await;
-    wait_until("unregistration", || {
+    eventually("unregistration", || {
         ns.seen
             .lock()
             .iter()
@@ -270,7 +256,7 @@ async fn pull_long_polls_until_a_message_arrives() {
             (resp, started.elapsed())
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the pull is parked", || b.parked("LP") == 1).await;
     assert!(!waiter.is_finished(), "the pull is parked");
     assert_eq!(
         c.invoke(send_req("LP", 0, b"second".to_vec()), T)

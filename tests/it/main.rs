@@ -1,0 +1,19 @@
+//! rocketmesh's integration tests, in one binary (one link, one place for shared machinery):
+//! every module talks over loopback sockets to real components — in-process control plane,
+//! broker nodes and sidecars, the `rocketmesh` binary as a child process, and the real Apache
+//! RocketMQ C++ SDK (PyPI `rocketmq==0.4.4`) for the interop modules. `support` holds what they
+//! share. Run one module with `cargo test --test it sidecar::`.
+
+mod support;
+
+mod admin;
+mod broker_pop;
+mod broker_protocol;
+mod control_plane;
+mod demo;
+mod drain;
+mod interop_cpp;
+mod interop_pull_pop;
+mod interop_sidecar;
+mod sidecar;
+mod xds_client;
