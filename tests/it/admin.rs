@@ -545,7 +545,10 @@ async fn shutdown_forces_stuck_connections_at_the_deadline() {
         if answer.starts_with(b"HTTP/1.1 503") {
             break;
         }
-        assert!(Instant::now() < deadline, "the stuck connection was never accepted");
+        assert!(
+            Instant::now() < deadline,
+            "the stuck connection was never accepted"
+        );
     }
 
     let started = Instant::now();

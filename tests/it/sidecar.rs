@@ -5,7 +5,7 @@
 
 use crate::support::{
     bounded, call, connect, create_topic, eventually, free_port, http_get, local, start_broker,
-    start_control_plane as control_plane, start_sidecar, temp_dir, T,
+    start_control_plane as control_plane, start_sidecar, temp_dir, Mesh, T,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -266,13 +266,12 @@ fn encode(cmd: &RemotingCommand) -> BytesMut {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_answer_is_one_virtual_broker_at_the_sidecar() {
     bounded(TEST, async {
-        let cp = control_plane().await;
-        let a = start_broker("broker-a", "route", Some(cp.remoting_addr)).await;
-        let b = start_broker("broker-b", "route", Some(cp.remoting_addr)).await;
-        create_topic(a.addr, "RouteT", 6, 4).await;
-        create_topic(b.addr, "RouteT", 4, 8).await;
-        let sc = start_sidecar(sidecar_config(cp.xds_addr)).await;
-        let c = connect(sc.addr).await;
+        let mut mesh = Mesh::start("route", &["broker-a", "broker-b"]).await;
+        let (a, b) = (mesh.broker(0).addr, mesh.broker(1).addr);
+        create_topic(a, "RouteT", 6, 4).await;
+        create_topic(b, "RouteT", 4, 8).await;
+        let sc = mesh.add_sidecar(mesh.sidecar_config()).await;
+        let c = connect(sc).await;
 
         let data = wait_route(&c, "RouteT", "both brokers", |d| {
             has_brokers(&["broker-a", "broker-b"])(d) && d.queue_datas[0].read_queue_nums == 12
@@ -288,7 +287,7 @@ async fn route_answer_is_one_virtual_broker_at_the_sidecar() {
             broker_names(&data),
             BTreeSet::from([VIRTUAL.into(), "broker-a".into(), "broker-b".into()])
         );
-        let sidecar_addr = sc.addr.to_string();
+        let sidecar_addr = sc.to_string();
         for bd in &data.broker_datas {
             assert!(!bd.broker_addrs.is_empty());
             for addr in bd.broker_addrs.values() {
@@ -297,7 +296,7 @@ async fn route_answer_is_one_virtual_broker_at_the_sidecar() {
         }
         let text = String::from_utf8(call(&c, route_request("RouteT", 401)).await.body().to_vec())
             .unwrap();
-        assert!(!text.contains(&a.addr.to_string()) && !text.contains(&b.addr.to_string()));
+        assert!(!text.contains(&a.to_string()) && !text.contains(&b.to_string()));
         assert!(text.contains("{\"0\":"), "standard JSON for 4.9.4+: {text}");
 
         // Old clients get fastjson's unquoted integer keys; the body still parses.
@@ -309,10 +308,7 @@ async fn route_answer_is_one_virtual_broker_at_the_sidecar() {
         assert_eq!(TopicRouteData::parse(legacy.body()).unwrap(), data);
 
         c.close();
-        sc.shutdown().await;
-        a.shutdown().await;
-        b.shutdown().await;
-        cp.shutdown().await;
+        mesh.shutdown().await;
     })
     .await;
 }
@@ -324,16 +320,18 @@ async fn route_answer_is_one_virtual_broker_at_the_sidecar() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_map_virtual_queues_to_writable_brokers() {
     bounded(TEST, async {
-        let cp = control_plane().await;
-        let a = start_broker("broker-a", "send", Some(cp.remoting_addr)).await;
-        let b = start_broker("broker-b", "send", Some(cp.remoting_addr)).await;
-        let cc = start_broker("broker-c", "send", Some(cp.remoting_addr)).await;
+        let mut mesh = Mesh::start("send", &["broker-a", "broker-b", "broker-c"]).await;
+        let (a, b, cc) = (
+            mesh.broker(0).addr,
+            mesh.broker(1).addr,
+            mesh.broker(2).addr,
+        );
         let topic = "SendT";
-        create_topic(a.addr, topic, 6, 4).await;
-        create_topic(b.addr, topic, 4, 4).await;
-        create_topic(cc.addr, topic, 6, 2).await;
-        let sc = start_sidecar(sidecar_config(cp.xds_addr)).await;
-        let c = connect(sc.addr).await;
+        create_topic(a, topic, 6, 4).await;
+        create_topic(b, topic, 4, 4).await;
+        create_topic(cc, topic, 6, 2).await;
+        let sc = mesh.add_sidecar(mesh.sidecar_config()).await;
+        let c = connect(sc).await;
         let data = wait_route(&c, topic, "three brokers", |d| {
             has_brokers(&["broker-a", "broker-b", "broker-c"])(d)
                 && d.queue_datas[0].write_queue_nums == 6
@@ -351,10 +349,10 @@ async fn sends_map_virtual_queues_to_writable_brokers() {
                 assert_eq!(got, q, "the response is in the SDK's queue space");
             }
         }
-        assert_eq!(max_offsets(a.addr, topic, 4).await, vec![rounds; 4]);
-        assert_eq!(max_offsets(cc.addr, topic, 2).await, vec![rounds; 2]);
+        assert_eq!(max_offsets(a, topic, 4).await, vec![rounds; 4]);
+        assert_eq!(max_offsets(cc, topic, 2).await, vec![rounds; 2]);
         assert_eq!(
-            max_offsets(b.addr, topic, 4).await,
+            max_offsets(b, topic, 4).await,
             vec![0; 4],
             "read-only broker-b took writes"
         );
@@ -380,7 +378,7 @@ async fn sends_map_virtual_queues_to_writable_brokers() {
         )
         .await;
         assert_eq!(got, 5);
-        assert_eq!(max_offset(cc.addr, topic, 1).await, rounds + 1);
+        assert_eq!(max_offset(cc, topic, 1).await, rounds + 1);
 
         // A batch of 3 to virtual queue 2 lands on broker-a queue 2.
         let batch: Vec<BatchMessage> = (0..3)
@@ -410,15 +408,11 @@ async fn sends_map_virtual_queues_to_writable_brokers() {
         )
         .await;
         assert_eq!(got, 2);
-        assert_eq!(max_offset(a.addr, topic, 2).await, rounds + 3);
-        assert_eq!(max_offsets(b.addr, topic, 4).await, vec![0; 4]);
+        assert_eq!(max_offset(a, topic, 2).await, rounds + 3);
+        assert_eq!(max_offsets(b, topic, 4).await, vec![0; 4]);
 
         c.close();
-        sc.shutdown().await;
-        for x in [a, b, cc] {
-            x.shutdown().await;
-        }
-        cp.shutdown().await;
+        mesh.shutdown().await;
     })
     .await;
 }
@@ -563,11 +557,11 @@ async fn acks_follow_the_pop_handle_across_connections_and_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_topics_are_missing_at_once() {
     bounded(TEST, async {
-        let cp = control_plane().await;
-        let a = start_broker("broker-a", "missing", Some(cp.remoting_addr)).await;
-        create_topic(a.addr, "KnownT", 6, 4).await;
-        let sc = start_sidecar(sidecar_config(cp.xds_addr)).await;
-        let c = connect(sc.addr).await;
+        let mut mesh = Mesh::start("missing", &["broker-a"]).await;
+        let a = mesh.broker(0).addr;
+        create_topic(a, "KnownT", 6, 4).await;
+        let sc = mesh.add_sidecar(mesh.sidecar_config()).await;
+        let c = connect(sc).await;
         wait_route(&c, "KnownT", "the known topic", |_| true).await;
 
         // (A send would not do: with defaultTopic=TBW102 it auto-creates, see below.)
@@ -591,12 +585,10 @@ async fn unknown_topics_are_missing_at_once() {
             );
         }
         // Only what was asked for is held.
-        let dump = sc.core().xds().config_dump();
+        let dump = mesh.sidecars[0].core().xds().config_dump();
         assert_eq!(dump.topics_ready, vec!["KnownT"]);
         c.close();
-        sc.shutdown().await;
-        a.shutdown().await;
-        cp.shutdown().await;
+        mesh.shutdown().await;
     })
     .await;
 }
