@@ -157,10 +157,11 @@ fn produce_and_consume_exactly() {
     );
     let received2 = r2["received"].as_array().unwrap();
     let first_bodies: BTreeSet<String> = sent.iter().map(|m| s(m, "body")).collect();
+    // Where they sat (queue, offset), so a failure says which queue's committed offset was off.
     let redelivered: Vec<_> = received2
         .iter()
         .filter(|m| first_bodies.contains(&s(m, "body")))
-        .map(|m| s(m, "body"))
+        .map(|m| format!("{}@q{}:{}", s(m, "body"), m["queue_id"], m["queue_offset"]))
         .collect();
     assert!(
         redelivered.is_empty(),
