@@ -6,7 +6,9 @@
 //! * Responses are written in completion order (Remoting matches them by opaque); the writer
 //!   batches whatever is queued into one write.
 //! * A frame with a malformed header is answered with SYSTEM_ERROR naming the problem when its
-//!   opaque can be recovered, and the connection reads on; a stream that lost framing is closed.
+//!   opaque can be recovered, and the connection reads on; when it cannot (nobody to answer), and
+//!   when the stream lost its framing, the connection is closed. Every decode failure is reported
+//!   to [`Handler::on_decode_error`] for the handler's counters.
 //! * The server can also send requests to a connected client ([`Connection::notify`],
 //!   [`Connection::invoke`]), as a broker does for NOTIFY_CONSUMER_IDS_CHANGED.
 //!
@@ -85,6 +87,11 @@ pub trait Handler: Send + Sync + 'static {
     ) -> Result<(), (RemotingCommand, RequestSlot)> {
         Err((request, slot))
     }
+
+    /// Called for every frame that could not be decoded: a malformed header (answered with
+    /// SYSTEM_ERROR when its opaque could be recovered, else the connection is closed) or a
+    /// stream that lost its framing (closed). For the handler's counters.
+    fn on_decode_error(&self, _conn: &Arc<Connection>, _error: &CodecError) {}
 
     /// Called once when a connection opens, before its first request.
     fn on_open(&self, _conn: &Arc<Connection>) {}
@@ -434,23 +441,36 @@ async fn serve_connection<H: Handler>(
                     drop(slot);
                 });
             }
-            Some(Err(CodecError::MalformedHeader {
-                kind,
-                opaque,
-                reason,
-            })) => {
-                tracing::warn!(%peer, "malformed {kind} header: {reason}");
-                if let Some(opaque) = opaque {
-                    let resp = RemotingCommand::request(0)
-                        .with_opaque(opaque)
-                        .response_to(response_code::SYSTEM_ERROR, config.response_encoding)
-                        .with_remark(format!("malformed {kind} header: {reason}"));
-                    let _ = conn.out.try_send(resp);
-                }
-            }
             Some(Err(e)) => {
-                tracing::warn!(%peer, "closing connection: {e}");
-                break;
+                handler.on_decode_error(&conn, &e);
+                match e {
+                    CodecError::MalformedHeader {
+                        kind,
+                        opaque: Some(opaque),
+                        reason,
+                    } => {
+                        tracing::warn!(%peer, "malformed {kind} header: {reason}");
+                        let resp = RemotingCommand::request(0)
+                            .with_opaque(opaque)
+                            .response_to(response_code::SYSTEM_ERROR, config.response_encoding)
+                            .with_remark(format!("malformed {kind} header: {reason}"));
+                        let _ = conn.out.try_send(resp);
+                    }
+                    CodecError::MalformedHeader {
+                        kind,
+                        opaque: None,
+                        reason,
+                    } => {
+                        // Nobody can be answered: the client would wait for its own timeout on
+                        // a connection that looks alive. Closing tells it at once.
+                        tracing::warn!(%peer, "closing connection: malformed {kind} header without a readable opaque: {reason}");
+                        break;
+                    }
+                    e => {
+                        tracing::warn!(%peer, "closing connection: {e}");
+                        break;
+                    }
+                }
             }
             None => break,
         }

@@ -337,3 +337,104 @@ async fn an_answer_followed_by_a_close_is_an_answer() {
     peer.await.unwrap();
     assert_eq!(lost, 0, "answers reported as closed connections");
 }
+
+/// Writes one frame with a JSON header `h` and no body.
+async fn write_json_frame(s: &mut TcpStream, h: &[u8]) {
+    s.write_all(&((4 + h.len()) as u32).to_be_bytes())
+        .await
+        .unwrap();
+    s.write_all(&(h.len() as u32).to_be_bytes()).await.unwrap();
+    s.write_all(h).await.unwrap();
+}
+
+/// Counts decode failures the server reports; answers like [`Echo`].
+#[derive(Default)]
+struct Counting {
+    decode_errors: std::sync::atomic::AtomicUsize,
+}
+
+impl Handler for Counting {
+    async fn handle(
+        self: &Arc<Self>,
+        req: RemotingCommand,
+        _conn: &Arc<Connection>,
+    ) -> Option<RemotingCommand> {
+        Some(req.not_supported_response(ResponseEncoding::Json))
+    }
+
+    fn on_decode_error(
+        &self,
+        _conn: &Arc<Connection>,
+        _error: &rocketmesh_filters::codec::CodecError,
+    ) {
+        self.decode_errors
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn undecodable_headers_are_answered_or_closed_and_always_counted() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = Arc::new(Counting::default());
+    let stop = CancellationToken::new();
+    tokio::spawn(serve(
+        listener,
+        handler.clone(),
+        ServerConfig::default(),
+        stop.clone(),
+    ));
+
+    // No code: the opaque is readable, so the client gets an error naming the problem.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    write_json_frame(&mut s, br#"{"opaque":9,"flag":0}"#).await;
+    let mut codec = RemotingCodec::default();
+    let mut buf = BytesMut::new();
+    let resp = loop {
+        if let Some(c) = codec.decode(&mut buf).unwrap() {
+            break c;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read_buf(&mut buf))
+            .await
+            .expect("an answer, not silence")
+            .unwrap();
+        assert!(n > 0, "closed instead of answered");
+    };
+    assert_eq!(
+        (resp.code(), resp.opaque()),
+        (response_code::SYSTEM_ERROR, 9)
+    );
+    assert!(
+        resp.remark().unwrap().contains("code"),
+        "{:?}",
+        resp.remark()
+    );
+
+    // Not JSON at all: nobody can be answered, so the connection is closed at once rather than
+    // left for the client's own timeout.
+    for bad in [&b"{a: 3"[..], b"\xff\xfe"] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        write_json_frame(&mut s, bad).await;
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+            .await
+            .expect("the connection is closed, not left open");
+        assert!(read.is_ok() && rest.is_empty(), "{read:?} {rest:?}");
+    }
+
+    // A frame announcing length 0 loses the framing: closed, and counted too.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&0u32.to_be_bytes()).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("closed")
+        .ok();
+    assert_eq!(
+        handler
+            .decode_errors
+            .load(std::sync::atomic::Ordering::SeqCst),
+        4
+    );
+    stop.cancel();
+}

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use rocketmesh_filters::codec::body::RouteJsonStyle;
 use rocketmesh_filters::codec::codes::{request_code as rc, response_code};
 use rocketmesh_filters::codec::headers::GetRouteInfoRequestHeader;
-use rocketmesh_filters::codec::RemotingCommand;
+use rocketmesh_filters::codec::{CodecError, RemotingCommand};
 use rocketmesh_filters::route::topic_route_data;
 use rocketmesh_xds::client::XdsClient;
 
@@ -149,6 +149,12 @@ impl Handler for SidecarCore {
             }
             _ => Err((request, slot)),
         }
+    }
+
+    fn on_decode_error(&self, _conn: &Arc<Connection>, _error: &CodecError) {
+        // A frame that came in and could not be read is still a request, as Envoy counts it.
+        self.ctx.stats.inc(Counter::Request);
+        self.ctx.stats.inc(Counter::RequestDecodingError);
     }
 
     fn on_open(&self, _conn: &Arc<Connection>) {

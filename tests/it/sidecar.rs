@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use rocketmesh::broker::{self, BrokerConfig, BrokerHandle};
+use rocketmesh::metrics::Counter;
 use rocketmesh::remoting::RemotingClient;
 use rocketmesh::sidecar::{self, SidecarConfig};
 use rocketmesh_filters::codec::body::{
@@ -915,6 +916,27 @@ async fn bad_input_gets_clean_errors_and_spares_other_connections() {
         let mut sink = Vec::new();
         let closed = tokio::time::timeout(T, garbage.read_to_end(&mut sink)).await;
         assert!(closed.is_ok(), "connection sending garbage stayed open");
+
+        // A header that is not JSON: nobody to answer, so closed at once (not left to the
+        // client's timeout).
+        let mut unreadable = TcpStream::connect(sc.addr).await.unwrap();
+        let h = b"{a: 3";
+        let mut frame = ((4 + h.len()) as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&(h.len() as u32).to_be_bytes());
+        frame.extend_from_slice(h);
+        unreadable.write_all(&frame).await.unwrap();
+        let mut sink = Vec::new();
+        let closed = tokio::time::timeout(T, unreadable.read_to_end(&mut sink)).await;
+        assert!(
+            closed.is_ok(),
+            "connection with an unreadable header stayed open"
+        );
+        // Every one of the three counts as a request that failed to decode.
+        let stats = &sc.core().ctx.stats;
+        eventually("three decoding errors counted", || {
+            stats.count(Counter::RequestDecodingError) == 3
+        })
+        .await;
 
         // Half-close after a request: the response still arrives.
         let s = TcpStream::connect(sc.addr).await.unwrap();
