@@ -95,6 +95,17 @@ pub struct SidecarArgs {
     /// are force-closed (`/ready` answers 503 from the first moment). E.g. `5s`, `1500ms`, `1m`.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: std::time::Duration,
+
+    /// A client connection whose frame does not complete within this long of its first byte is
+    /// closed (counted as downstream_cx_rx_frame_timeout).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub frame_timeout: std::time::Duration,
+
+    /// A client connection with no frame and no request in flight for this long is closed
+    /// (counted as downstream_cx_idle_timeout); SDKs heartbeat every 30 s. `0` keeps idle
+    /// connections.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub idle_timeout: std::time::Duration,
 }
 
 /// A duration flag: a number with a unit (`ms`, `s`, `m`), or bare seconds.

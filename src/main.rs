@@ -139,6 +139,8 @@ async fn run_sidecar(args: SidecarArgs) -> Result<()> {
     config.bootstrap = args.bootstrap;
     config.route_config = args.route_config;
     config.drain = args.drain_timeout;
+    config.server.frame_timeout = args.frame_timeout;
+    config.server.idle_timeout = (!args.idle_timeout.is_zero()).then_some(args.idle_timeout);
     let args_drain = args.drain_timeout;
     // Installed before anything binds: once the listener accepts, a SIGTERM is honoured.
     let mut signal = std::pin::pin!(wait_for_signal());

@@ -167,6 +167,10 @@ stat_enum! {
         SendBacks => "send_backs",
         /// Invisible-time renewals (CHANGE_INVISIBLE_TIME) issued for held pop handles.
         Renewals => "renewals",
+        /// Client connections closed because a frame did not complete in time.
+        DownstreamFrameTimeout => "downstream_cx_rx_frame_timeout",
+        /// Client connections closed after being idle (no frame, nothing in flight).
+        DownstreamIdleTimeout => "downstream_cx_idle_timeout",
     }
 }
 
@@ -449,6 +453,10 @@ fn counter_help(c: Counter) -> &'static str {
         Counter::AcksFromCommits => "Acks derived from consumer offset commits",
         Counter::SendBacks => "Messages sent back through the translator",
         Counter::Renewals => "Invisible-time renewals of held pop handles",
+        Counter::DownstreamFrameTimeout => {
+            "Client connections closed: a frame did not complete in time"
+        }
+        Counter::DownstreamIdleTimeout => "Client connections closed after being idle",
     }
 }
 

@@ -21,6 +21,10 @@ use tokio_util::sync::CancellationToken;
 /// 8 KiB, holds five 1 KiB messages). Grown past this only for a frame that needs it.
 pub(crate) const READ_BUFFER: usize = 64 * 1024;
 
+/// Write buffer a connection keeps between bursts (a burst of small answers fits; a larger
+/// burst grows it, and it is given back afterwards).
+const WRITE_BUFFER_KEPT: usize = 4 * 1024;
+
 /// Largest batch of queued frames written with one `write_all`.
 const WRITE_BATCH: usize = 256 * 1024;
 
@@ -108,8 +112,10 @@ pub(crate) async fn write_loop(
     closed: CancellationToken,
 ) -> Option<std::io::Error> {
     let mut codec = RemotingCodec::new(limits);
+    // Grown by what bursts need, and given back after a large one: an idle connection should
+    // not hold a 64 KiB buffer.
     let mut batch = Batch {
-        buf: BytesMut::with_capacity(64 * 1024),
+        buf: BytesMut::with_capacity(WRITE_BUFFER_KEPT),
         ..Batch::default()
     };
     let mut failure = None;
@@ -152,11 +158,16 @@ pub(crate) async fn write_loop(
             closed.cancel();
             break;
         }
+        if batch.buf.capacity() > 4 * WRITE_BUFFER_KEPT && queue.is_empty() {
+            batch.buf = BytesMut::with_capacity(WRITE_BUFFER_KEPT);
+        }
     }
     let _ = write.shutdown().await;
     failure
 }
-pub use server::{serve, serve_until, Connection, Handler, RequestSlot, Server, ServerConfig};
+pub use server::{
+    serve, serve_until, ConnTimeout, Connection, Handler, RequestSlot, Server, ServerConfig,
+};
 
 #[cfg(test)]
 mod tests;

@@ -51,6 +51,12 @@ pub struct ServerConfig {
     pub limits: FrameLimits,
     /// Encoding of the error responses the server itself produces.
     pub response_encoding: ResponseEncoding,
+    /// A frame must be complete within this long of its first byte arriving (checked every
+    /// half of it); a connection stuck in a partial frame is closed.
+    pub frame_timeout: Duration,
+    /// A connection with no frame and no request in flight for this long is closed (SDKs send
+    /// a heartbeat every 30 s); `None` keeps idle connections.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -60,8 +66,21 @@ impl Default for ServerConfig {
             max_in_flight: 1024,
             limits: FrameLimits::default(),
             response_encoding: ResponseEncoding::Json,
+            frame_timeout: Duration::from_secs(30),
+            // Four missed SDK heartbeats, as long as Apache's broker waits
+            // (channelMaxIdleTimeSeconds = 120).
+            idle_timeout: Some(Duration::from_secs(120)),
         }
     }
+}
+
+/// Why the server closed a connection on a timer ([`Handler::on_timeout`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnTimeout {
+    /// A frame did not complete within [`ServerConfig::frame_timeout`].
+    PartialFrame,
+    /// Nothing arrived and nothing was in flight for [`ServerConfig::idle_timeout`].
+    Idle,
 }
 
 /// What a server does with requests.
@@ -92,6 +111,9 @@ pub trait Handler: Send + Sync + 'static {
     /// SYSTEM_ERROR when its opaque could be recovered, else the connection is closed) or a
     /// stream that lost its framing (closed). For the handler's counters.
     fn on_decode_error(&self, _conn: &Arc<Connection>, _error: &CodecError) {}
+
+    /// Called when the server closes a connection on a timer, for the handler's counters.
+    fn on_timeout(&self, _conn: &Arc<Connection>, _why: ConnTimeout) {}
 
     /// Called once when a connection opens, before its first request.
     fn on_open(&self, _conn: &Arc<Connection>) {}
@@ -385,14 +407,39 @@ async fn serve_connection<H: Handler>(
         FramedRead::with_capacity(read, FrameCodec::new(config.limits), super::READ_BUFFER);
     // One registration for the connection's life, not one per frame.
     let mut stop = std::pin::pin!(closed.cancelled());
+    let mut watch = Watchdog::new(&config);
     loop {
-        // Frames first: `stop` is then looked at whenever the socket has nothing more to read
-        // (every read batch), without a lock per frame (a cancellation check takes one).
+        // Frames first: `stop` and the watchdog are then looked at whenever the socket has
+        // nothing more to read (every read batch), without a lock per frame (a cancellation
+        // check takes one).
         let next = tokio::select! {
             biased;
             f = frames.next() => f,
+            _ = watch.tick.tick() => {
+                match watch.check(&config, frames.read_buffer(), in_flight.taken()) {
+                    Verdict::Keep { idle } => {
+                        if idle && frames.read_buffer().capacity() > IDLE_READ_BUFFER {
+                            // Idle: give the read buffer back (it is grown again with the next
+                            // frame), so an idle connection costs little memory.
+                            *frames.read_buffer_mut() = bytes::BytesMut::new();
+                            watch.shrunk = true;
+                        }
+                        continue;
+                    }
+                    Verdict::Close(why) => {
+                        handler.on_timeout(&conn, why);
+                        tracing::debug!(%peer, ?why, "closing connection on a timer");
+                        break;
+                    }
+                }
+            }
             () = &mut stop => break,
         };
+        watch.frames += 1;
+        if watch.shrunk {
+            watch.shrunk = false;
+            frames.read_buffer_mut().reserve(super::READ_BUFFER);
+        }
         let next = next.map(|r| r.and_then(RemotingCodec::parse_frame));
         match next {
             Some(Ok(cmd)) if cmd.is_response() => {
@@ -486,4 +533,76 @@ async fn serve_connection<H: Handler>(
     conn.pending.lock().clear();
     handler.on_close(&conn);
     tracing::debug!(conn = conn.id, %peer, "connection closed");
+}
+
+/// Read buffers above this size are given back while a connection is idle.
+const IDLE_READ_BUFFER: usize = 4 * 1024;
+
+/// The per-connection timer: partial frames and idleness, checked every half of the shorter of
+/// the two timeouts (so a limit is enforced within 1.5 times its value).
+struct Watchdog {
+    tick: tokio::time::Interval,
+    /// Frames read so far; compared at each tick to see progress.
+    frames: u64,
+    frames_at_tick: u64,
+    /// When a tick first saw the current partial frame.
+    partial_since: Option<tokio::time::Instant>,
+    /// Last tick that saw a frame or a request in flight.
+    busy_at: tokio::time::Instant,
+    /// The read buffer was given back and must be grown before the next read burst.
+    shrunk: bool,
+}
+
+enum Verdict {
+    Keep { idle: bool },
+    Close(ConnTimeout),
+}
+
+impl Watchdog {
+    fn new(config: &ServerConfig) -> Self {
+        let shortest = config
+            .idle_timeout
+            .map_or(config.frame_timeout, |i| i.min(config.frame_timeout));
+        let every = (shortest / 2).max(Duration::from_millis(10));
+        let now = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval_at(now + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Watchdog {
+            tick,
+            frames: 0,
+            frames_at_tick: 0,
+            partial_since: None,
+            busy_at: now,
+            shrunk: false,
+        }
+    }
+
+    fn check(&mut self, config: &ServerConfig, buffered: &[u8], in_flight: usize) -> Verdict {
+        let now = tokio::time::Instant::now();
+        let progressed = self.frames != self.frames_at_tick;
+        self.frames_at_tick = self.frames;
+        if progressed || in_flight > 0 {
+            self.busy_at = now;
+        }
+        if progressed {
+            self.partial_since = None;
+        }
+        if !buffered.is_empty() {
+            let since = *self.partial_since.get_or_insert(now);
+            if now.duration_since(since) >= config.frame_timeout {
+                return Verdict::Close(ConnTimeout::PartialFrame);
+            }
+            return Verdict::Keep { idle: false };
+        }
+        self.partial_since = None;
+        let quiet = now.duration_since(self.busy_at);
+        if let Some(idle) = config.idle_timeout {
+            if quiet >= idle {
+                return Verdict::Close(ConnTimeout::Idle);
+            }
+        }
+        Verdict::Keep {
+            idle: !progressed && in_flight == 0,
+        }
+    }
 }

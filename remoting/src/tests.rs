@@ -438,3 +438,87 @@ async fn undecodable_headers_are_answered_or_closed_and_always_counted() {
     );
     stop.cancel();
 }
+
+/// Counts the connections the server closed on a timer, by reason.
+#[derive(Default)]
+struct Timeouts {
+    partial: std::sync::atomic::AtomicUsize,
+    idle: std::sync::atomic::AtomicUsize,
+}
+
+impl Handler for Timeouts {
+    async fn handle(
+        self: &Arc<Self>,
+        req: RemotingCommand,
+        _conn: &Arc<Connection>,
+    ) -> Option<RemotingCommand> {
+        if req.code() == 999 {
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+        }
+        Some(req.response_to(response_code::SUCCESS, ResponseEncoding::Json))
+    }
+
+    fn on_timeout(&self, _conn: &Arc<Connection>, why: ConnTimeout) {
+        let n = match why {
+            ConnTimeout::PartialFrame => &self.partial,
+            ConnTimeout::Idle => &self.idle,
+        };
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_frames_and_idle_connections_are_closed_and_counted() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = Arc::new(Timeouts::default());
+    let config = ServerConfig {
+        frame_timeout: Duration::from_millis(300),
+        idle_timeout: Some(Duration::from_millis(600)),
+        ..ServerConfig::default()
+    };
+    let stop = CancellationToken::new();
+    tokio::spawn(serve(listener, handler.clone(), config, stop.clone()));
+    let load = std::sync::atomic::Ordering::SeqCst;
+
+    // Three bytes of a frame, then nothing: closed within 1.5 x frame_timeout (+ slack).
+    let started = std::time::Instant::now();
+    let mut stuck = TcpStream::connect(addr).await.unwrap();
+    stuck.write_all(&[0, 0, 0]).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stuck.read_to_end(&mut rest))
+        .await
+        .expect("a stuck partial frame is closed")
+        .ok();
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(handler.partial.load(load), 1);
+
+    // A request in flight for longer than the idle timeout keeps the connection: its answer
+    // arrives. Then, with nothing in flight, the connection is closed as idle.
+    let client = RemotingClient::connect(addr, None).await.unwrap();
+    let resp = client
+        .invoke(RemotingCommand::request(999), Duration::from_secs(5))
+        .await
+        .expect("a slow request on a quiet connection is answered");
+    assert_eq!(resp.code(), response_code::SUCCESS);
+    let idle_started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !client.is_closed() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("an idle connection is closed");
+    assert!(
+        idle_started.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        idle_started.elapsed()
+    );
+    assert_eq!(handler.idle.load(load), 1);
+    assert_eq!(handler.partial.load(load), 1);
+    stop.cancel();
+}

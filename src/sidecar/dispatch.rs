@@ -34,7 +34,7 @@ use super::pull::PullBridge;
 use super::send;
 use super::txn::Transactions;
 use crate::metrics::{Counter, Gauge};
-use crate::remoting::{Connection, Handler, RequestSlot};
+use crate::remoting::{ConnTimeout, Connection, Handler, RequestSlot};
 
 /// The sidecar's data path: the shared context and the components that own state.
 #[derive(Debug)]
@@ -155,6 +155,13 @@ impl Handler for SidecarCore {
         // A frame that came in and could not be read is still a request, as Envoy counts it.
         self.ctx.stats.inc(Counter::Request);
         self.ctx.stats.inc(Counter::RequestDecodingError);
+    }
+
+    fn on_timeout(&self, _conn: &Arc<Connection>, why: ConnTimeout) {
+        self.ctx.stats.inc(match why {
+            ConnTimeout::PartialFrame => Counter::DownstreamFrameTimeout,
+            ConnTimeout::Idle => Counter::DownstreamIdleTimeout,
+        });
     }
 
     fn on_open(&self, _conn: &Arc<Connection>) {
