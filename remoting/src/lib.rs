@@ -165,6 +165,37 @@ pub(crate) async fn write_loop(
     let _ = write.shutdown().await;
     failure
 }
+/// Binds a listener on `addr` whose accept queue holds `backlog` connections, capped by the
+/// kernel's `net.core.somaxconn` (std's `TcpListener::bind` asks for 128: 2,000 clients
+/// connecting at once overflow it and wait for SYN retransmits, seconds each). Sized from the
+/// server's connection limit, a burst of connects waits in the kernel instead.
+pub fn bind(
+    addr: std::net::SocketAddr,
+    backlog: usize,
+) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std does on Unix: a restarted process can bind again while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(
+        u32::try_from(backlog.min(somaxconn()))
+            .unwrap_or(u32::MAX)
+            .max(1),
+    )
+}
+
+/// The kernel's cap on listen backlogs (4096 on current Linux when it cannot be read).
+fn somaxconn() -> usize {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096)
+}
+
 pub use server::{
     serve, serve_until, ConnTimeout, Connection, Handler, RequestSlot, Server, ServerConfig,
 };

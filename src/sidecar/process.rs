@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rocketmesh_xds::client::{ClientConfig, XdsClient};
 use rocketmesh_xds::static_config;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -120,17 +119,15 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
     let config_block = ready.block("xds");
     let control = ControlRuntime::new().context("starting the admin/xDS runtime")?;
 
-    let listener = TcpListener::bind(cfg.listen)
-        .await
+    // Accept queues sized from the connection limit (a burst of SDKs connecting at once waits
+    // in the kernel, not for SYN retransmits).
+    let backlog = cfg.server.max_connections;
+    let listener = crate::remoting::bind(cfg.listen, backlog)
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let mut extra = Vec::new();
     for a in &cfg.extra_listen {
-        extra.push(
-            TcpListener::bind(a)
-                .await
-                .with_context(|| format!("binding {a}"))?,
-        );
+        extra.push(crate::remoting::bind(*a, backlog).with_context(|| format!("binding {a}"))?);
     }
     let extra_addrs: Vec<SocketAddr> = extra
         .iter()

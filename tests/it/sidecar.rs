@@ -1394,3 +1394,64 @@ async fn end_transaction_reaches_the_broker_of_the_half_message() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// A burst of connects: the accept queue is sized from the connection limit
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_clients_connecting_at_once_are_served_quickly() {
+    const CLIENTS: usize = 2_000;
+    // Each client costs two descriptors here (both ends are in this process).
+    let wanted = (2 * CLIENTS + 512) as u64;
+    let got = rlimit::increase_nofile_limit(wanted).unwrap_or(0);
+    assert!(
+        got >= wanted,
+        "RLIMIT_NOFILE hard limit too low: {got} < {wanted}"
+    );
+    bounded(TEST, async {
+        let a = start_broker("broker-a", "burst", None).await;
+        create_topic(a.addr, "BurstT", 6, 4).await;
+        let path = write_bootstrap(
+            "burst-cfg",
+            &[("main", &[(&a, "broker-a", 6, 4)])],
+            &[("BurstT", "main")],
+        );
+        let mut cfg = sidecar_config(None);
+        cfg.bootstrap = Some(path);
+        let sc = start_sidecar(cfg).await;
+        let addr = sc.addr;
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(CLIENTS));
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let start = start.clone();
+                tokio::spawn(async move {
+                    start.wait().await;
+                    let t0 = Instant::now();
+                    let mut s = TcpStream::connect(addr).await.expect("connect");
+                    let req = route_request("BurstT", 401).with_opaque(i as i32);
+                    s.write_all(&encode(&req)).await.unwrap();
+                    let (r, _w) = s.into_split();
+                    let mut frames = FramedRead::new(r, FrameCodec::new(FrameLimits::default()));
+                    let resp = read_frame(&mut frames).await.expect("a route answer");
+                    assert_eq!(resp.code(), response_code::SUCCESS);
+                    t0.elapsed()
+                })
+            })
+            .collect();
+        let mut took = Vec::with_capacity(CLIENTS);
+        for c in clients {
+            took.push(c.await.unwrap());
+        }
+        took.sort();
+        let p99 = took[CLIENTS * 99 / 100];
+        assert!(
+            p99 < Duration::from_secs(1),
+            "p99 connect + route answer {p99:?} (max {:?}): connects waited on a full accept queue",
+            took[CLIENTS - 1]
+        );
+        sc.shutdown().await;
+        a.shutdown().await;
+    })
+    .await;
+}
