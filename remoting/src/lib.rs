@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 /// 8 KiB, holds five 1 KiB messages). Grown past this only for a frame that needs it.
 pub(crate) const READ_BUFFER: usize = 64 * 1024;
 
-/// Write buffer a connection keeps between bursts (a burst of small answers fits; a larger
-/// burst grows it, and it is given back afterwards).
+/// A connection's write buffer grows with what its bursts need; past four times this it is
+/// given back once the burst is written (a burst of small answers stays below).
 const WRITE_BUFFER_KEPT: usize = 4 * 1024;
 
 /// Largest batch of queued frames written with one `write_all`.
@@ -113,11 +113,8 @@ pub(crate) async fn write_loop(
 ) -> Option<std::io::Error> {
     let mut codec = RemotingCodec::new(limits);
     // Grown by what bursts need, and given back after a large one: an idle connection should
-    // not hold a 64 KiB buffer.
-    let mut batch = Batch {
-        buf: BytesMut::with_capacity(WRITE_BUFFER_KEPT),
-        ..Batch::default()
-    };
+    // not hold a large buffer.
+    let mut batch = Batch::default();
     let mut failure = None;
     let mut stop = std::pin::pin!(closed.cancelled());
     loop {
@@ -159,7 +156,7 @@ pub(crate) async fn write_loop(
             break;
         }
         if batch.buf.capacity() > 4 * WRITE_BUFFER_KEPT && queue.is_empty() {
-            batch.buf = BytesMut::with_capacity(WRITE_BUFFER_KEPT);
+            batch.buf = BytesMut::new();
         }
     }
     let _ = write.shutdown().await;

@@ -404,7 +404,7 @@ async fn serve_connection<H: Handler>(
     // Raw frames: FramedRead ends the stream after any decoder error, but a bad header in a
     // well-delimited frame is recoverable, so headers are parsed here instead.
     let mut frames =
-        FramedRead::with_capacity(read, FrameCodec::new(config.limits), super::READ_BUFFER);
+        FramedRead::with_capacity(read, FrameCodec::new(config.limits), IDLE_READ_BUFFER);
     // One registration for the connection's life, not one per frame.
     let mut stop = std::pin::pin!(closed.cancelled());
     let mut watch = Watchdog::new(&config);
@@ -419,10 +419,10 @@ async fn serve_connection<H: Handler>(
                 match watch.check(&config, frames.read_buffer(), in_flight.taken()) {
                     Verdict::Keep { idle } => {
                         if idle && frames.read_buffer().capacity() > IDLE_READ_BUFFER {
-                            // Idle: give the read buffer back (it is grown again with the next
-                            // frame), so an idle connection costs little memory.
-                            *frames.read_buffer_mut() = bytes::BytesMut::new();
-                            watch.shrunk = true;
+                            // Idle: give the large read buffer back (it is grown again once
+                            // frames come in quick succession).
+                            *frames.read_buffer_mut() =
+                                bytes::BytesMut::with_capacity(IDLE_READ_BUFFER);
                         }
                         continue;
                     }
@@ -436,8 +436,12 @@ async fn serve_connection<H: Handler>(
             () = &mut stop => break,
         };
         watch.frames += 1;
-        if watch.shrunk {
-            watch.shrunk = false;
+        // A busy connection (a second frame within one watchdog period) reads into a large
+        // buffer, so one `recv` takes many frames; a connection that only heartbeats keeps a
+        // small one.
+        if watch.frames - watch.frames_at_tick >= 2
+            && frames.read_buffer().capacity() < super::READ_BUFFER
+        {
             frames.read_buffer_mut().reserve(super::READ_BUFFER);
         }
         let next = next.map(|r| r.and_then(RemotingCodec::parse_frame));
@@ -535,8 +539,9 @@ async fn serve_connection<H: Handler>(
     tracing::debug!(conn = conn.id, %peer, "connection closed");
 }
 
-/// Read buffers above this size are given back while a connection is idle.
-const IDLE_READ_BUFFER: usize = 4 * 1024;
+/// Read buffer of a connection that is not busy (heartbeats, the odd request); above this size
+/// it is given back while the connection is idle.
+const IDLE_READ_BUFFER: usize = 2 * 1024;
 
 /// The per-connection timer: partial frames and idleness, checked every half of the shorter of
 /// the two timeouts (so a limit is enforced within 1.5 times its value).
@@ -549,8 +554,6 @@ struct Watchdog {
     partial_since: Option<tokio::time::Instant>,
     /// Last tick that saw a frame or a request in flight.
     busy_at: tokio::time::Instant,
-    /// The read buffer was given back and must be grown before the next read burst.
-    shrunk: bool,
 }
 
 enum Verdict {
@@ -573,7 +576,6 @@ impl Watchdog {
             frames_at_tick: 0,
             partial_since: None,
             busy_at: now,
-            shrunk: false,
         }
     }
 
