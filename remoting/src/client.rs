@@ -23,6 +23,10 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::gate::{Gate, Pass};
+use super::log_budget::{warn_limited, LogBudget};
+
+/// Warnings a peer (an upstream broker) can provoke, rate-limited process-wide.
+static PEER_FAULTS: LogBudget = LogBudget::new();
 
 /// Default cap on requests in flight on one connection.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
@@ -224,7 +228,7 @@ impl RemotingClient {
                         }
                     }
                     Some(Err(e)) if !e.is_fatal() => {
-                        tracing::warn!(%addr, "skipping malformed frame: {e}");
+                        warn_limited!(PEER_FAULTS, %addr, "skipping malformed frame: {e}");
                     }
                     Some(Err(e)) => {
                         set_reason(&r_reason, format!("read failed: {e}"));
@@ -301,11 +305,15 @@ impl RemotingClient {
         let opaque = self.inner.next_opaque.fetch_add(1, Ordering::Relaxed);
         cmd.set_opaque(opaque);
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .pending
-            .lock()
-            .waiters
-            .insert(opaque, Waiter::Reply(tx));
+        {
+            let mut p = self.inner.pending.lock();
+            // The reader fails every waiter once when the connection ends; one registered after
+            // that would only time out.
+            if p.drained {
+                return Err(self.closed_error());
+            }
+            p.waiters.insert(opaque, Waiter::Reply(tx));
+        }
         let guard = PendingGuard {
             pending: &self.inner.pending,
             opaque,
@@ -313,13 +321,12 @@ impl RemotingClient {
         if self.inner.out.send(cmd).await.is_err() {
             return Err(self.closed_error());
         }
-        // The response first: the reader may hand it over and then see the connection end, and
-        // a response that arrived must not be reported as a closed connection.
-        let result = tokio::select! {
-            biased;
-            r = tokio::time::timeout(timeout, rx) => r,
-            () = self.inner.closed.cancelled() => return Err(self.closed_error()),
-        };
+        // Only the waiter decides: the reader answers it, or drops it when the connection ends
+        // (every waiter, at once). Racing it against the close signal lost answers that had
+        // arrived: the reader hands the answer over and then sees the end of the stream, and
+        // under tokio's cooperative budget a ready oneshot can poll Pending once, letting the
+        // close branch win.
+        let result = tokio::time::timeout(timeout, rx).await;
         drop(guard);
         match result {
             Ok(Ok(resp)) => Ok(resp),

@@ -39,6 +39,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::gate::{Gate, Pass};
+use super::log_budget::{warn_limited, LogBudget};
+
+/// One budget for every warning a client can provoke, process-wide: a flood from many
+/// connections is limited as well as one from a single connection.
+static PEER_FAULTS: LogBudget = LogBudget::new();
 
 /// Server limits.
 #[derive(Clone, Copy, Debug)]
@@ -500,7 +505,7 @@ async fn serve_connection<H: Handler>(
                         opaque: Some(opaque),
                         reason,
                     } => {
-                        tracing::warn!(%peer, "malformed {kind} header: {reason}");
+                        warn_limited!(PEER_FAULTS, %peer, "malformed {kind} header: {reason}");
                         let resp = RemotingCommand::request(0)
                             .with_opaque(opaque)
                             .response_to(response_code::SYSTEM_ERROR, config.response_encoding)
@@ -514,11 +519,11 @@ async fn serve_connection<H: Handler>(
                     } => {
                         // Nobody can be answered: the client would wait for its own timeout on
                         // a connection that looks alive. Closing tells it at once.
-                        tracing::warn!(%peer, "closing connection: malformed {kind} header without a readable opaque: {reason}");
+                        warn_limited!(PEER_FAULTS, %peer, "closing connection: malformed {kind} header without a readable opaque: {reason}");
                         break;
                     }
                     e => {
-                        tracing::warn!(%peer, "closing connection: {e}");
+                        warn_limited!(PEER_FAULTS, %peer, "closing connection: {e}");
                         break;
                     }
                 }
@@ -552,8 +557,9 @@ struct Watchdog {
     frames_at_tick: u64,
     /// When a tick first saw the current partial frame.
     partial_since: Option<tokio::time::Instant>,
-    /// Last tick that saw a frame or a request in flight.
-    busy_at: tokio::time::Instant,
+    /// The first of the ticks since which no frame arrived and nothing was in flight (the last
+    /// activity was before it, so closing `idle_timeout` after it never closes early).
+    quiet_since: Option<tokio::time::Instant>,
 }
 
 enum Verdict {
@@ -567,15 +573,14 @@ impl Watchdog {
             .idle_timeout
             .map_or(config.frame_timeout, |i| i.min(config.frame_timeout));
         let every = (shortest / 2).max(Duration::from_millis(10));
-        let now = tokio::time::Instant::now();
-        let mut tick = tokio::time::interval_at(now + every, every);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Watchdog {
             tick,
             frames: 0,
             frames_at_tick: 0,
             partial_since: None,
-            busy_at: now,
+            quiet_since: None,
         }
     }
 
@@ -583,8 +588,9 @@ impl Watchdog {
         let now = tokio::time::Instant::now();
         let progressed = self.frames != self.frames_at_tick;
         self.frames_at_tick = self.frames;
-        if progressed || in_flight > 0 {
-            self.busy_at = now;
+        let busy = progressed || in_flight > 0;
+        if busy {
+            self.quiet_since = None;
         }
         if progressed {
             self.partial_since = None;
@@ -597,14 +603,13 @@ impl Watchdog {
             return Verdict::Keep { idle: false };
         }
         self.partial_since = None;
-        let quiet = now.duration_since(self.busy_at);
-        if let Some(idle) = config.idle_timeout {
-            if quiet >= idle {
-                return Verdict::Close(ConnTimeout::Idle);
-            }
+        if busy {
+            return Verdict::Keep { idle: false };
         }
-        Verdict::Keep {
-            idle: !progressed && in_flight == 0,
+        let since = *self.quiet_since.get_or_insert(now);
+        match config.idle_timeout {
+            Some(idle) if now.duration_since(since) >= idle => Verdict::Close(ConnTimeout::Idle),
+            _ => Verdict::Keep { idle: true },
         }
     }
 }
