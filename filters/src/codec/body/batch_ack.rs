@@ -159,12 +159,75 @@ impl Serialize for AckBitSet {
 }
 
 impl<'de> Deserialize<'de> for AckBitSet {
-    /// From the Base64 string; `null` is the empty set (as Java, which leaves the field null).
+    /// From the Base64 string Java writes, or from a JSON array of 64-bit words
+    /// (`BitSet.toLongArray()`, as rocketmq-rust's proxy writes it); `null` is the empty set (as
+    /// Java, which leaves the field null).
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match Option::<String>::deserialize(d)? {
-            None => Ok(Self::new()),
-            Some(text) => Self::from_base64(&text).map_err(serde::de::Error::custom),
+        d.deserialize_any(BitSetVisitor)
+    }
+}
+
+struct BitSetVisitor;
+
+impl<'de> serde::de::Visitor<'de> for BitSetVisitor {
+    type Value = AckBitSet;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a Base64 string or an array of 64-bit words")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<AckBitSet, E> {
+        AckBitSet::from_base64(v).map_err(E::custom)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<AckBitSet, E> {
+        Ok(AckBitSet::new())
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<AckBitSet, E> {
+        Ok(AckBitSet::new())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<AckBitSet, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<AckBitSet, A::Error> {
+        // `BitSet.valueOf(long[])`: word i holds bits 64i..64i+63, least significant first.
+        // Bounded like the Base64 form: at most MAX_BIT_SET_BYTES bytes of words are read.
+        let mut bytes = Vec::new();
+        while let Some(word) = seq.next_element::<Word>()? {
+            if bytes.len() >= MAX_BIT_SET_BYTES {
+                return Err(serde::de::Error::custom(BodyError::BitSetTooLarge {
+                    len: bytes.len() + 8,
+                    max: MAX_BIT_SET_BYTES,
+                }));
+            }
+            bytes.extend_from_slice(&word.0.to_le_bytes());
         }
+        AckBitSet::from_bytes(&bytes).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One word of `toLongArray()`: Java's signed long, or its unsigned reading.
+struct Word(u64);
+
+impl<'de> Deserialize<'de> for Word {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Word;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a 64-bit integer")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Word, E> {
+                Ok(Word(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Word, E> {
+                Ok(Word(v as u64))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -320,6 +383,23 @@ mod tests {
         let body = format!(r#"{{"acks":[{{"b":"{over}"}}]}}"#);
         let err = BatchAckMessageRequestBody::parse(body.as_bytes()).unwrap_err();
         assert!(err.to_string().contains("bit set too large"), "{err}");
+    }
+
+    #[test]
+    fn bit_set_as_an_array_of_words() {
+        // BitSet.toLongArray(), as rocketmq-rust's proxy writes it: bits 0, 2, 9, then bit 63
+        // (a negative long in Java) and bit 64.
+        let body = br#"{"brokerName":"b","acks":[{"b":[517]},{"b":[-9223372036854775808,1]},{"b":[]},{"b":null}]}"#;
+        let req = BatchAckMessageRequestBody::parse(body).unwrap();
+        assert_eq!(req.acks[0].bit_set.iter().collect::<Vec<_>>(), [0, 2, 9]);
+        assert_eq!(req.acks[1].bit_set.iter().collect::<Vec<_>>(), [63, 64]);
+        assert!(req.acks[2].bit_set.is_empty() && req.acks[3].bit_set.is_empty());
+        // Bounded like the Base64 form.
+        let words = vec!["1"; MAX_BIT_SET_BYTES / 8 + 1].join(",");
+        let body = format!(r#"{{"acks":[{{"b":[{words}]}}]}}"#);
+        let err = BatchAckMessageRequestBody::parse(body.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("bit set too large"), "{err}");
+        assert!(BatchAckMessageRequestBody::parse(br#"{"acks":[{"b":[1.5]}]}"#).is_err());
     }
 
     #[test]
