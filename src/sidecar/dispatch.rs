@@ -9,6 +9,7 @@
 //! 34/35, 38                         clients.rs (the client table, groups.rs)
 //! 11 PULL, 14/15 offsets, 29/30/31, 36 SEND_BACK   pull/ (the Pull -> Pop translator)
 //! 37 END_TRANSACTION                txn.rs: the broker that stored the half message
+//! 400/401 QUERY_ASSIGNMENT, mode    assignment.rs: every virtual read queue, POP
 //! anything else                     REQUEST_CODE_NOT_SUPPORTED, remark names the code
 //! ```
 //!
@@ -25,6 +26,7 @@ use rocketmesh_filters::codec::{CodecError, RemotingCommand};
 use rocketmesh_filters::route::topic_route_data;
 use rocketmesh_xds::client::XdsClient;
 
+use super::assignment;
 use super::clients;
 use super::context::Context;
 use super::error::SidecarError;
@@ -79,6 +81,8 @@ impl SidecarCore {
             rc::ACK_MESSAGE | rc::CHANGE_MESSAGE_INVISIBLETIME => pop::ack_like(ctx, req).await,
             rc::BATCH_ACK_MESSAGE => pop::batch_ack(ctx, req).await,
             rc::END_TRANSACTION => self.txns.end_transaction(ctx, req).await,
+            rc::QUERY_ASSIGNMENT => assignment::query(ctx, &req).await,
+            rc::SET_MESSAGE_REQUEST_MODE => assignment::set_mode(ctx, &req),
             rc::HEART_BEAT => clients::heartbeat(ctx, groups, &req, conn),
             rc::UNREGISTER_CLIENT => clients::unregister(ctx, groups, &req),
             rc::GET_CONSUMER_LIST_BY_GROUP => clients::consumer_list(ctx, groups, &req, conn),

@@ -11,6 +11,7 @@
 //!     ├ send       both send paths, from one SendPlan
 //!     ├ pop        pop / ack / change invisible / batch ack
 //!     ├ txn        Transactions: half message -> broker
+//!     ├ assignment QUERY_ASSIGNMENT: the virtual read queues, POP
 //!     ├ clients    heartbeat / unregister / consumer list over groups::Groups
 //!     └ pull/      PullBridge: Pull -> Pop (acks, prefetch, renewals), owns its tasks
 //!        └ context     Context: settings, Router, Upstreams, Stats (shared, read-only)
@@ -20,6 +21,7 @@
 //! ```
 
 pub mod admin_view;
+pub mod assignment;
 pub mod background;
 pub mod clients;
 pub mod context;

@@ -1455,3 +1455,93 @@ async fn two_thousand_clients_connecting_at_once_are_served_quickly() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// 5.x clients in pop mode: QUERY_ASSIGNMENT / SET_MESSAGE_REQUEST_MODE
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_assignment_hands_out_every_virtual_queue_in_pop_mode() {
+    use rocketmesh_filters::codec::body::{
+        MessageModel, MessageRequestMode, QueryAssignmentRequestBody, QueryAssignmentResponseBody,
+        SetMessageRequestModeRequestBody,
+    };
+    bounded(TEST, async {
+        let mut mesh = Mesh::start("assign", &["broker-a", "broker-b"]).await;
+        let (a, b) = (mesh.broker(0).addr, mesh.broker(1).addr);
+        create_topic(a, "AssignT", 6, 4).await;
+        create_topic(b, "AssignT", 6, 2).await;
+        let sc = mesh.add_sidecar(mesh.sidecar_config()).await;
+        let c = connect(sc).await;
+        wait_route(&c, "AssignT", "both brokers", |d| {
+            d.queue_datas[0].read_queue_nums == 6
+        })
+        .await;
+
+        let mode = SetMessageRequestModeRequestBody {
+            consumer_group: GROUP.into(),
+            topic: "AssignT".into(),
+            mode: MessageRequestMode::Pop,
+            ..Default::default()
+        };
+        let resp = call(
+            &c,
+            RemotingCommand::request(rc::SET_MESSAGE_REQUEST_MODE).with_body(mode.to_json()),
+        )
+        .await;
+        assert_eq!(resp.code(), response_code::SUCCESS, "{:?}", resp.remark());
+
+        let ask = |model| QueryAssignmentRequestBody {
+            client_id: "10.0.0.1@5x".into(),
+            consumer_group: GROUP.into(),
+            message_model: model,
+            strategy_name: "AVG".into(),
+            topic: "AssignT".into(),
+        };
+        for (model, want) in [
+            (MessageModel::Clustering, MessageRequestMode::Pop),
+            (MessageModel::Broadcasting, MessageRequestMode::Pull),
+        ] {
+            let resp = call(
+                &c,
+                RemotingCommand::request(rc::QUERY_ASSIGNMENT).with_body(ask(model).to_json()),
+            )
+            .await;
+            assert_eq!(resp.code(), response_code::SUCCESS, "{:?}", resp.remark());
+            let got = QueryAssignmentResponseBody::parse(resp.body()).unwrap();
+            let queues: Vec<i32> = got
+                .message_queue_assignments
+                .iter()
+                .map(|m| m.message_queue.queue_id)
+                .collect();
+            assert_eq!(queues, (0..6).collect::<Vec<_>>(), "{got:?}");
+            for m in &got.message_queue_assignments {
+                assert_eq!(m.mode, want);
+                assert_eq!(m.message_queue.broker_name, VIRTUAL);
+                assert_eq!(m.message_queue.topic, "AssignT");
+            }
+        }
+        // An unknown topic is TOPIC_NOT_EXIST, as for a route.
+        let mut missing = ask(MessageModel::Clustering);
+        missing.topic = "NoSuchAssignT".into();
+        let resp = call(
+            &c,
+            RemotingCommand::request(rc::QUERY_ASSIGNMENT).with_body(missing.to_json()),
+        )
+        .await;
+        assert_eq!(resp.code(), response_code::TOPIC_NOT_EXIST);
+
+        // A pop of an assigned virtual queue reaches the broker behind it: virtual queue 5 is
+        // broker-b's queue 1 (broker-a holds 0..4).
+        send_ok(&c, send_v2("AssignT", 5, "assigned")).await;
+        assert_eq!(max_offsets(b, "AssignT", 2).await, vec![0, 1]);
+        let mut req = pop_request("AssignT", 10_000, 1_000);
+        req.ext_mut().put("queueId", 5);
+        let resp = call(&c, req).await;
+        assert_eq!(resp.code(), response_code::SUCCESS, "{:?}", resp.remark());
+        assert_eq!(decode_records(resp.body()).unwrap().len(), 1);
+        c.close();
+        mesh.shutdown().await;
+    })
+    .await;
+}
