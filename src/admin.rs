@@ -77,6 +77,44 @@ pub trait AdminSource: Send + Sync + 'static {
     fn publish_stats(&self) {}
 }
 
+/// The [`AdminSource`] of a process without upstream clusters (a broker node, the control
+/// plane): readiness from its [`Ready`] gate, a config dump and a stats hook from closures.
+pub struct NodeSource {
+    ready: Ready,
+    dump: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
+    publish: Box<dyn Fn() + Send + Sync>,
+}
+
+impl NodeSource {
+    /// `dump` answers `/config_dump`; `publish` runs before every `/stats/prometheus` render.
+    pub fn new(
+        ready: Ready,
+        dump: impl Fn() -> serde_json::Value + Send + Sync + 'static,
+        publish: impl Fn() + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            ready,
+            dump: Box::new(dump),
+            publish: Box::new(publish),
+        }
+    }
+}
+
+impl AdminSource for NodeSource {
+    fn ready(&self) -> Readiness {
+        self.ready.readiness()
+    }
+    fn config_dump(&self) -> serde_json::Value {
+        (self.dump)()
+    }
+    fn clusters(&self) -> String {
+        "no upstream clusters in this process\n".to_owned()
+    }
+    fn publish_stats(&self) {
+        (self.publish)()
+    }
+}
+
 /// Admin server limits.
 #[derive(Clone, Copy, Debug)]
 pub struct AdminConfig {

@@ -175,6 +175,14 @@ pub struct BrokerArgs {
     /// Topics this broker serves read-only (comma separated).
     #[arg(long, value_delimiter = ',')]
     pub read_only_topics: Vec<String>,
+    /// Admin server (/ready, /healthz, /stats/prometheus, /config_dump), e.g. 127.0.0.1:15001
+    /// (port 0 = any free port); off without it.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// On SIGTERM/SIGINT: how long requests in flight may take before connections are
+    /// force-closed (`/ready` answers 503 from the first moment). E.g. `5s`, `1500ms`, `1m`.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -197,6 +205,14 @@ pub struct ControlPlaneArgs {
     /// Remove brokers silent for this many seconds (Apache's nameserver: 120).
     #[arg(long = "broker-expiry", default_value_t = 120)]
     pub broker_expiry_secs: u64,
+    /// Admin server (/ready, /healthz, /stats/prometheus, /config_dump), e.g. 127.0.0.1:15002
+    /// (port 0 = any free port); off without it.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// On SIGTERM/SIGINT: how long requests in flight may take before connections are
+    /// force-closed (`/ready` answers 503 from the first moment). E.g. `5s`, `1500ms`, `1m`.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -346,5 +362,31 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         let d = sidecar(&["--drain-timeout", "250ms"]).drain_timeout;
         assert_eq!(d, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn broker_and_control_plane_take_admin_and_drain_timeout() {
+        let cli = Cli::try_parse_from([
+            "rocketmesh",
+            "broker",
+            "--data-dir",
+            "/tmp/x",
+            "--admin",
+            "127.0.0.1:0",
+            "--drain-timeout",
+            "2s",
+        ])
+        .unwrap();
+        let Command::Broker(b) = cli.command else {
+            panic!("not a broker command")
+        };
+        assert_eq!(b.admin, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(b.drain_timeout, std::time::Duration::from_secs(2));
+        let cli = Cli::try_parse_from(["rocketmesh", "control-plane"]).unwrap();
+        let Command::ControlPlane(c) = cli.command else {
+            panic!("not a control-plane command")
+        };
+        assert_eq!(c.admin, None);
+        assert_eq!(c.drain_timeout, std::time::Duration::from_secs(5));
     }
 }

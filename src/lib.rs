@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod bench;
 pub mod bench_xds;
+pub mod broker_node;
 pub mod cli;
 pub mod control_plane;
 pub mod demo;

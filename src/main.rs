@@ -7,13 +7,13 @@ use anyhow::Result;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use rocketmesh::broker::{self, BrokerConfig};
+use rocketmesh::broker::BrokerConfig;
 use rocketmesh::cli::{
     BrokerArgs, Cli, Command, ControlPlaneArgs, FlushMode, ProbeMode, SidecarArgs,
 };
 use rocketmesh::control_plane::{self, ControlPlaneConfig};
 use rocketmesh::sidecar::{self, SidecarConfig};
-use rocketmesh::{bench, bench_xds, demo, inspect};
+use rocketmesh::{bench, bench_xds, broker_node, demo, inspect};
 use rocketmesh_xds::client::XdsMode;
 
 /// mimalloc instead of glibc malloc: the data path allocates small, short-lived buffers on every
@@ -121,12 +121,17 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
     config.cluster = args.cluster;
     config.namesrv = args.namesrv;
     config.read_only_topics = args.read_only_topics;
-    let handle = broker::start(config).await?;
+    config.drain_timeout = args.drain_timeout;
+    let signal = wait_for_signal();
+    let node = broker_node::start(config, args.admin).await?;
     // Scripts wait for this line.
-    println!("ready {}", handle.addr);
-    wait_for_signal().await;
-    tracing::info!("shutting down");
-    handle.shutdown().await;
+    match node.admin_addr {
+        Some(admin) => println!("ready {} admin={admin}", node.addr),
+        None => println!("ready {}", node.addr),
+    }
+    signal.await;
+    tracing::info!(deadline = ?args.drain_timeout, "draining");
+    node.shutdown().await;
     Ok(())
 }
 
@@ -171,12 +176,21 @@ async fn run_control_plane(args: ControlPlaneArgs) -> Result<()> {
     config.upstream_namesrv = args.upstream_namesrv;
     config.eds = args.eds;
     config.broker_expiry = std::time::Duration::from_secs(args.broker_expiry_secs);
+    config.admin = args.admin;
+    config.drain_timeout = args.drain_timeout;
+    let signal = wait_for_signal();
     let cp = control_plane::start(config).await?;
     let xds = cp.xds_addr.map(|a| a.to_string()).unwrap_or_default();
     // Scripts wait for this line.
-    println!("ready remoting={} xds={xds}", cp.remoting_addr);
-    wait_for_signal().await;
-    tracing::info!("shutting down");
+    match cp.admin_addr {
+        Some(admin) => println!(
+            "ready remoting={} xds={xds} admin={admin}",
+            cp.remoting_addr
+        ),
+        None => println!("ready remoting={} xds={xds}", cp.remoting_addr),
+    }
+    signal.await;
+    tracing::info!(deadline = ?args.drain_timeout, "draining");
     cp.shutdown().await;
     Ok(())
 }

@@ -7,10 +7,18 @@
 //! * [`schedule`]: delay levels (send-back retries, `DELAY` messages).
 //! * [`topics`], [`clients`], [`long_poll`], [`register`]: topic table, client table, parked
 //!   requests, registration with a nameserver.
+//! * [`metrics`]: what the broker counts (the embedding process installs the recorder).
+//!
+//! Lifecycle ([`BrokerHandle::shutdown`]): the listener stops accepting and parked long polls
+//! are answered at once; the broker unregisters from its nameserver while requests in flight
+//! finish, up to [`BrokerConfig::drain_timeout`]; then connections close (what still runs is
+//! cancelled), the background tasks (client expiry, delay-level delivery, revive,
+//! registration) are awaited through one [`Drain`], and the store is flushed and closed.
 #![forbid(unsafe_code)]
 
 pub mod clients;
 pub mod long_poll;
+pub mod metrics;
 pub mod pop;
 pub mod processor;
 pub mod register;
@@ -27,13 +35,13 @@ use rocketmesh_filters::codec::codes::request_code;
 use rocketmesh_filters::codec::headers::NotifyConsumerIdsChangedRequestHeader;
 use rocketmesh_filters::codec::message::MessageExt;
 use rocketmesh_filters::codec::{RemotingCommand, ResponseEncoding};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use self::clients::ClientTable;
+use self::metrics::BrokerMetrics;
 use self::store::{FlushMode, GetResult, MessageStore, PutResult, StoreConfig, StoreError};
 use self::topics::{TopicError, TopicTable};
-use rocketmesh_remoting::{serve, ServerConfig};
+use rocketmesh_remoting::{Drain, Server, ServerConfig};
 
 /// Broker settings.
 #[derive(Debug, Clone)]
@@ -66,6 +74,8 @@ pub struct BrokerConfig {
     pub response_encoding: ResponseEncoding,
     /// How often to re-register with the nameserver.
     pub register_interval: Duration,
+    /// On shutdown: how long requests in flight may take before connections are closed.
+    pub drain_timeout: Duration,
 }
 
 impl BrokerConfig {
@@ -86,6 +96,7 @@ impl BrokerConfig {
             max_in_flight: 1024,
             response_encoding: ResponseEncoding::Json,
             register_interval: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -98,6 +109,9 @@ pub struct Broker {
     pub(crate) topics: TopicTable,
     pub(crate) clients: ClientTable,
     pub(crate) pop: pop::PopState,
+    pub(crate) metrics: BrokerMetrics,
+    /// Fires when the drain begins: parked long polls answer at once.
+    pub(crate) draining: CancellationToken,
 }
 
 /// A running broker.
@@ -105,8 +119,8 @@ pub struct Broker {
 pub struct BrokerHandle {
     /// The bound address.
     pub addr: SocketAddr,
-    shutdown: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    server: Server,
+    background: Drain,
     broker: Arc<Broker>,
 }
 
@@ -122,17 +136,56 @@ impl BrokerHandle {
         self.broker.store.pop().len()
     }
 
-    /// Stops serving, unregisters from the nameserver, flushes and closes the store.
+    /// Requests taken and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.server.in_flight()
+    }
+
+    /// The store's counters.
+    pub fn store_stats(&self) -> store::StoreStats {
+        self.broker.store.stats()
+    }
+
+    /// First step of the shutdown, also taken by [`BrokerHandle::shutdown`]: the listener
+    /// closes, parked long polls answer now, background tasks start no new work.
+    pub fn begin_drain(&self) {
+        self.server.stop_accepting();
+        self.background.begin();
+    }
+
+    /// Graceful shutdown (see the crate docs), bounded by [`BrokerConfig::drain_timeout`] plus
+    /// the store's final flush.
     pub async fn shutdown(self) {
-        self.shutdown.cancel();
-        for t in self.tasks {
-            let _ = t.await;
-        }
-        if let Some(namesrv) = self.broker.config.namesrv {
-            register::unregister(&self.broker, namesrv).await;
-        }
-        if let Err(e) = self.broker.store.shutdown() {
-            tracing::error!("store shutdown failed: {e}");
+        let deadline = tokio::time::Instant::now() + self.broker.config.drain_timeout;
+        self.begin_drain();
+        let unregister = async {
+            if let Some(namesrv) = self.broker.config.namesrv {
+                let bounded =
+                    tokio::time::timeout_at(deadline, register::unregister(&self.broker, namesrv));
+                if bounded.await.is_err() {
+                    tracing::warn!(%namesrv, "unregister did not finish before the drain deadline");
+                }
+            }
+        };
+        let answered = async {
+            if tokio::time::timeout_at(deadline, self.server.drained())
+                .await
+                .is_err()
+            {
+                let left = self.server.in_flight();
+                tracing::warn!(left, "drain deadline passed with requests in flight");
+            }
+        };
+        futures_util::future::join(unregister, answered).await;
+        self.server.close().await;
+        self.background.finish().await;
+        // Every task holding the store is gone: flush and close it off the runtime's workers.
+        let store = self.broker.store.clone();
+        let closed = tokio::task::spawn_blocking(move || store.shutdown()).await;
+        match closed {
+            Ok(Ok(())) => tracing::info!(name = %self.broker.config.name, "broker stopped"),
+            Ok(Err(e)) => tracing::error!("store shutdown failed: {e}"),
+            Err(e) => tracing::error!("store shutdown task failed: {e}"),
         }
     }
 }
@@ -154,8 +207,8 @@ pub enum StartError {
 /// Opens the store and starts serving.
 pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     let bind_err = |addr, source| StartError::Bind { addr, source };
-    let listener = TcpListener::bind(config.listen)
-        .await
+    // The accept queue sized from the connection limit (capped by somaxconn).
+    let listener = rocketmesh_remoting::bind(config.listen, config.max_connections)
         .map_err(|e| bind_err(config.listen, e))?;
     let addr = listener
         .local_addr()
@@ -164,7 +217,9 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, StartError>
         config.advertise = addr;
     }
     config.listen = addr;
+    let metrics = BrokerMetrics::register(&config.name);
     let store = MessageStore::open(StoreConfig {
+        metrics: metrics.store.clone(),
         flush_mode: if config.sync_flush {
             FlushMode::Sync
         } else {
@@ -185,15 +240,16 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, StartError>
     for t in &config.read_only_topics {
         topics.ensure(t, 4)?;
     }
+    let background = Drain::new();
     let broker = Arc::new(Broker {
         pop: pop::PopState::default(),
         config,
         store,
         topics,
         clients: ClientTable::new(),
+        metrics,
+        draining: background.draining_token(),
     });
-    let shutdown = CancellationToken::new();
-    let mut tasks = Vec::new();
     let server_config = ServerConfig {
         max_connections: broker.config.max_connections,
         max_in_flight: broker.config.max_in_flight,
@@ -203,33 +259,20 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, StartError>
     let handler = Arc::new(processor::BrokerHandler {
         broker: broker.clone(),
     });
-    tasks.push(tokio::spawn(serve(
-        listener,
-        handler,
-        server_config,
-        shutdown.clone(),
-    )));
-    tasks.push(tokio::spawn(expire_clients(
-        broker.clone(),
-        shutdown.clone(),
-    )));
-    tasks.push(tokio::spawn(schedule::run(
-        broker.clone(),
-        shutdown.clone(),
-    )));
-    tasks.push(tokio::spawn(pop::revive(broker.clone(), shutdown.clone())));
+    let server = Server::start(listener, handler, server_config);
+    // Background loops stop starting work when the drain begins; Drain::finish awaits them.
+    let stop = background.draining_token();
+    background.spawn(expire_clients(broker.clone(), stop.clone()));
+    background.spawn(schedule::run(broker.clone(), stop.clone()));
+    background.spawn(pop::revive(broker.clone(), stop.clone()));
     if let Some(namesrv) = broker.config.namesrv {
-        tasks.push(tokio::spawn(register::run(
-            broker.clone(),
-            namesrv,
-            shutdown.clone(),
-        )));
+        background.spawn(register::run(broker.clone(), namesrv, stop));
     }
     tracing::info!(%addr, name = %broker.config.name, "broker serving");
     Ok(BrokerHandle {
         addr,
-        shutdown,
-        tasks,
+        server,
+        background,
         broker,
     })
 }
@@ -276,6 +319,12 @@ impl Broker {
         // which cost two thread wake-ups per send and grew the pool to one thread per send in
         // flight. Durability waits (sync flush) stay asynchronous below.
         let results = self.store.put_batch(messages)?;
+        self.metrics
+            .messages_appended
+            .increment(results.len() as u64);
+        self.metrics
+            .appended_bytes
+            .increment(results.iter().map(|r| u64::from(r.size)).sum());
         if self.config.sync_flush {
             if let Some(end) = results.iter().map(|r| r.end_offset()).max() {
                 self.store.wait_durable(end).await?;
@@ -322,8 +371,9 @@ impl Broker {
     }
 
     pub(crate) fn offsets_commit(&self, group: &str, topic: &str, queue_id: i32, offset: i64) {
-        if let Err(e) = self.store.offsets().commit(group, topic, queue_id, offset) {
-            tracing::warn!(%group, %topic, queue_id, "offset not stored: {e}");
+        match self.store.offsets().commit(group, topic, queue_id, offset) {
+            Ok(_) => self.metrics.offset_commits.increment(1),
+            Err(e) => tracing::warn!(%group, %topic, queue_id, "offset not stored: {e}"),
         }
     }
 

@@ -220,13 +220,16 @@ pub(crate) async fn pop(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingComma
             return error(b, req, code::SYSTEM_ERROR, format!("pop failed: {e}"));
         }
         if records.is_empty() {
-            if Instant::now() < deadline {
+            // A draining broker answers parked pops now instead of holding its drain.
+            if Instant::now() < deadline && !b.draining.is_cancelled() {
                 tokio::select! {
                     () = &mut t => continue,
                     () = &mut r => continue,
                     () = tokio::time::sleep_until(deadline.into()) => continue,
+                    () = b.draining.cancelled() => continue,
                 }
             }
+            b.metrics.pops.increment(1);
             let header = PopMessageResponseHeader {
                 pop_time,
                 invisible_time: invisible,
@@ -295,6 +298,8 @@ pub(crate) async fn pop(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingComma
             msg_offset_info: Some(build_msg_offset_info(&offsets)),
             ..PopMessageResponseHeader::default()
         };
+        b.metrics.pops.increment(1);
+        b.metrics.popped.increment(records.len() as u64);
         return reply(b, req, code::SUCCESS)
             .with_header(&header)
             .with_body(concat(&records));
@@ -413,7 +418,10 @@ pub(crate) fn ack(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
         .ack(&key_of(&handle, &h.consumer_group, &h.topic), h.offset)
     {
         // An ack for a checkpoint already revived is late, not wrong: the message was redelivered.
-        Ok(_) => reply(b, req, code::SUCCESS),
+        Ok(_) => {
+            b.metrics.acks.increment(1);
+            reply(b, req, code::SUCCESS)
+        }
         Err(e) => error(b, req, code::SYSTEM_ERROR, format!("ack failed: {e}")),
     }
 }
@@ -441,9 +449,11 @@ pub(crate) fn batch_ack(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
             pop_time: a.pop_time,
         };
         // One log line for the checkpoint's offsets, not one per offset.
+        let n = a.acked_offsets().count() as u64;
         if let Err(e) = b.store.pop().ack_many(&key, a.acked_offsets()) {
             return error(b, req, code::SYSTEM_ERROR, format!("ack failed: {e}"));
         }
+        b.metrics.acks.increment(n);
     }
     reply(b, req, code::SUCCESS)
 }
@@ -568,6 +578,11 @@ async fn revive_one(b: &Broker, ck: &PopCheckpoint, unacked: &[i64]) -> Result<(
             props,
         );
         b.put(vec![revived]).await?;
+        if dead {
+            b.metrics.dlq.increment(1);
+        } else {
+            b.metrics.revived.increment(1);
+        }
     }
     Ok(())
 }

@@ -421,13 +421,18 @@ async fn pull(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingCommand {
             GetStatus::OffsetOverflowBadly => (code::PULL_OFFSET_MOVED, result.max_offset),
             GetStatus::OffsetTooSmall => (code::PULL_OFFSET_MOVED, result.min_offset),
         };
-        let hold = resp_code == code::PULL_NOT_FOUND && Instant::now() < deadline;
+        // A draining broker answers parked pulls now instead of holding its drain.
+        let hold = resp_code == code::PULL_NOT_FOUND
+            && Instant::now() < deadline
+            && !b.draining.is_cancelled();
         if hold {
             tokio::select! {
                 () = &mut notified => continue,
                 () = tokio::time::sleep_until(deadline.into()) => continue,
+                () = b.draining.cancelled() => continue,
             }
         }
+        b.metrics.pulls.increment(1);
         let header = PullMessageResponseHeader {
             suggest_which_broker_id: 0,
             next_begin_offset: next,
@@ -651,7 +656,14 @@ async fn send_back(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingCommand {
         b.put(vec![msg]).await
     };
     match put {
-        Ok(_) => reply(b, req, code::SUCCESS),
+        Ok(_) => {
+            if delay_level > 0 {
+                b.metrics.retries.increment(1);
+            } else {
+                b.metrics.dlq.increment(1);
+            }
+            reply(b, req, code::SUCCESS)
+        }
         Err(e) => store_error(b, req, e),
     }
 }

@@ -2,10 +2,16 @@
 //! from an upstream nameserver ([`upstream`]), and static resources from a YAML file, all feeding
 //! one xDS [`Catalog`] (what the ADS server serves).
 //!
-//! [`start`] binds the Remoting listener and starts the broker sweeper, the static file reloader
-//! and the upstream fetcher; [`ControlPlane::shutdown`] stops them. The gRPC ADS listener is wired
-//! separately over [`ControlPlane::catalog`].
+//! [`start`] binds the Remoting listener, the gRPC ADS listener and (optionally) an admin
+//! server, and starts the broker sweeper, the static file reloader, the upstream fetcher and the
+//! metrics publisher, each on one [`Drain`].
+//!
+//! [`ControlPlane::shutdown`] is the sidecar's lifecycle: `/ready` answers 503 at once, the
+//! Remoting listener stops accepting and background loops start no new work; requests in flight
+//! finish until the drain deadline; then connections close, the ADS server ends its streams
+//! (with OK), every background task is awaited ([`Drain::finish`]) and the admin server stops.
 
+pub mod metrics;
 pub mod namesrv;
 pub mod upstream;
 
@@ -23,9 +29,16 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use self::metrics::CpMetrics;
 use self::namesrv::{NameServer, NamesrvOptions};
 use self::upstream::{Upstream, UpstreamOptions};
-use crate::remoting::{serve, ServerConfig};
+use crate::admin::{AdminConfig, AdminServer, NodeSource, Ready};
+use crate::remoting::{Drain, Server, ServerConfig};
+
+/// How often the metrics publisher reads the registry and the ADS counters.
+const METRICS_PERIOD: Duration = Duration::from_secs(1);
+/// Longest the ADS server may take to end its streams once asked.
+const ADS_STOP_LIMIT: Duration = Duration::from_secs(2);
 
 /// Depth of the catalog's demand channel (topics waiting for the upstream fetcher). When full,
 /// lookups answer "absent" instead of queueing without bound.
@@ -62,6 +75,10 @@ pub struct ControlPlaneConfig {
     pub static_poll: Duration,
     /// Remoting server limits.
     pub server: ServerConfig,
+    /// Admin server (/ready, /healthz, /stats/prometheus, /config_dump); none = no admin server.
+    pub admin: Option<SocketAddr>,
+    /// On shutdown: how long requests in flight may take before connections are closed.
+    pub drain_timeout: Duration,
 }
 
 impl ControlPlaneConfig {
@@ -82,6 +99,8 @@ impl ControlPlaneConfig {
             upstream_concurrency: 16,
             static_poll: Duration::from_secs(1),
             server: ServerConfig::default(),
+            admin: None,
+            drain_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -92,12 +111,22 @@ pub struct ControlPlane {
     pub remoting_addr: SocketAddr,
     /// The bound ADS (gRPC) address, when serving xDS.
     pub xds_addr: Option<SocketAddr>,
+    /// The bound admin address, when serving one.
+    pub admin_addr: Option<SocketAddr>,
     /// The resource catalog (for the ADS server and introspection).
     pub catalog: Arc<Catalog>,
     ads: Option<AdsServer>,
     nameserver: Arc<NameServer>,
-    shutdown: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    ready: Ready,
+    server: Server,
+    background: Drain,
+    /// Ends the ADS server's streams; cancelled after the Remoting server closed.
+    ads_stop: CancellationToken,
+    ads_task: Option<tokio::task::JoinHandle<Option<()>>>,
+    admin: Option<AdminServer>,
+    admin_stop: CancellationToken,
+    metrics: CpMetrics,
+    drain: Duration,
     static_reloads: Arc<StaticReloads>,
 }
 
@@ -142,12 +171,43 @@ impl ControlPlane {
         self.ads.as_ref()
     }
 
-    /// Stops every task and closes the listeners (open ADS streams end with OK).
+    /// The readiness gate behind `/ready`.
+    pub fn ready(&self) -> &Ready {
+        &self.ready
+    }
+
+    /// Publishes the current registry and ADS figures to the metrics recorder.
+    pub fn publish_metrics(&self) {
+        self.metrics.publish();
+    }
+
+    /// Graceful shutdown (see the module docs), bounded by the drain deadline.
     pub async fn shutdown(self) {
-        self.shutdown.cancel();
-        for t in self.tasks {
-            let _ = t.await;
+        let deadline = tokio::time::Instant::now() + self.drain;
+        self.ready.drain();
+        self.server.stop_accepting();
+        self.background.begin();
+        if tokio::time::timeout_at(deadline, self.server.drained())
+            .await
+            .is_err()
+        {
+            let left = self.server.in_flight();
+            tracing::warn!(left, "drain deadline passed with requests in flight");
         }
+        self.server.close().await;
+        self.ads_stop.cancel();
+        if let Some(task) = self.ads_task {
+            if tokio::time::timeout(ADS_STOP_LIMIT, task).await.is_err() {
+                tracing::warn!("the ADS server did not end its streams in {ADS_STOP_LIMIT:?}");
+            }
+        }
+        self.background.finish().await;
+        self.metrics.publish();
+        self.admin_stop.cancel();
+        if let Some(a) = self.admin {
+            a.stopped().await;
+        }
+        tracing::info!("control plane stopped");
     }
 }
 
@@ -196,8 +256,7 @@ pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
         },
     ));
 
-    let listener = TcpListener::bind(config.remoting)
-        .await
+    let listener = crate::remoting::bind(config.remoting, config.server.max_connections)
         .with_context(|| format!("binding the Remoting listener on {}", config.remoting))?;
     let remoting_addr = listener.local_addr()?;
     let xds_listener = match config.xds {
@@ -213,61 +272,111 @@ pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
         .map(TcpListener::local_addr)
         .transpose()?;
 
-    let shutdown = CancellationToken::new();
-    let mut tasks = vec![
-        tokio::spawn(serve(
-            listener,
-            nameserver.clone(),
-            config.server,
-            shutdown.clone(),
-        )),
-        tokio::spawn(namesrv::sweep(nameserver.clone(), shutdown.clone())),
-    ];
+    let ready = Ready::new();
+    let starting = ready.block("listeners");
+    // Handles bind to the recorder installed when they are created.
+    let prom = crate::metrics::install();
+    let ads = xds_listener
+        .as_ref()
+        .map(|_| AdsServer::new(catalog.clone(), config.xds_options.clone()));
+    let metrics = CpMetrics::register(nameserver.clone(), ads.clone());
+    // The admin server first: if it cannot bind, nothing else has started yet.
+    let admin_stop = CancellationToken::new();
+    let admin = match config.admin {
+        Some(addr) => {
+            let dump = {
+                let (ns, catalog, ads) = (nameserver.clone(), catalog.clone(), ads.clone());
+                move || {
+                    serde_json::json!({
+                        "role": "control-plane",
+                        "remoting": remoting_addr.to_string(),
+                        "xds": xds_addr.map(|a| a.to_string()),
+                        "registered_brokers": ns.broker_count(),
+                        "registered_topics": ns.topic_count(),
+                        "catalog_revision": catalog.revision(),
+                        "ads": ads.as_ref().map(AdsServer::stats),
+                    })
+                }
+            };
+            let publish = {
+                let m = metrics.clone();
+                move || m.publish()
+            };
+            let source = Arc::new(NodeSource::new(ready.clone(), dump, publish));
+            let acfg = AdminConfig {
+                addr,
+                drain_deadline: config.drain_timeout,
+                ..AdminConfig::default()
+            };
+            Some(AdminServer::start(acfg, source, prom, admin_stop.clone()).await?)
+        }
+        None => None,
+    };
+
+    let background = Drain::new();
+    // Background loops stop starting work when the drain begins; Drain::finish awaits them.
+    let stop = background.draining_token();
+    let server = Server::start(listener, nameserver.clone(), config.server);
+    background.spawn(namesrv::sweep(nameserver.clone(), stop.clone()));
     if let Some((path, stamp)) = static_state {
-        tasks.push(tokio::spawn(reload_static(
+        background.spawn(reload_static(
             catalog.clone(),
             static_reloads.clone(),
             path,
             stamp,
             config.static_poll,
-            shutdown.clone(),
-        )));
+            stop.clone(),
+        ));
     }
     if let (Some(upstream), Some(demand)) = (upstream, demand) {
-        tasks.push(tokio::spawn(upstream::run_fetcher(
+        background.spawn(upstream::run_fetcher(
             upstream,
             catalog.clone(),
             nameserver.clone(),
             demand,
-            shutdown.clone(),
-        )));
+            stop.clone(),
+        ));
     }
-    let ads = xds_listener.map(|listener| {
-        let ads = AdsServer::new(catalog.clone(), config.xds_options.clone());
-        let server = ads.clone();
-        let stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = server.serve(listener, stop.cancelled_owned()).await {
-                tracing::error!("ADS server failed: {e}");
-            }
-        }));
-        ads
-    });
+    // The ADS server ends its streams on its own signal, after the Remoting server closed.
+    let ads_stop = CancellationToken::new();
+    let ads_task = match (ads.clone(), xds_listener) {
+        (Some(server), Some(listener)) => {
+            let ads_stop = ads_stop.clone();
+            Some(background.spawn(async move {
+                if let Err(e) = server.serve(listener, ads_stop.cancelled_owned()).await {
+                    tracing::error!("ADS server failed: {e}");
+                }
+            }))
+        }
+        _ => None,
+    };
+    background.spawn(publish_metrics(metrics.clone(), stop));
+    let admin_addr = admin.as_ref().map(AdminServer::local_addr);
+    drop(starting);
     tracing::info!(
         remoting = %remoting_addr,
         xds = ?xds_addr,
         upstream = ?config.upstream_namesrv,
         static_file = ?config.static_file,
+        admin = ?admin_addr,
         "control plane serving"
     );
     Ok(ControlPlane {
         remoting_addr,
         xds_addr,
+        admin_addr,
         catalog,
         ads,
         nameserver,
-        shutdown,
-        tasks,
+        ready,
+        server,
+        background,
+        ads_stop,
+        ads_task,
+        admin,
+        admin_stop,
+        metrics,
+        drain: config.drain_timeout,
         static_reloads,
     })
 }
@@ -329,6 +438,18 @@ async fn reload_static(
                 );
                 reloads.rejected.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+}
+
+/// Publishes the control plane's figures every [`METRICS_PERIOD`] until the drain begins.
+async fn publish_metrics(metrics: CpMetrics, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(METRICS_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => metrics.publish(),
+            () = stop.cancelled() => return,
         }
     }
 }

@@ -427,6 +427,11 @@ impl NameServer {
         self.registry.lock().brokers.len()
     }
 
+    /// Number of topics registered brokers serve.
+    pub fn topic_count(&self) -> usize {
+        self.registry.lock().topic_index.len()
+    }
+
     /// Whether a registered broker has `topic`.
     pub fn has_topic(&self, topic: &str) -> bool {
         self.registry.lock().topic_index.contains_key(topic)

@@ -284,7 +284,8 @@ pub async fn run_fetcher(
             _ = tick.tick() => refresh(&mut state, &catalog, &opts, Instant::now()),
         }
     }
-    tasks.abort_all();
+    // Queries still out are cancelled and awaited: none outlives the fetcher.
+    tasks.shutdown().await;
 }
 
 fn apply(

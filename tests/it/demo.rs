@@ -198,6 +198,30 @@ fn serves_until_sigterm_then_stops_and_cleans_up() {
     let admin = addr_after(line_with(&out, "Admin: "), "Admin: http://");
     let ready = http_get(admin, "/ready");
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    // One recorder for the whole process: the brokers' and the control plane's series are
+    // scraped from the sidecar's admin server too (the control plane publishes once a second).
+    let scraped = |series: &str| {
+        let text = http_get(admin, "/stats/prometheus");
+        text.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    assert_eq!(
+        scraped(r#"rocketmesh_broker_messages_appended_total{broker="broker-a"}"#),
+        Some(220.0)
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    while scraped("rocketmesh_cp_registered_brokers") != Some(2.0) {
+        assert!(
+            Instant::now() < end,
+            "rocketmesh_cp_registered_brokers is not 2"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
 
     let killed = Command::new("kill")
         .args(["-TERM", &demo.child.id().to_string()])

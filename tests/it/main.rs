@@ -15,5 +15,6 @@ mod drain;
 mod interop_cpp;
 mod interop_pull_pop;
 mod interop_sidecar;
+mod lifecycle;
 mod sidecar;
 mod xds_client;

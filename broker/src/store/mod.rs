@@ -110,6 +110,8 @@ pub struct StoreConfig {
     pub max_pop_checkpoints: usize,
     /// Pop checkpoint log lines before compaction is considered (default 10 000).
     pub pop_log_compact_threshold: usize,
+    /// Flush latency and size handles (no-ops by default).
+    pub metrics: crate::metrics::StoreMetrics,
 }
 
 impl StoreConfig {
@@ -124,6 +126,7 @@ impl StoreConfig {
             offsets_persist_interval: Duration::from_secs(5),
             max_pop_checkpoints: 100_000,
             pop_log_compact_threshold: 10_000,
+            metrics: crate::metrics::StoreMetrics::default(),
         }
     }
 
@@ -838,6 +841,7 @@ impl MessageStore {
     }
 
     fn flush_round(&self) -> Result<()> {
+        let started = Instant::now();
         let mut progress = self.flush_progress.lock();
         let (end, dirty, ckpt) = {
             let mut ws = self.write_state();
@@ -867,7 +871,12 @@ impl MessageStore {
         if n > 0 {
             self.flushes.fetch_add(1, Ordering::Relaxed);
             self.fsyncs.fetch_add(n as u64, Ordering::Relaxed);
+            self.config
+                .metrics
+                .flush_seconds
+                .record(started.elapsed().as_secs_f64());
         }
+        self.config.metrics.size_bytes.set(end as f64);
         progress.flushed = end;
         self.durable_tx.send_if_modified(|d| {
             if d.offset < end {

@@ -60,6 +60,22 @@ pub async fn eventually_within(
     started.elapsed()
 }
 
+/// [`eventually_within`] for a condition that has to await (a scrape, a request).
+pub async fn eventually_async<F, Fut>(what: &str, limit: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !cond().await {
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The blocking form of [`eventually`], for tests that drive child processes from a thread.
 pub fn eventually_blocking(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let started = Instant::now();
