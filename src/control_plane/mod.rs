@@ -9,7 +9,8 @@
 //! [`ControlPlane::shutdown`] is the sidecar's lifecycle: `/ready` answers 503 at once, the
 //! Remoting listener stops accepting and background loops start no new work; requests in flight
 //! finish until the drain deadline; then connections close, the ADS server ends its streams
-//! (with OK), every background task is awaited ([`Drain::finish`]) and the admin server stops.
+//! (with OK) and the upstream fetcher stops, every background task is awaited
+//! ([`Drain::finish`]) and the admin server stops.
 
 pub mod metrics;
 pub mod namesrv;
@@ -37,8 +38,8 @@ use crate::remoting::{Drain, Server, ServerConfig};
 
 /// How often the metrics publisher reads the registry and the ADS counters.
 const METRICS_PERIOD: Duration = Duration::from_secs(1);
-/// Longest the ADS server may take to end its streams once asked.
-const ADS_STOP_LIMIT: Duration = Duration::from_secs(2);
+/// Longest the ADS server and the upstream fetcher may take to end once asked.
+const CLOSE_LIMIT: Duration = Duration::from_secs(2);
 
 /// Depth of the catalog's demand channel (topics waiting for the upstream fetcher). When full,
 /// lookups answer "absent" instead of queueing without bound.
@@ -120,9 +121,10 @@ pub struct ControlPlane {
     ready: Ready,
     server: Server,
     background: Drain,
-    /// Ends the ADS server's streams; cancelled after the Remoting server closed.
-    ads_stop: CancellationToken,
-    ads_task: Option<tokio::task::JoinHandle<Option<()>>>,
+    /// Stops what serves requests in flight (the ADS server's streams, the upstream fetcher
+    /// that route look-ups wait on); cancelled after the Remoting server closed.
+    closing: CancellationToken,
+    closing_tasks: Vec<tokio::task::JoinHandle<Option<()>>>,
     admin: Option<AdminServer>,
     admin_stop: CancellationToken,
     metrics: CpMetrics,
@@ -195,11 +197,10 @@ impl ControlPlane {
             tracing::warn!(left, "drain deadline passed with requests in flight");
         }
         self.server.close().await;
-        self.ads_stop.cancel();
-        if let Some(task) = self.ads_task {
-            if tokio::time::timeout(ADS_STOP_LIMIT, task).await.is_err() {
-                tracing::warn!("the ADS server did not end its streams in {ADS_STOP_LIMIT:?}");
-            }
+        self.closing.cancel();
+        let ended = futures_util::future::join_all(self.closing_tasks);
+        if tokio::time::timeout(CLOSE_LIMIT, ended).await.is_err() {
+            tracing::warn!("the ADS server or the fetcher did not end within {CLOSE_LIMIT:?}");
         }
         self.background.finish().await;
         self.metrics.publish();
@@ -328,28 +329,27 @@ pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
             stop.clone(),
         ));
     }
+    // The fetcher (route look-ups in flight wait on it) and the ADS server's streams end on
+    // their own signal, after the Remoting server closed.
+    let closing = CancellationToken::new();
+    let mut closing_tasks = Vec::new();
     if let (Some(upstream), Some(demand)) = (upstream, demand) {
-        background.spawn(upstream::run_fetcher(
+        closing_tasks.push(background.spawn(upstream::run_fetcher(
             upstream,
             catalog.clone(),
             nameserver.clone(),
             demand,
-            stop.clone(),
-        ));
+            closing.clone(),
+        )));
     }
-    // The ADS server ends its streams on its own signal, after the Remoting server closed.
-    let ads_stop = CancellationToken::new();
-    let ads_task = match (ads.clone(), xds_listener) {
-        (Some(server), Some(listener)) => {
-            let ads_stop = ads_stop.clone();
-            Some(background.spawn(async move {
-                if let Err(e) = server.serve(listener, ads_stop.cancelled_owned()).await {
-                    tracing::error!("ADS server failed: {e}");
-                }
-            }))
-        }
-        _ => None,
-    };
+    if let (Some(server), Some(listener)) = (ads.clone(), xds_listener) {
+        let closing = closing.clone();
+        closing_tasks.push(background.spawn(async move {
+            if let Err(e) = server.serve(listener, closing.cancelled_owned()).await {
+                tracing::error!("ADS server failed: {e}");
+            }
+        }));
+    }
     background.spawn(publish_metrics(metrics.clone(), stop));
     let admin_addr = admin.as_ref().map(AdminServer::local_addr);
     drop(starting);
@@ -371,8 +371,8 @@ pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
         ready,
         server,
         background,
-        ads_stop,
-        ads_task,
+        closing,
+        closing_tasks,
         admin,
         admin_stop,
         metrics,
