@@ -11,8 +11,11 @@
 //!
 //! Other paths answer 404, other methods 405. Request bodies are never read.
 //!
-//! Bounded: at most [`AdminConfig::max_connections`] connections (further ones get a 503 and are
-//! closed at once), request heads must arrive within [`AdminConfig::header_read_timeout`] (which
+//! Bounded: at most [`AdminConfig::max_connections`] connections. At the cap a new connection
+//! closes the connection idle longest (between requests, or still sending a head: a slow or
+//! stuck client) to take its place, so a kubelet probe is answered however many idle
+//! connections are held open; only when every connection is inside a request, or too many new
+//! ones wait for a slot at once, does it get a 503 and close. Request heads must arrive within [`AdminConfig::header_read_timeout`] (which
 //! also closes idle keep-alive connections), head size is capped, and a connection serves at most
 //! [`AdminConfig::max_requests_per_connection`] requests and lives at most
 //! [`AdminConfig::max_connection_age`].
@@ -23,10 +26,10 @@
 //! [`Ready`] is the readiness gate the sidecar feeds into [`AdminSource::ready`]: each startup
 //! step holds a [`BlockReady`] guard and the process is ready once every guard is gone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -154,6 +157,7 @@ impl Default for AdminConfig {
 pub struct AdminServer {
     local_addr: SocketAddr,
     task: JoinHandle<()>,
+    registry: Arc<Registry>,
 }
 
 impl AdminServer {
@@ -173,19 +177,35 @@ impl AdminServer {
             max_requests_per_connection: config.max_requests_per_connection.max(1),
             ..config
         };
-        let listener = TcpListener::bind(config.addr)
-            .await
+        // The accept queue holds a burst of probes and scrapes (std's default is 128).
+        let listener = crate::remoting::bind(config.addr, 1024)
             .with_context(|| format!("binding the admin server to {}", config.addr))?;
         let local_addr = listener.local_addr().context("admin listener address")?;
         tracing::info!(%local_addr, "admin server listening");
         let app = Arc::new(App { source, stats });
-        let task = tokio::spawn(serve(listener, config, app, shutdown));
-        Ok(Self { local_addr, task })
+        let registry = Arc::new(Registry::default());
+        let task = tokio::spawn(serve(
+            listener,
+            config,
+            app,
+            shutdown,
+            Arc::clone(&registry),
+        ));
+        Ok(Self {
+            local_addr,
+            task,
+            registry,
+        })
     }
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Connections being served now (accepted and holding a slot).
+    pub fn connections(&self) -> usize {
+        self.registry.open.lock().len()
     }
 
     /// Waits until the server has stopped: shutdown was requested and connections drained or
@@ -205,13 +225,98 @@ struct App {
 const BUSY_RESPONSE: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 5\r\nconnection: close\r\n\r\nbusy\n";
 
+/// One open connection, as the accept loop sees it when it must make room.
+#[derive(Debug)]
+struct Tracked {
+    /// Inside a request (its handler runs).
+    busy: AtomicBool,
+    /// When it last finished a request, or opened (ms on the process clock).
+    idle_since: AtomicU64,
+    /// Cancelled to close it (gracefully: an idle connection closes at once).
+    shed: CancellationToken,
+}
+
+/// Open connections by id.
+#[derive(Debug, Default)]
+struct Registry {
+    next: AtomicU64,
+    open: parking_lot::Mutex<HashMap<u64, Arc<Tracked>>>,
+}
+
+impl Registry {
+    fn add(&self) -> (u64, Arc<Tracked>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let t = Arc::new(Tracked {
+            busy: AtomicBool::new(false),
+            idle_since: AtomicU64::new(rocketmesh_filters::clock::mono_ms()),
+            shed: CancellationToken::new(),
+        });
+        self.open.lock().insert(id, Arc::clone(&t));
+        (id, t)
+    }
+
+    fn remove(&self, id: u64) {
+        self.open.lock().remove(&id);
+    }
+
+    /// Asks the connection idle longest to close; false when every one is inside a request
+    /// (or already asked).
+    fn shed_oldest_idle(&self) -> bool {
+        let open = self.open.lock();
+        let oldest = open
+            .values()
+            .filter(|t| !t.busy.load(Ordering::Acquire) && !t.shed.is_cancelled())
+            .min_by_key(|t| t.idle_since.load(Ordering::Relaxed));
+        match oldest {
+            Some(t) => {
+                t.shed.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// How long a new connection waits for a slot when none could be made at once.
+const SHED_WAIT: Duration = Duration::from_millis(500);
+/// Connections waiting for a slot at once; past that, new ones get 503 at once.
+const MAX_WAITING: usize = 64;
+
+/// For a connection that found no slot at once (every open one was already asked to close, or
+/// the overflow is full): keeps asking the connection idle longest to close and takes the first
+/// slot that frees, for at most [`SHED_WAIT`].
+async fn make_room(
+    slots: &Arc<Semaphore>,
+    overflow: &Arc<Semaphore>,
+    registry: &Registry,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let deadline = tokio::time::Instant::now() + SHED_WAIT;
+    loop {
+        if registry.shed_oldest_idle() {
+            if let Ok(p) = Arc::clone(overflow).try_acquire_owned() {
+                return Some(p);
+            }
+        }
+        let step = tokio::time::Instant::now() + Duration::from_millis(20);
+        match tokio::time::timeout_at(step.min(deadline), Arc::clone(slots).acquire_owned()).await {
+            Ok(Ok(p)) => return Some(p),
+            Ok(Err(_)) => return None,
+            Err(_) if tokio::time::Instant::now() >= deadline => return None,
+            Err(_) => {}
+        }
+    }
+}
+
 async fn serve(
     listener: TcpListener,
     config: AdminConfig,
     app: Arc<App>,
     shutdown: CancellationToken,
+    registry: Arc<Registry>,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    let overflow = Arc::new(Semaphore::new(config.max_connections));
+    let waiting = Arc::new(Semaphore::new(MAX_WAITING));
     let mut conns = JoinSet::new();
     let mut accept_backoff = Duration::from_millis(10);
     loop {
@@ -226,16 +331,65 @@ async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     accept_backoff = Duration::from_millis(10);
-                    let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-                        tracing::debug!(%peer, "admin connection refused: at max_connections");
-                        // Best effort: a full socket buffer just means a plain close.
-                        let _ = stream.try_write(BUSY_RESPONSE);
-                        continue;
+                    // At the cap, the connection idle longest is closed to make room, and the
+                    // new one is let in at once on an overflow slot (at most as many again):
+                    // the newest connection, a probe say, always gets in while anyone is idle.
+                    let permit = Arc::clone(&slots).try_acquire_owned().ok().or_else(|| {
+                        registry
+                            .shed_oldest_idle()
+                            .then(|| Arc::clone(&overflow).try_acquire_owned().ok())
+                            .flatten()
+                    });
+                    let wait = match permit {
+                        Some(_) => None,
+                        // Nothing to shed, or the overflow is full: wait (bounded) for a slot.
+                        None => match Arc::clone(&waiting).try_acquire_owned() {
+                            Ok(w) => Some(w),
+                            Err(_) => {
+                                tracing::debug!(%peer, "admin connection refused: too many waiting for a slot");
+                                // Best effort: a full socket buffer just means a plain close.
+                                let _ = stream.try_write(BUSY_RESPONSE);
+                                continue;
+                            }
+                        },
                     };
                     let app = Arc::clone(&app);
                     let shutdown = shutdown.clone();
+                    let slots = Arc::clone(&slots);
+                    let overflow = Arc::clone(&overflow);
+                    let registry = Arc::clone(&registry);
                     conns.spawn(async move {
-                        serve_connection(stream, peer, config, app, shutdown).await;
+                        let permit = match (permit, wait) {
+                            (Some(p), _) => p,
+                            (None, _waiting) => match make_room(&slots, &overflow, &registry).await {
+                                Some(p) => p,
+                                None => {
+                                    tracing::debug!(%peer, "admin connection refused: no slot freed in time");
+                                    let _ = stream.try_write(BUSY_RESPONSE);
+                                    return;
+                                }
+                            },
+                        };
+                        let (id, tracked) = registry.add();
+                        let serve = serve_connection(stream, peer, config, app, shutdown, &tracked);
+                        tokio::pin!(serve);
+                        let mut permit = permit;
+                        if Arc::ptr_eq(permit.semaphore(), &overflow) {
+                            // Let in on an overflow slot: trade it for a regular one as soon as
+                            // the connection it replaced has closed, so the cap holds.
+                            tokio::select! {
+                                () = &mut serve => {}
+                                regular = Arc::clone(&slots).acquire_owned() => {
+                                    if let Ok(regular) = regular {
+                                        permit = regular;
+                                    }
+                                    serve.await;
+                                }
+                            }
+                        } else {
+                            serve.await;
+                        }
+                        registry.remove(id);
                         drop(permit);
                     });
                 }
@@ -274,14 +428,22 @@ async fn serve_connection(
     config: AdminConfig,
     app: Arc<App>,
     shutdown: CancellationToken,
+    tracked: &Arc<Tracked>,
 ) {
     let served = Arc::new(AtomicU64::new(0));
     let limit = config.max_requests_per_connection;
+    let in_service = Arc::clone(tracked);
     let service = service_fn(move |req| {
         let app = Arc::clone(&app);
         let served = Arc::clone(&served);
+        let tracked = Arc::clone(&in_service);
         async move {
+            tracked.busy.store(true, Ordering::Release);
             let mut response = app.handle(&req);
+            tracked
+                .idle_since
+                .store(rocketmesh_filters::clock::mono_ms(), Ordering::Relaxed);
+            tracked.busy.store(false, Ordering::Release);
             if served.fetch_add(1, Ordering::Relaxed) + 1 >= limit {
                 response
                     .headers_mut()
@@ -314,6 +476,18 @@ async fn serve_connection(
                 conn.as_mut().graceful_shutdown();
             }
             () = &mut age, if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = tracked.shed.cancelled(), if !closing => {
+                // Room for a newer connection (a probe, say): this one was idle longest. Not in
+                // a request, so it is dropped at once (hyper's graceful close would wait for a
+                // head that has not come, or never will); one that just took a request ends
+                // after answering it.
+                if !tracked.busy.load(Ordering::Acquire) {
+                    tracing::debug!(%peer, "admin connection closed to make room");
+                    return;
+                }
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
