@@ -1,7 +1,10 @@
 use bytes::{Bytes, BytesMut};
 
 use super::*;
+use crate::codec::body::BatchAckMessageRequestBody;
+use crate::codec::headers::PopMessageResponseHeader;
 use crate::codec::message::{decode_records, encode_record, MessageExt, Properties};
+use crate::codec::pop::PopHandle;
 
 fn key(conn: u64, q: i32) -> VQueueKey {
     VQueueKey {
