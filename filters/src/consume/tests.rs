@@ -725,3 +725,34 @@ fn acks_finished_together_settle_each_queue_they_name() {
     let acks = t.commit(&k1, 3);
     assert_eq!(acks.iter().map(|a| a.offset).collect::<Vec<_>>(), vec![2]);
 }
+
+#[test]
+fn a_rewind_does_not_stamp_over_a_handle_whose_ack_is_in_flight() {
+    let mut t = Translator::new(TranslatorConfig::default());
+    let k = key(1, 0);
+    pull(&mut t, &k, 0, 0, &[10], 0);
+    let acks = t.commit(&k, 1);
+    assert_eq!(acks.len(), 1);
+    // The consumer goes back to 0 while the ack of offset 0 is still in flight.
+    let (_, plan) = t.begin_pull(&k, 0, 32, None);
+    assert!(matches!(plan, PullPlan::Pop { .. }), "{plan:?}");
+    let (h, body) = pop_response(0, &[20], 900);
+    let PullReply::Found { body, .. } = t
+        .complete_pull(&k, 0, "broker-a", Some((&h, body)), None, 0)
+        .unwrap()
+    else {
+        panic!()
+    };
+    let offset = decode_records(&body.freeze()).unwrap()[0].queue_offset;
+    assert_ne!(offset, 0, "offset 0 still names the handle being acked");
+    testing::check(&t).unwrap();
+    // The ack fails: it is owed again, for the committed message (real offset 10) only.
+    t.ack_done(&k, 0, Outcome::Retry);
+    let owed = t.pending_acks();
+    assert_eq!(
+        owed.iter().map(|a| a.queue_offset).collect::<Vec<_>>(),
+        vec![10]
+    );
+    assert_eq!(t.held(), 2);
+    testing::check(&t).unwrap();
+}
