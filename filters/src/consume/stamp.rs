@@ -56,6 +56,7 @@ impl Translator {
                     visible_at_ms: handle.pop_time + handle.invisible_time,
                     handle,
                     renewing: false,
+                    committed: false,
                     state,
                 },
             ));

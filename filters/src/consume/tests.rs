@@ -756,3 +756,41 @@ fn a_rewind_does_not_stamp_over_a_handle_whose_ack_is_in_flight() {
     assert_eq!(t.held(), 2);
     testing::check(&t).unwrap();
 }
+
+#[test]
+fn owed_acks_never_cover_records_delivered_after_a_rewind() {
+    let mut t = Translator::new(TranslatorConfig::default());
+    let k = key(1, 0);
+    pull(&mut t, &k, 0, 0, &[10, 11], 0);
+    let acks = t.commit(&k, 2);
+    t.ack_done_all(&acks, Outcome::Done);
+    // The consumer rewinds to 0 and is delivered a new message there; it has not committed it.
+    let (_, plan) = t.begin_pull(&k, 0, 32, None);
+    assert!(matches!(plan, PullPlan::Pop { .. }), "{plan:?}");
+    let (h, body) = pop_response(0, &[20], 900);
+    t.complete_pull(&k, 0, "broker-a", Some((&h, body)), None, 0)
+        .unwrap();
+    assert_eq!(
+        t.pending_acks(),
+        Vec::new(),
+        "offset 0 was not committed since"
+    );
+    // Nor do they cover what is delivered after a commit past the delivered offsets.
+    let k2 = key(1, 1);
+    t.commit(&k2, 0);
+    t.begin_pull(&k2, 0, 32, Some(5));
+    let (h, body) = pop_response(1, &[30], 900);
+    t.complete_pull(&k2, 0, "broker-a", Some((&h, body)), None, 0)
+        .unwrap();
+    assert_eq!(t.pending_acks(), Vec::new());
+    // What the consumer does commit is still owed after a failed ack.
+    let acks = t.commit(&k, 1);
+    assert_eq!(acks.len(), 1);
+    t.ack_done_all(&acks, Outcome::Retry);
+    let owed = t.pending_acks();
+    assert_eq!(
+        owed.iter().map(|a| a.queue_offset).collect::<Vec<_>>(),
+        vec![20]
+    );
+    testing::check(&t).unwrap();
+}
