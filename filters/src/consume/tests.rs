@@ -794,3 +794,52 @@ fn owed_acks_never_cover_records_delivered_after_a_rewind() {
     );
     testing::check(&t).unwrap();
 }
+
+#[test]
+fn pulls_in_flight_together_do_not_hold_past_the_queue_cap() {
+    let cfg = TranslatorConfig {
+        max_held_per_queue: 4,
+        ..TranslatorConfig::default()
+    };
+    let mut t = Translator::new(cfg);
+    let k = key(1, 0);
+    // A client whose first pull timed out sends another: both are granted the free room.
+    assert_eq!(
+        t.begin_pull(&k, 0, 32, None).1,
+        PullPlan::Pop { max_msgs: 4 }
+    );
+    assert_eq!(
+        t.begin_pull(&k, 0, 32, None).1,
+        PullPlan::Pop { max_msgs: 4 }
+    );
+    let (h, body) = pop_response(0, &[10, 11, 12], 0);
+    let PullReply::Found { count, .. } = t
+        .complete_pull(&k, 0, "broker-a", Some((&h, body)), None, 0)
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(count, 3);
+    let (h, body) = pop_response(0, &[20, 21, 22], 1_000);
+    let PullReply::Found {
+        next_begin,
+        body,
+        count,
+        ..
+    } = t
+        .complete_pull(&k, 0, "broker-a", Some((&h, body)), None, 0)
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (count, next_begin),
+        (1, 4),
+        "only the room left is delivered"
+    );
+    let msgs = decode_records(&body.freeze()).unwrap();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].queue_offset, 3);
+    assert_eq!(t.held(), 4);
+    testing::check(&t).unwrap();
+}
