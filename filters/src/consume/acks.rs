@@ -118,6 +118,7 @@ impl Translator {
             match h.state {
                 HeldState::Outstanding => {
                     h.state = HeldState::Acking;
+                    h.committed = true;
                     out.push(Self::action(&vq.key, *o, h, 0));
                 }
                 HeldState::SentBack => sent_back.push(*o),
@@ -130,15 +131,27 @@ impl Translator {
         out
     }
 
-    /// Acks still owed for committed offsets (retries after transport failures).
+    /// Acks still owed for committed messages (retries after transport failures). Only handles
+    /// a commit covered since their delivery are owed: not records delivered at lower offsets
+    /// after a rewind, nor past a commit ahead of what was delivered.
     pub fn pending_acks(&mut self) -> Vec<HandleAction> {
-        let keys: Vec<(VQueueKey, i64)> = self
-            .queues
-            .iter()
-            .map(|(k, q)| (k.clone(), q.committed))
-            .collect();
-        keys.into_iter()
-            .flat_map(|(k, c)| self.commit(&k, c))
-            .collect()
+        let mut out = Vec::new();
+        let mut sent_back = Vec::new();
+        for vq in self.queues.values_mut() {
+            for (o, h) in vq.held.iter_mut().filter(|(_, h)| h.committed) {
+                match h.state {
+                    HeldState::Outstanding => {
+                        h.state = HeldState::Acking;
+                        out.push(Self::action(&vq.key, *o, h, 0));
+                    }
+                    HeldState::SentBack => sent_back.push((vq.key.clone(), *o)),
+                    HeldState::Acking | HeldState::Prefetched => {}
+                }
+            }
+        }
+        for (k, o) in sent_back {
+            self.remove_held(&k, o);
+        }
+        out
     }
 }

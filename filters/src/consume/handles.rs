@@ -77,7 +77,8 @@ pub enum Outcome {
 }
 
 impl Translator {
-    /// Forgets (never acks) the handles of `key` at `from` and beyond that are in `state`.
+    /// Forgets (never acks) the handles of `key` at `from` and beyond that are in `state`, except
+    /// committed ones: their acks are owed.
     pub(super) fn remove_held_from(&mut self, key: &VQueueKey, from: i64, state: HeldState) {
         let Some(vq) = self.queues.get(key) else {
             return;
@@ -85,7 +86,7 @@ impl Translator {
         let dropped: Vec<i64> = vq
             .held
             .range(from..)
-            .filter(|(_, h)| h.state == state)
+            .filter(|(_, h)| h.state == state && !h.committed)
             .map(|(o, _)| *o)
             .collect();
         for o in dropped {

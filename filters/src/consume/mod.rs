@@ -62,6 +62,8 @@ mod queue;
 mod renew;
 mod send_back;
 mod stamp;
+#[doc(hidden)]
+pub mod testing;
 
 pub use acks::{batch_acks, AckBatch};
 pub use handles::{CheckpointRef, HandleAction, Outcome};

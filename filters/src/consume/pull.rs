@@ -104,7 +104,14 @@ impl Translator {
             self.remove_held_from(key, offset, HeldState::Outstanding);
         }
         let vq = self.queues.get_mut(key).expect("just inserted");
-        vq.next = offset;
+        // Handles a rewind left behind (acks or send-backs in flight) keep their offsets, by
+        // which their outcomes come back: new records are stamped after them, never over them.
+        // The consumer takes the offsets skipped as filtered out.
+        vq.next = vq
+            .held
+            .range(offset..)
+            .next_back()
+            .map_or(offset, |(o, _)| o + 1);
         let room = self.cfg.max_held_per_queue.saturating_sub(vq.held.len());
         if room == 0 {
             return (acks, PullPlan::Throttled);

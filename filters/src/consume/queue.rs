@@ -45,6 +45,9 @@ pub(super) struct Held {
     /// When the broker would make it visible again unless renewed.
     pub(super) visible_at_ms: i64,
     pub(super) renewing: bool,
+    /// Covered by a commit of the consumer since it was delivered: its ack is owed (again, after
+    /// a failed one) until it is done.
+    pub(super) committed: bool,
     pub(super) state: HeldState,
 }
 

@@ -33,9 +33,19 @@ impl Translator {
         let shared_broker: Arc<str> = Arc::from(broker);
         let mut next = start;
         let mut phys = self.next_phys;
+        // Several pops of one queue can be in flight (a client re-sending a pull that timed
+        // out, a prefetch): each was granted the room free when it started. Records past the
+        // room left now are cut off, neither held nor delivered; the broker redelivers them
+        // after their invisible time.
+        let room = self.queues.get(key).map_or(0, |q| {
+            self.cfg.max_held_per_queue.saturating_sub(q.held.len())
+        });
         let mut new_held: Vec<(i64, Held)> = Vec::with_capacity(32);
         let mut lens: VecDeque<usize> = VecDeque::with_capacity(32);
         patch_records(&mut body, |rec| -> Result<(), ConsumeError> {
+            if lens.len() >= room {
+                return Ok(());
+            }
             lens.push_back(rec.len());
             let pop_ck = rec.property(property_keys::POP_CK)?.map(str::to_owned);
             let handle = info.handle_for_shared(
@@ -56,6 +66,7 @@ impl Translator {
                     visible_at_ms: handle.pop_time + handle.invisible_time,
                     handle,
                     renewing: false,
+                    committed: false,
                     state,
                 },
             ));
@@ -70,6 +81,7 @@ impl Translator {
             Ok(())
         })?;
         self.next_phys = phys;
+        body.truncate(lens.iter().sum());
         // Pop-retry messages come from `%RETRY%<group>_<topic>`; a legacy consumer only
         // accepts its subscribed topic (and `%RETRY%<group>` with RETRY_TOPIC), so those records
         // are re-encoded under the subscribed topic. Their handles keep the retry topic for acks.

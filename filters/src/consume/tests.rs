@@ -725,3 +725,121 @@ fn acks_finished_together_settle_each_queue_they_name() {
     let acks = t.commit(&k1, 3);
     assert_eq!(acks.iter().map(|a| a.offset).collect::<Vec<_>>(), vec![2]);
 }
+
+#[test]
+fn a_rewind_does_not_stamp_over_a_handle_whose_ack_is_in_flight() {
+    let mut t = Translator::new(TranslatorConfig::default());
+    let k = key(1, 0);
+    pull(&mut t, &k, 0, 0, &[10], 0);
+    let acks = t.commit(&k, 1);
+    assert_eq!(acks.len(), 1);
+    // The consumer goes back to 0 while the ack of offset 0 is still in flight.
+    let (_, plan) = t.begin_pull(&k, 0, 32, None);
+    assert!(matches!(plan, PullPlan::Pop { .. }), "{plan:?}");
+    let (h, body) = pop_response(0, &[20], 900);
+    let PullReply::Found { body, .. } = t
+        .complete_pull(&k, 0, "broker-a", Some((&h, body)), None, 0)
+        .unwrap()
+    else {
+        panic!()
+    };
+    let offset = decode_records(&body.freeze()).unwrap()[0].queue_offset;
+    assert_ne!(offset, 0, "offset 0 still names the handle being acked");
+    testing::check(&t).unwrap();
+    // The ack fails: it is owed again, for the committed message (real offset 10) only.
+    t.ack_done(&k, 0, Outcome::Retry);
+    let owed = t.pending_acks();
+    assert_eq!(
+        owed.iter().map(|a| a.queue_offset).collect::<Vec<_>>(),
+        vec![10]
+    );
+    assert_eq!(t.held(), 2);
+    testing::check(&t).unwrap();
+}
+
+#[test]
+fn owed_acks_never_cover_records_delivered_after_a_rewind() {
+    let mut t = Translator::new(TranslatorConfig::default());
+    let k = key(1, 0);
+    pull(&mut t, &k, 0, 0, &[10, 11], 0);
+    let acks = t.commit(&k, 2);
+    t.ack_done_all(&acks, Outcome::Done);
+    // The consumer rewinds to 0 and is delivered a new message there; it has not committed it.
+    let (_, plan) = t.begin_pull(&k, 0, 32, None);
+    assert!(matches!(plan, PullPlan::Pop { .. }), "{plan:?}");
+    let (h, body) = pop_response(0, &[20], 900);
+    t.complete_pull(&k, 0, "broker-a", Some((&h, body)), None, 0)
+        .unwrap();
+    assert_eq!(
+        t.pending_acks(),
+        Vec::new(),
+        "offset 0 was not committed since"
+    );
+    // Nor do they cover what is delivered after a commit past the delivered offsets.
+    let k2 = key(1, 1);
+    t.commit(&k2, 0);
+    t.begin_pull(&k2, 0, 32, Some(5));
+    let (h, body) = pop_response(1, &[30], 900);
+    t.complete_pull(&k2, 0, "broker-a", Some((&h, body)), None, 0)
+        .unwrap();
+    assert_eq!(t.pending_acks(), Vec::new());
+    // What the consumer does commit is still owed after a failed ack.
+    let acks = t.commit(&k, 1);
+    assert_eq!(acks.len(), 1);
+    t.ack_done_all(&acks, Outcome::Retry);
+    let owed = t.pending_acks();
+    assert_eq!(
+        owed.iter().map(|a| a.queue_offset).collect::<Vec<_>>(),
+        vec![20]
+    );
+    testing::check(&t).unwrap();
+}
+
+#[test]
+fn pulls_in_flight_together_do_not_hold_past_the_queue_cap() {
+    let cfg = TranslatorConfig {
+        max_held_per_queue: 4,
+        ..TranslatorConfig::default()
+    };
+    let mut t = Translator::new(cfg);
+    let k = key(1, 0);
+    // A client whose first pull timed out sends another: both are granted the free room.
+    assert_eq!(
+        t.begin_pull(&k, 0, 32, None).1,
+        PullPlan::Pop { max_msgs: 4 }
+    );
+    assert_eq!(
+        t.begin_pull(&k, 0, 32, None).1,
+        PullPlan::Pop { max_msgs: 4 }
+    );
+    let (h, body) = pop_response(0, &[10, 11, 12], 0);
+    let PullReply::Found { count, .. } = t
+        .complete_pull(&k, 0, "broker-a", Some((&h, body)), None, 0)
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(count, 3);
+    let (h, body) = pop_response(0, &[20, 21, 22], 1_000);
+    let PullReply::Found {
+        next_begin,
+        body,
+        count,
+        ..
+    } = t
+        .complete_pull(&k, 0, "broker-a", Some((&h, body)), None, 0)
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (count, next_begin),
+        (1, 4),
+        "only the room left is delivered"
+    );
+    let msgs = decode_records(&body.freeze()).unwrap();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].queue_offset, 3);
+    assert_eq!(t.held(), 4);
+    testing::check(&t).unwrap();
+}
