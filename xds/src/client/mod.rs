@@ -84,7 +84,7 @@ impl XdsClient {
             table: ArcSwap::from_pointee(RouteTable::default()),
             waiters: Waiters::default(),
             cmds: Some(tx),
-            counters: Counters::default(),
+            counters: Counters::new(),
             status: Mutex::new(Status::default()),
             state: Mutex::new(State::default()),
             connected: watch::channel(false).0,
@@ -143,7 +143,7 @@ impl XdsClient {
             table: ArcSwap::from_pointee(table),
             waiters: Waiters::default(),
             cmds: None,
-            counters: Counters::default(),
+            counters: Counters::new(),
             status: Mutex::new(Status {
                 connected: true,
                 ..Default::default()

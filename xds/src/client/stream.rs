@@ -82,7 +82,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut cmds: mpsc::Receiver<String>) {
             }
             StreamEnd::Error(e) => task.set_error(e),
         }
-        Counters::add(&task.inner.counters.disconnects, 1);
+        task.inner.counters.disconnected();
         // A stream that lived a while resets the backoff.
         if started.elapsed() > Duration::from_secs(5) {
             backoff = INITIAL_BACKOFF;
@@ -131,6 +131,7 @@ impl Task {
             s.mode = mode;
         }
         drop(s);
+        self.inner.counters.set_connected(up);
         self.inner.connected.send_replace(up);
     }
 
@@ -200,6 +201,7 @@ impl Task {
                     .notify(&topic, Err(RouteError::Limit(inner.cfg.max_topics))),
             }
         }
+        inner.counters.set_topics(st.subs.topics.len());
         new
     }
 
@@ -212,6 +214,7 @@ impl Task {
         let mut st = inner.state.lock();
         let gone = st.expire_missing(inner.cfg.missing_ttl, self.rc());
         if !gone.is_empty() {
+            inner.counters.set_topics(st.subs.topics.len());
             self.publish(&mut st);
         }
         gone
@@ -236,8 +239,8 @@ impl Task {
     }
 
     fn record(&self, type_url: &str, nonce: &str, errors: &[String]) {
+        self.inner.counters.answered(type_url, !errors.is_empty());
         if errors.is_empty() {
-            Counters::add(&self.inner.counters.acks, 1);
             return;
         }
         let message = errors.join("; ");
@@ -247,7 +250,6 @@ impl Task {
             error = %message,
             "rejecting xDS update; keeping the last good resources"
         );
-        Counters::add(&self.inner.counters.nacks, 1);
         self.inner.status.lock().last_nack = Some(NackInfo {
             type_url: type_url.to_owned(),
             nonce: nonce.to_owned(),
@@ -369,7 +371,8 @@ impl Task {
                         Some(Err(s)) => return StreamEnd::Error(format!("delta ADS: {s}")),
                         Some(Ok(r)) => r,
                     };
-                    Counters::add(&self.inner.counters.responses, 1);
+                    let n = resp.resources.len() + resp.removed_resources.len();
+                    self.inner.counters.response(&resp.type_url, n);
                     self.on_delta(resp)
                 }
                 cmd = cmds.recv() => {
@@ -459,7 +462,7 @@ impl Task {
                         Some(Err(s)) => return StreamEnd::Error(format!("SotW ADS: {s}")),
                         Some(Ok(r)) => r,
                     };
-                    Counters::add(&self.inner.counters.responses, 1);
+                    self.inner.counters.response(&resp.type_url, resp.resources.len());
                     for req in self.on_sotw(resp) {
                         Counters::add(&self.inner.counters.requests_sent, 1);
                         if tx.send(req).await.is_err() {
