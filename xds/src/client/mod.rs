@@ -282,3 +282,54 @@ impl XdsClient {
         self.inner.stop.notify_one();
     }
 }
+
+/// What [`apply_delta_bytes`] left in a fresh client state.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaProbe {
+    /// Resources in the response (bodies or not).
+    pub resources: usize,
+    /// Names they stand for (names and aliases).
+    pub names: usize,
+    /// Resources held after applying it.
+    pub held: usize,
+    /// Rejections (each one bad resource, or the whole response for an unknown type).
+    pub rejected: usize,
+    /// Topics subscribed, and topics in the snapshot built after it.
+    pub subscribed_topics: usize,
+    pub topics: usize,
+}
+
+/// Decodes `bytes` as a `DeltaDiscoveryResponse` and applies it as the ADS task would to a fresh
+/// state subscribed to every name the response carries, then builds the snapshot. No I/O. For
+/// the fuzz target (`xds/fuzz`) and its CI twin (`xds/tests/decode_fuzz.rs`), not for callers.
+#[doc(hidden)]
+pub fn apply_delta_bytes(bytes: &[u8]) -> Result<DeltaProbe, prost::DecodeError> {
+    use prost::Message;
+    let resp = xds_api::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse::decode(bytes)?;
+    let rc = crate::DEFAULT_ROUTE_CONFIG;
+    let mut st = State::default();
+    let mut names = 0;
+    for r in &resp.resources {
+        for n in std::iter::once(&r.name).chain(&r.aliases) {
+            names += 1;
+            if let Some(t) = crate::resources::topic_of_vhds_name(n) {
+                st.want(t.to_owned(), usize::MAX, rc);
+            }
+            st.subs.clusters.insert(n.clone());
+            st.subs.load_assignments.insert(n.clone());
+        }
+    }
+    let rejected = delta::apply(&mut st, &resp, rc).len();
+    let held = st.res.vhosts.len() + st.res.clusters.len() + st.res.load_assignments.len();
+    let _ = st.sync_dependencies(rc);
+    let table = st.next_table(rc, false, 1, &RouteTable::default());
+    Ok(DeltaProbe {
+        resources: resp.resources.len(),
+        names,
+        held,
+        rejected,
+        subscribed_topics: st.subs.topics.len(),
+        topics: table.topics.len(),
+    })
+}
