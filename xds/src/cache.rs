@@ -75,16 +75,47 @@ impl RouteTable {
     }
 }
 
+/// One kind of resource as the client holds it: the resources by name, and the names the server
+/// reported as not existing (with since when).
+#[derive(Debug)]
+pub struct Table<T> {
+    pub held: HashMap<String, Held<T>>,
+    pub missing: HashMap<String, Instant>,
+}
+
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Table {
+            held: HashMap::new(),
+            missing: HashMap::new(),
+        }
+    }
+}
+
+impl<T> Table<T> {
+    pub fn get(&self, name: &str) -> Option<&Held<T>> {
+        self.held.get(name)
+    }
+
+    pub fn is_missing(&self, name: &str) -> bool {
+        self.missing.contains_key(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
 /// The client's working set of resources, by resource name.
 #[derive(Debug, Default)]
 pub struct Resources {
-    pub vhosts: HashMap<String, Held<VirtualHostSpec>>,
-    pub clusters: HashMap<String, Held<ClusterSpec>>,
-    pub load_assignments: HashMap<String, Held<LoadAssignment>>,
-    /// Names the server reported as not existing, per kind.
-    pub missing_vhosts: HashMap<String, Instant>,
-    pub missing_clusters: HashSet<String>,
-    pub missing_load_assignments: HashSet<String>,
+    pub vhosts: Table<VirtualHostSpec>,
+    pub clusters: Table<ClusterSpec>,
+    pub load_assignments: Table<LoadAssignment>,
     /// Clusters with their endpoints resolved, rebuilt when a cluster or its EDS resource changes.
     resolved: HashMap<String, ResolvedCluster>,
 }
@@ -124,6 +155,7 @@ impl Resources {
     /// Clusters whose endpoints come from the EDS resource `service`.
     pub fn clusters_using_eds(&self, service: &str) -> Vec<String> {
         self.clusters
+            .held
             .iter()
             .filter(|(_, c)| matches!(&c.value.endpoints, EndpointSource::Eds(s) if s == service))
             .map(|(n, _)| n.clone())
@@ -134,7 +166,7 @@ impl Resources {
     /// client holds the full catalogue (SotW): anything not present is missing, not pending.
     pub fn resolve(&self, route_config: &str, topic: &str, complete: bool) -> Resolution {
         let name = vhds_name(route_config, topic);
-        if self.missing_vhosts.contains_key(&name) {
+        if self.vhosts.is_missing(&name) {
             return Resolution::Missing;
         }
         let Some(vhost) = self.vhosts.get(&name) else {
@@ -146,7 +178,7 @@ impl Resources {
         };
         let mut clusters = BTreeMap::new();
         for cname in vhost.value.cluster_names() {
-            if self.missing_clusters.contains(cname) {
+            if self.clusters.is_missing(cname) {
                 return Resolution::Missing;
             }
             let Some(c) = self.clusters.get(cname) else {
@@ -157,8 +189,8 @@ impl Resources {
                 };
             };
             if let EndpointSource::Eds(service) = &c.value.endpoints {
-                if !self.load_assignments.contains_key(service)
-                    && !self.missing_load_assignments.contains(service)
+                if !self.load_assignments.held.contains_key(service)
+                    && !self.load_assignments.is_missing(service)
                     && !complete
                 {
                     return Resolution::Waiting;
@@ -206,31 +238,71 @@ pub fn build_table<'a>(
 ) -> RouteTable {
     let mut out = HashMap::new();
     for topic in topics {
-        match res.resolve(route_config, topic, complete) {
-            Resolution::Ready(r) => {
-                // Keep the previous Arc when nothing changed, so readers holding it stay cheap.
-                let state = match previous.route(topic) {
-                    Some(prev) if **prev == r => TopicState::Ready(prev.clone()),
-                    _ => TopicState::Ready(Arc::new(r)),
-                };
-                out.insert(topic.clone(), state);
-            }
-            Resolution::Missing => {
-                let since = match previous.get(topic) {
-                    Some(TopicState::Missing { since }) => *since,
-                    _ => res
-                        .missing_vhosts
-                        .get(&vhds_name(route_config, topic))
-                        .copied()
-                        .unwrap_or_else(Instant::now),
-                };
-                out.insert(topic.clone(), TopicState::Missing { since });
-            }
-            Resolution::Waiting => {}
+        if let Some(state) = state_of(res, route_config, topic, complete, previous) {
+            out.insert(topic.clone(), state);
         }
     }
     RouteTable {
         generation,
         topics: out,
+    }
+}
+
+/// The next snapshot after a change that can only have affected the topics in `touched`: every
+/// other topic of `previous` is carried over as it is (its `Arc` shared), each touched topic still
+/// `wanted` is resolved again, and touched topics no longer wanted are dropped. Delta only (a
+/// complete catalogue is rebuilt with [`build_table`]).
+pub fn update_table<'a>(
+    res: &Resources,
+    route_config: &str,
+    touched: impl IntoIterator<Item = &'a String>,
+    wanted: impl Fn(&str) -> bool,
+    generation: u64,
+    previous: &RouteTable,
+) -> RouteTable {
+    let mut topics = previous.topics.clone();
+    for topic in touched {
+        let state = if wanted(topic) {
+            state_of(res, route_config, topic, false, previous)
+        } else {
+            None
+        };
+        match state {
+            Some(s) => topics.insert(topic.clone(), s),
+            None => topics.remove(topic),
+        };
+    }
+    RouteTable { generation, topics }
+}
+
+/// How `topic` stands in the next snapshot (`None`: still waiting, left out).
+fn state_of(
+    res: &Resources,
+    route_config: &str,
+    topic: &str,
+    complete: bool,
+    previous: &RouteTable,
+) -> Option<TopicState> {
+    match res.resolve(route_config, topic, complete) {
+        Resolution::Ready(r) => {
+            // Keep the previous Arc when nothing changed, so readers holding it stay cheap.
+            Some(match previous.route(topic) {
+                Some(prev) if **prev == r => TopicState::Ready(prev.clone()),
+                _ => TopicState::Ready(Arc::new(r)),
+            })
+        }
+        Resolution::Missing => {
+            let since = match previous.get(topic) {
+                Some(TopicState::Missing { since }) => *since,
+                _ => res
+                    .vhosts
+                    .missing
+                    .get(&vhds_name(route_config, topic))
+                    .copied()
+                    .unwrap_or_else(Instant::now),
+            };
+            Some(TopicState::Missing { since })
+        }
+        Resolution::Waiting => None,
     }
 }

@@ -14,6 +14,8 @@
 pub mod cache;
 pub mod catalog;
 pub mod client;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod model;
 pub mod resources;
 pub mod server;

@@ -476,3 +476,142 @@ async fn falls_back_to_sotw_when_delta_is_unimplemented() {
     assert!(nack.error_detail.unwrap().message.contains("name is empty"));
     assert!(c.route("TopicS").await.is_ok());
 }
+
+/// A recorder that keeps counters only, keyed `name{label=value,...}`, for reading what the
+/// client exported.
+#[derive(Default)]
+struct CountingRecorder {
+    counters:
+        Mutex<std::collections::HashMap<String, std::sync::Arc<std::sync::atomic::AtomicU64>>>,
+}
+
+impl CountingRecorder {
+    fn id(key: &metrics::Key) -> String {
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        format!("{}{{{}}}", key.name(), labels.join(","))
+    }
+
+    fn get(&self, id: &str) -> u64 {
+        self.counters
+            .lock()
+            .get(id)
+            .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl metrics::Recorder for CountingRecorder {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let c = self
+            .counters
+            .lock()
+            .entry(Self::id(key))
+            .or_default()
+            .clone();
+        metrics::Counter::from_arc(c)
+    }
+
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// A NACK is exported as `xds.update_rejected{type}`, next to the attempt and resource counts;
+/// the ACK of the next, good response as `xds.update_success`. The recorder is local to this
+/// thread, so the client runs on a current-thread runtime here.
+#[test]
+fn nack_and_ack_are_counted_in_metrics() {
+    let rec = CountingRecorder::default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&rec, || {
+        rt.block_on(async {
+            let mut h = serve(true).await;
+            let c = client(h.addr, XdsMode::Delta);
+            let waiter = {
+                let c = c.clone();
+                tokio::spawn(async move { c.route("TopicM").await })
+            };
+            let sub = h.next_delta().await;
+            assert_eq!(sub.resource_names_subscribe, vec!["rocketmq/TopicM"]);
+            let (vhost, _) = build_topic("rocketmq/TopicM", &spec("TopicM", 6), false);
+            let mut bad = vhost_to_proto(&vhost);
+            bad.routes.clear();
+            h.send_delta(delta(
+                VIRTUAL_HOST_TYPE,
+                "m1",
+                vec![resource(
+                    "rocketmq/TopicM",
+                    "v0",
+                    to_any(VIRTUAL_HOST_TYPE, &bad),
+                )],
+                vec![],
+            ))
+            .await;
+            let nack = h.next_delta().await;
+            assert_eq!(nack.response_nonce, "m1");
+            assert!(nack.error_detail.is_some());
+            // Counted before the NACK was sent.
+            assert_eq!(rec.get("xds.update_rejected{type=virtual_host}"), 1);
+            assert_eq!(rec.get("xds.update_attempt{type=virtual_host}"), 1);
+            assert_eq!(rec.get("xds.resources_received{type=virtual_host}"), 1);
+            assert_eq!(rec.get("xds.update_success{type=virtual_host}"), 0);
+            assert_eq!(c.stats().nacks, 1);
+
+            h.send_delta(delta(
+                VIRTUAL_HOST_TYPE,
+                "m2",
+                vec![resource(
+                    "rocketmq/TopicM",
+                    "v1",
+                    to_any(VIRTUAL_HOST_TYPE, &vhost_to_proto(&vhost)),
+                )],
+                vec![],
+            ))
+            .await;
+            let ack = h
+                .expect_delta("the ACK of m2", |r| r.response_nonce == "m2")
+                .await;
+            assert!(ack.error_detail.is_none());
+            assert_eq!(rec.get("xds.update_success{type=virtual_host}"), 1);
+            assert_eq!(rec.get("xds.update_rejected{type=virtual_host}"), 1);
+            assert_eq!(rec.get("xds.update_attempt{type=virtual_host}"), 2);
+            waiter.abort();
+            c.shutdown();
+        })
+    });
+}
