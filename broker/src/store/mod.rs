@@ -26,10 +26,12 @@
 
 pub mod checkpoint;
 pub mod commit_log;
+mod config;
 pub mod consume_queue;
 pub mod error;
 pub mod offsets;
 pub mod pop_store;
+mod recovery;
 pub mod util;
 
 #[cfg(test)]
@@ -37,8 +39,7 @@ mod tests;
 
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use std::collections::HashMap;
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
@@ -46,18 +47,20 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rocketmesh_filters::codec::message::record::store_timestamp_position;
-use rocketmesh_filters::codec::message::{MessageExt, RecordView};
+use rocketmesh_filters::codec::message::MessageExt;
 use tokio::sync::watch;
 
 use super::long_poll::ArrivalHub;
-use tracing::{error, info, warn};
+use tracing::error;
 
 pub use checkpoint::StoreCheckpoint;
 pub use commit_log::{Appended, CommitLog, RecoveryReport, ScannedRecord};
+pub use config::{FlushMode, GetResult, GetStatus, PutResult, StoreConfig, StoreStats};
 pub use consume_queue::{ConsumeQueue, CqEntry};
 pub use error::{Result, StoreError};
 pub use offsets::OffsetStore;
 pub use pop_store::{AckOutcome, ChangeInvisibleOutcome, PopCheckpoint, PopKey, PopStore};
+use recovery::verify_record;
 pub use util::{validate_group, validate_topic};
 
 /// Most messages one [`MessageStore::get_messages`] call returns.
@@ -69,175 +72,6 @@ pub const MAX_PULL_BYTES: usize = 256 * 1024;
 pub const MAX_SCAN_ENTRIES: u64 = 800;
 /// Default maximum message body size: 4 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 << 20;
-
-/// When the flush thread fsyncs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlushMode {
-    /// Every `interval`; callers need not wait for durability.
-    Async {
-        /// Time between flush rounds.
-        interval: Duration,
-    },
-    /// Group commit: as soon as there are unflushed writes. Callers await
-    /// [`MessageStore::wait_durable`] before acknowledging.
-    Sync,
-}
-
-impl Default for FlushMode {
-    fn default() -> Self {
-        Self::Async {
-            interval: Duration::from_millis(200),
-        }
-    }
-}
-
-/// Store configuration.
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    /// Root data directory.
-    pub data_dir: PathBuf,
-    /// Commit log segment size in bytes (default 64 MiB).
-    pub commit_log_segment_size: u64,
-    /// Entries per consume queue file (default 300 000).
-    pub consume_queue_segment_entries: u64,
-    /// Flush mode (default async, 200 ms).
-    pub flush_mode: FlushMode,
-    /// Largest message body accepted (default 4 MiB).
-    pub max_message_size: usize,
-    /// How often consumer offsets are persisted (default 5 s).
-    pub offsets_persist_interval: Duration,
-    /// Most live pop checkpoints (default 100 000).
-    pub max_pop_checkpoints: usize,
-    /// Pop checkpoint log lines before compaction is considered (default 10 000).
-    pub pop_log_compact_threshold: usize,
-    /// Flush latency and size handles (no-ops by default).
-    pub metrics: crate::metrics::StoreMetrics,
-}
-
-impl StoreConfig {
-    /// The defaults, with data under `data_dir`.
-    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            data_dir: data_dir.into(),
-            commit_log_segment_size: commit_log::DEFAULT_SEGMENT_SIZE,
-            consume_queue_segment_entries: consume_queue::DEFAULT_ENTRIES_PER_SEGMENT,
-            flush_mode: FlushMode::default(),
-            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            offsets_persist_interval: Duration::from_secs(5),
-            max_pop_checkpoints: 100_000,
-            pop_log_compact_threshold: 10_000,
-            metrics: crate::metrics::StoreMetrics::default(),
-        }
-    }
-
-    fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(StoreError::InvalidConfig(m));
-        if let FlushMode::Async { interval } = self.flush_mode {
-            if interval.is_zero() {
-                return bad("async flush interval must not be zero".into());
-            }
-        }
-        if self.offsets_persist_interval.is_zero() {
-            return bad("offsets persist interval must not be zero".into());
-        }
-        if self.max_message_size == 0 || self.max_message_size > i32::MAX as usize {
-            return bad(format!(
-                "max message size {} out of range",
-                self.max_message_size
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Where a message was stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PutResult {
-    /// Physical offset of the record.
-    pub commit_log_offset: u64,
-    /// Logical offset in its consume queue.
-    pub queue_offset: i64,
-    /// Record size.
-    pub size: u32,
-    /// Store timestamp written in the record (ms).
-    pub store_timestamp: i64,
-    /// offsetMsgId (store host + physical offset).
-    pub msg_id: String,
-}
-
-impl PutResult {
-    /// Physical offset just past the record: pass it to [`MessageStore::wait_durable`].
-    pub fn end_offset(&self) -> u64 {
-        self.commit_log_offset + u64::from(self.size)
-    }
-}
-
-/// Outcome of [`MessageStore::get_messages`] (RocketMQ `GetMessageStatus`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GetStatus {
-    /// Records were found.
-    Found,
-    /// The queue has never had a message (max offset 0).
-    NoMessageInQueue,
-    /// The offset equals the max offset: nothing new yet.
-    OffsetOverflowOne,
-    /// The offset is beyond the max offset.
-    OffsetOverflowBadly,
-    /// The offset is below the min offset.
-    OffsetTooSmall,
-    /// Entries were scanned but the filter rejected them all.
-    NoMatchedMessage,
-    /// The queue does not exist.
-    NoMatchedLogicQueue,
-}
-
-/// Result of [`MessageStore::get_messages`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GetResult {
-    /// Status.
-    pub status: GetStatus,
-    /// Whole stored records, in queue order (concatenated they form a Pull body).
-    pub records: Vec<Bytes>,
-    /// The offset to pull from next.
-    pub next_begin_offset: i64,
-    /// The queue's min offset.
-    pub min_offset: i64,
-    /// The queue's max offset.
-    pub max_offset: i64,
-}
-
-impl GetResult {
-    /// The records concatenated: a Pull response body.
-    pub fn body(&self) -> Bytes {
-        let mut b = BytesMut::with_capacity(self.total_bytes());
-        for r in &self.records {
-            b.extend_from_slice(r);
-        }
-        b.freeze()
-    }
-
-    /// Total size of the records.
-    pub fn total_bytes(&self) -> usize {
-        self.records.iter().map(Bytes::len).sum()
-    }
-}
-
-/// Counters of the store.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StoreStats {
-    /// `put` / `put_batch` calls that succeeded.
-    pub puts: u64,
-    /// Messages stored.
-    pub messages: u64,
-    /// Flush rounds that synced something (each covers every write made before it).
-    pub flushes: u64,
-    /// fsync / fdatasync calls made by flush rounds (files and directories).
-    pub fsyncs: u64,
-    /// Commit log offset known durable.
-    pub flushed_offset: u64,
-    /// Commit log end offset.
-    pub written_offset: u64,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Durable {
@@ -304,86 +138,6 @@ pub struct MessageStore {
     fsyncs: AtomicU64,
 }
 
-/// Re-indexes commit log records into consume queues during recovery.
-struct Dispatcher<'a> {
-    root: &'a Path,
-    per_segment: u64,
-    queues: &'a mut HashMap<QueueKey, Arc<ConsumeQueue>>,
-    /// Full rebuild: every record is visited; otherwise a gap aborts the walk.
-    full: bool,
-    /// Full rebuild: per queue, the offset after the last record seen.
-    seen: HashMap<QueueKey, u64>,
-    appended: u64,
-}
-
-impl Dispatcher<'_> {
-    fn dispatch(&mut self, r: &ScannedRecord) -> Result<bool> {
-        if validate_topic(&r.topic).is_err() || r.queue_id < 0 || r.queue_offset < 0 {
-            warn!(
-                offset = r.offset,
-                topic = %r.topic,
-                queue_id = r.queue_id,
-                "commit log record with an invalid topic, queue id or queue offset is not indexed"
-            );
-            return Ok(true);
-        }
-        let key = (r.topic.clone(), r.queue_id);
-        let q = match self.queues.get(&key) {
-            Some(q) => Arc::clone(q),
-            None => {
-                let q = Arc::new(ConsumeQueue::create(
-                    self.root,
-                    &r.topic,
-                    r.queue_id,
-                    self.per_segment,
-                )?);
-                self.queues.insert(key.clone(), Arc::clone(&q));
-                q
-            }
-        };
-        let o = r.queue_offset as u64;
-        let entry = CqEntry {
-            commit_log_offset: r.offset as i64,
-            size: r.size as i32,
-            tags_code: r.tags_code,
-        };
-        let max = q.max_offset();
-        if o == max {
-            q.append(o, entry)?;
-            self.appended += 1;
-        } else if o < max {
-            if o >= q.min_offset() && q.entry(o)? != Some(entry) {
-                warn!(
-                    topic = %r.topic,
-                    queue_id = r.queue_id,
-                    queue_offset = o,
-                    "consume queue entry disagrees with the commit log; truncating and re-indexing"
-                );
-                q.truncate(o)?;
-                q.append(o, entry)?;
-                self.appended += 1;
-            }
-        } else if !self.full {
-            // Entries are missing before this record: index everything again.
-            return Ok(false);
-        } else {
-            error!(
-                offset = r.offset,
-                topic = %r.topic,
-                queue_id = r.queue_id,
-                queue_offset = o,
-                expected = max,
-                "commit log record is out of sequence for its queue and is not indexed"
-            );
-            return Ok(true);
-        }
-        if self.full {
-            self.seen.insert(key, o + 1);
-        }
-        Ok(true)
-    }
-}
-
 impl MessageStore {
     /// Opens the store under `config.data_dir` (creating it), recovers it and starts the flush
     /// thread.
@@ -413,58 +167,7 @@ impl MessageStore {
         let ckpt = StoreCheckpoint::load(&checkpoint_path);
         let per_segment = config.consume_queue_segment_entries;
 
-        let started = Instant::now();
-        let (mut queues, dropped) = Self::load_queues(&cq_root, per_segment)?;
-        let mut full = match ckpt {
-            None => true,
-            Some(c) => {
-                let entries: u64 = queues.values().map(|q| q.max_offset()).sum();
-                dropped || (queues.len() as u64) < c.queues || entries < c.queue_entries
-            }
-        };
-        let report = loop {
-            let from = if full {
-                0
-            } else {
-                ckpt.map_or(0, |c| c.commit_log_offset)
-            };
-            let mut d = Dispatcher {
-                root: &cq_root,
-                per_segment,
-                queues: &mut queues,
-                full,
-                seen: HashMap::new(),
-                appended: 0,
-            };
-            let report = commit_log.recover(from, &mut |r| d.dispatch(r))?;
-            if report.aborted {
-                info!("consume queues miss entries before the checkpoint; rebuilding them from the whole commit log");
-                full = true;
-                continue;
-            }
-            let end = report.end;
-            if full {
-                let seen = std::mem::take(&mut d.seen);
-                Self::trim_to_seen(&cq_root, &mut queues, &seen)?;
-            } else if !Self::trim_and_check(&commit_log, &queues, end)?
-                || queues.values().map(|q| q.max_offset()).sum::<u64>()
-                    < ckpt.map_or(0, |c| c.queue_entries)
-            {
-                info!("consume queue entries disagree with the commit log; rebuilding them from the whole commit log");
-                full = true;
-                continue;
-            }
-            break report;
-        };
-        info!(
-            commit_log_end = report.end,
-            records_walked = report.records,
-            truncated_bytes = report.truncated_bytes,
-            full_rebuild = full,
-            queues = queues.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "message store recovered"
-        );
+        let queues = recovery::recover_queues(&commit_log, &cq_root, per_segment, ckpt)?;
 
         let offsets = OffsetStore::load(dir.join("config").join("consumerOffset.json"))?;
         util::create_dir_all(&dir.join("config"))?;
@@ -517,118 +220,6 @@ impl MessageStore {
             .map_err(|e| StoreError::io(&dir, e))?;
         *store.flush_thread.lock() = Some(handle);
         Ok(store)
-    }
-
-    /// Loads every consume queue directory; deletes (and reports) those that fail to load.
-    fn load_queues(
-        root: &Path,
-        per_segment: u64,
-    ) -> Result<(HashMap<QueueKey, Arc<ConsumeQueue>>, bool)> {
-        let mut queues = HashMap::new();
-        let mut dropped = false;
-        for topic_entry in fs::read_dir(root).map_err(|e| StoreError::io(root, e))? {
-            let topic_entry = topic_entry.map_err(|e| StoreError::io(root, e))?;
-            let Some(topic) = topic_entry.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            let topic_dir = topic_entry.path();
-            if validate_topic(&topic).is_err() || !topic_dir.is_dir() {
-                warn!(path = %topic_dir.display(), "ignoring unexpected entry in the consume queue directory");
-                continue;
-            }
-            for q_entry in fs::read_dir(&topic_dir).map_err(|e| StoreError::io(&topic_dir, e))? {
-                let q_entry = q_entry.map_err(|e| StoreError::io(&topic_dir, e))?;
-                let qid = q_entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|s| s.parse::<i32>().ok())
-                    .filter(|q| *q >= 0 && q.to_string() == q_entry.file_name().to_string_lossy());
-                let Some(qid) = qid.filter(|_| q_entry.path().is_dir()) else {
-                    warn!(path = %q_entry.path().display(), "ignoring unexpected entry in a consume queue directory");
-                    continue;
-                };
-                match ConsumeQueue::load(root, &topic, qid, per_segment) {
-                    Ok(q) => {
-                        queues.insert((topic.clone(), qid), Arc::new(q));
-                    }
-                    Err(e) => {
-                        warn!("discarding consume queue {topic}/{qid} (it will be rebuilt): {e}");
-                        ConsumeQueue::remove_dir(root, &topic, qid)?;
-                        dropped = true;
-                    }
-                }
-            }
-        }
-        Ok((queues, dropped))
-    }
-
-    /// After a full rebuild: cuts every queue to the records seen, deletes queues no record
-    /// belongs to.
-    fn trim_to_seen(
-        root: &Path,
-        queues: &mut HashMap<QueueKey, Arc<ConsumeQueue>>,
-        seen: &HashMap<QueueKey, u64>,
-    ) -> Result<()> {
-        let mut gone = Vec::new();
-        for (key, q) in queues.iter() {
-            match seen.get(key) {
-                Some(&n) => {
-                    if q.max_offset() > n {
-                        warn!(topic = %key.0, queue_id = key.1, "dropping consume queue entries not backed by the commit log");
-                        q.truncate(n)?;
-                    }
-                }
-                None => gone.push(key.clone()),
-            }
-        }
-        for key in gone {
-            warn!(topic = %key.0, queue_id = key.1, "deleting a consume queue no commit log record belongs to");
-            queues.remove(&key);
-            ConsumeQueue::remove_dir(root, &key.0, key.1)?;
-        }
-        Ok(())
-    }
-
-    /// Drops entries pointing past `end` and checks the first and last entries of each queue
-    /// file; false when an entry does not match its record.
-    fn trim_and_check(
-        cl: &CommitLog,
-        queues: &HashMap<QueueKey, Arc<ConsumeQueue>>,
-        end: u64,
-    ) -> Result<bool> {
-        for ((topic, qid), q) in queues {
-            let mut max = q.max_offset();
-            let min = q.min_offset();
-            while max > min {
-                match q.entry(max - 1)? {
-                    Some(e) if e.is_plausible() && e.end() <= end => break,
-                    _ => max -= 1,
-                }
-            }
-            if max < q.max_offset() {
-                warn!(topic = %topic, queue_id = qid, "dropping consume queue entries past the end of the commit log");
-                q.truncate(max)?;
-            }
-            // The first and last entry of every file: catches a damaged or foreign file
-            // cheaply (entries in the middle of a file are checked when read).
-            let per = q.entries_per_segment();
-            let mut checks = Vec::new();
-            let mut s = min;
-            while s < max {
-                checks.push(s);
-                checks.push((s - s % per + per).min(max) - 1);
-                s = s - s % per + per;
-            }
-            for idx in checks {
-                let Some(e) = q.entry(idx)? else {
-                    return Ok(false);
-                };
-                if verify_record(cl, &e, topic, *qid, idx).is_err() {
-                    return Ok(false);
-                }
-            }
-        }
-        Ok(true)
     }
 
     fn write_state(&self) -> MutexGuard<'_, WriteState> {
@@ -1091,51 +682,6 @@ impl MessageStore {
         b.copy_from_slice(&ts);
         Ok(i64::from_be_bytes(b))
     }
-}
-
-/// Reads the record a consume queue entry points at and checks that it is the record of
-/// `topic`/`queue_id` at `queue_offset`.
-fn verify_record(
-    cl: &CommitLog,
-    e: &CqEntry,
-    topic: &str,
-    queue_id: i32,
-    queue_offset: u64,
-) -> Result<Bytes> {
-    if !e.is_plausible() {
-        return Err(StoreError::corrupt(
-            cl.dir(),
-            e.commit_log_offset.max(0) as u64,
-            format!("implausible consume queue entry {e:?} for {topic}/{queue_id}@{queue_offset}"),
-        ));
-    }
-    let offset = e.commit_log_offset as u64;
-    let bytes = cl
-        .read(offset, e.size as u64)
-        .map_err(|err| match err {
-            StoreError::OutOfRange { .. } => cl.corrupt_at(
-                offset,
-                format!("consume queue entry {topic}/{queue_id}@{queue_offset} points outside the commit log"),
-            ),
-            other => other,
-        })?;
-    let ok = match RecordView::parse(&bytes) {
-        Ok(v) => {
-            v.len() == bytes.len()
-                && v.topic() == topic
-                && v.queue_id() == queue_id
-                && v.queue_offset() == queue_offset as i64
-                && v.commit_log_offset() == offset as i64
-        }
-        Err(_) => false,
-    };
-    if !ok {
-        return Err(cl.corrupt_at(
-            offset,
-            format!("record does not match consume queue entry {topic}/{queue_id}@{queue_offset}"),
-        ));
-    }
-    Ok(bytes)
 }
 
 impl Drop for MessageStore {
