@@ -25,6 +25,11 @@ pub struct HandleAction {
     pub checkpoint: CheckpointRef,
     /// New invisible time for change-invisible actions, ms.
     pub invisible_time_ms: i64,
+    /// The handle's identity in the translator (the virtual commit log offset it was stamped
+    /// with, never handed out twice). An outcome reported for this action applies only to the
+    /// handle it was made for: by then the offset may hold another message (a rewind or a
+    /// dropped prefetch frees offsets, and later pops are stamped there).
+    pub serial: i64,
 }
 
 /// A broker's pop checkpoint, as a pop handle names it.
@@ -96,7 +101,16 @@ impl Translator {
 
     /// Forgets one handle (acked, or left to the broker to redeliver).
     pub(super) fn remove_held(&mut self, key: &VQueueKey, offset: i64) {
-        self.ack_done(key, offset, Outcome::Done);
+        if let Some(vq) = self.queues.get_mut(key) {
+            Self::settle(
+                vq,
+                &mut self.held,
+                &mut self.by_phys,
+                offset,
+                None,
+                Outcome::Done,
+            );
+        }
     }
 
     pub(super) fn action(
@@ -114,36 +128,48 @@ impl Translator {
             handle: h.handle.clone(),
             checkpoint: CheckpointRef::of(&h.handle),
             invisible_time_ms,
+            serial: h.commit_log_offset,
         }
     }
 
-    /// An ack finished.
-    pub fn ack_done(&mut self, key: &VQueueKey, offset: i64, outcome: Outcome) {
-        if let Some(vq) = self.queues.get_mut(key) {
-            Self::settle(vq, &mut self.held, &mut self.by_phys, offset, outcome);
+    /// The ack of `action` finished.
+    pub fn ack_done(&mut self, action: &HandleAction, outcome: Outcome) {
+        if let Some(vq) = self.queues.get_mut(&*action.key) {
+            Self::settle(
+                vq,
+                &mut self.held,
+                &mut self.by_phys,
+                action.offset,
+                Some(action.serial),
+                outcome,
+            );
         }
     }
 
-    /// The end of one ack of `vq`: done forgets the handle, retry owes it again.
+    /// The end of one ack of `vq` at `offset` (of the handle `serial` names, when given; any
+    /// other handle there is left alone): done forgets the handle, retry owes it again.
     pub(super) fn settle(
         vq: &mut VQueue,
         held: &mut usize,
         by_phys: &mut OffsetMap<(Arc<VQueueKey>, i64)>,
         offset: i64,
+        serial: Option<i64>,
         outcome: Outcome,
     ) {
+        let Some(h) = vq.held.get_mut(&offset) else {
+            return;
+        };
+        if serial.is_some_and(|s| s != h.commit_log_offset) {
+            return;
+        }
         match outcome {
             Outcome::Done => {
-                if let Some(h) = vq.held.remove(&offset) {
-                    *held -= 1;
-                    by_phys.remove(&h.commit_log_offset);
-                }
+                let phys = h.commit_log_offset;
+                vq.held.remove(&offset);
+                *held -= 1;
+                by_phys.remove(&phys);
             }
-            Outcome::Retry => {
-                if let Some(h) = vq.held.get_mut(&offset) {
-                    h.state = HeldState::Outstanding;
-                }
-            }
+            Outcome::Retry => h.state = HeldState::Outstanding,
         }
     }
 
@@ -162,7 +188,14 @@ impl Translator {
                 continue;
             };
             for a in now {
-                Self::settle(vq, &mut self.held, &mut self.by_phys, a.offset, outcome);
+                Self::settle(
+                    vq,
+                    &mut self.held,
+                    &mut self.by_phys,
+                    a.offset,
+                    Some(a.serial),
+                    outcome,
+                );
             }
         }
     }

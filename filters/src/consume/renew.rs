@@ -3,7 +3,7 @@
 use crate::codec::pop::PopHandle;
 
 use super::handles::HandleAction;
-use super::queue::{HeldState, VQueueKey};
+use super::queue::HeldState;
 use super::Translator;
 
 impl Translator {
@@ -48,13 +48,16 @@ impl Translator {
         out
     }
 
-    /// A renewal finished: `Some((extra_info, pop_time, invisible_time))` of the new handle, or
-    /// None when it failed (the handle is then let go).
-    pub fn renewed(&mut self, key: &VQueueKey, offset: i64, new: Option<(String, i64, i64)>) {
+    /// The renewal of `action` finished: `Some((extra_info, pop_time, invisible_time))` of the
+    /// new handle, or None when it failed (the handle is then let go). An outcome for a handle
+    /// no longer held (its offset may hold another message by now) changes nothing.
+    pub fn renewed(&mut self, action: &HandleAction, new: Option<(String, i64, i64)>) {
+        let (key, offset) = (&*action.key, action.offset);
         let Some(h) = self
             .queues
             .get_mut(key)
             .and_then(|q| q.held.get_mut(&offset))
+            .filter(|h| h.commit_log_offset == action.serial)
         else {
             return;
         };

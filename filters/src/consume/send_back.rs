@@ -2,7 +2,7 @@
 //! forward past the max reconsume times.
 
 use super::handles::HandleAction;
-use super::queue::{HeldState, VQueueKey};
+use super::queue::HeldState;
 use super::Translator;
 
 /// What to do with a CONSUMER_SEND_MSG_BACK.
@@ -81,13 +81,14 @@ impl Translator {
         SendBackPlan::Retry(Self::action(&key, o, h, delay))
     }
 
-    /// A send-back's change-invisible-time failed: the message stays held so it is acked or
-    /// redelivered normally.
-    pub fn send_back_failed(&mut self, key: &VQueueKey, offset: i64) {
+    /// The change-invisible-time of send-back `action` failed: the message stays held so it is
+    /// acked or redelivered normally.
+    pub fn send_back_failed(&mut self, action: &HandleAction) {
         if let Some(h) = self
             .queues
-            .get_mut(key)
-            .and_then(|q| q.held.get_mut(&offset))
+            .get_mut(&*action.key)
+            .and_then(|q| q.held.get_mut(&action.offset))
+            .filter(|h| h.commit_log_offset == action.serial)
         {
             if h.state == HeldState::SentBack {
                 h.state = HeldState::Outstanding;

@@ -572,7 +572,7 @@ impl Harness {
                 if all {
                     self.t.ack_done_all(&done, outcome);
                 } else if let Some(a) = done.first() {
-                    self.t.ack_done(&a.key, a.offset, outcome);
+                    self.t.ack_done(a, outcome);
                 }
             }
             Event::PendingAcks => {
@@ -589,7 +589,7 @@ impl Harness {
                     return Ok(());
                 };
                 let new = ok.then(|| (a.extra_info(), self.now, a.invisible_time_ms));
-                self.t.renewed(&a.key, a.offset, new);
+                self.t.renewed(&a, new);
             }
             Event::SendBack {
                 conn,
@@ -634,7 +634,7 @@ impl Harness {
                     return Ok(());
                 };
                 if !ok {
-                    self.t.send_back_failed(&a.key, a.offset);
+                    self.t.send_back_failed(&a);
                 }
             }
             Event::Close { conn } => {

@@ -141,8 +141,8 @@ fn commits_ack_exactly_the_handles_below() {
     );
     // In flight acks are not repeated by the same commit.
     assert!(t.commit(&k, 2).is_empty());
-    t.ack_done(&k, 0, Outcome::Done);
-    t.ack_done(&k, 1, Outcome::Retry);
+    t.ack_done(&acks[0], Outcome::Done);
+    t.ack_done(&acks[1], Outcome::Retry);
     assert_eq!(t.held(), 3);
     // The failed one is owed again.
     let again = t.pending_acks();
@@ -180,7 +180,7 @@ fn send_back_changes_invisible_time_and_is_skipped_by_commits() {
     // The commit past both acks only the first.
     let acks = t.commit(&k, 2);
     assert_eq!(acks.iter().map(|a| a.offset).collect::<Vec<_>>(), vec![0]);
-    t.ack_done(&k, 0, Outcome::Done);
+    t.ack_done(&acks[0], Outcome::Done);
     assert_eq!(
         t.held(),
         0,
@@ -253,10 +253,11 @@ fn renewal_until_the_max_hold_time_then_let_go() {
         invisible_time: 60_000,
         ..due[0].handle.clone()
     };
-    t.renewed(&k, 0, Some((new.to_extra_info(), 50_000, 60_000)));
+    t.renewed(&due[0], Some((new.to_extra_info(), 50_000, 60_000)));
     // Visible at 110_000 now; the next renewal would come at 95_000, within the 100 s hold.
-    assert_eq!(t.renewals_due(96_000).len(), 1);
-    t.renewed(&k, 0, Some((new.to_extra_info(), 96_000, 60_000)));
+    let due = t.renewals_due(96_000);
+    assert_eq!(due.len(), 1);
+    t.renewed(&due[0], Some((new.to_extra_info(), 96_000, 60_000)));
     // Past the max hold (first delivered at 2_000): not renewed; dropped once visible again.
     assert!(t.renewals_due(145_000).is_empty());
     assert_eq!(t.held(), 1);
@@ -265,7 +266,7 @@ fn renewal_until_the_max_hold_time_then_let_go() {
     // A failed renewal lets the handle go as well.
     pull(&mut t, &k, 1, 0, &[2], 0);
     let due = t.renewals_due(50_000);
-    t.renewed(&k, due[0].offset, None);
+    t.renewed(&due[0], None);
     assert_eq!(t.held(), 0);
 }
 
@@ -289,8 +290,8 @@ fn throttled_until_the_consumer_commits() {
     assert_eq!(t.begin_pull(&k, 3, 32, None).1, PullPlan::Throttled);
     assert!(t.is_throttled(&k));
     let acks = t.commit(&k, 3);
-    for a in acks {
-        t.ack_done(&k, a.offset, Outcome::Done);
+    for a in &acks {
+        t.ack_done(a, Outcome::Done);
     }
     assert!(!t.is_throttled(&k));
     assert_eq!(
@@ -617,7 +618,7 @@ fn prefetches_are_bounded_and_renewed_like_held_handles() {
         vec![0, 1, 2]
     );
     // A failed renewal of a prefetched handle drops its batch.
-    t.renewed(&k, 2, None);
+    t.renewed(&due[2], None);
     assert_eq!(t.held(), 2);
     assert!(matches!(
         t.begin_pull(&k, 2, 32, None).1,
@@ -747,7 +748,7 @@ fn a_rewind_does_not_stamp_over_a_handle_whose_ack_is_in_flight() {
     assert_ne!(offset, 0, "offset 0 still names the handle being acked");
     testing::check(&t).unwrap();
     // The ack fails: it is owed again, for the committed message (real offset 10) only.
-    t.ack_done(&k, 0, Outcome::Retry);
+    t.ack_done(&acks[0], Outcome::Retry);
     let owed = t.pending_acks();
     assert_eq!(
         owed.iter().map(|a| a.queue_offset).collect::<Vec<_>>(),
@@ -842,4 +843,51 @@ fn pulls_in_flight_together_do_not_hold_past_the_queue_cap() {
     assert_eq!(msgs[0].queue_offset, 3);
     assert_eq!(t.held(), 4);
     testing::check(&t).unwrap();
+}
+
+/// Found by the property test: a renewal of a prefetched handle was in flight when the pull in
+/// flight on the same queue completed, dropped the prefetch and stamped its own record at the
+/// freed offset. The renewal's late outcome must not replace that record's handle with the
+/// dropped one's: the next commit would ack a message the consumer never received.
+#[test]
+fn a_late_outcome_leaves_a_handle_stamped_at_a_freed_offset_alone() {
+    let mut t = Translator::new(TranslatorConfig::default());
+    let k = key(1, 0);
+    let (_, plan) = t.begin_pull(&k, 0, 32, None);
+    assert!(matches!(plan, PullPlan::Pop { .. }), "{plan:?}");
+    let ticket = t.begin_prefetch(&k).expect("a prefetch beside the pull");
+    let (h, body) = pop_response(0, &[5], 500);
+    assert!(t
+        .complete_prefetch(&k, ticket, "broker-a", Some((&h, body)), None, 1_000)
+        .unwrap());
+    // Popped at 1_000 for 60 s: the prefetched handle (offset 0) falls due for renewal.
+    let due = t.renewals_due(50_000);
+    assert_eq!(due.iter().map(|a| a.queue_offset).collect::<Vec<_>>(), [5]);
+    // The pull's own pop returns: offset 0 now holds real offset 6.
+    let (h, body) = pop_response(0, &[6], 600);
+    let PullReply::Found { count: 1, .. } = t
+        .complete_pull(&k, 0, "broker-a", Some((&h, body)), None, 1_000)
+        .unwrap()
+    else {
+        panic!()
+    };
+    // Late outcomes for the dropped handle: a renewal (success or failure), an ack, a failed
+    // send-back. None of them touches the handle at offset 0.
+    let renewed = PopHandle {
+        pop_time: 50_000,
+        ..due[0].handle.clone()
+    };
+    t.renewed(&due[0], Some((renewed.to_extra_info(), 50_000, 60_000)));
+    t.renewed(&due[0], None);
+    t.ack_done(&due[0], Outcome::Done);
+    t.ack_done_all(&due, Outcome::Done);
+    t.send_back_failed(&due[0]);
+    testing::check(&t).unwrap();
+    assert_eq!(t.held(), 1);
+    let acks = t.commit(&k, 1);
+    assert_eq!(
+        acks.iter().map(|a| a.queue_offset).collect::<Vec<_>>(),
+        [6],
+        "the commit acks what the consumer received"
+    );
 }

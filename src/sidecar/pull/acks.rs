@@ -136,7 +136,7 @@ impl Acks {
                         None
                     }
                 };
-                me.t.lock().renewed(&a.key, a.offset, new);
+                me.t.lock().renewed(&a, new);
             });
         }
     }
@@ -221,7 +221,7 @@ impl Acks {
     /// One ACK_MESSAGE; its outcome goes back to the translator.
     async fn single(&self, a: HandleAction) {
         let outcome = self.send_single(&a).await;
-        self.t.lock().ack_done(&a.key, a.offset, outcome);
+        self.t.lock().ack_done(&a, outcome);
     }
 
     async fn send_single(&self, a: &HandleAction) -> Outcome {

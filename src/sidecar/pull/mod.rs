@@ -378,7 +378,7 @@ impl PullBridge {
             SendBackPlan::Retry(a) => match change_invisible(ctx, &a).await {
                 Ok(_) => Ok(ctx.reply(req, response_code::SUCCESS, None)),
                 Err(e) => {
-                    self.t.lock().send_back_failed(&a.key, a.offset);
+                    self.t.lock().send_back_failed(&a);
                     Err(SidecarError::Pull(format!("send back failed: {e}")))
                 }
             },
@@ -405,14 +405,14 @@ impl PullBridge {
                         Ok(ctx.reply(req, response_code::SUCCESS, None))
                     }
                     Ok(resp) => {
-                        self.t.lock().ack_done(&ack.key, ack.offset, Outcome::Retry);
+                        self.t.lock().ack_done(&ack, Outcome::Retry);
                         Err(SidecarError::Refused {
                             code: resp.code(),
                             remark: resp.remark().unwrap_or("send back refused").to_owned(),
                         })
                     }
                     Err(e) => {
-                        self.t.lock().ack_done(&ack.key, ack.offset, Outcome::Retry);
+                        self.t.lock().ack_done(&ack, Outcome::Retry);
                         Err(e.into())
                     }
                 }
