@@ -15,4 +15,6 @@
 pub mod clock;
 pub mod codec;
 pub mod consume;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod route;

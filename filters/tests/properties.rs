@@ -2,10 +2,11 @@
 //! commits (rewinds included), ack outcomes, clock advances and renewals, send-backs and
 //! connection closes, checked after every step by `consume::testing::Harness`: a message is
 //! acked at most once, only once committed, never after the translator forgot it, and the
-//! tables stay within their bounds.
+//! tables stay within their bounds. The `translator` fuzz target (filters/fuzz) runs the same
+//! check under libFuzzer.
 
 use proptest::prelude::*;
-use rocketmesh_filters::consume::testing::{Event, Harness};
+use rocketmesh_filters::fuzzing::check_translator;
 
 proptest! {
     // A fixed seed: CI runs the same 512 cases every time (a failure is reproducible, not a
@@ -18,11 +19,7 @@ proptest! {
 
     #[test]
     fn translator_keeps_its_invariants(data in proptest::collection::vec(any::<u8>(), 0..1200)) {
-        let events = Event::parse_all(&data);
-        let mut h = Harness::default();
-        if let Err(e) = h.run(&events) {
-            return Err(TestCaseError::fail(format!("{e}\nevents: {events:?}")));
-        }
+        check_translator(&data).map_err(TestCaseError::fail)?;
     }
 }
 
@@ -45,9 +42,7 @@ fn found_case_commit_after_reconnect() {
         137, 81, 120, 32, 131, 139, 47, 253, 29, 225, 17, 205, 48, 108, 145, 89, 67, 174, 17, 155,
         105, 240, 16, 174, 135, 142, 135, 96, 100, 208, 112,
     ];
-    let events = Event::parse_all(data);
-    let mut h = Harness::default();
-    if let Err(e) = h.run(&events) {
-        panic!("{e}\nevents: {events:?}");
+    if let Err(e) = check_translator(data) {
+        panic!("{e}");
     }
 }

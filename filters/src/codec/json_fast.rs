@@ -432,53 +432,72 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The fuzz targets' and tests' oracle: the fast reader agrees with serde on `bytes`. For a header
+/// the fast path accepts, serde accepts it too and reads the same fields, the opaque span is where
+/// serde's shape check and the byte search put it, and the deferred reading (when it accepts)
+/// reads its checked `extFields` bytes to the same map. `Ok(true)`: the fast path read it;
+/// `Ok(false)`: it fell back to serde; `Err`: a disagreement, described.
+pub(crate) fn check_against_serde(bytes: &[u8]) -> Result<bool, String> {
+    let text = String::from_utf8_lossy(bytes);
+    if let Some(d) = decode_deferred(bytes) {
+        let Some((full, span)) = decode(bytes) else {
+            return Err(format!("deferred reading only: {text}"));
+        };
+        if d.opaque_span != span {
+            return Err(format!(
+                "deferred opaque span {:?} != {span:?}: {text}",
+                d.opaque_span
+            ));
+        }
+        if !d.fields.ext.is_empty() {
+            return Err(format!("deferred reading filled extFields: {text}"));
+        }
+        let ext = match d.ext_span {
+            Some((a, b)) => bytes
+                .get(a..b)
+                .and_then(read_ext)
+                .ok_or_else(|| format!("deferred extFields unreadable: {text}"))?,
+            None => ExtFields::new(),
+        };
+        if ext != full.ext || (HeaderFields { ext, ..d.fields }) != full {
+            return Err(format!(
+                "deferred reading differs from the full one: {text}"
+            ));
+        }
+    }
+    match (decode(bytes), super::json::decode_serde(bytes)) {
+        (Some((f, span)), Ok((s, unique))) => {
+            if f != s {
+                return Err(format!("fast {f:?} != serde {s:?}: {text}"));
+            }
+            let expected = if unique {
+                super::json::find_opaque(bytes)
+            } else {
+                None
+            };
+            if span != expected {
+                return Err(format!(
+                    "opaque span {span:?}, serde's shape says {expected:?}: {text}"
+                ));
+            }
+            Ok(true)
+        }
+        (Some(_), Err(e)) => Err(format!(
+            "fast reading accepted what serde refuses ({e}): {text}"
+        )),
+        (None, _) => Ok(false),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::codec::json;
     use proptest::prelude::*;
 
-    /// Fast and serde readings agree: same fields, and the span is where serde's shape check
-    /// and the byte search put it.
+    /// The fast reading was taken (and agreed with serde's); panics on any disagreement.
     fn agree(bytes: &[u8]) -> bool {
-        deferred_agrees(bytes);
-        let fast = decode(bytes);
-        let slow = json::decode_serde(bytes);
-        match (fast, slow) {
-            (Some((f, span)), Ok((s, unique))) => {
-                assert_eq!(f, s, "{}", String::from_utf8_lossy(bytes));
-                let expected = if unique {
-                    json::find_opaque(bytes)
-                } else {
-                    None
-                };
-                assert_eq!(span, expected, "{}", String::from_utf8_lossy(bytes));
-                true
-            }
-            (Some(_), Err(e)) => panic!(
-                "fast reading accepted what serde refuses ({e}): {}",
-                String::from_utf8_lossy(bytes)
-            ),
-            (None, _) => false,
-        }
-    }
-
-    /// The deferred reading accepts no more than the full one, and agrees with it: the same
-    /// top-level fields and opaque span, and the checked `extFields` bytes read to the same map.
-    fn deferred_agrees(bytes: &[u8]) {
-        let text = String::from_utf8_lossy(bytes);
-        let Some(d) = decode_deferred(bytes) else {
-            return;
-        };
-        let (full, span) = decode(bytes).unwrap_or_else(|| panic!("deferred only: {text}"));
-        assert_eq!(d.opaque_span, span, "{text}");
-        assert!(d.fields.ext.is_empty(), "{text}");
-        let ext = match d.ext_span {
-            Some((a, b)) => read_ext(&bytes[a..b]).unwrap_or_else(|| panic!("unreadable: {text}")),
-            None => ExtFields::new(),
-        };
-        assert_eq!(ext, full.ext, "{text}");
-        assert_eq!(HeaderFields { ext, ..d.fields }, full, "{text}");
+        check_against_serde(bytes).unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub mod ext;
 pub mod frame;
 pub mod headers;
 pub mod json;
-mod json_fast;
+pub(crate) mod json_fast;
 pub mod message;
 pub mod pop;
 
