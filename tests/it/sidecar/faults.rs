@@ -279,6 +279,7 @@ async fn two_thousand_clients_connecting_at_once_are_served_quickly() {
         cfg.bootstrap = Some(path);
         let sc = start_sidecar(cfg).await;
         let addr = sc.addr;
+        let overflows_before = listen_overflows();
         let start = std::sync::Arc::new(tokio::sync::Barrier::new(CLIENTS));
         let clients: Vec<_> = (0..CLIENTS)
             .map(|i| {
@@ -287,29 +288,67 @@ async fn two_thousand_clients_connecting_at_once_are_served_quickly() {
                     start.wait().await;
                     let t0 = Instant::now();
                     let mut s = TcpStream::connect(addr).await.expect("connect");
+                    let connected = t0.elapsed();
                     let req = route_request("BurstT", 401).with_opaque(i as i32);
                     s.write_all(&encode(&req)).await.unwrap();
                     let (r, _w) = s.into_split();
                     let mut frames = FramedRead::new(r, FrameCodec::new(FrameLimits::default()));
                     let resp = read_frame(&mut frames).await.expect("a route answer");
                     assert_eq!(resp.code(), response_code::SUCCESS);
-                    t0.elapsed()
+                    (connected, t0.elapsed())
                 })
             })
             .collect();
-        let mut took = Vec::with_capacity(CLIENTS);
+        let (mut connects, mut answers) = (Vec::new(), Vec::new());
         for c in clients {
-            took.push(c.await.unwrap());
+            let (connected, answered) = c.await.unwrap();
+            connects.push(connected);
+            answers.push(answered);
         }
-        took.sort();
-        let p99 = took[CLIENTS * 99 / 100];
+        connects.sort();
+        answers.sort();
+        let p99 = |v: &[Duration]| v[CLIENTS * 99 / 100];
+        eprintln!(
+            "2,000 concurrent clients: connect p99 {:?} (max {:?}), connect + route answer p99 {:?} (max {:?})",
+            p99(&connects),
+            connects[CLIENTS - 1],
+            p99(&answers),
+            answers[CLIENTS - 1]
+        );
+        // The fault this guards against is the kernel's: a listen queue too short for the burst
+        // drops SYNs, and each dropped one costs its client a 1 s retransmit timer. That shows in
+        // the handshake time alone (the kernel completes handshakes whatever our CPU share) and
+        // in the kernel's own counter, so neither check depends on how busy the machine is.
         assert!(
-            p99 < Duration::from_secs(1),
-            "p99 connect + route answer {p99:?} (max {:?}): connects waited on a full accept queue",
-            took[CLIENTS - 1]
+            p99(&connects) < Duration::from_secs(1),
+            "p99 connect {:?} (max {:?}): SYNs waited on a full accept queue",
+            p99(&connects),
+            connects[CLIENTS - 1]
+        );
+        if let (Some(before), Some(after)) = (overflows_before, listen_overflows()) {
+            assert_eq!(after - before, 0, "the kernel counted listen queue overflows");
+        }
+        // Connect + answer within 1 s is the target on an idle machine; bound it loosely here
+        // so a loaded CI host shows slowness in the line above rather than as a failure.
+        assert!(
+            p99(&answers) < Duration::from_secs(10),
+            "p99 connect + route answer {:?}",
+            p99(&answers)
         );
         sc.shutdown().await;
         a.shutdown().await;
     })
     .await;
+}
+
+/// The kernel's count of SYNs dropped because a listen queue was full (`TcpExt:
+/// ListenOverflows` in /proc/net/netstat, this network namespace), when readable.
+fn listen_overflows() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "ListenOverflows")?;
+    values.split_whitespace().nth(i)?.parse().ok()
 }
