@@ -7,7 +7,8 @@
 # Settings (environment): DURATION (s per run, 15), ROUNDS (3; odd rounds run a,b,c and even
 #   rounds c,b,a, so a drift over the run favours no target), SIDECAR_WORKERS (1),
 #   CONNECTIONS (4),
-# INFLIGHT (16), SIZE (1024), WARMUP (s per target, 3), CARGO_TARGET_DIR (target).
+# INFLIGHT (16), SIZE (1024), WARMUP (s per target, 3), CARGO_TARGET_DIR (target),
+#   BASELINE (another rocketmesh binary: its sidecar runs beside ours as target p, b/p reported).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -35,6 +36,9 @@ fi
 
 log "control plane, broker, sidecar, haproxy"
 SIDECAR_FLAGS="--admin 127.0.0.1:0" start_mesh
+start_baseline
+TARGETS="a b c"
+[ -n "${BASELINE:-}" ] && TARGETS="a b p c"
 
 HAPROXY_PORT="$(free_port)"
 HAPROXY="127.0.0.1:$HAPROXY_PORT"
@@ -81,26 +85,29 @@ TCK="$(getconf CLK_TCK)"
 # The first sends (direct) create the topic; the broker re-registers it, and the sidecar learns
 # its route over xDS on its first request.
 log "warm-up: ${WARMUP}s on each target"
-for t in "$BROKER" "$SIDECAR" "$HAPROXY"; do
+for t in "$BROKER" "$SIDECAR" ${BASE_SIDECAR:-} "$HAPROXY"; do
     bench "$t" "$WARMUP" >/dev/null
 done
-# The sidecar's first sends can race the route; a second warm-up must be clean.
-w="$(bench "$SIDECAR" "$WARMUP")"
-if [ "$(field "$w" errors)" != "0" ]; then
-    echo "sends through the sidecar still fail after the warm-up: $w" >&2
-    exit 1
-fi
+# The sidecars' first sends can race the route; a second warm-up must be clean.
+for t in "$SIDECAR" ${BASE_SIDECAR:-}; do
+    w="$(bench "$t" "$WARMUP")"
+    if [ "$(field "$w" errors)" != "0" ]; then
+        echo "sends through the sidecar at $t still fail after the warm-up: $w" >&2
+        exit 1
+    fi
+done
 
 RESULTS="$WORK/results"
 : >"$RESULTS"
 for round in $(seq "$ROUNDS"); do
-    order="a b c"
-    if [ $((round % 2)) -eq 0 ]; then order="c b a"; fi
+    order="$TARGETS"
+    if [ $((round % 2)) -eq 0 ]; then order="$(tr ' ' '\n' <<<"$TARGETS" | tac | tr '\n' ' ')"; fi
     for t in $order; do
         case $t in
         a) target="$BROKER" pid="" ;;
         b) target="$SIDECAR" pid="$PID_SIDECAR" ;;
         c) target="$HAPROXY" pid="$PID_HAPROXY" ;;
+        p) target="$BASE_SIDECAR" pid="$PID_BASE" ;;
         esac
         log "round $round/$ROUNDS: $t -> $target, ${DURATION}s"
         c0=0
@@ -119,7 +126,7 @@ done
 # ----- report -----
 
 awk -v rounds="$ROUNDS" -v conns="$CONNECTIONS" -v inflight="$INFLIGHT" -v size="$SIZE" \
-    -v dur="$DURATION" "$AWK_MEDIAN"'
+    -v dur="$DURATION" -v targets="$TARGETS" -v baseline="${BASELINE:-}" "$AWK_MEDIAN"'
 {
     t = $1; n[t]++
     tp[t, n[t]] = $3; p50[t, n[t]] = $4; p99[t, n[t]] = $5
@@ -131,10 +138,11 @@ END {
     name["a"] = "(a) direct to the broker"
     name["b"] = "(b) through the sidecar"
     name["c"] = "(c) through haproxy (tcp)"
+    name["p"] = "(p) baseline sidecar"
     printf "\nsend, %d B bodies, %d connections x %d in flight, %d s per run, median of %d runs\n\n", size, conns, inflight, dur, rounds
     printf "%-28s %12s %10s %10s %8s %16s %10s\n", "target", "msg/s", "p50 us", "p99 us", "errors", "cpu-s/100k msg", "rss MiB"
-    split("a b c", ts, " ")
-    for (k = 1; k <= 3; k++) {
+    nt = split(targets, ts, " ")
+    for (k = 1; k <= nt; k++) {
         t = ts[k]
         for (i = 1; i <= n[t]; i++) { x[i] = tp[t, i] }; T[t] = median(x, n[t])
         for (i = 1; i <= n[t]; i++) { x[i] = p50[t, i] }; P50[t] = median(x, n[t])
@@ -146,6 +154,11 @@ END {
     printf "\nratios            throughput   p99\n"
     printf "b/a (vs direct)   %10.3f %6.3f\n", T["b"] / T["a"], P99["b"] / P99["a"]
     printf "b/c (vs haproxy)  %10.3f %6.3f\n", T["b"] / T["c"], P99["b"] / P99["c"]
+    if (baseline != "") {
+        printf "p/c (baseline)    %10.3f %6.3f\n", T["p"] / T["c"], P99["p"] / P99["c"]
+        printf "b/p (vs baseline) %10.3f %6.3f   cpu-s/100k b/p %.3f\n", T["b"] / T["p"], P99["b"] / P99["p"], (cpu["b"] / msgs["b"]) / (cpu["p"] / msgs["p"])
+        printf "baseline: %s\n", baseline
+    }
     printf "\ntarget: b/c throughput >= 0.9 (%s), b/c p99 <= 1.3 (%s)\n", \
         (T["b"] / T["c"] >= 0.9) ? "met" : "NOT met", (P99["b"] / P99["c"] <= 1.3) ? "met" : "NOT met"
     printf "cpu-s/100k msg: CPU seconds (user+system) the proxy process used per 100,000 messages;\n"

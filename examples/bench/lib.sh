@@ -87,3 +87,16 @@ start_mesh() {
     SIDECAR="$READY"
     PID_SIDECAR="$LAST_PID"
 }
+
+# start_baseline: when BASELINE names another rocketmesh binary (an earlier build, e.g. of the
+# previous release in a second target dir), a second sidecar from it on the same control plane
+# and broker, so one run measures both sidecars side by side (target "p"). Sets BASE_SIDECAR
+# and PID_BASE; does nothing without BASELINE.
+start_baseline() {
+    [ -n "${BASELINE:-}" ] || return 0
+    [ -x "$BASELINE" ] || { echo "BASELINE=$BASELINE is not an executable" >&2; exit 1; }
+    start baseline "$BASELINE" sidecar --xds "$CP_XDS" --listen 127.0.0.1:0 \
+        --admin 127.0.0.1:0 --workers "${SIDECAR_WORKERS:-1}"
+    BASE_SIDECAR="$READY"
+    PID_BASE="$LAST_PID"
+}
