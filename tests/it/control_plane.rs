@@ -510,3 +510,36 @@ async fn static_file_loads_reloads_and_survives_bad_edits() {
     })
     .await;
 }
+
+/// A restarted nameserver starts empty: a broker whose connection to it broke registers again
+/// as soon as it accepts, not at its next registration interval (here a minute, beyond the
+/// test's wait), and keeps retrying with a short backoff while it is down.
+#[tokio::test]
+async fn brokers_register_again_as_soon_as_a_restarted_nameserver_accepts() {
+    bounded(TEST_LIMIT, async {
+        let addr = SocketAddr::from(([127, 0, 0, 1], crate::support::free_port()));
+        let cp = control_plane(|c| c.remoting = addr).await;
+        let b = broker_node("restart-a", addr, |c| {
+            c.register_interval = Duration::from_secs(60)
+        })
+        .await;
+        crate::support::create_topic(b.addr, "TopicRestart", 6, 4).await;
+        wait_until("broker registered", || {
+            cp.catalog.topic_route("TopicRestart").is_some()
+        })
+        .await;
+        cp.shutdown().await;
+        // Down long enough for a few refused attempts: the retries back off, but not past 1 s.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let cp = control_plane(|c| c.remoting = addr).await;
+        let took = eventually_within("broker back in the restarted nameserver", RPC, || {
+            cp.catalog.topic_route("TopicRestart").is_some()
+        })
+        .await;
+        assert_eq!(cp.nameserver().broker_count(), 1);
+        eprintln!("registered again {took:?} after the nameserver came back");
+        b.shutdown().await;
+        cp.shutdown().await;
+    })
+    .await;
+}
