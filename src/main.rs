@@ -176,6 +176,7 @@ async fn run_control_plane(args: ControlPlaneArgs) -> Result<()> {
     config.upstream_namesrv = args.upstream_namesrv;
     config.eds = args.eds;
     config.broker_expiry = std::time::Duration::from_secs(args.broker_expiry_secs);
+    config.warmup = std::time::Duration::from_secs(args.warmup_secs);
     config.admin = args.admin;
     config.drain_timeout = args.drain_timeout;
     let signal = wait_for_signal();

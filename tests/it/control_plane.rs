@@ -33,8 +33,11 @@ async fn broker_node(
     start_broker_with(name, "cp", Some(namesrv), tweak).await
 }
 
+/// A control plane without the restart warm-up unless `tweak` sets one (see
+/// `support::start_control_plane`).
 async fn control_plane(tweak: impl FnOnce(&mut ControlPlaneConfig)) -> ControlPlane {
     let mut cfg = ControlPlaneConfig::new(local());
+    cfg.warmup = Duration::ZERO;
     tweak(&mut cfg);
     control_plane::start(cfg).await.unwrap()
 }

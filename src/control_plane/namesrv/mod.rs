@@ -324,6 +324,17 @@ impl NameServer {
             Some(route) => self
                 .reply(req, code::SUCCESS)
                 .with_body(route.encode(style)),
+            // Restarted and still warming up: its brokers may not have registered again yet.
+            // "Does not exist" would be a claim the registry cannot make; an SDK keeps the
+            // route it has and asks again.
+            None if self.catalog.warming_unknown(&h.topic) => self.error(
+                req,
+                code::SYSTEM_ERROR,
+                format!(
+                    "name server warming up after a restart: no broker has registered topic {} yet",
+                    h.topic
+                ),
+            ),
             None => self.error(
                 req,
                 code::TOPIC_NOT_EXIST,

@@ -291,14 +291,17 @@ pub struct ControlPlaneProc {
 }
 
 impl ControlPlaneProc {
+    /// On ports of its own choosing, without the restart warm-up: its brokers start after it,
+    /// so nothing is missing that may come back (`start_at` runs it as deployed).
     pub fn start(dir: &Path) -> ControlPlaneProc {
-        let args = [
-            "control-plane",
-            "--remoting",
-            "127.0.0.1:0",
-            "--xds",
-            "127.0.0.1:0",
-        ];
+        Self::start_at(dir, "127.0.0.1:0", "127.0.0.1:0", &["--warmup-secs", "0"])
+    }
+
+    /// On `remoting` and `xds` (fixed addresses, to restart it where brokers and sidecars
+    /// reconnect), with more flags in `extra`.
+    pub fn start_at(dir: &Path, remoting: &str, xds: &str, extra: &[&str]) -> ControlPlaneProc {
+        let mut args = vec!["control-plane", "--remoting", remoting, "--xds", xds];
+        args.extend_from_slice(extra);
         let (guard, ready) = start_rocketmesh(dir, "control-plane", &args);
         let field = |k: &str| -> SocketAddr {
             ready
