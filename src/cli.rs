@@ -106,6 +106,12 @@ pub struct SidecarArgs {
     /// connections.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub idle_timeout: std::time::Duration,
+
+    /// After each (re)connect to the xDS server, a removal of a route the sidecar holds is
+    /// deferred this long, and forgotten if the route comes back meanwhile: a restarted control
+    /// plane may report topics gone whose brokers have not registered again yet. `0` = none.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub xds_reconnect_grace: std::time::Duration,
 }
 
 /// A duration flag: a number with a unit (`ms`, `s`, `m`), or bare seconds.
