@@ -179,6 +179,18 @@ impl ChildGuard {
         self.kill();
     }
 
+    /// Sends `signal` (a `kill` name: STOP, CONT...) to the child, if it still runs.
+    pub fn signal(&self, signal: &str) {
+        if let Some(c) = self.child.as_ref() {
+            let ok = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(c.id().to_string())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill -{signal} {} failed", self.what);
+        }
+    }
+
     pub fn wait_timeout(&mut self, t: Duration) -> bool {
         let end = Instant::now() + t;
         while let Some(c) = self.child.as_mut() {
@@ -357,22 +369,7 @@ impl SidecarProc {
 
     /// GET `path` from the admin server (HTTP/1.1, one request per connection): the body.
     pub fn admin_get(&self, path: &str) -> String {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect_timeout(&self.admin, Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("admin {}: {e}", self.admin));
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.admin
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out)
-            .unwrap_or_else(|e| panic!("admin {} GET {path}: {e}", self.admin));
-        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-        assert!(head.starts_with("HTTP/1.1 200"), "admin GET {path}: {head}");
-        body.to_owned()
+        admin_get(self.admin, path)
     }
 
     /// The value of one sample of `/stats/prometheus` (the first line starting with `name`
@@ -386,6 +383,26 @@ impl SidecarProc {
             rest.rsplit(' ').next()?.parse().ok()
         })
     }
+}
+
+/// GET `path` from the admin server at `admin` (HTTP/1.1, one request per connection): the
+/// body of a 200 answer.
+pub fn admin_get(admin: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("admin {admin}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .unwrap_or_else(|e| panic!("admin {admin} GET {path}: {e}"));
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "admin GET {path}: {head}");
+    body.to_owned()
 }
 
 /// A running driver script.
