@@ -36,7 +36,8 @@ struct Script {
     /// One per delta stream, in order (a reconnecting client takes the next).
     delta_responses: Mutex<std::collections::VecDeque<DeltaRx>>,
     sotw_requests: mpsc::Sender<DiscoveryRequest>,
-    sotw_responses: Mutex<Option<SotwRx>>,
+    /// One per SotW stream, in order.
+    sotw_responses: Mutex<std::collections::VecDeque<SotwRx>>,
 }
 
 #[tonic::async_trait]
@@ -52,8 +53,8 @@ impl AggregatedDiscoveryService for Script {
         let rx = self
             .sotw_responses
             .lock()
-            .take()
-            .ok_or_else(|| tonic::Status::unavailable("one stream"))?;
+            .pop_front()
+            .ok_or_else(|| tonic::Status::unavailable("no stream scripted"))?;
         let tx = self.sotw_requests.clone();
         let mut inbound = request.into_inner();
         tokio::spawn(async move {
@@ -112,7 +113,7 @@ async fn serve(delta: bool) -> Harness {
         delta_requests: dreq_tx,
         delta_responses: Mutex::new([dresp_rx].into()),
         sotw_requests: sreq_tx,
-        sotw_responses: Mutex::new(Some(sresp_rx)),
+        sotw_responses: Mutex::new([sresp_rx].into()),
     };
     let script = std::sync::Arc::new(script);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -181,6 +182,63 @@ impl Harness {
         old.send(Err(tonic::Status::unavailable("control plane restarting")))
             .await
             .unwrap();
+    }
+
+    /// [`Harness::restart_delta`] for the SotW stream.
+    async fn restart_sotw(&mut self) {
+        let (tx, rx) = mpsc::channel(64);
+        self.script.sotw_responses.lock().push_back(rx);
+        let old = std::mem::replace(&mut self.sotw_out, tx);
+        old.send(Err(tonic::Status::unavailable("control plane restarting")))
+            .await
+            .unwrap();
+    }
+
+    async fn next_sotw(&mut self) -> DiscoveryRequest {
+        tokio::time::timeout(T, self.sotw_in.recv())
+            .await
+            .expect("client request")
+            .expect("stream open")
+    }
+
+    /// The whole state as a SotW server sends it: the clusters and the route configuration of
+    /// `topics`, then waits for both ACKs.
+    async fn sotw_state(&mut self, version: &str, topics: &[&str]) {
+        let built: Vec<_> = topics
+            .iter()
+            .map(|t| build_topic(&format!("rocketmq/{t}"), &spec(t, 6), false))
+            .collect();
+        let clusters = built
+            .iter()
+            .map(|(_, c)| to_any(CLUSTER_TYPE, &cluster_to_proto(c)))
+            .collect();
+        let rc = route_config_to_proto("rocketmq", built.iter().map(|(v, _)| v));
+        for (type_url, resources) in [
+            (CLUSTER_TYPE, clusters),
+            (
+                ROUTE_CONFIGURATION_TYPE,
+                vec![to_any(ROUTE_CONFIGURATION_TYPE, &rc)],
+            ),
+        ] {
+            let nonce = format!("{version}-{type_url}");
+            self.sotw_out
+                .send(Ok(DiscoveryResponse {
+                    version_info: version.into(),
+                    type_url: type_url.into(),
+                    nonce: nonce.clone(),
+                    resources,
+                    ..Default::default()
+                }))
+                .await
+                .unwrap();
+            loop {
+                let r = self.next_sotw().await;
+                if r.response_nonce == nonce {
+                    assert!(r.error_detail.is_none(), "{r:?}");
+                    break;
+                }
+            }
+        }
     }
 
     async fn next_delta(&mut self) -> DeltaDiscoveryRequest {
@@ -783,4 +841,68 @@ async fn removals_right_after_a_reconnect_keep_the_last_good_route_for_the_grace
         c.route("Kept").await.unwrap_err(),
         RouteError::Missing("Kept".into())
     );
+}
+
+/// The reconnect grace in SotW: a response right after a reconnect that leaves out topics the
+/// client held does not drop them until the grace ends, unless a later response has them again;
+/// after the grace, a response without a topic drops it at once. The reconnecting client sends
+/// the versions it last accepted.
+#[tokio::test]
+async fn sotw_keeps_left_out_routes_through_the_grace_after_a_reconnect() {
+    let grace = Duration::from_millis(1500);
+    let mut h = serve(false).await;
+    let mut cfg = ClientConfig::new(h.addr.to_string());
+    cfg.mode = XdsMode::Sotw;
+    cfg.reconnect_grace = grace;
+    let c = XdsClient::start(cfg);
+    for _ in 0..2 {
+        h.next_sotw().await;
+    }
+    h.sotw_state("1", &["Kept", "Dropped"]).await;
+    assert!(c.route("Kept").await.is_ok() && c.route("Dropped").await.is_ok());
+
+    h.restart_sotw().await;
+    let mut versions = Vec::new();
+    for _ in 0..2 {
+        let r = h.next_sotw().await;
+        versions.push(r.version_info);
+    }
+    assert_eq!(versions, ["1", "1"], "a reconnect sends the versions held");
+    let reconnected = std::time::Instant::now();
+    // The restarted server knows nothing yet.
+    h.sotw_state("2", &[]).await;
+    assert!(reconnected.elapsed() < grace, "too slow to check the grace");
+    for t in ["Kept", "Dropped"] {
+        let r = c.route(t).await;
+        assert!(
+            r.is_ok(),
+            "{t}: the last good route serves through the grace: {r:?}"
+        );
+    }
+    // Kept's broker is back.
+    h.sotw_state("3", &["Kept"]).await;
+    let mut gone_after = None;
+    while gone_after.is_none() {
+        if matches!(
+            c.snapshot().get("Dropped"),
+            Some(rocketmesh_xds::cache::TopicState::Missing { .. }) | None
+        ) {
+            gone_after = Some(reconnected.elapsed());
+        }
+        assert!(reconnected.elapsed() < grace + T, "Dropped never removed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let gone_after = gone_after.unwrap_or_default();
+    assert!(
+        gone_after >= grace,
+        "removed after {gone_after:?}, before the grace ended"
+    );
+    assert!(matches!(
+        c.route("Dropped").await,
+        Err(RouteError::Missing(_))
+    ));
+    assert!(c.route("Kept").await.is_ok());
+    // After the grace a response without Kept drops it.
+    h.sotw_state("4", &[]).await;
+    assert!(matches!(c.route("Kept").await, Err(RouteError::Missing(_))));
 }
