@@ -191,6 +191,7 @@ impl ControlPlane {
     /// Graceful shutdown (see the module docs), bounded by the drain deadline.
     pub async fn shutdown(self) {
         let deadline = tokio::time::Instant::now() + self.drain;
+        self.nameserver.begin_shutdown();
         self.ready.drain();
         self.server.stop_accepting();
         self.background.begin();

@@ -546,3 +546,33 @@ async fn brokers_register_again_as_soon_as_a_restarted_nameserver_accepts() {
     })
     .await;
 }
+
+/// Shutting down, the control plane closes its brokers' connections itself. That is not the
+/// brokers leaving: their topics stay in the catalog, so no removal reaches xDS clients before
+/// the ADS streams end (a restart would otherwise look like every broker leaving, and sidecars
+/// answer TOPIC_NOT_EXIST for topics whose brokers are alive).
+#[tokio::test]
+async fn shutdown_does_not_remove_the_brokers_it_disconnects() {
+    bounded(TEST_LIMIT, async {
+        let cp = control_plane(|_| {}).await;
+        let b = broker_node("stay-a", cp.remoting_addr, |c| {
+            c.register_interval = Duration::from_secs(60)
+        })
+        .await;
+        crate::support::create_topic(b.addr, "TopicStay", 6, 4).await;
+        wait_until("broker registered", || {
+            cp.catalog.topic_route("TopicStay").is_some()
+        })
+        .await;
+        let catalog = cp.catalog.clone();
+        let rev = catalog.revision();
+        cp.shutdown().await;
+        assert!(
+            catalog.topic_route("TopicStay").is_some(),
+            "the shutdown removed the topic of a broker that did not leave"
+        );
+        assert_eq!(catalog.revision(), rev, "a change was pushed on shutdown");
+        b.shutdown().await;
+    })
+    .await;
+}
