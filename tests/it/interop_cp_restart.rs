@@ -130,6 +130,19 @@ fn cpp_sends_through_the_sidecar_survive_a_control_plane_restart_with_brokers_pa
         WAIT,
         || cp_subscriptions(admin) >= 1,
     );
+    // The new control plane knows no broker yet; the sidecar still answers the topic's route.
+    let (raw, route) = rt.block_on(route_via(sidecar.addr, TOPIC));
+    let queues = route
+        .as_ref()
+        .and_then(|r| r.queue_datas.first())
+        .map(|q| (q.write_queue_nums, q.read_queue_nums));
+    assert_eq!(
+        queues,
+        Some((2 * QUEUES, 2 * QUEUES)),
+        "the sidecar's route while the brokers are paused: code {} {:?}",
+        raw.code(),
+        raw.remark()
+    );
     let acked_while_paused = {
         p.poll();
         p.acked
