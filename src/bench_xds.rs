@@ -198,6 +198,8 @@ pub async fn run(args: &BenchXdsArgs) -> Result<XdsScaleReport> {
     }
     let mut config = ControlPlaneConfig::new("127.0.0.1:0".parse()?);
     config.xds = Some("127.0.0.1:0".parse()?);
+    // Every topic is registered before the probes subscribe; no restart to wait out.
+    config.warmup = std::time::Duration::ZERO;
     // A 100k-topic SotW RouteConfiguration is one message; let it through.
     config.xds_options.max_message_bytes = 512 << 20;
     let cp = control_plane::start(config).await?;

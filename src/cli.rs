@@ -106,6 +106,12 @@ pub struct SidecarArgs {
     /// connections.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub idle_timeout: std::time::Duration,
+
+    /// After each (re)connect to the xDS server, a removal of a route the sidecar holds is
+    /// deferred this long, and forgotten if the route comes back meanwhile: a restarted control
+    /// plane may report topics gone whose brokers have not registered again yet. `0` = none.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub xds_reconnect_grace: std::time::Duration,
 }
 
 /// A duration flag: a number with a unit (`ms`, `s`, `m`), or bare seconds.
@@ -205,6 +211,11 @@ pub struct ControlPlaneArgs {
     /// Remove brokers silent for this many seconds (Apache's nameserver: 120).
     #[arg(long = "broker-expiry", default_value_t = 120)]
     pub broker_expiry_secs: u64,
+    /// After start, for this many seconds, report no topic as removed or absent that has not
+    /// registered since start (brokers re-register within one registration interval, 30 s);
+    /// 0 = no warm-up.
+    #[arg(long = "warmup-secs", default_value_t = 30)]
+    pub warmup_secs: u64,
     /// Admin server (/ready, /healthz, /stats/prometheus, /config_dump), e.g. 127.0.0.1:15002
     /// (port 0 = any free port); off without it.
     #[arg(long)]

@@ -146,6 +146,7 @@ async fn run_sidecar(args: SidecarArgs) -> Result<()> {
     config.drain = args.drain_timeout;
     config.server.frame_timeout = args.frame_timeout;
     config.server.idle_timeout = (!args.idle_timeout.is_zero()).then_some(args.idle_timeout);
+    config.xds_reconnect_grace = args.xds_reconnect_grace;
     let args_drain = args.drain_timeout;
     // Installed before anything binds: once the listener accepts, a SIGTERM is honoured.
     let mut signal = std::pin::pin!(wait_for_signal());
@@ -176,6 +177,7 @@ async fn run_control_plane(args: ControlPlaneArgs) -> Result<()> {
     config.upstream_namesrv = args.upstream_namesrv;
     config.eds = args.eds;
     config.broker_expiry = std::time::Duration::from_secs(args.broker_expiry_secs);
+    config.warmup = std::time::Duration::from_secs(args.warmup_secs);
     config.admin = args.admin;
     config.drain_timeout = args.drain_timeout;
     let signal = wait_for_signal();

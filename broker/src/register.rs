@@ -21,6 +21,11 @@ use rocketmesh_remoting::RemotingClient;
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Shortest pause between two registrations triggered by topic changes (bursts coalesce).
 const MIN_GAP: Duration = Duration::from_millis(50);
+/// First pause after a failed registration (doubling from here).
+const RETRY_MIN: Duration = Duration::from_millis(100);
+/// Longest pause between registration attempts while the nameserver is unreachable (capped by
+/// the registration interval): a nameserver back from a restart has the broker within a second.
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 fn register_command(broker: &Broker) -> RemotingCommand {
     let addr = broker.config.advertise.to_string();
@@ -97,22 +102,44 @@ async fn register_once(
     }
 }
 
-/// Keeps the broker registered until `shutdown`.
+/// Keeps the broker registered until `shutdown`: at once on start and on every topic change,
+/// every `register_interval` while the nameserver is there, and, when its connection breaks or a
+/// registration fails, again as soon as the nameserver accepts: retries back off from
+/// [`RETRY_MIN`] to [`RETRY_MAX`], never to a whole interval. A restarted nameserver starts empty;
+/// the sooner brokers are back in it, the shorter the time it answers routes without them.
 pub async fn run(broker: Arc<Broker>, namesrv: SocketAddr, shutdown: CancellationToken) {
     let mut changes = broker.topics.subscribe();
-    let mut client = None;
-    let mut retry = Duration::from_millis(100);
+    let mut client: Option<RemotingClient> = None;
+    let retry_max = RETRY_MAX.min(broker.config.register_interval);
+    let mut retry = RETRY_MIN;
     loop {
         let ok = register_once(&broker, &mut client, namesrv).await;
         let wait = if ok {
-            retry = Duration::from_millis(100);
+            retry = RETRY_MIN;
             broker.config.register_interval
         } else {
-            retry = (retry * 2).min(broker.config.register_interval);
-            retry
+            let wait = retry;
+            retry = (retry * 2).min(retry_max);
+            wait
+        };
+        // The connection registered on; it ending (the nameserver restarted or went away) is
+        // the cue to register again, not the next interval.
+        let conn = client.clone().filter(|_| ok);
+        let broken = async {
+            match conn {
+                Some(c) => c.closed().await,
+                None => std::future::pending().await,
+            }
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
+            () = broken => {
+                tracing::info!(%namesrv, "nameserver connection closed; registering again");
+                // Its reader may already have seen the close; either way connect afresh.
+                client = None;
+                // Not a tight loop if the nameserver accepts and closes at once.
+                tokio::time::sleep(RETRY_MIN).await;
+            }
             r = changes.changed() => {
                 if r.is_err() { return; }
                 tokio::time::sleep(MIN_GAP).await;

@@ -74,7 +74,10 @@ free_port() {
 
 # start_mesh: control plane, one broker registered with it, a sidecar fed over xDS.
 start_mesh() {
-    start control-plane "$BIN" control-plane --remoting 127.0.0.1:0 --xds 127.0.0.1:0
+    # No restart warm-up: the broker starts after it, and the bench topic is auto-created on its
+    # first send, which needs "does not exist" at once.
+    start control-plane "$BIN" control-plane --remoting 127.0.0.1:0 --xds 127.0.0.1:0 \
+        --warmup-secs 0
     CP_REMOTING="$(sed -n 's/.*remoting=\([^ ]*\).*/\1/p' <<<"$READY")"
     CP_XDS="$(sed -n 's/.*xds=\([^ ]*\).*/\1/p' <<<"$READY")"
     start broker "$BIN" broker --listen 127.0.0.1:0 --data-dir "$WORK/broker-data" \

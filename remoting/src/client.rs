@@ -280,6 +280,12 @@ impl RemotingClient {
         self.inner.dead.load(Ordering::Acquire)
     }
 
+    /// Completes once the connection is closed: by [`RemotingClient::close`], by the peer, or
+    /// by a failure (a registration loop waits on it to register again at once).
+    pub async fn closed(&self) {
+        self.inner.closed.cancelled().await;
+    }
+
     /// Closes the connection; calls in flight fail with [`ClientError::Closed`].
     pub fn close(&self) {
         self.inner.dead.store(true, Ordering::Release);

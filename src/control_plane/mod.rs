@@ -60,6 +60,10 @@ pub struct ControlPlaneConfig {
     pub upstream_namesrv: Option<SocketAddr>,
     /// Brokers silent longer than this are removed (Apache's nameserver: 120 s).
     pub broker_expiry: Duration,
+    /// After start, topics not registered since are not reported removed or absent for this
+    /// long (the registry is still filling: brokers re-register within one registration
+    /// interval, 30 s); zero = no warm-up. See [`Catalog::begin_warmup`].
+    pub warmup: Duration,
     /// Serve registered topics' endpoints through EDS instead of inline.
     pub eds: bool,
     /// Most brokers registered at once.
@@ -92,6 +96,7 @@ impl ControlPlaneConfig {
             static_file: None,
             upstream_namesrv: None,
             broker_expiry: Duration::from_secs(120),
+            warmup: Duration::from_secs(30),
             eds: false,
             max_brokers: NamesrvOptions::default().max_brokers,
             upstream_refresh: Duration::from_secs(30),
@@ -186,6 +191,7 @@ impl ControlPlane {
     /// Graceful shutdown (see the module docs), bounded by the drain deadline.
     pub async fn shutdown(self) {
         let deadline = tokio::time::Instant::now() + self.drain;
+        self.nameserver.begin_shutdown();
         self.ready.drain();
         self.server.stop_accepting();
         self.background.begin();
@@ -223,6 +229,9 @@ pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
         None => (Catalog::new(catalog_opts), None),
     };
     let catalog = Arc::new(catalog);
+    if !config.warmup.is_zero() {
+        catalog.begin_warmup();
+    }
 
     // Static resources first: a bad file stops the start.
     let static_reloads = Arc::new(StaticReloads::default());
@@ -350,6 +359,9 @@ pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
             }
         }));
     }
+    if !config.warmup.is_zero() {
+        background.spawn(end_warmup(catalog.clone(), config.warmup, stop.clone()));
+    }
     background.spawn(publish_metrics(metrics.clone(), stop));
     let admin_addr = admin.as_ref().map(AdminServer::local_addr);
     drop(starting);
@@ -439,6 +451,17 @@ async fn reload_static(
                 reloads.rejected.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// Ends the catalog's warm-up `after` its start (see [`ControlPlaneConfig::warmup`]).
+async fn end_warmup(catalog: Arc<Catalog>, after: Duration, stop: CancellationToken) {
+    tokio::select! {
+        () = tokio::time::sleep(after) => {
+            let held = catalog.end_warmup();
+            tracing::info!(?after, held_back = held, "warm-up over: unknown topics are absent from now on");
+        }
+        () = stop.cancelled() => {}
     }
 }
 

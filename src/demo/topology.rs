@@ -36,6 +36,9 @@ impl Mesh {
     pub(super) async fn start(args: &DemoArgs, dir: &Path) -> Result<Mesh> {
         let mut cfg = ControlPlaneConfig::new(local(0));
         cfg.xds = Some(local(0));
+        // Its brokers start with it in this process: nothing registered before to wait for, and
+        // topics the demo's SDKs name for the first time are auto-created at once.
+        cfg.warmup = Duration::ZERO;
         let control_plane = control_plane::start(cfg)
             .await
             .context("starting the control plane")?;

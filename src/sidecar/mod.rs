@@ -75,6 +75,10 @@ pub struct SidecarConfig {
     pub request_timeout: Duration,
     /// Longest a request waits for its topic's route from xDS.
     pub route_timeout: Duration,
+    /// After each xDS (re)connect, a removal of a route the sidecar holds is deferred this long
+    /// (last good route kept; cancelled if the route comes back), see
+    /// `rocketmesh_xds::client::ClientConfig::reconnect_grace`.
+    pub xds_reconnect_grace: Duration,
     /// Clients silent this long leave their groups.
     pub group_expiry: Duration,
     /// How often the clients' groups are announced to the brokers in use.
@@ -102,6 +106,7 @@ impl SidecarConfig {
             upstream: UpstreamConfig::default(),
             request_timeout: Duration::from_secs(10),
             route_timeout: Duration::from_secs(5),
+            xds_reconnect_grace: Duration::from_secs(30),
             group_expiry: Duration::from_secs(120),
             broker_heartbeat: Duration::from_secs(30),
             drain: Duration::from_secs(5),

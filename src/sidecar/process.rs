@@ -149,6 +149,7 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
             c.route_config = cfg.route_config.clone();
             c.mode = cfg.xds_mode;
             c.route_timeout = cfg.route_timeout;
+            c.reconnect_grace = cfg.xds_reconnect_grace;
             c.node_id = format!("sidecar~{}~rocketmesh-{}.local", addr.ip(), addr.port());
             // The ADS stream's task runs on the control runtime.
             let _on_control = control.handle.enter();

@@ -33,8 +33,11 @@ async fn broker_node(
     start_broker_with(name, "cp", Some(namesrv), tweak).await
 }
 
+/// A control plane without the restart warm-up unless `tweak` sets one (see
+/// `support::start_control_plane`).
 async fn control_plane(tweak: impl FnOnce(&mut ControlPlaneConfig)) -> ControlPlane {
     let mut cfg = ControlPlaneConfig::new(local());
+    cfg.warmup = Duration::ZERO;
     tweak(&mut cfg);
     control_plane::start(cfg).await.unwrap()
 }
@@ -507,6 +510,69 @@ async fn static_file_loads_reloads_and_survives_bad_edits() {
         assert_eq!(cp.catalog.cluster("static-brokers"), Lookup::Absent);
         cp.shutdown().await;
         let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
+/// A restarted nameserver starts empty: a broker whose connection to it broke registers again
+/// as soon as it accepts, not at its next registration interval (here a minute, beyond the
+/// test's wait), and keeps retrying with a short backoff while it is down.
+#[tokio::test]
+async fn brokers_register_again_as_soon_as_a_restarted_nameserver_accepts() {
+    bounded(TEST_LIMIT, async {
+        let addr = SocketAddr::from(([127, 0, 0, 1], crate::support::free_port()));
+        let cp = control_plane(|c| c.remoting = addr).await;
+        let b = broker_node("restart-a", addr, |c| {
+            c.register_interval = Duration::from_secs(60)
+        })
+        .await;
+        crate::support::create_topic(b.addr, "TopicRestart", 6, 4).await;
+        wait_until("broker registered", || {
+            cp.catalog.topic_route("TopicRestart").is_some()
+        })
+        .await;
+        cp.shutdown().await;
+        // Down long enough for a few refused attempts: the retries back off, but not past 1 s.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let cp = control_plane(|c| c.remoting = addr).await;
+        let took = eventually_within("broker back in the restarted nameserver", RPC, || {
+            cp.catalog.topic_route("TopicRestart").is_some()
+        })
+        .await;
+        assert_eq!(cp.nameserver().broker_count(), 1);
+        eprintln!("registered again {took:?} after the nameserver came back");
+        b.shutdown().await;
+        cp.shutdown().await;
+    })
+    .await;
+}
+
+/// Shutting down, the control plane closes its brokers' connections itself. That is not the
+/// brokers leaving: their topics stay in the catalog, so no removal reaches xDS clients before
+/// the ADS streams end (a restart would otherwise look like every broker leaving, and sidecars
+/// answer TOPIC_NOT_EXIST for topics whose brokers are alive).
+#[tokio::test]
+async fn shutdown_does_not_remove_the_brokers_it_disconnects() {
+    bounded(TEST_LIMIT, async {
+        let cp = control_plane(|_| {}).await;
+        let b = broker_node("stay-a", cp.remoting_addr, |c| {
+            c.register_interval = Duration::from_secs(60)
+        })
+        .await;
+        crate::support::create_topic(b.addr, "TopicStay", 6, 4).await;
+        wait_until("broker registered", || {
+            cp.catalog.topic_route("TopicStay").is_some()
+        })
+        .await;
+        let catalog = cp.catalog.clone();
+        let rev = catalog.revision();
+        cp.shutdown().await;
+        assert!(
+            catalog.topic_route("TopicStay").is_some(),
+            "the shutdown removed the topic of a broker that did not leave"
+        );
+        assert_eq!(catalog.revision(), rev, "a change was pushed on shutdown");
+        b.shutdown().await;
     })
     .await;
 }

@@ -12,6 +12,7 @@ mod broker_protocol;
 mod control_plane;
 mod demo;
 mod drain;
+mod interop_cp_restart;
 mod interop_cpp;
 mod interop_pull_pop;
 mod interop_sidecar;

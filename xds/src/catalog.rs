@@ -16,6 +16,14 @@
 //! Names the catalog does not know are `Absent`, unless a demand handler is installed (upstream
 //! nameserver mode): then the first lookup is `Pending` and the handler is asked to fetch it; the
 //! fetcher answers with [`Catalog::set_topic`] or [`Catalog::mark_absent`].
+//!
+//! **Warm-up.** A control plane that just started holds only what registered since: its brokers
+//! re-register within one registration interval. Between [`Catalog::begin_warmup`] and
+//! [`Catalog::end_warmup`] a topic not seen since start (never set, removed or marked absent)
+//! is `Pending`, not `Absent`, so no client is told that a topic it routes is gone because
+//! the registry is still filling. Ending the warm-up records a change for every topic held back
+//! that way (streams re-evaluate them: found by then, or now truly absent) and a
+//! [`Changed::WarmupEnded`] for streams that held whole responses (SotW).
 
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -63,6 +71,8 @@ pub enum Changed {
     Topic(String),
     /// A static cluster or load assignment.
     Cluster(String),
+    /// The warm-up ended: what was held back may be answered now.
+    WarmupEnded,
 }
 
 /// Resource store options.
@@ -70,6 +80,14 @@ pub enum Changed {
 pub struct CatalogOptions {
     /// Serve endpoints of registered topics through EDS instead of inline.
     pub eds: bool,
+}
+
+/// While warming up: topics seen since start, and topics answered `Pending` because they were
+/// not (recorded as changed when the warm-up ends).
+#[derive(Default)]
+struct Warmup {
+    seen: HashSet<String>,
+    held_back: HashSet<String>,
 }
 
 #[derive(Default)]
@@ -107,6 +125,8 @@ pub struct Catalog {
     changed: watch::Sender<u64>,
     demand: Option<mpsc::Sender<String>>,
     pending: Mutex<HashSet<String>>,
+    /// `Some` while warming up (see the module docs). Taken after `state` when both are held.
+    warmup: Mutex<Option<Warmup>>,
 }
 
 impl Catalog {
@@ -117,6 +137,7 @@ impl Catalog {
             changed: watch::channel(0).0,
             demand: None,
             pending: Mutex::new(HashSet::new()),
+            warmup: Mutex::new(None),
         }
     }
 
@@ -138,6 +159,80 @@ impl Catalog {
 
     fn publish(&self, rev: u64) {
         self.changed.send_replace(rev);
+    }
+
+    /// Starts the warm-up: until [`Catalog::end_warmup`], topics not seen since this call are
+    /// `Pending` rather than `Absent`.
+    pub fn begin_warmup(&self) {
+        let s = self.read();
+        let mut seen: HashSet<String> = s.routes.keys().cloned().collect();
+        seen.extend(s.vhosts.keys().cloned());
+        seen.extend(s.absent.iter().cloned());
+        *self.warmup.lock() = Some(Warmup {
+            seen,
+            held_back: HashSet::new(),
+        });
+    }
+
+    /// Ends the warm-up (idempotent): every topic held back and not seen since is recorded as
+    /// changed, so streams answer it now (absent); returns how many.
+    pub fn end_warmup(&self) -> usize {
+        let mut s = self.write();
+        let Some(w) = self.warmup.lock().take() else {
+            return 0;
+        };
+        // Those seen since were pushed by their own change.
+        let mut changed: Vec<Changed> = w
+            .held_back
+            .into_iter()
+            .filter(|t| !w.seen.contains(t))
+            .map(Changed::Topic)
+            .collect();
+        let n = changed.len();
+        changed.push(Changed::WarmupEnded);
+        s.record(changed);
+        let rev = s.rev;
+        drop(s);
+        self.publish(rev);
+        n
+    }
+
+    /// Whether the warm-up is on.
+    pub fn is_warming(&self) -> bool {
+        self.warmup.lock().is_some()
+    }
+
+    /// Whether `topic` is unknown only because the warm-up is on (not seen since start): it may
+    /// yet be registered, so it must not be reported as absent.
+    pub fn warming_unknown(&self, topic: &str) -> bool {
+        self.warmup
+            .lock()
+            .as_ref()
+            .is_some_and(|w| !w.seen.contains(topic))
+    }
+
+    fn note_seen<'a>(&self, topics: impl IntoIterator<Item = &'a str>) {
+        if let Some(w) = self.warmup.lock().as_mut() {
+            for t in topics {
+                if !w.seen.contains(t) {
+                    w.seen.insert(t.to_owned());
+                }
+            }
+        }
+    }
+
+    /// `Absent`, or `Pending` (remembered, answered when the warm-up ends) for a topic the
+    /// warm-up holds back.
+    fn absent_or_held<T>(&self, topic: &str) -> Lookup<T> {
+        match self.warmup.lock().as_mut() {
+            Some(w) if !w.seen.contains(topic) => {
+                if !w.held_back.contains(topic) {
+                    w.held_back.insert(topic.to_owned());
+                }
+                Lookup::Pending
+            }
+            _ => Lookup::Absent,
+        }
     }
 
     /// Current revision; bumps on every effective change.
@@ -177,6 +272,7 @@ impl Catalog {
         self.pending.lock().remove(&topic);
         let version = content_version(&route);
         let mut s = self.write();
+        self.note_seen([topic.as_str()]);
         let was_absent = s.absent.remove(&topic);
         if !was_absent && s.routes.get(&topic).is_some_and(|v| v.version == version) {
             return false;
@@ -201,6 +297,7 @@ impl Catalog {
         let mut changed = Vec::new();
         for route in routes {
             let version = content_version(&route);
+            self.note_seen([route.topic.as_str()]);
             let was_absent = s.absent.remove(&route.topic);
             if !was_absent
                 && s.routes
@@ -244,6 +341,7 @@ impl Catalog {
     pub fn mark_absent(&self, topic: &str) {
         self.pending.lock().remove(topic);
         let mut s = self.write();
+        self.note_seen([topic]);
         let existed = s.routes.remove(topic).is_some();
         if !s.absent.insert(topic.to_owned()) && !existed {
             return;
@@ -294,6 +392,7 @@ impl Catalog {
             *old = next;
         }
         let mut s = self.write();
+        self.note_seen(vhosts.iter().map(|v| v.topic.as_str()));
         let mut changed = Vec::new();
         let vh = vhosts.into_iter().map(|v| (v.topic.clone(), v)).collect();
         diff(&mut s.vhosts, vh, Changed::Topic, &mut changed);
@@ -315,10 +414,18 @@ impl Catalog {
         n
     }
 
-    fn unknown_topic<T>(&self, topic: &str, absent: bool) -> Lookup<T> {
+    /// A topic `s` does not hold. Without a demand handler the warm-up is checked under `s`, so
+    /// a registration cannot slip in between and be reported absent.
+    fn unknown_topic<T>(
+        &self,
+        s: parking_lot::RwLockReadGuard<'_, State>,
+        topic: &str,
+    ) -> Lookup<T> {
+        let absent = s.absent.contains(topic);
         let Some(demand) = &self.demand else {
-            return Lookup::Absent;
+            return self.absent_or_held(topic);
         };
+        drop(s);
         if absent {
             return Lookup::Absent;
         }
@@ -332,7 +439,10 @@ impl Catalog {
                 Lookup::Pending
             }
             // The fetcher is saturated: say so rather than hold a client forever; it will ask again.
-            Err(_) => Lookup::Absent,
+            Err(_) => {
+                drop(pending);
+                self.absent_or_held(topic)
+            }
         }
     }
 
@@ -354,9 +464,7 @@ impl Catalog {
                 value: Arc::new(vhost),
             });
         }
-        let absent = s.absent.contains(topic);
-        drop(s);
-        self.unknown_topic(topic, absent)
+        self.unknown_topic(s, topic)
     }
 
     /// A cluster by name: static ones first, then the derived cluster of a registered topic.
@@ -379,9 +487,7 @@ impl Catalog {
                 value: Arc::new(cluster),
             });
         }
-        let absent = s.absent.contains(topic);
-        drop(s);
-        self.unknown_topic(topic, absent)
+        self.unknown_topic(s, topic)
     }
 
     /// An EDS resource by cluster (service) name.
@@ -398,7 +504,7 @@ impl Catalog {
                 version: r.version.clone(),
                 value: Arc::new(build_load_assignment(&r.value)),
             }),
-            None => Lookup::Absent,
+            None => self.absent_or_held(topic),
         }
     }
 
@@ -420,6 +526,7 @@ impl Catalog {
         match change {
             Changed::Topic(t) => (Some(t), vec![topic_cluster_name(t)]),
             Changed::Cluster(c) => (None, vec![c.clone()]),
+            Changed::WarmupEnded => (None, Vec::new()),
         }
     }
 
@@ -539,6 +646,43 @@ mod tests {
         assert_eq!(c.vhost("T", "rocketmq/T"), Lookup::Absent);
         c.set_topic(route("T", 6));
         assert!(c.vhost("T", "rocketmq/T").found().is_some());
+    }
+
+    #[test]
+    fn warmup_holds_back_unseen_topics_until_it_ends() {
+        let c = Catalog::new(CatalogOptions::default());
+        c.set_topic(route("Old", 6));
+        c.begin_warmup();
+        assert!(c.is_warming());
+        // Unknown since start: pending (a broker may yet register it), for every derived kind.
+        assert_eq!(c.vhost("T", "rocketmq/T"), Lookup::Pending);
+        assert_eq!(c.cluster("rocketmq.topic.T"), Lookup::Pending);
+        assert_eq!(c.load_assignment("rocketmq.topic.U"), Lookup::Pending);
+        assert!(c.warming_unknown("T"));
+        // Not a topic's cluster: nothing to wait for.
+        assert_eq!(c.cluster("some-static"), Lookup::Absent);
+        // Seen since start, then removed: a real removal, reported at once.
+        c.set_topic(route("Gone", 6));
+        assert!(c.remove_topic("Gone"));
+        assert_eq!(c.vhost("Gone", "rocketmq/Gone"), Lookup::Absent);
+        assert!(!c.warming_unknown("Gone"));
+        // Held before the warm-up began: known.
+        assert!(c.vhost("Old", "rocketmq/Old").found().is_some());
+        let rev = c.revision();
+        assert_eq!(c.end_warmup(), 2, "T and U were held back");
+        assert!(!c.is_warming());
+        let (_, mut changed) = c.changes_since(rev).unwrap();
+        changed.sort_by_key(|c| format!("{c:?}"));
+        assert_eq!(
+            changed,
+            vec![
+                Changed::Topic("T".into()),
+                Changed::Topic("U".into()),
+                Changed::WarmupEnded
+            ]
+        );
+        assert_eq!(c.vhost("T", "rocketmq/T"), Lookup::Absent);
+        assert_eq!(c.end_warmup(), 0, "idempotent");
     }
 
     #[test]

@@ -33,9 +33,11 @@ type SotwRx = mpsc::Receiver<Result<DiscoveryResponse, tonic::Status>>;
 struct Script {
     delta: bool,
     delta_requests: mpsc::Sender<DeltaDiscoveryRequest>,
-    delta_responses: Mutex<Option<DeltaRx>>,
+    /// One per delta stream, in order (a reconnecting client takes the next).
+    delta_responses: Mutex<std::collections::VecDeque<DeltaRx>>,
     sotw_requests: mpsc::Sender<DiscoveryRequest>,
-    sotw_responses: Mutex<Option<SotwRx>>,
+    /// One per SotW stream, in order.
+    sotw_responses: Mutex<std::collections::VecDeque<SotwRx>>,
 }
 
 #[tonic::async_trait]
@@ -51,8 +53,8 @@ impl AggregatedDiscoveryService for Script {
         let rx = self
             .sotw_responses
             .lock()
-            .take()
-            .ok_or_else(|| tonic::Status::unavailable("one stream"))?;
+            .pop_front()
+            .ok_or_else(|| tonic::Status::unavailable("no stream scripted"))?;
         let tx = self.sotw_requests.clone();
         let mut inbound = request.into_inner();
         tokio::spawn(async move {
@@ -77,8 +79,8 @@ impl AggregatedDiscoveryService for Script {
         let rx = self
             .delta_responses
             .lock()
-            .take()
-            .ok_or_else(|| tonic::Status::unavailable("one stream"))?;
+            .pop_front()
+            .ok_or_else(|| tonic::Status::unavailable("no stream scripted"))?;
         let tx = self.delta_requests.clone();
         let mut inbound = request.into_inner();
         tokio::spawn(async move {
@@ -94,6 +96,7 @@ impl AggregatedDiscoveryService for Script {
 
 struct Harness {
     addr: std::net::SocketAddr,
+    script: std::sync::Arc<Script>,
     delta_in: mpsc::Receiver<DeltaDiscoveryRequest>,
     delta_out: mpsc::Sender<Result<DeltaDiscoveryResponse, tonic::Status>>,
     sotw_in: mpsc::Receiver<DiscoveryRequest>,
@@ -108,19 +111,21 @@ async fn serve(delta: bool) -> Harness {
     let script = Script {
         delta,
         delta_requests: dreq_tx,
-        delta_responses: Mutex::new(Some(dresp_rx)),
+        delta_responses: Mutex::new([dresp_rx].into()),
         sotw_requests: sreq_tx,
-        sotw_responses: Mutex::new(Some(sresp_rx)),
+        sotw_responses: Mutex::new([sresp_rx].into()),
     };
+    let script = std::sync::Arc::new(script);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(AggregatedDiscoveryServiceServer::new(script))
+            .add_service(AggregatedDiscoveryServiceServer::from_arc(script.clone()))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
     Harness {
         addr,
+        script,
         delta_in: dreq_rx,
         delta_out: dresp_tx,
         sotw_in: sreq_rx,
@@ -168,6 +173,74 @@ fn delta(
 }
 
 impl Harness {
+    /// Ends the current delta stream (UNAVAILABLE, as a control plane going away) and scripts
+    /// the next one, which the client's reconnect opens.
+    async fn restart_delta(&mut self) {
+        let (tx, rx) = mpsc::channel(64);
+        self.script.delta_responses.lock().push_back(rx);
+        let old = std::mem::replace(&mut self.delta_out, tx);
+        old.send(Err(tonic::Status::unavailable("control plane restarting")))
+            .await
+            .unwrap();
+    }
+
+    /// [`Harness::restart_delta`] for the SotW stream.
+    async fn restart_sotw(&mut self) {
+        let (tx, rx) = mpsc::channel(64);
+        self.script.sotw_responses.lock().push_back(rx);
+        let old = std::mem::replace(&mut self.sotw_out, tx);
+        old.send(Err(tonic::Status::unavailable("control plane restarting")))
+            .await
+            .unwrap();
+    }
+
+    async fn next_sotw(&mut self) -> DiscoveryRequest {
+        tokio::time::timeout(T, self.sotw_in.recv())
+            .await
+            .expect("client request")
+            .expect("stream open")
+    }
+
+    /// The whole state as a SotW server sends it: the clusters and the route configuration of
+    /// `topics`, then waits for both ACKs.
+    async fn sotw_state(&mut self, version: &str, topics: &[&str]) {
+        let built: Vec<_> = topics
+            .iter()
+            .map(|t| build_topic(&format!("rocketmq/{t}"), &spec(t, 6), false))
+            .collect();
+        let clusters = built
+            .iter()
+            .map(|(_, c)| to_any(CLUSTER_TYPE, &cluster_to_proto(c)))
+            .collect();
+        let rc = route_config_to_proto("rocketmq", built.iter().map(|(v, _)| v));
+        for (type_url, resources) in [
+            (CLUSTER_TYPE, clusters),
+            (
+                ROUTE_CONFIGURATION_TYPE,
+                vec![to_any(ROUTE_CONFIGURATION_TYPE, &rc)],
+            ),
+        ] {
+            let nonce = format!("{version}-{type_url}");
+            self.sotw_out
+                .send(Ok(DiscoveryResponse {
+                    version_info: version.into(),
+                    type_url: type_url.into(),
+                    nonce: nonce.clone(),
+                    resources,
+                    ..Default::default()
+                }))
+                .await
+                .unwrap();
+            loop {
+                let r = self.next_sotw().await;
+                if r.response_nonce == nonce {
+                    assert!(r.error_detail.is_none(), "{r:?}");
+                    break;
+                }
+            }
+        }
+    }
+
     async fn next_delta(&mut self) -> DeltaDiscoveryRequest {
         tokio::time::timeout(T, self.delta_in.recv())
             .await
@@ -614,4 +687,222 @@ fn nack_and_ack_are_counted_in_metrics() {
             c.shutdown();
         })
     });
+}
+
+/// The vhost and cluster of `topic` as a control plane serves them.
+fn topic_resources(topic: &str, version: &str) -> (Resource, Resource) {
+    let name = format!("rocketmq/{topic}");
+    let (vhost, cluster) = build_topic(&name, &spec(topic, 6), false);
+    (
+        resource(
+            &name,
+            version,
+            to_any(VIRTUAL_HOST_TYPE, &vhost_to_proto(&vhost)),
+        ),
+        resource(
+            &cluster.name,
+            version,
+            to_any(CLUSTER_TYPE, &cluster_to_proto(&cluster)),
+        ),
+    )
+}
+
+/// A control plane that restarted empty reports the topics a reconnecting client holds as
+/// removed before their brokers registered again. Within the reconnect grace the client keeps
+/// serving the last good route; a topic the server sends again stays, one still removed when
+/// the grace ends goes then, and removals after the grace apply at once.
+#[tokio::test]
+async fn removals_right_after_a_reconnect_keep_the_last_good_route_for_the_grace() {
+    let grace = Duration::from_millis(1500);
+    let mut h = serve(true).await;
+    let mut cfg = ClientConfig::new(h.addr.to_string());
+    cfg.mode = XdsMode::Delta;
+    cfg.reconnect_grace = grace;
+    let c = XdsClient::start(cfg);
+
+    // Stream 1: Kept and Dropped are served. Removals of resources first received on a
+    // stream are not deferred (nothing was held when it came up): shown by Fresh.
+    let waiters: Vec<_> = ["Kept", "Dropped", "Fresh"]
+        .into_iter()
+        .map(|t| {
+            let c = c.clone();
+            tokio::spawn(async move { c.route(t).await })
+        })
+        .collect();
+    let mut subscribed = std::collections::BTreeSet::new();
+    while subscribed.len() < 3 {
+        let r = h.next_delta().await;
+        if r.type_url == VIRTUAL_HOST_TYPE {
+            subscribed.extend(r.resource_names_subscribe);
+        }
+    }
+    let (kv, kc) = topic_resources("Kept", "1");
+    let (dv, dc) = topic_resources("Dropped", "1");
+    let (fv, fc) = topic_resources("Fresh", "1");
+    h.send_delta(delta(
+        VIRTUAL_HOST_TYPE,
+        "a1",
+        vec![kv.clone(), dv, fv],
+        vec![],
+    ))
+    .await;
+    h.send_delta(delta(CLUSTER_TYPE, "a2", vec![kc.clone(), dc, fc], vec![]))
+        .await;
+    for w in waiters {
+        tokio::time::timeout(T, w).await.unwrap().unwrap().unwrap();
+    }
+    h.send_delta(delta(
+        VIRTUAL_HOST_TYPE,
+        "a3",
+        vec![],
+        vec!["rocketmq/Fresh".into()],
+    ))
+    .await;
+    h.expect_delta("ACK a3", |r| r.response_nonce == "a3").await;
+    assert_eq!(
+        c.route("Fresh").await.unwrap_err(),
+        RouteError::Missing("Fresh".into()),
+        "a removal on the stream that served the resource applies at once"
+    );
+
+    // Stream 2 (the control plane restarted): the client announces what it holds...
+    h.restart_delta().await;
+    let first = h
+        .expect_delta("the reconnect's VHDS request", |r| {
+            r.type_url == VIRTUAL_HOST_TYPE && !r.initial_resource_versions.is_empty()
+        })
+        .await;
+    assert_eq!(first.initial_resource_versions.len(), 2);
+    let reconnected = std::time::Instant::now();
+    // ...and hears both topics are gone (their brokers have not registered again yet).
+    h.send_delta(delta(
+        VIRTUAL_HOST_TYPE,
+        "b1",
+        vec![],
+        vec!["rocketmq/Kept".into(), "rocketmq/Dropped".into()],
+    ))
+    .await;
+    h.send_delta(delta(
+        CLUSTER_TYPE,
+        "b2",
+        vec![],
+        vec![kc.name.clone(), "rocketmq.topic.Dropped".into()],
+    ))
+    .await;
+    h.expect_delta("ACK b2", |r| r.response_nonce == "b2").await;
+    assert!(reconnected.elapsed() < grace, "too slow to check the grace");
+    for t in ["Kept", "Dropped"] {
+        let r = c.route(t).await;
+        assert!(
+            r.is_ok(),
+            "{t}: the last good route serves through the grace: {r:?}"
+        );
+    }
+    // Kept's broker registers again: the server sends it; its removal is cancelled.
+    h.send_delta(delta(VIRTUAL_HOST_TYPE, "b3", vec![kv], vec![]))
+        .await;
+    h.send_delta(delta(CLUSTER_TYPE, "b4", vec![kc.clone()], vec![]))
+        .await;
+    h.expect_delta("ACK b4", |r| r.response_nonce == "b4").await;
+
+    // The grace ends: Dropped's removal holds, Kept stays.
+    let mut gone_after = None;
+    while gone_after.is_none() {
+        if matches!(
+            c.snapshot().get("Dropped"),
+            Some(rocketmesh_xds::cache::TopicState::Missing { .. })
+        ) {
+            gone_after = Some(reconnected.elapsed());
+        }
+        assert!(reconnected.elapsed() < grace + T, "Dropped never removed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let gone_after = gone_after.unwrap_or_default();
+    assert!(
+        gone_after >= grace,
+        "removed after {gone_after:?}, before the grace ended"
+    );
+    assert_eq!(
+        c.route("Dropped").await.unwrap_err(),
+        RouteError::Missing("Dropped".into())
+    );
+    assert!(c.route("Kept").await.is_ok());
+
+    // After the grace a removal applies at once.
+    h.send_delta(delta(
+        VIRTUAL_HOST_TYPE,
+        "b5",
+        vec![],
+        vec!["rocketmq/Kept".into()],
+    ))
+    .await;
+    h.expect_delta("ACK b5", |r| r.response_nonce == "b5").await;
+    assert_eq!(
+        c.route("Kept").await.unwrap_err(),
+        RouteError::Missing("Kept".into())
+    );
+}
+
+/// The reconnect grace in SotW: a response right after a reconnect that leaves out topics the
+/// client held does not drop them until the grace ends, unless a later response has them again;
+/// after the grace, a response without a topic drops it at once. The reconnecting client sends
+/// the versions it last accepted.
+#[tokio::test]
+async fn sotw_keeps_left_out_routes_through_the_grace_after_a_reconnect() {
+    let grace = Duration::from_millis(1500);
+    let mut h = serve(false).await;
+    let mut cfg = ClientConfig::new(h.addr.to_string());
+    cfg.mode = XdsMode::Sotw;
+    cfg.reconnect_grace = grace;
+    let c = XdsClient::start(cfg);
+    for _ in 0..2 {
+        h.next_sotw().await;
+    }
+    h.sotw_state("1", &["Kept", "Dropped"]).await;
+    assert!(c.route("Kept").await.is_ok() && c.route("Dropped").await.is_ok());
+
+    h.restart_sotw().await;
+    let mut versions = Vec::new();
+    for _ in 0..2 {
+        let r = h.next_sotw().await;
+        versions.push(r.version_info);
+    }
+    assert_eq!(versions, ["1", "1"], "a reconnect sends the versions held");
+    let reconnected = std::time::Instant::now();
+    // The restarted server knows nothing yet.
+    h.sotw_state("2", &[]).await;
+    assert!(reconnected.elapsed() < grace, "too slow to check the grace");
+    for t in ["Kept", "Dropped"] {
+        let r = c.route(t).await;
+        assert!(
+            r.is_ok(),
+            "{t}: the last good route serves through the grace: {r:?}"
+        );
+    }
+    // Kept's broker is back.
+    h.sotw_state("3", &["Kept"]).await;
+    let mut gone_after = None;
+    while gone_after.is_none() {
+        if matches!(
+            c.snapshot().get("Dropped"),
+            Some(rocketmesh_xds::cache::TopicState::Missing { .. }) | None
+        ) {
+            gone_after = Some(reconnected.elapsed());
+        }
+        assert!(reconnected.elapsed() < grace + T, "Dropped never removed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let gone_after = gone_after.unwrap_or_default();
+    assert!(
+        gone_after >= grace,
+        "removed after {gone_after:?}, before the grace ended"
+    );
+    assert!(matches!(
+        c.route("Dropped").await,
+        Err(RouteError::Missing(_))
+    ));
+    assert!(c.route("Kept").await.is_ok());
+    // After the grace a response without Kept drops it.
+    h.sotw_state("4", &[]).await;
+    assert!(matches!(c.route("Kept").await, Err(RouteError::Missing(_))));
 }

@@ -933,3 +933,81 @@ async fn shutdown_ends_streams_and_serve_returns() {
         .unwrap();
     assert!(served.is_ok());
 }
+
+/// A control plane that just restarted is warming up: a reconnecting client's topics that no
+/// broker registered again yet are not reported removed (nor is a new subscription answered
+/// "absent"); they are sent as soon as they register, and reported removed only once the
+/// warm-up ends without them. A topic seen and removed during the warm-up is a real removal.
+#[tokio::test]
+async fn delta_warmup_reports_no_removal_of_topics_not_yet_registered() {
+    let catalog = Arc::new(Catalog::new(CatalogOptions::default()));
+    catalog.begin_warmup();
+    let srv = Running::start(catalog.clone(), ServerOptions::default()).await;
+    let mut s = srv.delta().await;
+    // The client held TopicA and TopicB before the restart, and now also asks for TopicC.
+    s.send(DeltaDiscoveryRequest {
+        initial_resource_versions: HashMap::from([
+            ("rocketmq/TopicA".to_string(), "old".to_string()),
+            ("rocketmq/TopicB".to_string(), "old".to_string()),
+        ]),
+        ..subscribe(
+            VIRTUAL_HOST_TYPE,
+            &["rocketmq/TopicA", "rocketmq/TopicB", "rocketmq/TopicC"],
+        )
+    })
+    .await;
+    s.quiet().await;
+    // TopicA's broker registers again: sent at once.
+    catalog.set_topic(route("TopicA", 6));
+    let r = s.recv().await;
+    assert_eq!(
+        versions(&r).keys().collect::<Vec<_>>(),
+        vec!["rocketmq/TopicA"]
+    );
+    assert!(r.removed_resources.is_empty());
+    s.send(ack(&r)).await;
+    // Registered and removed during the warm-up: the registry knows it is gone.
+    catalog.set_topic(route("TopicD", 6));
+    catalog.remove_topic("TopicD");
+    s.send(subscribe(VIRTUAL_HOST_TYPE, &["rocketmq/TopicD"]))
+        .await;
+    let r = s.recv().await;
+    assert_eq!(r.removed_resources, vec!["rocketmq/TopicD".to_string()]);
+    s.quiet().await;
+    // The warm-up ends: what never came back is removed now.
+    assert_eq!(catalog.end_warmup(), 2);
+    let r = s.recv().await;
+    let mut removed = r.removed_resources.clone();
+    removed.sort();
+    assert_eq!(removed, vec!["rocketmq/TopicB", "rocketmq/TopicC"]);
+}
+
+/// SotW responses replace the client's whole table: during the warm-up a reconnecting client
+/// (its request carries the version it holds) is answered only when the warm-up ends; a new
+/// client, which holds nothing, is answered at once.
+#[tokio::test]
+async fn sotw_warmup_holds_reconnecting_clients_until_it_ends() {
+    let catalog = Arc::new(Catalog::new(CatalogOptions::default()));
+    catalog.begin_warmup();
+    let srv = Running::start(catalog.clone(), ServerOptions::default()).await;
+    let rc_request = |version: &str| DiscoveryRequest {
+        node: node(),
+        type_url: ROUTE_CONFIGURATION_TYPE.into(),
+        resource_names: vec!["rocketmq".into()],
+        version_info: version.into(),
+        ..Default::default()
+    };
+    let mut fresh = srv.sotw().await;
+    fresh.send(rc_request("")).await;
+    assert_eq!(fresh.recv().await.type_url, ROUTE_CONFIGURATION_TYPE);
+
+    let mut back = srv.sotw().await;
+    back.send(rc_request("17")).await;
+    back.quiet().await;
+    catalog.set_topic(route("TopicA", 6));
+    back.quiet().await;
+    catalog.end_warmup();
+    let r = back.recv().await;
+    let rc: RouteConfiguration = from_any(ROUTE_CONFIGURATION_TYPE, &r.resources[0]).unwrap();
+    assert_eq!(rc.virtual_hosts.len(), 1, "{rc:?}");
+}

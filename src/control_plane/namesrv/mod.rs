@@ -66,6 +66,9 @@ pub struct NameServer {
     registry: Mutex<Registry>,
     upstream: Option<Arc<Upstream>>,
     opts: NamesrvOptions,
+    /// Set when the control plane shuts down: the connections it closes then are not brokers
+    /// leaving (see [`NameServer::begin_shutdown`]).
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for NameServer {
@@ -91,7 +94,18 @@ impl NameServer {
             registry: Mutex::new(Registry::default()),
             upstream,
             opts,
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The control plane is shutting down: from now on a closed connection does not remove the
+    /// brokers registered over it. The control plane closes them itself; removing their topics
+    /// would push "removed" to every xDS client before the ADS streams end, and sidecars would
+    /// answer TOPIC_NOT_EXIST for topics whose brokers are alive (a restart must not look like
+    /// every broker leaving). UNREGISTER_BROKER still removes: that is a broker leaving.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// The upstream nameserver this one falls through to, if any.
@@ -324,6 +338,17 @@ impl NameServer {
             Some(route) => self
                 .reply(req, code::SUCCESS)
                 .with_body(route.encode(style)),
+            // Restarted and still warming up: its brokers may not have registered again yet.
+            // "Does not exist" would be a claim the registry cannot make; an SDK keeps the
+            // route it has and asks again.
+            None if self.catalog.warming_unknown(&h.topic) => self.error(
+                req,
+                code::SYSTEM_ERROR,
+                format!(
+                    "name server warming up after a restart: no broker has registered topic {} yet",
+                    h.topic
+                ),
+            ),
             None => self.error(
                 req,
                 code::TOPIC_NOT_EXIST,
@@ -383,6 +408,16 @@ impl Handler for NameServer {
     }
 
     fn on_close(&self, conn: &Arc<Connection>) {
+        if self
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            tracing::debug!(
+                conn = conn.id(),
+                "connection closed by the shutdown; its brokers stay registered"
+            );
+            return;
+        }
         self.connection_closed(conn.id());
     }
 }

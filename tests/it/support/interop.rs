@@ -179,6 +179,18 @@ impl ChildGuard {
         self.kill();
     }
 
+    /// Sends `signal` (a `kill` name: STOP, CONT...) to the child, if it still runs.
+    pub fn signal(&self, signal: &str) {
+        if let Some(c) = self.child.as_ref() {
+            let ok = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(c.id().to_string())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill -{signal} {} failed", self.what);
+        }
+    }
+
     pub fn wait_timeout(&mut self, t: Duration) -> bool {
         let end = Instant::now() + t;
         while let Some(c) = self.child.as_mut() {
@@ -291,14 +303,17 @@ pub struct ControlPlaneProc {
 }
 
 impl ControlPlaneProc {
+    /// On ports of its own choosing, without the restart warm-up: its brokers start after it,
+    /// so nothing is missing that may come back (`start_at` runs it as deployed).
     pub fn start(dir: &Path) -> ControlPlaneProc {
-        let args = [
-            "control-plane",
-            "--remoting",
-            "127.0.0.1:0",
-            "--xds",
-            "127.0.0.1:0",
-        ];
+        Self::start_at(dir, "127.0.0.1:0", "127.0.0.1:0", &["--warmup-secs", "0"])
+    }
+
+    /// On `remoting` and `xds` (fixed addresses, to restart it where brokers and sidecars
+    /// reconnect), with more flags in `extra`.
+    pub fn start_at(dir: &Path, remoting: &str, xds: &str, extra: &[&str]) -> ControlPlaneProc {
+        let mut args = vec!["control-plane", "--remoting", remoting, "--xds", xds];
+        args.extend_from_slice(extra);
         let (guard, ready) = start_rocketmesh(dir, "control-plane", &args);
         let field = |k: &str| -> SocketAddr {
             ready
@@ -354,22 +369,7 @@ impl SidecarProc {
 
     /// GET `path` from the admin server (HTTP/1.1, one request per connection): the body.
     pub fn admin_get(&self, path: &str) -> String {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect_timeout(&self.admin, Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("admin {}: {e}", self.admin));
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.admin
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out)
-            .unwrap_or_else(|e| panic!("admin {} GET {path}: {e}", self.admin));
-        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-        assert!(head.starts_with("HTTP/1.1 200"), "admin GET {path}: {head}");
-        body.to_owned()
+        admin_get(self.admin, path)
     }
 
     /// The value of one sample of `/stats/prometheus` (the first line starting with `name`
@@ -383,6 +383,26 @@ impl SidecarProc {
             rest.rsplit(' ').next()?.parse().ok()
         })
     }
+}
+
+/// GET `path` from the admin server at `admin` (HTTP/1.1, one request per connection): the
+/// body of a 200 answer.
+pub fn admin_get(admin: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("admin {admin}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .unwrap_or_else(|e| panic!("admin {admin} GET {path}: {e}"));
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "admin GET {path}: {head}");
+    body.to_owned()
 }
 
 /// A running driver script.

@@ -158,10 +158,13 @@ pub async fn start_broker_with(
     broker::start(cfg).await.unwrap()
 }
 
-/// A control plane (nameserver role + ADS) on loopback.
+/// A control plane (nameserver role + ADS) on loopback, without the restart warm-up: tests
+/// start their brokers after it and expect unknown topics to be absent at once (the warm-up
+/// has tests of its own).
 pub async fn start_control_plane() -> ControlPlane {
     let mut cfg = ControlPlaneConfig::new(local());
     cfg.xds = Some(local());
+    cfg.warmup = Duration::ZERO;
     control_plane::start(cfg).await.unwrap()
 }
 

@@ -28,10 +28,12 @@ Modes (argument 1), options as --key value:
            ends up stuck; it never shuts down, the caller kills it).
            RESULT {"received": [{body, topic, tags, keys, props, reconsume_times, retry_topic,
            msg_id, queue_id, queue_offset, t}], "shutdown_s": ...}
-  produce_until_failure  --namesrv A --topic T --group G [--max N]
-           send sync in a loop; prints `ACK <i>` for every OK send as it happens and stops at the
-           first failure (the broker is killed by the caller). RESULT {"acked": [i...],
-           "attempted": n, "error": "..."}
+  produce_until_failure  --namesrv A --topic T --group G [--max N] [--interval S]
+           [--stop-file F] [--timeout-ms MS]
+           send sync in a loop (sleeping S seconds after each OK send); prints `ACK <i>` for every
+           OK send as it happens and stops at the first failure (the broker is killed by the
+           caller), after N sends, or once file F exists. RESULT {"acked": [i...],
+           "attempted": n, "error": "..." or null}
   pull_all --namesrv A --topic T --group G [--max-seconds S]
            PullConsumer: every queue of T from offset 0 to the end. RESULT {"bodies": [...]}
 """
@@ -241,7 +243,11 @@ def produce_until_failure(o):
     p = producer(o)
     acked, attempted, error = [], 0, None
     limit = int(o.get('max', 1000000))
+    interval = float(o.get('interval', 0))
+    stop_file = o.get('stop_file')
     for i in range(limit):
+        if stop_file and os.path.exists(stop_file):
+            break
         attempted += 1
         try:
             r = p.send_sync(make(o['topic'], 'crash-%07d' % i, 'TagA', 'crash-%d' % i,
@@ -254,6 +260,8 @@ def produce_until_failure(o):
             break
         acked.append(i)
         print('ACK %d' % i, flush=True)
+        if interval:
+            time.sleep(interval)
     result({'acked': acked, 'attempted': attempted, 'error': error})
     sys.stdout.flush()
     os._exit(0)  # the broker is dead: skip the client's shutdown (it would retry unregistering)

@@ -37,6 +37,10 @@ pub struct ClientConfig {
     /// none is missing, new topics are refused.
     pub max_topics: usize,
     pub connect_timeout: Duration,
+    /// After each (re)connect, removals of resources the client holds are deferred this long
+    /// and dropped if the server sends the resource again meanwhile: a restarted control plane
+    /// may report topics gone whose brokers have not re-registered yet. Zero = none.
+    pub reconnect_grace: Duration,
     /// Largest xDS message accepted.
     pub max_message_bytes: usize,
 }
@@ -53,6 +57,7 @@ impl ClientConfig {
             missing_ttl: Duration::from_secs(30),
             max_topics: 100_000,
             connect_timeout: Duration::from_secs(2),
+            reconnect_grace: Duration::from_secs(30),
             max_message_bytes: 64 << 20,
         }
     }

@@ -71,6 +71,7 @@ fn apply_kind<K: ResourceKind>(
         match specs {
             Ok(specs) => {
                 for (name, spec) in names.into_iter().zip(specs) {
+                    st.confirmed(K::TYPE_URL, &name);
                     let table = K::table(&mut st.res);
                     table.missing.remove(&name);
                     table
@@ -82,8 +83,26 @@ fn apply_kind<K: ResourceKind>(
             Err(e) => errors.push(e),
         }
     }
+    if !st.deferred.is_empty() || st.grace_deadline().is_some() {
+        gone.retain(|name| {
+            if !st.defers_removal(K::TYPE_URL, name)
+                || !K::table(&mut st.res).held.contains_key(name)
+            {
+                return true;
+            }
+            tracing::info!(type_url = K::TYPE_URL, %name,
+                "removal right after a reconnect: keeping the last good resource for the grace");
+            st.deferred.insert((K::TYPE_URL, name.clone()));
+            false
+        });
+    }
+    remove::<K>(st, gone, touched);
+}
+
+/// Forgets `names` of kind `K`, remembering subscribed ones as missing.
+fn remove<K: ResourceKind>(st: &mut State, names: Vec<String>, touched: &mut Touched) {
     let now = Instant::now();
-    for name in gone {
+    for name in names {
         let subscribed = K::subscribed(&st.subs, &name);
         let table = K::table(&mut st.res);
         table.held.remove(&name);
@@ -92,6 +111,30 @@ fn apply_kind<K: ResourceKind>(
         }
         K::changed(&mut st.res, &name, touched);
     }
+}
+
+/// Ends the reconnect grace: applies the removals it deferred (still-subscribed names become
+/// missing) and notes the topics they touch. Returns how many were applied.
+pub(crate) fn end_grace(st: &mut State, route_config: &str) -> usize {
+    let deferred = st.take_deferred();
+    let n = deferred.len();
+    let mut by_type: [Vec<String>; 3] = Default::default();
+    for (type_url, name) in deferred {
+        match type_url {
+            VIRTUAL_HOST_TYPE => by_type[0].push(name),
+            CLUSTER_TYPE => by_type[1].push(name),
+            _ => by_type[2].push(name),
+        }
+    }
+    let [vhosts, clusters, load_assignments] = by_type;
+    let mut touched = Touched::default();
+    remove::<VirtualHosts>(st, vhosts, &mut touched);
+    remove::<Clusters>(st, clusters, &mut touched);
+    remove::<LoadAssignments>(st, load_assignments, &mut touched);
+    let via_clusters = st.topics_using(&touched.clusters, route_config);
+    st.touch(touched.topics);
+    st.touch(via_clusters);
+    n
 }
 
 /// The ACK of `resp`, or its NACK when `errors` is not empty.

@@ -14,7 +14,7 @@ use crate::cache::Held;
 use crate::model::{ClusterSpec, EndpointSource};
 use crate::resources::{
     cluster_from_proto, from_any, load_assignment_from_proto, route_config_from_proto,
-    CLUSTER_TYPE, LOAD_ASSIGNMENT_TYPE, ROUTE_CONFIGURATION_TYPE,
+    CLUSTER_TYPE, LOAD_ASSIGNMENT_TYPE, ROUTE_CONFIGURATION_TYPE, VIRTUAL_HOST_TYPE,
 };
 
 /// What applying one response did.
@@ -49,6 +49,7 @@ pub(crate) fn apply(st: &mut State, resp: &DiscoveryResponse, route_config: &str
             }
             if errors.is_empty() {
                 let names: Vec<String> = next.keys().cloned().collect();
+                keep_through_grace(st, CLUSTER_TYPE, &mut next, |st| &mut st.res.clusters.held);
                 st.res.clusters.held = next;
                 st.res.clusters.missing.clear();
                 st.subs.clusters = names.iter().cloned().collect();
@@ -99,6 +100,9 @@ pub(crate) fn apply(st: &mut State, resp: &DiscoveryResponse, route_config: &str
                 }
             }
             if errors.is_empty() {
+                keep_through_grace(st, VIRTUAL_HOST_TYPE, &mut next, |st| {
+                    &mut st.res.vhosts.held
+                });
                 st.res.vhosts.held = next;
                 st.res.vhosts.missing.clear();
                 st.sotw.routes = true;
@@ -138,6 +142,37 @@ pub(crate) fn apply(st: &mut State, resp: &DiscoveryResponse, route_config: &str
         }
     }
     out
+}
+
+/// During the reconnect grace ([`State::begin_grace`]), a response that leaves out resources the
+/// client holds does not drop them: they are carried into `next` and their removal deferred.
+/// Resources in `next` cancel a deferred removal.
+fn keep_through_grace<T>(
+    st: &mut State,
+    type_url: &'static str,
+    next: &mut HashMap<String, Held<T>>,
+    held: impl Fn(&mut State) -> &mut HashMap<String, Held<T>>,
+) {
+    for name in next.keys() {
+        st.confirmed(type_url, name);
+    }
+    if st.grace_deadline().is_none() {
+        return;
+    }
+    let mut dropped: Vec<String> = held(st)
+        .keys()
+        .filter(|n| !next.contains_key(*n))
+        .cloned()
+        .collect();
+    dropped.retain(|n| st.defers_removal(type_url, n));
+    for name in dropped {
+        if let Some(h) = held(st).remove(&name) {
+            tracing::info!(type_url, %name,
+                "left out right after a reconnect: keeping the last good resource for the grace");
+            st.deferred.insert((type_url, name.clone()));
+            next.insert(name, h);
+        }
+    }
 }
 
 /// The last version ACKed for `type_url` ("" before the first).

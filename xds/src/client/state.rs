@@ -56,9 +56,85 @@ pub(crate) struct State {
     pub sotw: SotwProgress,
     /// Topics whose route may have changed since the last snapshot (delta).
     dirty: HashSet<String>,
+    /// The reconnect grace (see [`State::begin_grace`]): until then, removals of the resources
+    /// in `grace_names` are deferred.
+    grace_until: Option<Instant>,
+    /// Resources held when the stream came up and not sent again since: (type URL, name).
+    grace_names: HashSet<(&'static str, String)>,
+    /// Removals deferred by the grace: (type URL, name).
+    pub deferred: HashSet<(&'static str, String)>,
 }
 
 impl State {
+    /// A stream just came up: for `grace`, a removal of a resource the client held at this
+    /// moment is deferred, not applied. A control plane that restarted may not know yet what it
+    /// knew before (its brokers re-register within an interval) and report a topic gone that
+    /// only has not come back yet; the last good route keeps serving meanwhile. A resource the
+    /// server sends again is known to it: its deferred removal is cancelled and a later one
+    /// applies at once. Removals still deferred when the grace ends are applied then
+    /// ([`State::take_deferred`]); so are removals after it, and of resources first received
+    /// on this stream.
+    pub fn begin_grace(&mut self, grace: Duration) {
+        self.deferred.clear();
+        self.grace_names.clear();
+        self.grace_until = None;
+        if grace.is_zero() {
+            return;
+        }
+        let names = self
+            .res
+            .vhosts
+            .held
+            .keys()
+            .map(|n| (VIRTUAL_HOST_TYPE, n.clone()))
+            .chain(
+                self.res
+                    .clusters
+                    .held
+                    .keys()
+                    .map(|n| (CLUSTER_TYPE, n.clone())),
+            )
+            .chain(
+                self.res
+                    .load_assignments
+                    .held
+                    .keys()
+                    .map(|n| (LOAD_ASSIGNMENT_TYPE, n.clone())),
+            );
+        self.grace_names.extend(names);
+        if !self.grace_names.is_empty() {
+            self.grace_until = Some(Instant::now() + grace);
+        }
+    }
+
+    /// Whether a removal of `name` (of `type_url`) is to be deferred now.
+    pub fn defers_removal(&self, type_url: &'static str, name: &str) -> bool {
+        self.grace_until.is_some_and(|t| Instant::now() < t)
+            && self.grace_names.contains(&(type_url, name.to_owned()))
+    }
+
+    /// The server sent `name` again: it knows it, so its removal is no longer deferred.
+    pub fn confirmed(&mut self, type_url: &'static str, name: &str) {
+        if self.grace_names.is_empty() && self.deferred.is_empty() {
+            return;
+        }
+        let key = (type_url, name.to_owned());
+        self.grace_names.remove(&key);
+        self.deferred.remove(&key);
+    }
+
+    /// When the grace ends, if it has not.
+    pub fn grace_deadline(&self) -> Option<Instant> {
+        self.grace_until.filter(|t| Instant::now() < *t)
+    }
+
+    /// Ends the grace: the removals still deferred, to apply now.
+    pub fn take_deferred(&mut self) -> HashSet<(&'static str, String)> {
+        self.grace_until = None;
+        self.grace_names.clear();
+        std::mem::take(&mut self.deferred)
+    }
+
     /// Notes that `topics` need resolving again in the next snapshot.
     pub fn touch(&mut self, topics: impl IntoIterator<Item = String>) {
         self.dirty.extend(topics);

@@ -110,6 +110,24 @@ pub(crate) async fn run(inner: Arc<Inner>, mut cmds: mpsc::Receiver<String>) {
     task.inner.waiters.fail_all(RouteError::Stopped);
 }
 
+/// Completes when the reconnect grace ends with removals deferred; never while there is none.
+async fn grace_ends(inner: &Inner) {
+    let deadline = {
+        let st = inner.state.lock();
+        if st.deferred.is_empty() {
+            None
+        } else {
+            st.grace_deadline()
+        }
+    };
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        // Deferred removals whose grace has passed are applied by the next loop turn.
+        None if !inner.state.lock().deferred.is_empty() => {}
+        None => std::future::pending().await,
+    }
+}
+
 fn uri(server: &str) -> String {
     if server.contains("://") {
         server.to_owned()
@@ -218,6 +236,28 @@ impl Task {
             self.publish(&mut st);
         }
         gone
+    }
+
+    /// The reconnect grace ended: applies the removals it deferred. Returns the subscription
+    /// changes that follow (delta; SotW sends none).
+    fn on_grace_end(&mut self) -> Vec<DeltaDiscoveryRequest> {
+        let inner = self.inner.clone();
+        let mut st = inner.state.lock();
+        let applied = delta::end_grace(&mut st, self.rc());
+        if applied == 0 {
+            return Vec::new();
+        }
+        info!(
+            removals = applied,
+            "reconnect grace over: applying the removals it deferred"
+        );
+        let changes = if self.mode == XdsMode::Sotw {
+            Vec::new()
+        } else {
+            st.sync_dependencies(self.rc())
+        };
+        self.publish(&mut st);
+        changes.into_iter().map(delta::subscribe).collect()
     }
 
     /// Builds and swaps the next snapshot, then wakes waiters whose topic resolved.
@@ -347,6 +387,10 @@ impl Task {
         };
         let mut stream = response.into_inner();
         Counters::add(&self.inner.counters.connects, 1);
+        self.inner
+            .state
+            .lock()
+            .begin_grace(self.inner.cfg.reconnect_grace);
         self.set_connected(true, Some(XdsMode::Delta));
         info!(server = %self.inner.cfg.server, "delta ADS stream up");
         let mut sweep =
@@ -395,6 +439,7 @@ impl Task {
                         })]
                     }
                 }
+                () = grace_ends(&inner) => self.on_grace_end(),
                 _ = sweep.tick() => {
                     let gone = self.on_sweep();
                     if gone.is_empty() {
@@ -428,19 +473,18 @@ impl Task {
         {
             let st = self.inner.state.lock();
             let rc = self.rc();
-            let mut first = sotw::request(&st, rc, CLUSTER_TYPE, "", "", None);
+            // With the versions last accepted (empty on the first stream), as Envoy does: a
+            // server can tell a reconnecting client, which holds state, from a fresh one.
+            let request = |type_url| {
+                let version = sotw::last_version(&st, type_url);
+                sotw::request(&st, rc, type_url, version, "", None)
+            };
+            let mut first = request(CLUSTER_TYPE);
             first.node = Some(self.node());
             let _ = tx.try_send(first);
-            let _ = tx.try_send(sotw::request(
-                &st,
-                rc,
-                ROUTE_CONFIGURATION_TYPE,
-                "",
-                "",
-                None,
-            ));
+            let _ = tx.try_send(request(ROUTE_CONFIGURATION_TYPE));
             if !st.subs.load_assignments.is_empty() {
-                let _ = tx.try_send(sotw::request(&st, rc, LOAD_ASSIGNMENT_TYPE, "", "", None));
+                let _ = tx.try_send(request(LOAD_ASSIGNMENT_TYPE));
             }
         }
         let response = match client
@@ -452,8 +496,13 @@ impl Task {
         };
         let mut stream = response.into_inner();
         Counters::add(&self.inner.counters.connects, 1);
+        self.inner
+            .state
+            .lock()
+            .begin_grace(self.inner.cfg.reconnect_grace);
         self.set_connected(true, Some(XdsMode::Sotw));
         info!(server = %self.inner.cfg.server, "SotW ADS stream up (wildcard CDS + full RouteConfiguration)");
+        let inner = self.inner.clone();
         loop {
             tokio::select! {
                 msg = stream.next() => {
@@ -474,6 +523,10 @@ impl Task {
                     let Some(topic) = cmd else { return StreamEnd::Stopped };
                     // Everything is already subscribed; just note the interest (and answer it if known).
                     self.on_topics(vec![topic]);
+                }
+                () = grace_ends(&inner) => {
+                    // Subscriptions follow the responses in SotW: nothing to request.
+                    self.on_grace_end();
                 }
             }
         }

@@ -28,6 +28,10 @@ struct SotwType {
     nonce: String,
     /// Digest of the last response's resources, so changes that do not alter them send nothing.
     digest: Option<u64>,
+    /// A reconnecting client (its first request carried a version) asked during the catalog's
+    /// warm-up: a SotW response replaces the client's whole table, and one built from a
+    /// registry still filling would drop what it holds. Answered when the warm-up ends.
+    await_warmup: bool,
 }
 
 pub(super) struct SotwStream {
@@ -83,6 +87,11 @@ impl AdsStream for SotwStream {
             );
         }
         let first = st.nonce.is_empty();
+        if first && !req.version_info.is_empty() && self.out.catalog().is_warming() {
+            debug!(stream = self.out.id(), node = %self.out.node, type_url = kind.url(),
+                "reconnecting client during the warm-up: answering when it ends");
+            st.await_warmup = true;
+        }
         let mut names = req.resource_names;
         names.sort();
         names.dedup();
@@ -137,6 +146,14 @@ impl AdsStream for SotwStream {
                 affected.extend(self.types.keys().copied());
             }
         }
+        let warming = catalog.is_warming();
+        let released: Vec<Kind> = self
+            .types
+            .iter()
+            .filter(|(_, st)| st.await_warmup && !warming)
+            .map(|(&k, _)| k)
+            .collect();
+        affected.extend(released);
         for kind in SOTW_KINDS {
             if affected.contains(&kind) {
                 self.respond(kind, false).await?;
@@ -151,9 +168,17 @@ impl SotwStream {
     /// last response.
     async fn respond(&mut self, kind: Kind, force: bool) -> Result<(), Stop> {
         let catalog = self.out.shared.catalog.clone();
-        let Some(st) = self.types.get(&kind) else {
+        let Some(st) = self.types.get_mut(&kind) else {
             return Ok(());
         };
+        let mut force = force;
+        if st.await_warmup {
+            if catalog.is_warming() {
+                return Ok(());
+            }
+            st.await_warmup = false;
+            force = true;
+        }
         if !st.wildcard && st.names.is_empty() {
             return Ok(());
         }
