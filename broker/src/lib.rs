@@ -4,6 +4,7 @@
 //! * [`store`]: commit log, consume queues, consumer offsets, pop checkpoints, flush and recovery.
 //! * [`processor`]: one function per request code.
 //! * [`pop`]: POP / ACK / CHANGE_INVISIBLETIME and the revive service.
+//! * [`assignment`]: QUERY_ASSIGNMENT / SET_MESSAGE_REQUEST_MODE (5.x server-side balancing).
 //! * [`schedule`]: delay levels (send-back retries, `DELAY` messages).
 //! * [`topics`], [`clients`], [`long_poll`], [`register`]: topic table, client table, parked
 //!   requests, registration with a nameserver.
@@ -16,6 +17,7 @@
 //! registration) are awaited through one [`Drain`], and the store is flushed and closed.
 #![forbid(unsafe_code)]
 
+pub mod assignment;
 pub mod clients;
 pub mod long_poll;
 pub mod metrics;
@@ -108,6 +110,7 @@ pub struct Broker {
     pub(crate) store: Arc<MessageStore>,
     pub(crate) topics: TopicTable,
     pub(crate) clients: ClientTable,
+    pub(crate) modes: assignment::RequestModes,
     pub(crate) pop: pop::PopState,
     pub(crate) metrics: BrokerMetrics,
     /// Fires when the drain begins: parked long polls answer at once.
@@ -202,6 +205,8 @@ pub enum StartError {
     Store { dir: PathBuf, source: StoreError },
     #[error("topic table: {0}")]
     Topics(#[from] TopicError),
+    #[error("message request modes: {0}")]
+    Modes(#[from] assignment::ModesError),
 }
 
 /// Opens the store and starts serving.
@@ -240,6 +245,7 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, StartError>
     for t in &config.read_only_topics {
         topics.ensure(t, 4)?;
     }
+    let modes = assignment::RequestModes::open(&config.data_dir)?;
     let background = Drain::new();
     let broker = Arc::new(Broker {
         pop: pop::PopState::default(),
@@ -247,6 +253,7 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, StartError>
         store,
         topics,
         clients: ClientTable::new(),
+        modes,
         metrics,
         draining: background.draining_token(),
     });

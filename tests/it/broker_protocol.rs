@@ -413,3 +413,204 @@ async fn delayed_messages_and_send_back_arrive_after_their_delay() {
     b.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 5.x server-side balancing: QUERY_ASSIGNMENT / SET_MESSAGE_REQUEST_MODE
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_assignment_balances_as_apache_does_and_pop_mode_persists() {
+    use rocketmesh_filters::codec::body::{
+        ConsumerData, HeartbeatData, MessageModel, MessageRequestMode, QueryAssignmentRequestBody,
+        QueryAssignmentResponseBody, SetMessageRequestModeRequestBody,
+    };
+    const G: &str = "assign-g";
+    let (b, dir) = start("assign", |_| {}).await;
+    crate::support::create_topic(b.addr, "AssignT", 6, 5).await;
+    let c = RemotingClient::connect(b.addr, None).await.unwrap();
+    // Two members of the group, "cid-a" and "cid-b", on one connection.
+    for cid in ["cid-a", "cid-b"] {
+        let hb = HeartbeatData {
+            client_id: cid.into(),
+            consumer_data_set: vec![ConsumerData {
+                group_name: G.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let resp = c
+            .invoke(
+                RemotingCommand::request(rc::HEART_BEAT).with_body(hb.to_json()),
+                T,
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.code(), response_code::SUCCESS);
+    }
+    let ask = |cid: &str, model, strategy: &str, topic: &str| {
+        let body = QueryAssignmentRequestBody {
+            client_id: cid.into(),
+            consumer_group: G.into(),
+            message_model: model,
+            strategy_name: strategy.into(),
+            topic: topic.into(),
+        };
+        RemotingCommand::request(rc::QUERY_ASSIGNMENT).with_body(body.to_json())
+    };
+    // (queue ids, modes) of an answer; None when the answer has no list ("keep your queues").
+    let query = |req: RemotingCommand| {
+        let c = &c;
+        async move {
+            let resp = c.invoke(req, T).await.unwrap();
+            assert_eq!(resp.code(), response_code::SUCCESS, "{:?}", resp.remark());
+            if resp.body().as_ref() == b"{}" {
+                return None;
+            }
+            let got = QueryAssignmentResponseBody::parse(resp.body()).unwrap();
+            let mut ids: Vec<(i32, MessageRequestMode)> = got
+                .message_queue_assignments
+                .iter()
+                .map(|a| {
+                    assert_eq!(a.message_queue.broker_name, "broker-a");
+                    assert_eq!(a.message_queue.topic, "AssignT");
+                    (a.message_queue.queue_id, a.mode)
+                })
+                .collect();
+            ids.sort_by_key(|(q, _)| *q);
+            Some(ids)
+        }
+    };
+    let pull = |ids: &[i32]| -> Option<Vec<(i32, MessageRequestMode)>> {
+        Some(ids.iter().map(|q| (*q, MessageRequestMode::Pull)).collect())
+    };
+    let clustering = MessageModel::Clustering;
+
+    // No mode set: PULL, split by the strategy (5 read queues over 2 clients).
+    assert_eq!(
+        query(ask("cid-a", clustering, "AVG", "AssignT")).await,
+        pull(&[0, 1, 2])
+    );
+    assert_eq!(
+        query(ask("cid-b", clustering, "AVG", "AssignT")).await,
+        pull(&[3, 4])
+    );
+    assert_eq!(
+        query(ask("cid-b", clustering, "AVG_BY_CIRCLE", "AssignT")).await,
+        pull(&[1, 3])
+    );
+    // Broadcasting: every read queue.
+    assert_eq!(
+        query(ask("cid-b", MessageModel::Broadcasting, "AVG", "AssignT")).await,
+        pull(&[0, 1, 2, 3, 4])
+    );
+    // A client the group does not know gets nothing; "no answer" for an unknown strategy, an
+    // unknown topic, or a group without members here.
+    assert_eq!(
+        query(ask("cid-z", clustering, "AVG", "AssignT")).await,
+        pull(&[])
+    );
+    assert_eq!(
+        query(ask("cid-a", clustering, "NO_SUCH", "AssignT")).await,
+        None
+    );
+    assert_eq!(
+        query(ask("cid-a", clustering, "AVG", "NoSuchAssignT")).await,
+        None
+    );
+    let mut other = ask("cid-a", clustering, "AVG", "AssignT");
+    other.set_body(
+        QueryAssignmentRequestBody {
+            client_id: "cid-a".into(),
+            consumer_group: "nobody".into(),
+            message_model: clustering,
+            strategy_name: "AVG".into(),
+            topic: "AssignT".into(),
+        }
+        .to_json(),
+    );
+    assert_eq!(query(other).await, None);
+
+    let set = |mode, share: i32, topic: &str| {
+        let body = SetMessageRequestModeRequestBody {
+            consumer_group: G.into(),
+            topic: topic.into(),
+            mode,
+            pop_share_queue_num: share,
+        };
+        RemotingCommand::request(rc::SET_MESSAGE_REQUEST_MODE).with_body(body.to_json())
+    };
+    // Retry topics stay PULL.
+    let resp = c
+        .invoke(set(MessageRequestMode::Pop, 0, "%RETRY%assign-g"), T)
+        .await
+        .unwrap();
+    assert_eq!(resp.code(), response_code::NO_PERMISSION);
+    let resp = c
+        .invoke(
+            RemotingCommand::request(rc::SET_MESSAGE_REQUEST_MODE).with_body(&b"{not json"[..]),
+            T,
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.code(), response_code::SYSTEM_ERROR);
+
+    // POP with popShareQueueNum 1: my share plus the next client's (here: all of them).
+    let resp = c
+        .invoke(set(MessageRequestMode::Pop, 1, "AssignT"), T)
+        .await
+        .unwrap();
+    assert_eq!(resp.code(), response_code::SUCCESS, "{:?}", resp.remark());
+    let popped = |ids: &[i32]| -> Option<Vec<(i32, MessageRequestMode)>> {
+        Some(ids.iter().map(|q| (*q, MessageRequestMode::Pop)).collect())
+    };
+    assert_eq!(
+        query(ask("cid-b", clustering, "AVG", "AssignT")).await,
+        popped(&[0, 1, 2, 3, 4])
+    );
+    // POP with popShareQueueNum 0: every consumer pops every queue, queue id -1.
+    let resp = c
+        .invoke(set(MessageRequestMode::Pop, 0, "AssignT"), T)
+        .await
+        .unwrap();
+    assert_eq!(resp.code(), response_code::SUCCESS);
+    assert_eq!(
+        query(ask("cid-a", clustering, "AVG", "AssignT")).await,
+        popped(&[-1])
+    );
+    c.close();
+    b.shutdown().await;
+
+    // The mode survives a restart of the broker on the same data dir.
+    let mut cfg = BrokerConfig::new("127.0.0.1:0".parse().unwrap(), dir.clone());
+    cfg.name = "broker-a".into();
+    let b = broker::start(cfg).await.unwrap();
+    let c = RemotingClient::connect(b.addr, None).await.unwrap();
+    let hb = HeartbeatData {
+        client_id: "cid-a".into(),
+        consumer_data_set: vec![ConsumerData {
+            group_name: G.into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    c.invoke(
+        RemotingCommand::request(rc::HEART_BEAT).with_body(hb.to_json()),
+        T,
+    )
+    .await
+    .unwrap();
+    let resp = c
+        .invoke(ask("cid-a", clustering, "AVG", "AssignT"), T)
+        .await
+        .unwrap();
+    let got = QueryAssignmentResponseBody::parse(resp.body()).unwrap();
+    assert_eq!(got.message_queue_assignments.len(), 1);
+    assert_eq!(got.message_queue_assignments[0].message_queue.queue_id, -1);
+    assert_eq!(
+        got.message_queue_assignments[0].mode,
+        MessageRequestMode::Pop
+    );
+    c.close();
+    b.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
