@@ -169,12 +169,7 @@ fn cpp_sends_through_the_sidecar_survive_a_control_plane_restart_with_brokers_pa
         None => p.py.result(Duration::from_secs(60)),
     };
     assert!(r["error"].is_null(), "a send failed: {}", r["error"]);
-    let acked: BTreeSet<String> = r["acked"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| format!("crash-{:07}", i.as_u64().unwrap()))
-        .collect();
+    let acked = acked_bodies(&r);
     let attempted = r["attempted"].as_u64().unwrap();
     assert_eq!(acked.len() as u64, attempted, "every send acknowledged");
 

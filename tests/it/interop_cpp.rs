@@ -328,12 +328,7 @@ fn sync_flush_survives_sigkill() {
     b.guard.kill(); // SIGKILL
     println!("SIGKILLed the broker after {acks_seen} acks seen");
     let r = p.result(Duration::from_secs(60));
-    let acked: BTreeSet<String> = r["acked"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| format!("crash-{:07}", i.as_u64().unwrap()))
-        .collect();
+    let acked = acked_bodies(&r);
     let attempted = r["attempted"].as_u64().unwrap();
     println!("producer stopped: {}", r["error"]);
 

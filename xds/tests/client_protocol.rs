@@ -751,19 +751,8 @@ async fn removals_right_after_a_reconnect_keep_the_last_good_route_for_the_grace
     for w in waiters {
         tokio::time::timeout(T, w).await.unwrap().unwrap().unwrap();
     }
-    h.send_delta(delta(
-        VIRTUAL_HOST_TYPE,
-        "a3",
-        vec![],
-        vec!["rocketmq/Fresh".into()],
-    ))
-    .await;
-    h.expect_delta("ACK a3", |r| r.response_nonce == "a3").await;
-    assert_eq!(
-        c.route("Fresh").await.unwrap_err(),
-        RouteError::Missing("Fresh".into()),
-        "a removal on the stream that served the resource applies at once"
-    );
+    // A removal on the stream that served the resource applies at once.
+    remove_applies_at_once(&mut h, &c, "a3", "Fresh").await;
 
     // Stream 2 (the control plane restarted): the client announces what it holds...
     h.restart_delta().await;
@@ -829,17 +818,24 @@ async fn removals_right_after_a_reconnect_keep_the_last_good_route_for_the_grace
     assert!(c.route("Kept").await.is_ok());
 
     // After the grace a removal applies at once.
+    remove_applies_at_once(&mut h, &c, "b5", "Kept").await;
+}
+
+/// Sends a VHDS removal of `topic` (nonce `nonce`), waits for its ACK, and checks the client
+/// answers the topic as missing from then on.
+async fn remove_applies_at_once(h: &mut Harness, c: &XdsClient, nonce: &str, topic: &str) {
     h.send_delta(delta(
         VIRTUAL_HOST_TYPE,
-        "b5",
+        nonce,
         vec![],
-        vec!["rocketmq/Kept".into()],
+        vec![format!("rocketmq/{topic}")],
     ))
     .await;
-    h.expect_delta("ACK b5", |r| r.response_nonce == "b5").await;
+    h.expect_delta(&format!("ACK {nonce}"), |r| r.response_nonce == nonce)
+        .await;
     assert_eq!(
-        c.route("Kept").await.unwrap_err(),
-        RouteError::Missing("Kept".into())
+        c.route(topic).await.unwrap_err(),
+        RouteError::Missing(topic.into())
     );
 }
 

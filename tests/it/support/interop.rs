@@ -567,6 +567,16 @@ pub fn produce_start(dir: &Path, namesrv: &str, topic: &str, prefix: &str, plan:
 }
 
 /// Every send of a `produce` RESULT succeeded, each with a distinct msg id.
+/// The bodies a `produce_until_failure` RESULT says were acknowledged (`crash-<7-digit index>`).
+pub fn acked_bodies(r: &Value) -> BTreeSet<String> {
+    r["acked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| format!("crash-{:07}", i.as_u64().unwrap()))
+        .collect()
+}
+
 pub fn check_produced(r: &Value, plan: Plan) {
     let errors = r["errors"].as_array().unwrap();
     assert!(errors.is_empty(), "send errors: {errors:#?}");
