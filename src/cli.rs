@@ -55,9 +55,10 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct SidecarArgs {
-    /// xDS (ADS) server address.
-    #[arg(long, default_value = "127.0.0.1:18000")]
-    pub xds: SocketAddr,
+    /// xDS (ADS) server: `host:port` (a name, e.g. a Kubernetes service, is resolved at every
+    /// connect and each of its addresses tried in turn), `[v6]:port`, or an `http://` URI.
+    #[arg(long, default_value = "127.0.0.1:18000", value_parser = parse_server_addr)]
+    pub xds: String,
     /// Listener for SDK traffic (nameserver and broker requests alike); advertised in routes.
     #[arg(long, default_value = "127.0.0.1:9876")]
     pub listen: SocketAddr,
@@ -112,6 +113,47 @@ pub struct SidecarArgs {
     /// plane may report topics gone whose brokers have not registered again yet. `0` = none.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub xds_reconnect_grace: std::time::Duration,
+}
+
+/// A server address flag that may name a host: `host:port`, `ipv4:port`, `[ipv6]:port`, or a
+/// URI with a scheme (passed through; its parser checks it). Names are not resolved here: the
+/// client resolves them when it connects, and again on every reconnect.
+pub fn parse_server_addr(s: &str) -> Result<String, String> {
+    if s.contains("://") {
+        return Ok(s.to_owned());
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("{s:?}: expected host:port"));
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(format!("{s:?}: the port must be a number from 1 to 65535")),
+    }
+    if let Some(inner) = host.strip_prefix('[') {
+        let v6 = inner.strip_suffix(']').unwrap_or(inner);
+        return match v6.parse::<std::net::Ipv6Addr>() {
+            Ok(_) if inner.ends_with(']') => Ok(s.to_owned()),
+            _ => Err(format!("{s:?}: not an IPv6 address in brackets")),
+        };
+    }
+    if host.contains(':') {
+        return Err(format!(
+            "{s:?}: an IPv6 address goes in brackets, e.g. [::1]:18000"
+        ));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!("{s:?}: {host:?} is not a host name or address"));
+    }
+    Ok(s.to_owned())
 }
 
 /// A duration flag: a number with a unit (`ms`, `s`, `m`), or bare seconds.
@@ -333,6 +375,38 @@ mod tests {
         match cli.command {
             Command::Sidecar(a) => a,
             other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn xds_takes_names_addresses_and_uris() {
+        assert_eq!(sidecar(&[]).xds, "127.0.0.1:18000");
+        for ok in [
+            "rocketmesh-cp.rocketmq.svc:18000",
+            "rocketmesh-cp.rocketmq.svc.cluster.local.:18000",
+            "localhost:1",
+            "10.0.0.7:18000",
+            "[::1]:18000",
+            "[fd00::7]:65535",
+            "http://cp:18000",
+        ] {
+            assert_eq!(sidecar(&["--xds", ok]).xds, ok);
+        }
+        for bad in [
+            "cp",
+            "cp:",
+            "cp:0",
+            "cp:70000",
+            ":18000",
+            "::1:18000",
+            "[::1:18000",
+            "[nope]:18000",
+            "bad_host!:18000",
+            "-cp:18000",
+            "a..b:18000",
+        ] {
+            let r = Cli::try_parse_from(["rocketmesh", "sidecar", "--xds", bad]);
+            assert!(r.is_err(), "{bad:?} was accepted");
         }
     }
 

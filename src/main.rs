@@ -140,7 +140,7 @@ async fn run_sidecar(args: SidecarArgs) -> Result<()> {
     config.translator = args.translator();
     config.extra_listen = args.extra_listen;
     config.admin = Some(args.admin);
-    config.xds = Some(args.xds.to_string());
+    config.xds = Some(args.xds.clone());
     config.bootstrap = args.bootstrap;
     config.route_config = args.route_config;
     config.drain = args.drain_timeout;

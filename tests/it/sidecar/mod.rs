@@ -4,8 +4,8 @@
 //! SDK would: every broker address they learn is the sidecar's.
 
 use crate::support::{
-    bounded, call, connect, create_topic, eventually, free_port, http_get, local, start_broker,
-    start_control_plane as control_plane, start_sidecar, temp_dir, Mesh, T,
+    bounded, call, connect, create_topic, eventually, eventually_async, free_port, http_get, local,
+    start_broker, start_control_plane as control_plane, start_sidecar, temp_dir, Mesh, T,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

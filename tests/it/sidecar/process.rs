@@ -210,3 +210,97 @@ async fn binary_exits_on_sigterm_before_xds_answers() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The binary: `--xds` takes a host name, resolved when connecting; an unresolvable one leaves
+// the sidecar running and unready, never crashed.
+// ---------------------------------------------------------------------------------------------
+
+/// Spawns the sidecar binary with `--xds xds`; returns the child and its listen and admin
+/// addresses once it listens.
+async fn spawn_sidecar_binary(xds: &str) -> (std::process::Child, SocketAddr, SocketAddr) {
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rocketmesh"))
+        .args(["sidecar", "--xds", xds])
+        .args([
+            "--listen",
+            &listen.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the sidecar");
+    let start = Instant::now();
+    while TcpStream::connect(admin).await.is_err() {
+        assert!(start.elapsed() < T, "sidecar never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (child, listen, admin)
+}
+
+/// SIGTERM, then waits (bounded) for a clean exit.
+async fn terminate(mut child: std::process::Child) {
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > T {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the sidecar did not exit within {T:?} of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exited with {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_reaches_the_control_plane_by_name() {
+    bounded(TEST, async {
+        let mesh = Mesh::start("xds-by-name", &["broker-a"]).await;
+        create_topic(mesh.broker(0).addr, "NamedT", 6, 4).await;
+        let xds_port = mesh.cp.xds_addr.unwrap().port();
+        // `localhost` may resolve to ::1 first, where nothing listens: every address is tried.
+        let (child, listen, admin) = spawn_sidecar_binary(&format!("localhost:{xds_port}")).await;
+        eventually_async("the sidecar is ready", T, || async {
+            http_get(admin, "/ready").await.0 == 200
+        })
+        .await;
+        let c = connect(listen).await;
+        eventually_async("the route through a named control plane", T, || async {
+            call(&c, route_request("NamedT", 401)).await.code() == response_code::SUCCESS
+        })
+        .await;
+        terminate(child).await;
+        mesh.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_with_an_unresolvable_xds_name_stays_up_and_unready() {
+    bounded(TEST, async {
+        let (mut child, _listen, admin) = spawn_sidecar_binary("no-such-host.invalid:18000").await;
+        // Several reconnect rounds later: still running, still unready, and it says why.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(2) {
+            assert!(child.try_wait().unwrap().is_none(), "the sidecar exited");
+            let (status, body) = http_get(admin, "/ready").await;
+            assert_eq!(status, 503, "{body}");
+            assert!(body.contains("xds"), "{body}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        terminate(child).await;
+    })
+    .await;
+}
