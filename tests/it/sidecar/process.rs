@@ -175,7 +175,7 @@ async fn binary_exits_on_sigterm_before_xds_answers() {
         });
         let listen = format!("127.0.0.1:{}", free_port());
         let admin = format!("127.0.0.1:{}", free_port());
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rocketmesh"))
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_rocketmesh"))
             .args(["sidecar", "--xds", &silent_addr.to_string()])
             .args(["--listen", &listen, "--admin", &admin])
             .env("RUST_LOG", "warn")
@@ -188,24 +188,7 @@ async fn binary_exits_on_sigterm_before_xds_answers() {
             assert!(start.elapsed() < T, "sidecar never listened");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let killed = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if start.elapsed() > T {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the sidecar did not exit within {T:?} of SIGTERM");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        assert!(status.success(), "exited with {status:?}");
+        terminate(child).await;
         holder.abort();
     })
     .await;
