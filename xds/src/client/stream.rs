@@ -112,19 +112,16 @@ pub(crate) async fn run(inner: Arc<Inner>, mut cmds: mpsc::Receiver<String>) {
 
 /// Completes when the reconnect grace ends with removals deferred; never while there is none.
 async fn grace_ends(inner: &Inner) {
-    let deadline = {
+    // One look under the lock: nothing deferred, or deferred until a deadline (None: passed).
+    let deferred = {
         let st = inner.state.lock();
-        if st.deferred.is_empty() {
-            None
-        } else {
-            st.grace_deadline()
-        }
+        (!st.deferred.is_empty()).then(|| st.grace_deadline())
     };
-    match deadline {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        // Deferred removals whose grace has passed are applied by the next loop turn.
-        None if !inner.state.lock().deferred.is_empty() => {}
+    match deferred {
         None => std::future::pending().await,
+        Some(Some(t)) => tokio::time::sleep_until(t.into()).await,
+        // Deferred removals whose grace has passed are applied by the next loop turn.
+        Some(None) => {}
     }
 }
 
