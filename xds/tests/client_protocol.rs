@@ -795,22 +795,10 @@ async fn removals_right_after_a_reconnect_keep_the_last_good_route_for_the_grace
     h.expect_delta("ACK b4", |r| r.response_nonce == "b4").await;
 
     // The grace ends: Dropped's removal holds, Kept stays.
-    let mut gone_after = None;
-    while gone_after.is_none() {
-        if matches!(
-            c.snapshot().get("Dropped"),
-            Some(rocketmesh_xds::cache::TopicState::Missing { .. })
-        ) {
-            gone_after = Some(reconnected.elapsed());
-        }
-        assert!(reconnected.elapsed() < grace + T, "Dropped never removed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let gone_after = gone_after.unwrap_or_default();
-    assert!(
-        gone_after >= grace,
-        "removed after {gone_after:?}, before the grace ended"
-    );
+    removed_when_the_grace_ends(&c, "Dropped", reconnected, grace, |t| {
+        matches!(t, Some(rocketmesh_xds::cache::TopicState::Missing { .. }))
+    })
+    .await;
     assert_eq!(
         c.route("Dropped").await.unwrap_err(),
         RouteError::Missing("Dropped".into())
@@ -877,22 +865,13 @@ async fn sotw_keeps_left_out_routes_through_the_grace_after_a_reconnect() {
     }
     // Kept's broker is back.
     h.sotw_state("3", &["Kept"]).await;
-    let mut gone_after = None;
-    while gone_after.is_none() {
-        if matches!(
-            c.snapshot().get("Dropped"),
+    removed_when_the_grace_ends(&c, "Dropped", reconnected, grace, |t| {
+        matches!(
+            t,
             Some(rocketmesh_xds::cache::TopicState::Missing { .. }) | None
-        ) {
-            gone_after = Some(reconnected.elapsed());
-        }
-        assert!(reconnected.elapsed() < grace + T, "Dropped never removed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let gone_after = gone_after.unwrap_or_default();
-    assert!(
-        gone_after >= grace,
-        "removed after {gone_after:?}, before the grace ended"
-    );
+        )
+    })
+    .await;
     assert!(matches!(
         c.route("Dropped").await,
         Err(RouteError::Missing(_))
@@ -901,4 +880,24 @@ async fn sotw_keeps_left_out_routes_through_the_grace_after_a_reconnect() {
     // After the grace a response without Kept drops it.
     h.sotw_state("4", &[]).await;
     assert!(matches!(c.route("Kept").await, Err(RouteError::Missing(_))));
+}
+
+/// Waits until `topic` is gone from the client's snapshot (`gone` says what gone looks like),
+/// and checks that did not happen before the reconnect grace ended.
+async fn removed_when_the_grace_ends(
+    c: &XdsClient,
+    topic: &str,
+    reconnected: std::time::Instant,
+    grace: Duration,
+    gone: impl Fn(Option<&rocketmesh_xds::cache::TopicState>) -> bool,
+) {
+    while !gone(c.snapshot().get(topic)) {
+        assert!(reconnected.elapsed() < grace + T, "{topic} never removed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let gone_after = reconnected.elapsed();
+    assert!(
+        gone_after >= grace,
+        "removed after {gone_after:?}, before the grace ended"
+    );
 }
