@@ -59,9 +59,18 @@ pub struct SidecarArgs {
     /// connect and each of its addresses tried in turn), `[v6]:port`, or an `http://` URI.
     #[arg(long, default_value = "127.0.0.1:18000", value_parser = parse_server_addr)]
     pub xds: String,
-    /// Listener for SDK traffic (nameserver and broker requests alike); advertised in routes.
+    /// Listener for SDK traffic (nameserver and broker requests alike).
     #[arg(long, default_value = "127.0.0.1:9876")]
     pub listen: SocketAddr,
+    /// The address route answers tell SDKs to connect to: `HOST:PORT`, `IP:PORT` or
+    /// `[IPv6]:PORT` [default: the listen address; when that is 0.0.0.0 or [::], `$POD_IP` with
+    /// the listen port; without either, the sidecar refuses to start].
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Also accept on the listen port minus 2: Apache 4.x clients with `vipChannelEnabled`
+    /// connect to the advertised broker port minus 2. Not opened for port 0.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub vip_channel: bool,
     /// Admin server (/ready, /healthz, /stats/prometheus, /config_dump, /clusters).
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
@@ -204,6 +213,15 @@ pub struct BrokerArgs {
     /// Remoting listener.
     #[arg(long, default_value = "127.0.0.1:10911")]
     pub listen: SocketAddr,
+    /// The address clients are told (route answers, REGISTER_BROKER): `HOST:PORT`, `IP:PORT` or
+    /// `[IPv6]:PORT` [default: the listen address; when that is 0.0.0.0 or [::], `$POD_IP` with
+    /// the listen port; without either, the broker refuses to start].
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Also accept on the listen port minus 2: Apache 4.x clients with `vipChannelEnabled`
+    /// connect there (Apache's broker opens it by default). Not opened for port 0.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub vip_channel: bool,
     /// Data directory (commit log, consume queues, offsets, checkpoints).
     #[arg(long)]
     pub data_dir: PathBuf,
@@ -216,10 +234,11 @@ pub struct BrokerArgs {
     /// Cluster name.
     #[arg(long, default_value = "DefaultCluster")]
     pub cluster: String,
-    /// Nameserver / control plane to register with; without it the broker is standalone and
-    /// answers route look-ups for itself.
-    #[arg(long)]
-    pub namesrv: Option<SocketAddr>,
+    /// Nameserver / control plane to register with: `host:port` (a name, e.g. a Kubernetes
+    /// service, is resolved at every connect, each address tried in turn), `ip:port` or
+    /// `[v6]:port`; without it the broker is standalone and answers route look-ups for itself.
+    #[arg(long, value_parser = parse_server_addr)]
+    pub namesrv: Option<String>,
     /// Topics this broker serves read-only (comma separated).
     #[arg(long, value_delimiter = ',')]
     pub read_only_topics: Vec<String>,
@@ -244,9 +263,10 @@ pub struct ControlPlaneArgs {
     /// Serve resources from this YAML file (reloaded on change) instead of registrations.
     #[arg(long = "static")]
     pub static_file: Option<PathBuf>,
-    /// Read routes from an existing nameserver.
-    #[arg(long)]
-    pub upstream_namesrv: Option<SocketAddr>,
+    /// Read routes from an existing nameserver: `host:port` (resolved at every connect, each
+    /// address tried in turn), `ip:port` or `[v6]:port`.
+    #[arg(long, value_parser = parse_server_addr)]
+    pub upstream_namesrv: Option<String>,
     /// Serve registered topics' endpoints through EDS (ClusterLoadAssignment) instead of inline.
     #[arg(long)]
     pub eds: bool,

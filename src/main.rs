@@ -12,6 +12,7 @@ use rocketmesh::cli::{
     BrokerArgs, Cli, Command, ControlPlaneArgs, FlushMode, ProbeMode, SidecarArgs,
 };
 use rocketmesh::control_plane::{self, ControlPlaneConfig};
+use rocketmesh::remoting::advertise::POD_IP_ENV;
 use rocketmesh::sidecar::{self, SidecarConfig};
 use rocketmesh::{bench, bench_xds, broker_node, demo, inspect};
 use rocketmesh_xds::client::XdsMode;
@@ -120,6 +121,9 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
     config.name = args.name;
     config.cluster = args.cluster;
     config.namesrv = args.namesrv;
+    config.advertise = args.advertise;
+    config.pod_ip = std::env::var(POD_IP_ENV).ok();
+    config.vip_channel = args.vip_channel;
     config.read_only_topics = args.read_only_topics;
     config.drain_timeout = args.drain_timeout;
     let signal = wait_for_signal();
@@ -137,6 +141,9 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
 
 async fn run_sidecar(args: SidecarArgs) -> Result<()> {
     let mut config = SidecarConfig::new(args.listen);
+    config.advertise = args.advertise.clone();
+    config.pod_ip = std::env::var(POD_IP_ENV).ok();
+    config.vip_channel = args.vip_channel;
     config.translator = args.translator();
     config.extra_listen = args.extra_listen;
     config.admin = Some(args.admin);

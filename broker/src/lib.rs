@@ -43,6 +43,7 @@ use self::clients::ClientTable;
 use self::metrics::BrokerMetrics;
 use self::store::{FlushMode, GetResult, MessageStore, PutResult, StoreConfig, StoreError};
 use self::topics::{TopicError, TopicTable};
+use rocketmesh_remoting::advertise::{advertised, vip_port, AdvertiseError};
 use rocketmesh_remoting::{Drain, Server, ServerConfig};
 
 /// Broker settings.
@@ -50,8 +51,16 @@ use rocketmesh_remoting::{Drain, Server, ServerConfig};
 pub struct BrokerConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Address written into routes and message ids; defaults to the bound listen address.
-    pub advertise: SocketAddr,
+    /// Address written into routes and REGISTER_BROKER (`HOST:PORT`); None = the bound listen
+    /// address, or `pod_ip` with the bound port when the listen address is unspecified
+    /// ([`rocketmesh_remoting::advertise::advertised`]). After [`start`], always set.
+    pub advertise: Option<String>,
+    /// The pod's IP (the binary reads `POD_IP`): advertised when listening on every address.
+    pub pod_ip: Option<String>,
+    /// Also accept on the listen port minus 2, where 4.x clients with `vipChannelEnabled`
+    /// connect (Apache's broker does by default). Not opened for port 0 (an ephemeral port has
+    /// no agreed pair).
+    pub vip_channel: bool,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Sync (group commit, answer after fsync) or async flushing.
@@ -60,8 +69,9 @@ pub struct BrokerConfig {
     pub name: String,
     /// Cluster name.
     pub cluster: String,
-    /// Nameserver to register with; standalone without.
-    pub namesrv: Option<SocketAddr>,
+    /// Nameserver to register with (`host:port`, `ip:port` or `[v6]:port`; a name is resolved at
+    /// every connect); standalone without.
+    pub namesrv: Option<String>,
     /// Topics served read-only.
     pub read_only_topics: Vec<String>,
     /// Whether sends may create topics.
@@ -85,7 +95,9 @@ impl BrokerConfig {
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
         Self {
             listen,
-            advertise: listen,
+            advertise: None,
+            pod_ip: None,
+            vip_channel: true,
             data_dir,
             sync_flush: false,
             name: "broker-a".into(),
@@ -107,6 +119,8 @@ impl BrokerConfig {
 #[derive(Debug)]
 pub struct Broker {
     pub(crate) config: BrokerConfig,
+    /// The address in message ids (the advertised one, resolved once at start).
+    pub(crate) store_host: SocketAddr,
     pub(crate) store: Arc<MessageStore>,
     pub(crate) topics: TopicTable,
     pub(crate) clients: ClientTable,
@@ -122,7 +136,12 @@ pub struct Broker {
 pub struct BrokerHandle {
     /// The bound address.
     pub addr: SocketAddr,
+    /// The VIP channel's bound address (listen port - 2), when open.
+    pub vip_addr: Option<SocketAddr>,
+    /// The address clients are told.
+    pub advertised: String,
     server: Server,
+    vip: Option<Server>,
     background: Drain,
     broker: Arc<Broker>,
 }
@@ -141,7 +160,7 @@ impl BrokerHandle {
 
     /// Requests taken and not answered yet.
     pub fn in_flight(&self) -> usize {
-        self.server.in_flight()
+        self.server.in_flight() + self.vip.as_ref().map_or(0, Server::in_flight)
     }
 
     /// The store's counters.
@@ -153,6 +172,9 @@ impl BrokerHandle {
     /// closes, parked long polls answer now, background tasks start no new work.
     pub fn begin_drain(&self) {
         self.server.stop_accepting();
+        if let Some(v) = &self.vip {
+            v.stop_accepting();
+        }
         self.background.begin();
     }
 
@@ -162,7 +184,7 @@ impl BrokerHandle {
         let deadline = tokio::time::Instant::now() + self.broker.config.drain_timeout;
         self.begin_drain();
         let unregister = async {
-            if let Some(namesrv) = self.broker.config.namesrv {
+            if let Some(namesrv) = self.broker.config.namesrv.as_deref() {
                 let bounded =
                     tokio::time::timeout_at(deadline, register::unregister(&self.broker, namesrv));
                 if bounded.await.is_err() {
@@ -171,16 +193,22 @@ impl BrokerHandle {
             }
         };
         let answered = async {
-            if tokio::time::timeout_at(deadline, self.server.drained())
-                .await
-                .is_err()
-            {
-                let left = self.server.in_flight();
+            let vip = async {
+                if let Some(v) = &self.vip {
+                    v.drained().await;
+                }
+            };
+            let both = futures_util::future::join(self.server.drained(), vip);
+            if tokio::time::timeout_at(deadline, both).await.is_err() {
+                let left = self.in_flight();
                 tracing::warn!(left, "drain deadline passed with requests in flight");
             }
         };
         futures_util::future::join(unregister, answered).await;
         self.server.close().await;
+        if let Some(v) = self.vip {
+            v.close().await;
+        }
         self.background.finish().await;
         // Every task holding the store is gone: flush and close it off the runtime's workers.
         let store = self.broker.store.clone();
@@ -201,6 +229,16 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "binding the VIP channel {addr} (listen port - 2, where 4.x clients with \
+         vipChannelEnabled connect; turn it off with --vip-channel false): {source}"
+    )]
+    Vip {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Advertise(#[from] AdvertiseError),
     #[error("opening the store in {dir}: {source}")]
     Store { dir: PathBuf, source: StoreError },
     #[error("topic table: {0}")]
@@ -212,15 +250,30 @@ pub enum StartError {
 /// Opens the store and starts serving.
 pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     let bind_err = |addr, source| StartError::Bind { addr, source };
+    // Checked before binding: a broker that could not tell clients where it is never listens.
+    advertised(
+        config.advertise.as_deref(),
+        config.listen,
+        config.pod_ip.as_deref(),
+    )?;
     // The accept queue sized from the connection limit (capped by somaxconn).
     let listener = rocketmesh_remoting::bind(config.listen, config.max_connections)
         .map_err(|e| bind_err(config.listen, e))?;
     let addr = listener
         .local_addr()
         .map_err(|e| bind_err(config.listen, e))?;
-    if config.advertise.port() == 0 || config.advertise == config.listen {
-        config.advertise = addr;
-    }
+    let advertised = advertised(config.advertise.as_deref(), addr, config.pod_ip.as_deref())?;
+    let store_host = store_host(&advertised, addr).await;
+    config.advertise = Some(advertised.clone());
+    let vip_listener = match vip_port(config.listen.port()).filter(|_| config.vip_channel) {
+        Some(port) => {
+            let vip = SocketAddr::new(config.listen.ip(), port);
+            let l = rocketmesh_remoting::bind(vip, config.max_connections)
+                .map_err(|source| StartError::Vip { addr: vip, source })?;
+            Some(l)
+        }
+        None => None,
+    };
     config.listen = addr;
     let metrics = BrokerMetrics::register(&config.name);
     let store = MessageStore::open(StoreConfig {
@@ -248,6 +301,7 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, StartError>
     let modes = assignment::RequestModes::open(&config.data_dir)?;
     let background = Drain::new();
     let broker = Arc::new(Broker {
+        store_host,
         pop: pop::PopState::default(),
         config,
         store,
@@ -266,22 +320,42 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, StartError>
     let handler = Arc::new(processor::BrokerHandler {
         broker: broker.clone(),
     });
+    let vip_addr = vip_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let vip = vip_listener.map(|l| Server::start(l, handler.clone(), server_config));
     let server = Server::start(listener, handler, server_config);
     // Background loops stop starting work when the drain begins; Drain::finish awaits them.
     let stop = background.draining_token();
     background.spawn(expire_clients(broker.clone(), stop.clone()));
     background.spawn(schedule::run(broker.clone(), stop.clone()));
     background.spawn(pop::revive(broker.clone(), stop.clone()));
-    if let Some(namesrv) = broker.config.namesrv {
+    if let Some(namesrv) = broker.config.namesrv.clone() {
         background.spawn(register::run(broker.clone(), namesrv, stop));
     }
-    tracing::info!(%addr, name = %broker.config.name, "broker serving");
+    tracing::info!(%addr, ?vip_addr, %advertised, name = %broker.config.name, "broker serving");
     Ok(BrokerHandle {
         addr,
+        vip_addr,
+        advertised,
         server,
+        vip,
         background,
         broker,
     })
+}
+
+/// The address message ids carry for `advertised`: the address itself, or what its name
+/// resolves to now (ids hold an IP), or the bound address when it does not resolve.
+async fn store_host(advertised: &str, bound: SocketAddr) -> SocketAddr {
+    if let Ok(a) = advertised.parse() {
+        return a;
+    }
+    match rocketmesh_remoting::client::resolve(advertised, Duration::from_secs(5)).await {
+        Ok(addrs) => addrs[0],
+        Err(e) => {
+            tracing::warn!(%bound, "message ids carry the bound address: {e}");
+            bound
+        }
+    }
 }
 
 async fn expire_clients(broker: Arc<Broker>, shutdown: CancellationToken) {

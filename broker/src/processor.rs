@@ -753,7 +753,8 @@ impl Broker {
         BrokerData {
             cluster: self.config.cluster.clone(),
             broker_name: self.config.name.clone(),
-            broker_addrs: std::iter::once((0, self.config.advertise.to_string())).collect(),
+            broker_addrs: std::iter::once((0, self.config.advertise.clone().unwrap_or_default()))
+                .collect(),
             ..BrokerData::default()
         }
     }
@@ -783,7 +784,7 @@ impl Broker {
             sys_flag,
             born_timestamp,
             born_host,
-            store_host: self.config.advertise,
+            store_host: self.store_host,
             reconsume_times,
             body,
             properties,

@@ -2,7 +2,6 @@
 //! start, at once whenever the table changes (auto-created topics included), and every
 //! `register_interval`; UNREGISTER_BROKER on clean shutdown.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +27,7 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 
 fn register_command(broker: &Broker) -> RemotingCommand {
-    let addr = broker.config.advertise.to_string();
+    let addr = broker.config.advertise.clone().unwrap_or_default();
     register_request(
         &broker.config.name,
         &addr,
@@ -72,10 +71,10 @@ pub fn register_request(
 async fn register_once(
     broker: &Broker,
     client: &mut Option<RemotingClient>,
-    namesrv: SocketAddr,
+    namesrv: &str,
 ) -> bool {
     if client.as_ref().is_none_or(RemotingClient::is_closed) {
-        match RemotingClient::connect_timeout(namesrv, RPC_TIMEOUT, None).await {
+        match RemotingClient::connect_to(namesrv, RPC_TIMEOUT, None).await {
             Ok(c) => *client = Some(c),
             Err(e) => {
                 tracing::warn!(%namesrv, "cannot reach the nameserver: {e}");
@@ -107,13 +106,13 @@ async fn register_once(
 /// registration fails, again as soon as the nameserver accepts: retries back off from
 /// [`RETRY_MIN`] to [`RETRY_MAX`], never to a whole interval. A restarted nameserver starts empty;
 /// the sooner brokers are back in it, the shorter the time it answers routes without them.
-pub async fn run(broker: Arc<Broker>, namesrv: SocketAddr, shutdown: CancellationToken) {
+pub async fn run(broker: Arc<Broker>, namesrv: String, shutdown: CancellationToken) {
     let mut changes = broker.topics.subscribe();
     let mut client: Option<RemotingClient> = None;
     let retry_max = RETRY_MAX.min(broker.config.register_interval);
     let mut retry = RETRY_MIN;
     loop {
-        let ok = register_once(&broker, &mut client, namesrv).await;
+        let ok = register_once(&broker, &mut client, &namesrv).await;
         let wait = if ok {
             retry = RETRY_MIN;
             broker.config.register_interval
@@ -151,14 +150,14 @@ pub async fn run(broker: Arc<Broker>, namesrv: SocketAddr, shutdown: Cancellatio
 }
 
 /// UNREGISTER_BROKER, best effort.
-pub async fn unregister(broker: &Broker, namesrv: SocketAddr) {
+pub async fn unregister(broker: &Broker, namesrv: &str) {
     let header = UnregisterBrokerRequestHeader {
         broker_name: broker.config.name.clone(),
-        broker_addr: broker.config.advertise.to_string(),
+        broker_addr: broker.config.advertise.clone().unwrap_or_default(),
         cluster_name: broker.config.cluster.clone(),
         broker_id: 0,
     };
-    let Ok(client) = RemotingClient::connect_timeout(namesrv, RPC_TIMEOUT, None).await else {
+    let Ok(client) = RemotingClient::connect_to(namesrv, RPC_TIMEOUT, None).await else {
         return;
     };
     let cmd = RemotingCommand::request_with_header(request_code::UNREGISTER_BROKER, &header);

@@ -285,7 +285,7 @@ class Soak:
             port = free_port()
             b = self.rocketmesh(name, "broker", "--listen", "127.0.0.1:%d" % port, "--data-dir",
                                 os.path.join(self.dir, name), "--flush", "sync", "--name", name,
-                                "--namesrv", self.namesrv)
+                                "--namesrv", self.namesrv, "--vip-channel", "false")
             b.ports, b.addr = [port], "127.0.0.1:%d" % port
             b.start()
             self.brokers.append(b)
@@ -300,7 +300,8 @@ class Soak:
         for i in (1, 2):
             port, admin = free_port(), free_port()
             s = self.rocketmesh("sidecar-%d" % i, "sidecar", "--xds", xds, "--listen",
-                                "127.0.0.1:%d" % port, "--admin", "127.0.0.1:%d" % admin)
+                                "127.0.0.1:%d" % port, "--admin", "127.0.0.1:%d" % admin,
+                                "--vip-channel", "false")
             s.ports, s.addr = [port, admin], "127.0.0.1:%d" % port
             s.start()
             self.sidecars.append(s)

@@ -43,6 +43,9 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// A `host:port` target named no address (the name did not resolve, or resolved to none).
+    #[error("resolve {target}: {reason}")]
+    Resolve { target: String, reason: String },
     /// No response within the timeout.
     #[error("request code {code} to {addr} timed out after {timeout:?}")]
     Timeout {
@@ -160,6 +163,35 @@ impl RemotingClient {
                 source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
             }),
         }
+    }
+
+    /// Connects to `target`: `ip:port`, `[v6]:port` or `host:port`. A name is resolved now (so a
+    /// reconnect re-resolves it: a restarted service may have moved) and each of its A/AAAA
+    /// addresses is tried in turn, within `timeout` in all; the error is the last address's.
+    pub async fn connect_to(
+        target: &str,
+        timeout: Duration,
+        inbound: Option<mpsc::Sender<RemotingCommand>>,
+    ) -> Result<Self, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let addrs = resolve(target, timeout).await?;
+        let mut last = None;
+        for (i, addr) in addrs.iter().enumerate() {
+            // Later addresses keep a share of the time: one black-holed address must not eat it all.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let share = left / (addrs.len() - i) as u32;
+            match Self::connect_timeout(*addr, share, inbound.clone()).await {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::debug!(target, %addr, "connect failed: {e}");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Resolve {
+            target: target.to_owned(),
+            reason: "no address".into(),
+        }))
     }
 
     fn from_stream(
@@ -447,6 +479,35 @@ fn take_waiter(pending: &Pending, opaque: i32) -> Option<Waiter> {
 }
 
 /// Completes the callbacks whose deadline has passed with [`ClientError::Timeout`].
+/// The addresses `target` (`ip:port`, `[v6]:port`, `host:port`) names, in the resolver's order,
+/// within `timeout`. An address literal does not touch the resolver.
+pub async fn resolve(target: &str, timeout: Duration) -> Result<Vec<SocketAddr>, ClientError> {
+    if let Ok(addr) = target.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    let err = |reason: String| ClientError::Resolve {
+        target: target.to_owned(),
+        reason,
+    };
+    match tokio::time::timeout(timeout, tokio::net::lookup_host(target)).await {
+        Err(_) => Err(err(format!("no answer within {timeout:?}"))),
+        Ok(Err(e)) => Err(err(e.to_string())),
+        Ok(Ok(found)) => {
+            let mut addrs: Vec<SocketAddr> = Vec::new();
+            for a in found {
+                if !addrs.contains(&a) {
+                    addrs.push(a);
+                }
+            }
+            if addrs.is_empty() {
+                Err(err("the name has no A or AAAA record".into()))
+            } else {
+                Ok(addrs)
+            }
+        }
+    }
+}
+
 fn sweep_expired(pending: &Pending, addr: SocketAddr) {
     let expired: Vec<CallbackEntry> = {
         let mut p = pending.lock();

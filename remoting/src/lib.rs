@@ -2,6 +2,7 @@
 //! control plane, the sidecar and `rocketmesh bench`.
 #![forbid(unsafe_code)]
 
+pub mod advertise;
 pub mod client;
 pub mod drain;
 mod gate;

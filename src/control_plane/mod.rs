@@ -56,8 +56,9 @@ pub struct ControlPlaneConfig {
     pub xds_options: ServerOptions,
     /// Static resources file, loaded at start and reloaded on change.
     pub static_file: Option<PathBuf>,
-    /// Upstream nameserver to read routes from on demand.
-    pub upstream_namesrv: Option<SocketAddr>,
+    /// Upstream nameserver to read routes from on demand (`host:port`; a name is resolved at
+    /// every connect).
+    pub upstream_namesrv: Option<String>,
     /// Brokers silent longer than this are removed (Apache's nameserver: 120 s).
     pub broker_expiry: Duration,
     /// After start, topics not registered since are not reported removed or absent for this
@@ -247,7 +248,7 @@ pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
         None => None,
     };
 
-    let upstream = config.upstream_namesrv.map(|addr| {
+    let upstream = config.upstream_namesrv.clone().map(|addr| {
         Arc::new(Upstream::new(UpstreamOptions {
             request_timeout: config.upstream_timeout,
             refresh: config.upstream_refresh,

@@ -14,7 +14,6 @@
 //! Topics registered by a broker on our own Remoting port win over upstream answers.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,10 +32,10 @@ use super::namesrv::NameServer;
 use crate::remoting::{ClientError, RemotingClient};
 
 /// Upstream mode settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct UpstreamOptions {
     /// The upstream nameserver.
-    pub addr: SocketAddr,
+    pub addr: String,
     /// Deadline of one query (and of a connect).
     pub request_timeout: Duration,
     /// How often fetched topics are queried again.
@@ -51,9 +50,9 @@ pub struct UpstreamOptions {
 
 impl UpstreamOptions {
     /// Defaults for `addr`: 3 s requests, refresh every 30 s, absent for 10 s, 16 queries at once.
-    pub fn new(addr: SocketAddr) -> Self {
+    pub fn new(addr: impl Into<String>) -> Self {
         Self {
-            addr,
+            addr: addr.into(),
             request_timeout: Duration::from_secs(3),
             refresh: Duration::from_secs(30),
             absent_ttl: Duration::from_secs(10),
@@ -69,19 +68,16 @@ pub enum UpstreamError {
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error("{addr} is unreachable; next connect attempt in {retry_in:?}")]
-    Backoff {
-        addr: SocketAddr,
-        retry_in: Duration,
-    },
+    Backoff { addr: String, retry_in: Duration },
     #[error("{addr} answered code {code}: {remark}")]
     Refused {
-        addr: SocketAddr,
+        addr: String,
         code: i32,
         remark: String,
     },
     #[error("{addr} sent an unreadable route: {source}")]
     Body {
-        addr: SocketAddr,
+        addr: String,
         #[source]
         source: BodyError,
     },
@@ -131,7 +127,7 @@ impl Upstream {
         if let Some(c) = conn.client.as_ref().filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }
-        let addr = self.opts.addr;
+        let addr = self.opts.addr.clone();
         if let Some(at) = conn.retry_at {
             let now = Instant::now();
             if now < at {
@@ -141,7 +137,7 @@ impl Upstream {
                 });
             }
         }
-        match RemotingClient::connect_timeout(addr, self.opts.request_timeout, None).await {
+        match RemotingClient::connect_to(&addr, self.opts.request_timeout, None).await {
             Ok(c) => {
                 if conn.retry_at.take().is_some() {
                     tracing::info!(%addr, "upstream nameserver reachable again");
@@ -162,7 +158,7 @@ impl Upstream {
 
     /// GET_ROUTEINFO_BY_TOPIC upstream: `Ok(None)` when the upstream says TOPIC_NOT_EXIST.
     pub async fn query(&self, topic: &str) -> Result<Option<TopicRouteData>, UpstreamError> {
-        let addr = self.opts.addr;
+        let addr = self.opts.addr.clone();
         let client = self.client().await?;
         let header = GetRouteInfoRequestHeader {
             topic: topic.to_owned(),
@@ -250,7 +246,7 @@ pub async fn run_fetcher(
     mut demand: mpsc::Receiver<String>,
     shutdown: CancellationToken,
 ) {
-    let opts = upstream.opts;
+    let opts = upstream.opts.clone();
     let mut state = Fetcher::default();
     let mut tasks: JoinSet<Outcome> = JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1).min(opts.refresh));

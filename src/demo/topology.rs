@@ -140,7 +140,7 @@ pub(super) async fn start_brokers(
     for (name, read_only) in [("broker-a", vec![]), ("broker-b", vec![TOPIC.to_owned()])] {
         let mut cfg = BrokerConfig::new(local(0), dir.join(name));
         cfg.name = name.into();
-        cfg.namesrv = Some(cp.remoting_addr);
+        cfg.namesrv = Some(cp.remoting_addr.to_string());
         cfg.read_only_topics = read_only;
         let handle = broker_node::start(cfg, None)
             .await

@@ -53,8 +53,18 @@ pub use self::process::{start, Sidecar};
 /// Sidecar settings.
 #[derive(Debug, Clone)]
 pub struct SidecarConfig {
-    /// The SDK-facing listener; its bound address is advertised in route answers.
+    /// The SDK-facing listener; its bound address is advertised in route answers unless
+    /// `advertise` says otherwise.
     pub listen: SocketAddr,
+    /// The address route answers name (`HOST:PORT`); None = the bound listen address, or
+    /// `pod_ip` with the bound port when the listen address is unspecified
+    /// ([`crate::remoting::advertise::advertised`]).
+    pub advertise: Option<String>,
+    /// The pod's IP (the binary reads `POD_IP`).
+    pub pod_ip: Option<String>,
+    /// Also accept on the listen port minus 2 (4.x clients with `vipChannelEnabled` connect
+    /// there). Not opened for port 0.
+    pub vip_channel: bool,
     /// More listeners (e.g. a broker port for iptables-redirected traffic).
     pub extra_listen: Vec<SocketAddr>,
     /// Admin server; None = no admin server.
@@ -95,6 +105,9 @@ impl SidecarConfig {
     pub fn new(listen: SocketAddr) -> Self {
         SidecarConfig {
             listen,
+            advertise: None,
+            pod_ip: None,
+            vip_channel: true,
             extra_listen: Vec::new(),
             admin: None,
             xds: None,

@@ -31,6 +31,7 @@ use super::upstream::{BrokerRequest, Upstreams};
 use super::SidecarConfig;
 use crate::admin::{AdminConfig, AdminServer, Ready};
 use crate::metrics::{self, Stats};
+use crate::remoting::advertise::{advertised, vip_port};
 use crate::remoting::{Drain, Server};
 
 /// Bound on the broker -> client requests waiting to be relayed.
@@ -38,8 +39,12 @@ const RELAY_QUEUE: usize = 256;
 
 /// A running sidecar.
 pub struct Sidecar {
-    /// The bound SDK-facing address (advertised in route answers).
+    /// The bound SDK-facing address.
     pub addr: SocketAddr,
+    /// The address route answers name.
+    pub advertised: String,
+    /// The VIP channel's bound address (listen port - 2), when open.
+    pub vip_addr: Option<SocketAddr>,
     pub extra_addrs: Vec<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
     core: Arc<SidecarCore>,
@@ -122,10 +127,28 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
     // Accept queues sized from the connection limit (a burst of SDKs connecting at once waits
     // in the kernel, not for SYN retransmits).
     let backlog = cfg.server.max_connections;
+    // Checked before binding: a sidecar that could not tell SDKs where it is never listens.
+    advertised(cfg.advertise.as_deref(), cfg.listen, cfg.pod_ip.as_deref())?;
     let listener = crate::remoting::bind(cfg.listen, backlog)
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    let advertised = advertised(cfg.advertise.as_deref(), addr, cfg.pod_ip.as_deref())?;
     let mut extra = Vec::new();
+    let vip_addr = match vip_port(cfg.listen.port()).filter(|_| cfg.vip_channel) {
+        Some(port) => {
+            let vip = SocketAddr::new(cfg.listen.ip(), port);
+            let l = crate::remoting::bind(vip, backlog).with_context(|| {
+                format!(
+                    "binding the VIP channel {vip} (listen port - 2, where 4.x clients with \
+                     vipChannelEnabled connect; turn it off with --vip-channel false)"
+                )
+            })?;
+            let bound = l.local_addr()?;
+            extra.push(l);
+            Some(bound)
+        }
+        None => None,
+    };
     for a in &cfg.extra_listen {
         extra.push(crate::remoting::bind(*a, backlog).with_context(|| format!("binding {a}"))?);
     }
@@ -162,7 +185,7 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
     let (inbound_tx, inbound_rx) = mpsc::channel::<BrokerRequest>(RELAY_QUEUE);
     let ctx = Arc::new(Context {
         cfg: HandlerConfig {
-            advertise: addr.to_string(),
+            advertise: advertised.clone(),
             virtual_broker: cfg.virtual_broker.clone(),
             request_timeout: cfg.request_timeout,
             response_encoding: cfg.server.response_encoding,
@@ -225,9 +248,11 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
         None => None,
     };
     let admin_addr = admin.as_ref().map(AdminServer::local_addr);
-    tracing::info!(%addr, ?extra_addrs, ?admin_addr, "sidecar listening");
+    tracing::info!(%addr, %advertised, ?vip_addr, ?extra_addrs, ?admin_addr, "sidecar listening");
     Ok(Sidecar {
         addr,
+        advertised,
+        vip_addr,
         extra_addrs,
         admin_addr,
         core,

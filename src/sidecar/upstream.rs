@@ -6,7 +6,6 @@
 use parking_lot::Mutex;
 use rocketmesh_filters::clock::mono_ms;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -221,21 +220,8 @@ impl Upstreams {
         if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }
-        let sock: SocketAddr = match tokio::net::lookup_host(pool.addr.as_str())
-            .await
-            .ok()
-            .and_then(|mut a| a.next())
-        {
-            Some(a) => a,
-            None => {
-                return Err(UpstreamError::Connect {
-                    addr: pool.addr.clone(),
-                    reason: "address does not resolve".into(),
-                })
-            }
-        };
         let (tx, mut rx) = mpsc::channel::<RemotingCommand>(64);
-        match RemotingClient::connect_timeout(sock, connect_timeout, Some(tx)).await {
+        match RemotingClient::connect_to(&pool.addr, connect_timeout, Some(tx)).await {
             Ok(c) => {
                 pool.stats.connects.fetch_add(1, Ordering::Relaxed);
                 pool.down_until.store(0, Ordering::Relaxed);

@@ -94,7 +94,7 @@ async fn registers_at_start_on_topic_creation_and_unregisters_on_shutdown() {
     ));
 
     let (b, dir) = start("register", |c| {
-        c.namesrv = Some(ns_addr);
+        c.namesrv = Some(ns_addr.to_string());
         c.read_only_topics = vec!["ReadOnlyTopic".into()];
     })
     .await;

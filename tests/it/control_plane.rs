@@ -351,7 +351,7 @@ async fn upstream_nameserver_mode() {
         .await;
 
         let cp = control_plane(|c| {
-            c.upstream_namesrv = Some(upstream.remoting_addr);
+            c.upstream_namesrv = Some(upstream.remoting_addr.to_string());
             c.upstream_refresh = Duration::from_millis(200);
             c.upstream_absent_ttl = Duration::from_millis(300);
         })

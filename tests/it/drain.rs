@@ -216,7 +216,7 @@ async fn run() {
         .arg(&bootstrap)
         .args(["--listen", &format!("127.0.0.1:{listen}")])
         .args(["--admin", &format!("127.0.0.1:{admin}")])
-        .args(["--drain-timeout", "10s"])
+        .args(["--drain-timeout", "10s", "--vip-channel", "false"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

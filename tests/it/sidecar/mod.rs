@@ -317,6 +317,7 @@ async fn consumers(c: &RemotingClient) -> Vec<String> {
         .consumer_id_list
 }
 
+mod addresses;
 mod consuming;
 mod faults;
 mod process;

@@ -177,7 +177,14 @@ async fn binary_exits_on_sigterm_before_xds_answers() {
         let admin = format!("127.0.0.1:{}", free_port());
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_rocketmesh"))
             .args(["sidecar", "--xds", &silent_addr.to_string()])
-            .args(["--listen", &listen, "--admin", &admin])
+            .args([
+                "--listen",
+                &listen,
+                "--admin",
+                &admin,
+                "--vip-channel",
+                "false",
+            ])
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -211,6 +218,8 @@ async fn spawn_sidecar_binary(xds: &str) -> (std::process::Child, SocketAddr, So
             &listen.to_string(),
             "--admin",
             &admin.to_string(),
+            "--vip-channel",
+            "false",
         ])
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())

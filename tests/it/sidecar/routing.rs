@@ -294,7 +294,7 @@ async fn legacy_auto_create_through_the_default_topic() {
         // Default registration interval (30 s): the new topic must travel by the broker's
         // on-change registration, not by a periodic one.
         let mut bcfg = BrokerConfig::new(local(), temp_dir("autocreate-broker-a"));
-        bcfg.namesrv = Some(cp.remoting_addr);
+        bcfg.namesrv = Some(cp.remoting_addr.to_string());
         let a = broker::start(bcfg).await.unwrap();
         let sc = start_sidecar(sidecar_config(cp.xds_addr)).await;
         let c = connect(sc.addr).await;

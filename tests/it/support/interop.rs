@@ -268,6 +268,14 @@ pub fn start_rocketmesh(dir: &Path, log: &str, args: &[&str]) -> (ChildGuard, St
     }
 }
 
+/// Tests pick free ports one at a time; the VIP channel (port - 2) of one process could land on
+/// another's port, so test processes open it only when a test asks for it.
+fn no_vip_unless_asked(args: &mut Vec<&str>) {
+    if !args.contains(&"--vip-channel") {
+        args.extend(["--vip-channel", "false"]);
+    }
+}
+
 /// A `rocketmesh broker`.
 pub struct BrokerProc {
     pub guard: ChildGuard,
@@ -280,6 +288,7 @@ impl BrokerProc {
         let data_dir = data_dir.to_str().expect("UTF-8 work dir");
         let mut args = vec!["broker", "--listen", listen, "--data-dir", data_dir];
         args.extend_from_slice(extra);
+        no_vip_unless_asked(&mut args);
         let (guard, ready) = start_rocketmesh(dir, &format!("{data}.broker"), &args);
         let addr = ready.parse().expect("ready <addr>");
         BrokerProc { guard, addr }
@@ -362,6 +371,7 @@ impl SidecarProc {
             "sidecar", "--xds", &xds, "--listen", listen, "--admin", &admin_arg,
         ];
         args.extend_from_slice(extra);
+        no_vip_unless_asked(&mut args);
         let (guard, ready) = start_rocketmesh(dir, log, &args);
         let addr = ready.parse().expect("ready <addr>");
         SidecarProc { guard, addr, admin }

@@ -152,7 +152,7 @@ pub async fn start_broker_with(
 ) -> BrokerHandle {
     let mut cfg = BrokerConfig::new(local(), temp_dir(&format!("{test}-{name}")));
     cfg.name = name.into();
-    cfg.namesrv = namesrv;
+    cfg.namesrv = namesrv.map(|a| a.to_string());
     cfg.register_interval = Duration::from_secs(1);
     tweak(&mut cfg);
     broker::start(cfg).await.unwrap()
