@@ -74,6 +74,18 @@ pub struct SidecarArgs {
     /// Admin server (/ready, /healthz, /stats/prometheus, /config_dump, /clusters).
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
+    /// Transparent mode: connections redirected here by iptables (`rocketmesh iptables`) are
+    /// classified by their original destination (SO_ORIGINAL_DST): a nameserver port is served
+    /// as today, a broker the routes name gets that broker's traffic relayed unchanged, anything
+    /// else is closed (or relayed at L4 with --passthrough-unknown); counted in stats.
+    #[arg(long)]
+    pub transparent: bool,
+    /// Transparent mode: relay connections to unknown destinations at L4 instead of closing them.
+    #[arg(long, requires = "transparent")]
+    pub passthrough_unknown: bool,
+    /// Transparent mode: destination ports that are the application's nameserver.
+    #[arg(long, value_delimiter = ',', default_value = "9876")]
+    pub nameserver_ports: Vec<u16>,
     /// More listeners, e.g. a broker port for iptables-redirected traffic.
     #[arg(long = "extra-listen")]
     pub extra_listen: Vec<SocketAddr>,

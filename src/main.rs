@@ -144,6 +144,9 @@ async fn run_sidecar(args: SidecarArgs) -> Result<()> {
     config.advertise = args.advertise.clone();
     config.pod_ip = std::env::var(POD_IP_ENV).ok();
     config.vip_channel = args.vip_channel;
+    config.transparent.enabled = args.transparent;
+    config.transparent.passthrough_unknown = args.passthrough_unknown;
+    config.transparent.nameserver_ports = args.nameserver_ports.clone();
     config.translator = args.translator();
     config.extra_listen = args.extra_listen;
     config.admin = Some(args.admin);

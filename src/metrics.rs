@@ -171,6 +171,18 @@ stat_enum! {
         DownstreamFrameTimeout => "downstream_cx_rx_frame_timeout",
         /// Client connections closed after being idle (no frame, nothing in flight).
         DownstreamIdleTimeout => "downstream_cx_idle_timeout",
+        /// Transparent mode: connections not redirected (or to our own address).
+        DownstreamDirect => "downstream_cx_transparent_direct",
+        /// Transparent mode: redirected connections meant for a nameserver port.
+        DownstreamToNameserver => "downstream_cx_transparent_nameserver",
+        /// Transparent mode: redirected connections meant for a broker the routes name.
+        DownstreamToBroker => "downstream_cx_transparent_broker",
+        /// Transparent mode: connections to unknown destinations relayed at L4.
+        DownstreamPassthrough => "downstream_cx_transparent_passthrough",
+        /// Transparent mode: connections to unknown destinations closed.
+        DownstreamUnknownRefused => "downstream_cx_transparent_refused",
+        /// Requests of intercepted broker connections relayed to that broker unchanged.
+        TransparentBrokerRequest => "transparent_broker_request",
     }
 }
 
@@ -457,6 +469,22 @@ fn counter_help(c: Counter) -> &'static str {
             "Client connections closed: a frame did not complete in time"
         }
         Counter::DownstreamIdleTimeout => "Client connections closed after being idle",
+        Counter::DownstreamDirect => "Transparent mode: connections not redirected",
+        Counter::DownstreamToNameserver => {
+            "Transparent mode: redirected connections meant for a nameserver port"
+        }
+        Counter::DownstreamToBroker => {
+            "Transparent mode: redirected connections meant for a known broker"
+        }
+        Counter::DownstreamPassthrough => {
+            "Transparent mode: connections to unknown destinations relayed at L4"
+        }
+        Counter::DownstreamUnknownRefused => {
+            "Transparent mode: connections to unknown destinations closed"
+        }
+        Counter::TransparentBrokerRequest => {
+            "Requests of intercepted broker connections relayed unchanged"
+        }
     }
 }
 

@@ -200,7 +200,8 @@ fn somaxconn() -> usize {
 }
 
 pub use server::{
-    serve, serve_until, ConnTimeout, Connection, Handler, RequestSlot, Server, ServerConfig,
+    serve, serve_until, Admission, ConnTimeout, Connection, Handler, RequestSlot, Server,
+    ServerConfig,
 };
 
 #[cfg(test)]

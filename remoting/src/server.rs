@@ -88,8 +88,33 @@ pub enum ConnTimeout {
     Idle,
 }
 
+/// What [`Handler::admit`] decided for an accepted connection.
+#[derive(Debug)]
+pub enum Admission {
+    /// Serve it as Remoting. `original_dst` is where the client meant to connect when a
+    /// redirect brought it here; `label` is the handler's name for it (e.g. the broker a
+    /// transparently intercepted connection was meant for). Both readable on [`Connection`].
+    Serve {
+        stream: TcpStream,
+        original_dst: Option<SocketAddr>,
+        label: Option<Arc<str>>,
+    },
+    /// The handler took the stream (relayed it elsewhere, or closed it): not served here.
+    Taken,
+}
+
 /// What a server does with requests.
 pub trait Handler: Send + Sync + 'static {
+    /// Called for every accepted connection before anything is read from it: serve it (the
+    /// default) or take it. Must not block.
+    fn admit(self: &Arc<Self>, stream: TcpStream, _peer: SocketAddr) -> Admission {
+        Admission::Serve {
+            stream,
+            original_dst: None,
+            label: None,
+        }
+    }
+
     /// Handles one request; `None` means no response (oneway requests' responses are dropped
     /// anyway).
     fn handle(
@@ -142,6 +167,8 @@ pub struct Connection {
     id: u64,
     peer: SocketAddr,
     local: SocketAddr,
+    original_dst: Option<SocketAddr>,
+    label: Option<Arc<str>>,
     /// Boxed: see `write_loop` (an idle connection's queue then costs 256 bytes, not 6.5 KiB).
     out: mpsc::Sender<Box<RemotingCommand>>,
     closed: CancellationToken,
@@ -163,6 +190,14 @@ impl Connection {
     /// Our address on this connection.
     pub fn local(&self) -> SocketAddr {
         self.local
+    }
+    /// Where the client meant to connect, when a redirect brought it here ([`Admission`]).
+    pub fn original_dst(&self) -> Option<SocketAddr> {
+        self.original_dst
+    }
+    /// The handler's label for this connection ([`Admission`]).
+    pub fn label(&self) -> Option<&Arc<str>> {
+        self.label.as_ref()
     }
     /// Whether the connection has ended.
     pub fn is_closed(&self) -> bool {
@@ -369,21 +404,44 @@ async fn accept_loop<H: Handler>(
                 continue;
             }
         };
+        let (stream, original_dst, label) = match handler.admit(stream, peer) {
+            Admission::Serve {
+                stream,
+                original_dst,
+                label,
+            } => (stream, original_dst, label),
+            Admission::Taken => continue,
+        };
         let handler = handler.clone();
         let shared2 = shared.clone();
+        let admitted = Admitted {
+            stream,
+            peer,
+            original_dst,
+            label,
+        };
         shared.tasks.spawn(async move {
-            serve_connection(stream, peer, handler, shared2).await;
+            serve_connection(admitted, handler, shared2).await;
             drop(permit);
         });
     }
 }
 
-async fn serve_connection<H: Handler>(
+/// An accepted connection and what [`Handler::admit`] said of it.
+struct Admitted {
     stream: TcpStream,
     peer: SocketAddr,
-    handler: Arc<H>,
-    shared: Shared,
-) {
+    original_dst: Option<SocketAddr>,
+    label: Option<Arc<str>>,
+}
+
+async fn serve_connection<H: Handler>(admitted: Admitted, handler: Arc<H>, shared: Shared) {
+    let Admitted {
+        stream,
+        peer,
+        original_dst,
+        label,
+    } = admitted;
     let config = shared.config;
     let closed = shared.close.child_token();
     let _ = stream.set_nodelay(true);
@@ -394,6 +452,8 @@ async fn serve_connection<H: Handler>(
         id: CONNECTION_IDS.fetch_add(1, Ordering::Relaxed),
         peer,
         local,
+        original_dst,
+        label,
         out,
         closed: closed.clone(),
         next_opaque: AtomicI32::new(1),

@@ -34,9 +34,11 @@ use super::groups::Groups;
 use super::pop;
 use super::pull::PullBridge;
 use super::send;
+use super::transparent::Transparent;
 use super::txn::Transactions;
 use crate::metrics::{Counter, Gauge};
-use crate::remoting::{ConnTimeout, Connection, Handler, RequestSlot};
+use crate::remoting::{Admission, ConnTimeout, Connection, Handler, RequestSlot};
+use tokio::net::TcpStream;
 
 /// The sidecar's data path: the shared context and the components that own state.
 #[derive(Debug)]
@@ -45,6 +47,7 @@ pub struct SidecarCore {
     pub groups: Arc<Groups>,
     pub txns: Arc<Transactions>,
     pub pulls: Arc<PullBridge>,
+    pub transparent: Arc<Transparent>,
 }
 
 impl SidecarCore {
@@ -73,6 +76,12 @@ impl SidecarCore {
             .with_serialize_type(req.serialize_type());
         let groups = &*self.groups;
         let result = match code {
+            // A connection meant for a real broker (transparent mode): relayed unchanged.
+            _ if conn.label().is_some() => {
+                let label = conn.label().map_or("", |l| &**l);
+                let dialled = conn.original_dst().unwrap_or_else(|| conn.local());
+                self.transparent.forward(ctx, label, dialled, req).await
+            }
             rc::GET_ROUTEINFO_BY_TOPIC => get_route(ctx, &req).await,
             rc::SEND_MESSAGE | rc::SEND_MESSAGE_V2 | rc::SEND_BATCH_MESSAGE => {
                 send::send(ctx, &self.txns, req).await
@@ -141,12 +150,27 @@ impl Handler for SidecarCore {
         self.dispatch(req, conn).await
     }
 
+    fn admit(self: &Arc<Self>, stream: TcpStream, peer: std::net::SocketAddr) -> Admission {
+        if !self.transparent.enabled() {
+            return Admission::Serve {
+                stream,
+                original_dst: None,
+                label: None,
+            };
+        }
+        self.transparent.admit(&self.ctx, stream, peer)
+    }
+
     fn try_handle_inline(
         self: &Arc<Self>,
         request: RemotingCommand,
         conn: &Arc<Connection>,
         slot: RequestSlot,
     ) -> Result<(), (RemotingCommand, RequestSlot)> {
+        if conn.label().is_some() {
+            // An intercepted broker connection: relayed unchanged, on a task.
+            return Err((request, slot));
+        }
         match request.code() {
             rc::SEND_MESSAGE | rc::SEND_MESSAGE_V2 | rc::SEND_BATCH_MESSAGE => {
                 send::try_send_inline(&self.ctx, &self.txns, request, conn, slot)

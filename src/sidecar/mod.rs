@@ -33,6 +33,7 @@ pub mod process;
 pub mod pull;
 pub mod router;
 pub mod send;
+pub mod transparent;
 pub mod txn;
 pub mod upstream;
 
@@ -43,6 +44,7 @@ use std::time::Duration;
 use rocketmesh_filters::consume::TranslatorConfig;
 use rocketmesh_xds::client::XdsMode;
 
+use self::transparent::TransparentConfig;
 use self::upstream::UpstreamConfig;
 use crate::remoting::ServerConfig;
 
@@ -99,6 +101,8 @@ pub struct SidecarConfig {
     pub server: ServerConfig,
     /// Pull -> Pop translator settings (invisible time, renewal, max hold, table limits).
     pub translator: TranslatorConfig,
+    /// Transparent mode: classify iptables-redirected connections by original destination.
+    pub transparent: TransparentConfig,
 }
 
 impl SidecarConfig {
@@ -125,6 +129,7 @@ impl SidecarConfig {
             drain: Duration::from_secs(5),
             server: ServerConfig::default(),
             translator: TranslatorConfig::default(),
+            transparent: TransparentConfig::default(),
         }
     }
 }

@@ -26,6 +26,7 @@ use super::dispatch::SidecarCore;
 use super::groups::Groups;
 use super::pull::PullBridge;
 use super::router::Router;
+use super::transparent::Transparent;
 use super::txn::Transactions;
 use super::upstream::{BrokerRequest, Upstreams};
 use super::SidecarConfig;
@@ -105,6 +106,7 @@ impl Sidecar {
         }
         futures_util::future::join_all(self.servers.into_iter().map(Server::close)).await;
         self.core.pulls.close().await;
+        self.core.transparent.close();
         self.background.finish().await;
         self.core.ctx.upstreams.close_all();
         self.core.xds().shutdown();
@@ -180,6 +182,12 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
         }
     };
 
+    // Where a redirected connection counts as meant for us (transparent mode).
+    let mut own: Vec<String> = std::iter::once(addr)
+        .chain(extra_addrs.iter().copied())
+        .map(|a| a.to_string())
+        .collect();
+    own.push(advertised.clone());
     let prom = metrics::install();
     let stats = Arc::new(Stats::new(&cfg.stat_prefix).context("stat prefix")?);
     let (inbound_tx, inbound_rx) = mpsc::channel::<BrokerRequest>(RELAY_QUEUE);
@@ -201,6 +209,7 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
         groups: Arc::new(Groups::new(cfg.group_expiry)),
         txns: Arc::new(Transactions::default()),
         pulls,
+        transparent: Arc::new(Transparent::new(cfg.transparent.clone(), own)),
     });
     let servers: Vec<Server> = std::iter::once(listener)
         .chain(extra)
