@@ -96,6 +96,21 @@ impl Backend {
     }
 }
 
+/// Whether this network namespace has the legacy (x_tables) `table` of `family`, from
+/// `/proc/net/ip_tables_names` (or `ip6_tables_names`; absent when x_tables is not loaded). Read
+/// instead of asking iptables-legacy, which would create the table by looking at it.
+pub fn legacy_table_exists(family: Family, table: &str) -> Result<bool, IptablesError> {
+    let path = match family {
+        Family::V4 => "/proc/net/ip_tables_names",
+        Family::V6 => "/proc/net/ip6_tables_names",
+    };
+    match std::fs::read_to_string(path) {
+        Ok(names) => Ok(names.lines().any(|l| l.trim() == table)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(classify(format!("read {path}"), "-".into(), e.to_string())),
+    }
+}
+
 /// One iptables program, found (or not) on this machine.
 #[derive(Debug, Clone)]
 pub struct Tool {

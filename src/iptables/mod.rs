@@ -180,7 +180,7 @@ pub fn run(args: &IptablesArgs, out: &mut dyn Write) -> Result<(), IptablesError
             )?;
             continue;
         }
-        let Some(state) = read_state(&tool, family, action, &want, args.dry_run)? else {
+        let Some(state) = read_state(backend, &tool, family, action, &want, args.dry_run)? else {
             if action == Action::List {
                 writeln!(out, "{family} ({}): no nat table", tool.name)?;
             }
@@ -238,14 +238,24 @@ pub fn run(args: &IptablesArgs, out: &mut dyn Write) -> Result<(), IptablesError
 /// flags do not require one (reported, not fatal: the default ports are captured for both
 /// families, but a node without IPv6 nat must still get its IPv4 rules).
 fn read_state(
+    backend: Backend,
     tool: &Tool,
     family: Family,
     action: Action,
     want: &Redirect,
     dry_run: bool,
 ) -> Result<Option<NatState>, IptablesError> {
-    match tool.run_argv(&rules::list_command(&tool.name)) {
-        Ok(listing) => Ok(Some(NatState::parse(&listing))),
+    let read = || {
+        // x_tables creates a namespace's table on its first use, listing included: a legacy
+        // nat table that does not exist is read as empty, not listed into existence.
+        if backend == Backend::Legacy && !exec::legacy_table_exists(family, "nat")? {
+            return Ok(NatState::default());
+        }
+        let listing = tool.run_argv(&rules::list_command(&tool.name))?;
+        Ok(NatState::parse(&listing))
+    };
+    match read() {
+        Ok(state) => Ok(Some(state)),
         Err(e) if dry_run => {
             tracing::warn!(
                 "cannot read the current {family} rules ({}); printing the commands for an empty namespace",

@@ -338,7 +338,32 @@ fn without_cap_net_admin_install_fails_and_says_so() {
 fn legacy_backend_is_followed_once_it_holds_rules() {
     require_netns();
     let ns = Netns::new("pod");
+    // Looking creates no legacy table (x_tables would create one on `iptables-legacy -t nat -S`,
+    // and from then on iptables-nft warns that legacy tables are present).
+    let legacy_tables = || {
+        ns.exec_ok(&[
+            "cat",
+            "/proc/net/ip_tables_names",
+            "/proc/net/ip6_tables_names",
+        ])
+    };
+    for args in [&["list"][..], &["remove"], &["install", "--dry-run"]] {
+        let mut args = args.to_vec();
+        args.extend(["--backend", "legacy"]);
+        let said = iptables_ok(&ns, &args);
+        assert!(
+            !legacy_tables().contains("nat"),
+            "{args:?} created the legacy nat table"
+        );
+        if args[0] == "install" {
+            assert!(
+                said.starts_with("iptables-legacy -w 10 -t nat -N ROCKETMESH_OUTPUT\n"),
+                "{said}"
+            );
+        }
+    }
     iptables_ok(&ns, &["install", "--backend", "legacy"]);
+    assert!(legacy_tables().contains("nat"));
     assert_eq!(count(&ns, "iptables-legacy-save"), ONE_SET);
     assert_eq!(count(&ns, "ip6tables-legacy-save"), ONE_SET);
     assert_eq!(
