@@ -1,4 +1,4 @@
-//! Command line: `rocketmesh sidecar|broker|control-plane|demo|bench|inspect`.
+//! Command line: `rocketmesh sidecar|broker|control-plane|demo|bench|inspect|iptables`.
 //!
 //! The flags follow the issues' command lines exactly; other tools script against them.
 
@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rocketmesh_filters::consume::TranslatorConfig;
+
+pub use crate::iptables::IptablesArgs;
 
 /// rocketmesh: a service-mesh sidecar for Apache RocketMQ (Remoting protocol), with a bundled
 /// broker node and an xDS control plane.
@@ -48,6 +50,9 @@ pub enum Command {
     Inspect(InspectArgs),
     /// On-demand (delta) vs SotW xDS at catalogue scale: client memory and time to first route.
     BenchXds(BenchXdsArgs),
+    /// Redirect the pod's outbound RocketMQ connections to the sidecar (a pod's init container,
+    /// like istio-init): `install`, `remove` or `list` the nat rules; needs CAP_NET_ADMIN.
+    Iptables(IptablesArgs),
     /// One xDS client run for bench-xds (prints one JSON line).
     #[command(hide = true)]
     XdsProbe(XdsProbeArgs),

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod control_plane;
 pub mod demo;
 pub mod inspect;
+pub mod iptables;
 pub mod metrics;
 pub mod sdk;
 pub mod sidecar;

@@ -14,7 +14,7 @@ use rocketmesh::cli::{
 use rocketmesh::control_plane::{self, ControlPlaneConfig};
 use rocketmesh::remoting::advertise::POD_IP_ENV;
 use rocketmesh::sidecar::{self, SidecarConfig};
-use rocketmesh::{bench, bench_xds, broker_node, demo, inspect};
+use rocketmesh::{bench, bench_xds, broker_node, demo, inspect, iptables};
 use rocketmesh_xds::client::XdsMode;
 
 /// mimalloc instead of glibc malloc: the data path allocates small, short-lived buffers on every
@@ -46,6 +46,11 @@ fn run(command: Command) -> Result<ExitCode> {
                 let bytes = inspect::read_hex(file)?;
                 print!("{}", inspect::render_frames(&bytes)?);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Iptables(args) => {
+            // No runtime: it runs the iptables binaries one after the other.
+            iptables::run(&args, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => {

@@ -16,6 +16,7 @@ mod interop_cp_restart;
 mod interop_cpp;
 mod interop_pull_pop;
 mod interop_sidecar;
+mod iptables;
 mod lifecycle;
 mod sidecar;
 mod xds_client;

@@ -149,6 +149,19 @@ pub struct ChildGuard {
 }
 
 impl ChildGuard {
+    /// Guards `child`, called `what` in messages.
+    pub fn new(child: Child, what: impl Into<String>) -> ChildGuard {
+        ChildGuard {
+            child: Some(child),
+            what: what.into(),
+        }
+    }
+
+    /// The child's pid, while it has not been reaped.
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -231,24 +244,30 @@ pub fn line_reader(child: &mut Child) -> Receiver<String> {
 /// Starts `rocketmesh <args>` (stderr to `<dir>/<log>.log`) and waits up to 20 s for its
 /// `ready ...` line; returns the guard and what followed `ready `.
 pub fn start_rocketmesh(dir: &Path, log: &str, args: &[&str]) -> (ChildGuard, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rocketmesh"));
+    cmd.args(args);
+    let what = format!("rocketmesh {}", args.first().copied().unwrap_or_default());
+    start_ready(dir, log, cmd, &what)
+}
+
+/// Starts `cmd` (stdin null, stdout piped, stderr appended to `<dir>/<log>.log`) and waits up
+/// to 20 s for its `ready ...` line; returns the guard and what followed `ready `. For
+/// `rocketmesh` commands built elsewhere, e.g. inside a network namespace (`support::netns`).
+pub fn start_ready(dir: &Path, log: &str, mut cmd: Command, what: &str) -> (ChildGuard, String) {
     let log_path = dir.join(format!("{log}.log"));
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
         .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rocketmesh"))
-        .args(args)
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log_file)
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn rocketmesh {args:?}: {e}"));
+        .unwrap_or_else(|e| panic!("spawn {what} ({cmd:?}): {e}"));
     let rx = line_reader(&mut child);
-    let mut guard = ChildGuard {
-        child: Some(child),
-        what: format!("rocketmesh {}", args.first().copied().unwrap_or_default()),
-    };
+    let mut guard = ChildGuard::new(child, what);
     let end = Instant::now() + Duration::from_secs(20);
     loop {
         match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
@@ -260,7 +279,7 @@ pub fn start_rocketmesh(dir: &Path, log: &str, args: &[&str]) -> (ChildGuard, St
             Err(e) => {
                 guard.kill();
                 panic!(
-                    "rocketmesh {args:?} did not print `ready ...` ({e:?}); log: {}",
+                    "{what} did not print `ready ...` ({e:?}); log: {}",
                     log_path.display()
                 );
             }
@@ -443,10 +462,7 @@ pub fn py_start(dir: &Path, mode: &str, args: &[(&str, String)]) -> Py {
         .expect("spawn the python driver");
     let lines = line_reader(&mut child);
     Py {
-        guard: ChildGuard {
-            child: Some(child),
-            what: format!("sdk.py {mode}"),
-        },
+        guard: ChildGuard::new(child, format!("sdk.py {mode}")),
         lines,
         mode: mode.into(),
         seen: Vec::new(),

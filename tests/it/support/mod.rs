@@ -1,10 +1,12 @@
 //! What every integration test shares: deadlines, polling on observable conditions, loopback
 //! ports and clients, temporary directories, and [`Mesh`], which starts a control plane, broker
 //! nodes registered with it and sidecars fed by it, in process, and stops them in order.
-//! `interop` adds the real C++ SDK and the `rocketmesh` binary as child processes.
+//! `interop` adds the real C++ SDK and the `rocketmesh` binary as child processes; `netns`
+//! network namespaces (root only), for iptables and pod-shaped tests.
 #![allow(dead_code)]
 
 pub mod interop;
+pub mod netns;
 
 use std::future::Future;
 use std::net::SocketAddr;
