@@ -514,7 +514,7 @@ mod tests {
             full_name("mq", Counter::Request.stat()),
             "rocketmq.mq.request"
         );
-        assert_eq!(Counter::ALL.len(), 25);
+        assert_eq!(Counter::ALL.len(), 31);
         assert_eq!(Gauge::ALL.len(), 11);
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i);

@@ -18,5 +18,6 @@ mod interop_pull_pop;
 mod interop_sidecar;
 mod iptables;
 mod lifecycle;
+mod pod;
 mod sidecar;
 mod xds_client;

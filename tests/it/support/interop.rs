@@ -443,11 +443,32 @@ pub struct Py {
 }
 
 pub fn py_start(dir: &Path, mode: &str, args: &[(&str, String)]) -> Py {
-    let mut cmd = Command::new(python());
-    cmd.arg("-u").arg(driver_script()).arg(mode);
+    py_start_with(dir, mode, args, |argv| {
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
+        cmd
+    })
+}
+
+/// [`py_start`] through `wrap`, which makes the command from the driver's argv (e.g. to run
+/// it inside a network namespace).
+pub fn py_start_with(
+    dir: &Path,
+    mode: &str,
+    args: &[(&str, String)],
+    wrap: impl FnOnce(&[std::ffi::OsString]) -> Command,
+) -> Py {
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        python().into(),
+        "-u".into(),
+        driver_script().into(),
+        mode.into(),
+    ];
     for (k, v) in args {
-        cmd.arg(format!("--{k}")).arg(v);
+        argv.push(format!("--{k}").into());
+        argv.push(v.into());
     }
+    let mut cmd = wrap(&argv);
     let stderr = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

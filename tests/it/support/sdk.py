@@ -281,10 +281,65 @@ def pull_all(o):
     result({'bodies': bodies, 'timed_out': time.time() > deadline})
 
 
+def remoting_call(addr, code, ext):
+    """One Remoting request (JSON header) on a fresh connection: the answer's code."""
+    host, port = addr.rsplit(':', 1)
+    header = json.dumps({'code': code, 'language': 'JAVA', 'version': 401, 'opaque': 1,
+                         'flag': 0, 'extFields': ext}).encode()
+    frame = struct.pack('>II', 4 + len(header), len(header)) + header
+    with socket.create_connection((host, int(port)), timeout=10) as c:
+        c.settimeout(10)
+        c.sendall(frame)
+        buf = b''
+        while len(buf) < 4 or len(buf) < 4 + struct.unpack('>I', buf[:4])[0]:
+            chunk = c.recv(65536)
+            if not chunk:
+                raise OSError('connection closed by ' + addr)
+            buf += chunk
+    hlen = struct.unpack('>I', buf[4:8])[0] & 0xFFFFFF
+    return json.loads(buf[8:8 + hlen]).get('code')
+
+
+def create_topic(o):
+    """UPDATE_AND_CREATE_TOPIC (17) on each broker in --brokers (comma separated host:port), one
+    raw Remoting request each (no SDK): for tests whose brokers only this process can reach."""
+    codes = {}
+    for addr in o['brokers'].split(','):
+        ext = {'topic': o['topic'], 'defaultTopic': 'TBW102', 'readQueueNums': o.get('queues', '4'),
+               'writeQueueNums': o.get('queues', '4'), 'perm': o.get('perm', '6'),
+               'topicFilterType': 'SINGLE_TAG', 'topicSysFlag': '0', 'order': 'false'}
+        try:
+            codes[addr] = remoting_call(addr, 17, ext)
+        except OSError as e:
+            codes[addr] = 'error: %s' % e
+    result({'codes': codes})
+
+
+def raw(o):
+    """One raw Remoting request (--code, --ext JSON) to --addr: {'code': n} or {'error': ...}."""
+    try:
+        result({'code': remoting_call(o['addr'], int(o['code']), json.loads(o.get('ext', '{}')))})
+    except OSError as e:
+        result({'error': str(e)})
+
+
+def echo_probe(o):
+    """Connects to --addr, sends a line, returns what came back (or the error)."""
+    host, port = o['addr'].rsplit(':', 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=5) as c:
+            c.settimeout(5)
+            c.sendall(b'ping\n')
+            result({'reply': c.recv(1024).decode('utf-8', 'replace')})
+    except OSError as e:
+        result({'error': str(e)})
+
+
 if __name__ == '__main__':
     mode = sys.argv[1]
     o = opts(sys.argv[2:])
     {'produce': produce, 'consume': consume, 'produce_until_failure': produce_until_failure,
-     'pull_all': pull_all}[mode](o)
+     'pull_all': pull_all, 'create_topic': create_topic, 'raw': raw,
+     'echo_probe': echo_probe}[mode](o)
     sys.stdout.flush()
     os._exit(0)  # skip ctypes destructors calling shutdown a second time
