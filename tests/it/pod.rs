@@ -547,11 +547,12 @@ fn a_transparent_sidecar_relays_known_brokers_and_refuses_or_passes_unknown_dest
     let route = raw("namesrv:9876", 105, &format!("{{\"topic\":\"{TOPIC}\"}}"));
     assert_eq!(route["code"], 0, "{route}");
     // A tool that dials broker-a itself (it learned the address elsewhere): relayed unchanged.
-    let ext = format!(
-        "{{\"topic\":\"PodTool\",\"defaultTopic\":\"TBW102\",\"readQueueNums\":\"2\",\
-         \"writeQueueNums\":\"2\",\"perm\":\"6\",\"topicFilterType\":\"SINGLE_TAG\",\
-         \"topicSysFlag\":\"0\",\"order\":\"false\"}}"
-    );
+    let ext = serde_json::json!({
+        "topic": "PodTool", "defaultTopic": "TBW102", "readQueueNums": "2",
+        "writeQueueNums": "2", "perm": "6", "topicFilterType": "SINGLE_TAG",
+        "topicSysFlag": "0", "order": "false",
+    })
+    .to_string();
     let direct = raw(&broker_a, 17, &ext);
     assert_eq!(direct["code"], 0, "{direct}");
     let stats = admin_get(&app, admin, "/stats/prometheus");
