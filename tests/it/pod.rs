@@ -428,6 +428,9 @@ fn transparent_sidecar(
         "127.0.0.1:15000",
         "--xds",
         "cp:18000",
+        // REDIRECT sends IPv6 connections to ::1.
+        "--extra-listen",
+        "[::1]:9876",
     ];
     args.extend_from_slice(extra);
     rocketmesh_in(
@@ -546,6 +549,17 @@ fn a_transparent_sidecar_relays_known_brokers_and_refuses_or_passes_unknown_dest
     // knows broker-a's endpoint.
     let route = raw("namesrv:9876", 105, &format!("{{\"topic\":\"{TOPIC}\"}}"));
     assert_eq!(route["code"], 0, "{route}");
+    // The same over IPv6: the original destination is read with IP6T_SO_ORIGINAL_DST.
+    let v6 = format!("[{}]:9876", link.b_v6);
+    let route6 = raw(&v6, 105, &format!("{{\"topic\":\"{TOPIC}\"}}"));
+    assert_eq!(route6["code"], 0, "{route6}");
+    let stats = admin_get(&app, admin, "/stats/prometheus");
+    assert!(
+        stat(
+            &stats,
+            "rocketmq_rocketmesh_downstream_cx_transparent_nameserver"
+        ) >= 2.0
+    );
     // A tool that dials broker-a itself (it learned the address elsewhere): relayed unchanged.
     let ext = serde_json::json!({
         "topic": "PodTool", "defaultTopic": "TBW102", "readQueueNums": "2",

@@ -284,6 +284,7 @@ def pull_all(o):
 def remoting_call(addr, code, ext):
     """One Remoting request (JSON header) on a fresh connection: the answer's code."""
     host, port = addr.rsplit(':', 1)
+    host = host.strip('[]')
     header = json.dumps({'code': code, 'language': 'JAVA', 'version': 401, 'opaque': 1,
                          'flag': 0, 'extFields': ext}).encode()
     frame = struct.pack('>II', 4 + len(header), len(header)) + header
