@@ -89,6 +89,14 @@ pub async fn start(config: BrokerConfig, admin: Option<SocketAddr>) -> anyhow::R
         None => None,
     };
     drop(starting);
+    // Not ready until registered: before that no route names this broker. An unreachable or
+    // unresolvable nameserver is retried (and logged) by the registration loop meanwhile.
+    let unregistered = ready.block("namesrv");
+    let waiting = handle.registered_signal();
+    tokio::spawn(async move {
+        waiting.await;
+        drop(unregistered);
+    });
     Ok(BrokerNode {
         addr,
         admin_addr: admin.as_ref().map(AdminServer::local_addr),

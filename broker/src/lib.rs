@@ -129,6 +129,8 @@ pub struct Broker {
     pub(crate) metrics: BrokerMetrics,
     /// Fires when the drain begins: parked long polls answer at once.
     pub(crate) draining: CancellationToken,
+    /// Whether a registration with the nameserver has succeeded since start.
+    pub(crate) registered: tokio::sync::watch::Sender<bool>,
 }
 
 /// A running broker.
@@ -156,6 +158,19 @@ impl BrokerHandle {
     /// Pop checkpoints not yet fully acked: what revive would still bring back.
     pub fn pop_checkpoints(&self) -> usize {
         self.broker.store.pop().len()
+    }
+
+    /// Completes once a registration with the nameserver has succeeded (at once for a
+    /// standalone broker). Until then clients cannot find this broker through routes.
+    pub fn registered_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let standalone = self.broker.config.namesrv.is_none();
+        let mut rx = self.broker.registered.subscribe();
+        async move {
+            if !standalone {
+                // An error means the broker is gone: nothing left to wait for.
+                let _ = rx.wait_for(|r| *r).await;
+            }
+        }
     }
 
     /// Requests taken and not answered yet.
@@ -310,6 +325,7 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, StartError>
         modes,
         metrics,
         draining: background.draining_token(),
+        registered: tokio::sync::watch::Sender::new(false),
     });
     let server_config = ServerConfig {
         max_connections: broker.config.max_connections,

@@ -88,6 +88,9 @@ async fn register_once(
     match c.invoke(register_command(broker), RPC_TIMEOUT).await {
         Ok(resp) if resp.code() == response_code::SUCCESS => {
             tracing::debug!(%namesrv, "registered");
+            broker
+                .registered
+                .send_if_modified(|r| !std::mem::replace(r, true));
             true
         }
         Ok(resp) => {

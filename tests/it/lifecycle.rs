@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -166,19 +166,34 @@ async fn stored(broker: SocketAddr) -> i64 {
     n
 }
 
-/// A nameserver that accepts connections and never answers: the broker's UNREGISTER_BROKER
-/// then waits until the drain deadline, which keeps the drain open long enough to look at it.
-fn silent_namesrv() -> (SocketAddr, std::thread::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let held = std::thread::spawn(move || {
-        let mut open = Vec::new();
-        // Ends when the test process does; holds at most the broker's few connections.
-        for s in listener.incoming().take(16).map_while(Result::ok) {
-            open.push(s);
+/// A nameserver that accepts registrations and never answers anything else: the broker is
+/// registered (so `/ready`), and its UNREGISTER_BROKER then waits until the drain deadline, which
+/// keeps the drain open long enough to look at it.
+struct RegisterOnly;
+
+impl rocketmesh::remoting::Handler for RegisterOnly {
+    async fn handle(
+        self: &std::sync::Arc<Self>,
+        req: RemotingCommand,
+        _conn: &std::sync::Arc<rocketmesh::remoting::Connection>,
+    ) -> Option<RemotingCommand> {
+        if req.code() == request_code::REGISTER_BROKER {
+            let encoding = rocketmesh_filters::codec::ResponseEncoding::Json;
+            return Some(req.response_to(response_code::SUCCESS, encoding));
         }
-    });
-    (addr, held)
+        std::future::pending().await
+    }
+}
+
+async fn silent_namesrv() -> (SocketAddr, rocketmesh::remoting::Server) {
+    let listener = rocketmesh::remoting::bind("127.0.0.1:0".parse().unwrap(), 16).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = rocketmesh::remoting::Server::start(
+        listener,
+        std::sync::Arc::new(RegisterOnly),
+        rocketmesh::remoting::ServerConfig::default(),
+    );
+    (addr, server)
 }
 
 fn broker_args<'a>(data: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
@@ -202,7 +217,7 @@ async fn broker_counts_appends_drains_on_sigterm_and_keeps_messages() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("broker");
     let data = data.to_str().expect("utf-8 path");
-    let (namesrv, _held) = silent_namesrv();
+    let (namesrv, _held) = silent_namesrv().await;
     let namesrv = namesrv.to_string();
     let mut broker = Proc::start(&broker_args(
         data,
@@ -211,7 +226,10 @@ async fn broker_counts_appends_drains_on_sigterm_and_keeps_messages() {
     let addr = broker.addr(None);
     let admin = broker.addr(Some("admin"));
     assert!(admin.ip().is_loopback());
-    assert_eq!(http_get(admin, "/ready").map(|r| r.0), Some(200));
+    eventually("/ready once registered", || async {
+        http_get(admin, "/ready").map(|r| r.0) == Some(200)
+    })
+    .await;
     assert_eq!(http_get(admin, "/healthz").map(|r| r.0), Some(200));
 
     let client = RemotingClient::connect_timeout(addr, RPC, None)
@@ -340,4 +358,26 @@ async fn control_plane_counts_brokers_and_streams_and_exits_on_sigterm() {
         http_get(admin, "/ready").is_none(),
         "the admin server outlived the process"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_whose_nameserver_does_not_resolve_stays_up_and_unready() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("broker");
+    let data = data.to_str().expect("utf-8 path");
+    let broker = Proc::start(&broker_args(
+        data,
+        &["--namesrv", "rocketmesh-cp.no-such-namespace.invalid:9876"],
+    ));
+    let admin = broker.addr(Some("admin"));
+    // Retried (with backoff) in the background; /ready names what it waits for, the broker
+    // itself serves (a standalone client can still use it).
+    for _ in 0..3 {
+        let (code, body) = http_get(admin, "/ready").expect("admin answers");
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("namesrv"), "{body}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(stored(broker.addr(None)).await >= 0);
+    assert_eq!(http_get(admin, "/healthz").map(|r| r.0), Some(200));
 }
