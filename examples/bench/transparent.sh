@@ -26,9 +26,9 @@ if [ -z "${RMBENCH_INSIDE:-}" ]; then
     ip netns add "$NS"
     trap 'ip netns pids "$NS" 2>/dev/null | xargs -r kill -9 2>/dev/null || true; ip netns delete "$NS" 2>/dev/null || true' EXIT
     ip -n "$NS" link set lo up
-    ip -n "$NS" link add rmb0 type dummy
-    ip -n "$NS" addr add 10.251.0.1/32 dev rmb0
-    ip -n "$NS" link set rmb0 up
+    # The address the load generator dials: on the namespace's own lo (no dummy driver needed);
+    # the rules exclude 127.0.0.0/8, not the interface, so it is redirected.
+    ip -n "$NS" addr add 10.251.0.1/32 dev lo
     RMBENCH_INSIDE=1 ip netns exec "$NS" "${BASH_SOURCE[0]}"
     exit $?
 fi

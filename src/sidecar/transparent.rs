@@ -118,7 +118,13 @@ impl EndpointIndex {
 pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
     let sock = socket2::SockRef::from(stream);
     let local = stream.local_addr().ok()?;
-    let found = if local.is_ipv4() {
+    // An IPv4 connection accepted on a dual-stack [::] listener has a v4-mapped local address;
+    // its NAT record is IPv4's.
+    let v4 = match local {
+        SocketAddr::V4(_) => true,
+        SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().is_some(),
+    };
+    let found = if v4 {
         sock.original_dst_v4()
     } else {
         sock.original_dst_v6()
