@@ -161,6 +161,9 @@ stat_enum! {
         MaintenanceFailure => "maintenance_failure",
         /// Pulls answered by the pull→pop translator.
         PullConverted => "pull_converted",
+        /// Pulls relayed to the real queue with the client's offsets (broadcasting and pull
+        /// consumers).
+        PullDirect => "pull_direct",
         /// Acks the translator derived from consumer offset commits.
         AcksFromCommits => "acks_from_commits",
         /// Messages sent back (CONSUMER_SEND_MSG_BACK) through the translator.
@@ -462,6 +465,9 @@ fn counter_help(c: Counter) -> &'static str {
         Counter::GetConsumerList => "GET_CONSUMER_LIST_BY_GROUP requests",
         Counter::MaintenanceFailure => "Background maintenance runs that failed",
         Counter::PullConverted => "Pulls answered by the pull-to-pop translator",
+        Counter::PullDirect => {
+            "Pulls relayed to the real queue with the client's offsets (broadcasting, pull consumers)"
+        }
         Counter::AcksFromCommits => "Acks derived from consumer offset commits",
         Counter::SendBacks => "Messages sent back through the translator",
         Counter::Renewals => "Invisible-time renewals of held pop handles",
@@ -514,7 +520,7 @@ mod tests {
             full_name("mq", Counter::Request.stat()),
             "rocketmq.mq.request"
         );
-        assert_eq!(Counter::ALL.len(), 31);
+        assert_eq!(Counter::ALL.len(), 32);
         assert_eq!(Gauge::ALL.len(), 11);
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i);

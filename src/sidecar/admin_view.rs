@@ -34,6 +34,9 @@ impl AdminSource for AdminView {
                 "clients": {"consumer_groups": consumer_groups, "producer_groups": producer_groups, "clients": clients},
                 "upstreams": self.core.ctx.upstreams.endpoints(),
                 "pull_to_pop": {"virtual_queues": queues, "held_handles": held},
+                // Per group: what its heartbeat says and whether its pulls are translated to
+                // pops or relayed to the real queues.
+                "consumer_groups": self.core.groups.describe(),
             },
             "xds": self.core.xds().config_dump(),
         })

@@ -30,9 +30,9 @@ use super::assignment;
 use super::clients;
 use super::context::Context;
 use super::error::SidecarError;
-use super::groups::Groups;
+use super::groups::{pull_mode, Groups, PullMode};
 use super::pop;
-use super::pull::PullBridge;
+use super::pull::{direct, PullBridge};
 use super::send;
 use super::transparent::Transparent;
 use super::txn::Transactions;
@@ -95,6 +95,16 @@ impl SidecarCore {
             rc::HEART_BEAT => clients::heartbeat(ctx, groups, &req, conn),
             rc::UNREGISTER_CLIENT => clients::unregister(ctx, groups, &req),
             rc::GET_CONSUMER_LIST_BY_GROUP => clients::consumer_list(ctx, groups, &req, conn),
+            rc::PULL_MESSAGE
+            | rc::UPDATE_CONSUMER_OFFSET
+            | rc::QUERY_CONSUMER_OFFSET
+            | rc::GET_MAX_OFFSET
+            | rc::GET_MIN_OFFSET
+            | rc::SEARCH_OFFSET_BY_TIMESTAMP
+                if self.relays_directly(&req, conn) =>
+            {
+                direct::relay(ctx, req).await
+            }
             rc::PULL_MESSAGE => self.pulls.pull(&req, conn).await,
             rc::UPDATE_CONSUMER_OFFSET => self.pulls.update_offset(&req, conn),
             rc::QUERY_CONSUMER_OFFSET => self.pulls.query_offset(&req, conn),
@@ -115,6 +125,38 @@ impl SidecarCore {
             }
         };
         (!oneway).then_some(resp)
+    }
+}
+
+impl SidecarCore {
+    /// Whether a pull or offset request goes to the real queue (broadcasting and pull
+    /// consumers) rather than through the Pull -> Pop translator. Requests naming a group
+    /// follow the group's mode ([`pull_mode`]); the group-less ones (max / min / search
+    /// offsets) go direct when the translator holds nothing for that queue on this connection
+    /// and a direct consumer lives on it.
+    fn relays_directly(&self, req: &RemotingCommand, conn: &Connection) -> bool {
+        let ext = req.ext();
+        if let Some(group) = ext.get("consumerGroup") {
+            let suspend = req.code() == rc::PULL_MESSAGE
+                && ext
+                    .get("sysFlag")
+                    .and_then(|f| f.trim().parse::<i32>().ok())
+                    .is_some_and(|f| f & direct::FLAG_SUSPEND != 0);
+            // Offset requests of an unknown group keep today's answer (the translator's).
+            let suspend = suspend || req.code() != rc::PULL_MESSAGE;
+            return matches!(
+                pull_mode(self.groups.kind(group), suspend),
+                PullMode::Direct(_)
+            );
+        }
+        let (Some(topic), Some(queue)) = (
+            ext.get("topic"),
+            ext.get("queueId")
+                .and_then(|q| q.trim().parse::<i32>().ok()),
+        ) else {
+            return false;
+        };
+        !self.pulls.knows(conn.id(), topic, queue) && self.groups.has_direct_consumer(conn.id())
     }
 }
 

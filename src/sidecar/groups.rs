@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rocketmesh_filters::codec::body::HeartbeatData;
+use rocketmesh_filters::codec::body::{ConsumeType, HeartbeatData, MessageModel};
 
 use crate::remoting::Connection;
 
@@ -30,6 +30,63 @@ struct Tables {
     producers: HashMap<String, HashMap<String, Member>>,
     /// The last heartbeat body per client (what the sidecar repeats to brokers on its behalf).
     heartbeats: HashMap<String, (HeartbeatData, Instant)>,
+    /// What the latest heartbeat said of each consumer group.
+    kinds: HashMap<String, GroupKind>,
+}
+
+/// What a consumer group's heartbeat says about how it consumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupKind {
+    pub message_model: MessageModel,
+    pub consume_type: ConsumeType,
+}
+
+/// How the sidecar serves a consumer's PULLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullMode {
+    /// Clustered push consumers: PULL becomes POP, commits become ACKs (the translator).
+    Pop,
+    /// Relayed to the real (broker, queue) behind the virtual queue with the client's own
+    /// (real) offsets.
+    Direct(DirectReason),
+}
+
+/// Why a consumer's pulls are relayed rather than translated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectReason {
+    /// Every consumer of a broadcasting group gets every message; offsets are the client's.
+    Broadcasting,
+    /// A pull consumer (`CONSUME_ACTIVELY`) picks its queues and offsets itself.
+    PullConsumer,
+    /// No heartbeat of the group yet, and a pull without the suspend flag: only pull consumers
+    /// pull like that (push consumers always long-poll).
+    NoSuspend,
+}
+
+impl DirectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DirectReason::Broadcasting => "broadcasting",
+            DirectReason::PullConsumer => "pull consumer",
+            DirectReason::NoSuspend => "pull without suspend, group unknown",
+        }
+    }
+}
+
+/// The mode for a pull of a group of kind `kind` (None: no heartbeat seen), `suspend` = the
+/// pull's suspend flag.
+pub fn pull_mode(kind: Option<GroupKind>, suspend: bool) -> PullMode {
+    match kind {
+        Some(k) if k.message_model == MessageModel::Broadcasting => {
+            PullMode::Direct(DirectReason::Broadcasting)
+        }
+        Some(k) if k.consume_type == ConsumeType::ConsumeActively => {
+            PullMode::Direct(DirectReason::PullConsumer)
+        }
+        Some(_) => PullMode::Pop,
+        None if suspend => PullMode::Pop,
+        None => PullMode::Direct(DirectReason::NoSuspend),
+    }
 }
 
 /// Consumer / producer group membership.
@@ -87,6 +144,13 @@ impl Groups {
             if upsert(&mut t.consumers, &c.group_name, &hb.client_id, conn, now) {
                 joined.push(c.group_name.clone());
             }
+            if t.consumers.contains_key(&c.group_name) {
+                let kind = GroupKind {
+                    message_model: c.message_model,
+                    consume_type: c.consume_type,
+                };
+                t.kinds.insert(c.group_name.clone(), kind);
+            }
         }
         for p in &hb.producer_data_set {
             upsert(&mut t.producers, &p.group_name, &hb.client_id, conn, now);
@@ -120,6 +184,55 @@ impl Groups {
         if !still {
             t.heartbeats.remove(client);
         }
+        let Tables {
+            consumers, kinds, ..
+        } = &mut *t;
+        kinds.retain(|g, _| consumers.contains_key(g));
+    }
+
+    /// What the latest heartbeat said of `group`'s consumption (None before any).
+    pub fn kind(&self, group: &str) -> Option<GroupKind> {
+        self.t.lock().kinds.get(group).copied()
+    }
+
+    /// Whether a client on this connection is in a group whose pulls are relayed directly
+    /// (offset requests without a group then ask the real broker).
+    pub fn has_direct_consumer(&self, conn_id: u64) -> bool {
+        let t = self.t.lock();
+        t.consumers.iter().any(|(g, members)| {
+            members.values().any(|m| m.conn.id() == conn_id)
+                && matches!(
+                    pull_mode(t.kinds.get(g).copied(), true),
+                    PullMode::Direct(_)
+                )
+        })
+    }
+
+    /// Every consumer group with what its heartbeat said and how its pulls are served, for
+    /// `/config_dump`.
+    pub fn describe(&self) -> Vec<serde_json::Value> {
+        let t = self.t.lock();
+        let mut out: Vec<serde_json::Value> = t
+            .consumers
+            .iter()
+            .map(|(g, members)| {
+                let kind = t.kinds.get(g).copied();
+                let (mode, reason) = match pull_mode(kind, true) {
+                    PullMode::Pop => ("pop", None),
+                    PullMode::Direct(r) => ("direct", Some(r.as_str())),
+                };
+                serde_json::json!({
+                    "group": g,
+                    "members": members.len(),
+                    "message_model": kind.map(|k| format!("{:?}", k.message_model)),
+                    "consume_type": kind.map(|k| format!("{:?}", k.consume_type)),
+                    "pulls": mode,
+                    "reason": reason,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a["group"].as_str().cmp(&b["group"].as_str()));
+        out
     }
 
     /// Live client ids of a consumer group, sorted.
@@ -198,7 +311,9 @@ impl Groups {
             consumers,
             producers,
             heartbeats,
+            kinds,
         } = &mut *t;
+        kinds.retain(|g, _| consumers.contains_key(g));
         heartbeats.retain(|client, _| {
             consumers
                 .values()
@@ -228,6 +343,10 @@ impl Groups {
         t.producers.retain(|_, m| !m.is_empty());
         t.heartbeats
             .retain(|_, (_, at)| now.duration_since(*at) <= expiry);
+        let Tables {
+            consumers, kinds, ..
+        } = &mut *t;
+        kinds.retain(|g, _| consumers.contains_key(g));
         changed
     }
 
@@ -254,5 +373,39 @@ fn remove_member(map: &mut HashMap<String, HashMap<String, Member>>, group: &str
         if m.is_empty() {
             map.remove(group);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pulls_are_translated_only_for_clustered_push_consumers() {
+        let kind = |message_model, consume_type| {
+            Some(GroupKind {
+                message_model,
+                consume_type,
+            })
+        };
+        use ConsumeType::*;
+        use MessageModel::*;
+        assert_eq!(
+            pull_mode(kind(Clustering, ConsumePassively), false),
+            PullMode::Pop
+        );
+        assert_eq!(
+            pull_mode(kind(Broadcasting, ConsumePassively), true),
+            PullMode::Direct(DirectReason::Broadcasting)
+        );
+        assert_eq!(
+            pull_mode(kind(Clustering, ConsumeActively), true),
+            PullMode::Direct(DirectReason::PullConsumer)
+        );
+        assert_eq!(pull_mode(None, true), PullMode::Pop);
+        assert_eq!(
+            pull_mode(None, false),
+            PullMode::Direct(DirectReason::NoSuspend)
+        );
     }
 }

@@ -15,6 +15,7 @@ mod drain;
 mod interop_cp_restart;
 mod interop_cpp;
 mod interop_pull_pop;
+mod interop_semantics;
 mod interop_sidecar;
 mod iptables;
 mod lifecycle;

@@ -184,6 +184,13 @@ impl Translator {
             .unwrap_or(0)
     }
 
+    /// Whether any consumer on `conn` has state for `topic`'s virtual `queue`.
+    pub fn knows_queue(&self, conn: u64, topic: &str, queue: i32) -> bool {
+        self.queues
+            .keys()
+            .any(|k| k.conn == conn && k.topic == topic && k.queue == queue)
+    }
+
     /// (virtual queues, held handles) for introspection.
     pub fn counts(&self) -> (usize, usize) {
         (self.queues.len(), self.held)

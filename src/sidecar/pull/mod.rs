@@ -8,6 +8,7 @@
 //! [`PullBridge::flush_acks`] sends what commits owe, [`PullBridge::close`] ends every task.
 
 pub mod acks;
+pub mod direct;
 pub mod prefetch;
 
 use std::sync::Arc;
@@ -89,6 +90,12 @@ impl PullBridge {
                 me.acks.set_held_gauge();
             }
         });
+    }
+
+    /// Whether the translator holds state for this connection's `topic` / virtual `queue`
+    /// (then group-less offset requests are answered from the virtual space).
+    pub fn knows(&self, conn: u64, topic: &str, queue: i32) -> bool {
+        self.t.lock().knows_queue(conn, topic, queue)
     }
 
     pub fn connection_closed(&self, conn: u64) {

@@ -46,7 +46,7 @@ import threading
 import time
 
 from rocketmq.client import Message, Producer, PushConsumer, PullConsumer, SendStatus
-from rocketmq.ffi import dll, _CConsumeStatus
+from rocketmq.ffi import dll, _CConsumeStatus, MessageModel
 
 PROP_NAMES = ('idx', 'color', 'run')
 
@@ -210,7 +210,8 @@ def consume(o):
             return _CConsumeStatus.RECONSUME_LATER.value
         return _CConsumeStatus.CONSUME_SUCCESS.value
 
-    c = PushConsumer(o['group'])
+    model = MessageModel.BROADCASTING if o.get('model') == 'broadcasting' else MessageModel.CLUSTERING
+    c = PushConsumer(o['group'], message_model=model)
     c.set_namesrv_addr(o['namesrv'])
     c.set_thread_count(2)
     c.set_message_batch_max_size(1)

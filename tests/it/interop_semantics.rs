@@ -1,0 +1,220 @@
+//! Legacy consumer semantics beyond clustered push consumers, with the real C++ SDK (PyPI
+//! `rocketmq==0.4.4`) through the sidecar: broadcasting consumers each get every message, and a
+//! pull consumer's own loop reads real queues with its own offsets (again from offset 0 when it
+//! asks, and an empty queue answers at once). Their pulls are relayed to the real queues, not
+//! translated to pops; `/config_dump` and the stats say so.
+
+use crate::support::interop::*;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const QUEUES: i32 = 4;
+
+struct Mesh {
+    dir: std::path::PathBuf,
+    _cp: ControlPlaneProc,
+    _brokers: Vec<BrokerProc>,
+    sidecars: Vec<SidecarProc>,
+}
+
+/// A control plane, broker-a and broker-b serving `topic` (so virtual queues span two brokers),
+/// and `sidecars` sidecars.
+fn mesh(name: &str, topic: &str, sidecars: usize) -> Mesh {
+    python();
+    let dir = work_dir(name);
+    let cp = ControlPlaneProc::start(&dir);
+    let namesrv = cp.remoting.to_string();
+    let brokers: Vec<BrokerProc> = ["broker-a", "broker-b"]
+        .into_iter()
+        .map(|b| {
+            BrokerProc::start(
+                &dir,
+                b,
+                "127.0.0.1:0",
+                &["--name", b, "--namesrv", &namesrv],
+            )
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for b in &brokers {
+        rt.block_on(create_topic(b.addr, topic, QUEUES));
+    }
+    let sidecars = (0..sidecars)
+        .map(|i| {
+            SidecarProc::start_at(
+                &dir,
+                &format!("sidecar-{i}"),
+                cp.xds,
+                "127.0.0.1:0",
+                free_port(),
+                &[],
+            )
+        })
+        .collect();
+    Mesh {
+        dir,
+        _cp: cp,
+        _brokers: brokers,
+        sidecars,
+    }
+}
+
+fn bodies(v: &Value, key: &str) -> Vec<String> {
+    v[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| match m {
+            Value::String(b) => b.clone(),
+            other => s(other, "body"),
+        })
+        .collect()
+}
+
+fn group_mode(sc: &SidecarProc, group: &str) -> Option<(String, String)> {
+    let dump: Value = serde_json::from_str(&sc.admin_get("/config_dump")).unwrap();
+    dump["sidecar"]["consumer_groups"]
+        .as_array()?
+        .iter()
+        .find(|g| g["group"] == group)
+        .map(|g| (s(g, "pulls"), s(g, "reason")))
+}
+
+#[test]
+fn broadcasting_consumers_each_get_every_message_behind_one_and_two_sidecars() {
+    const TOPIC: &str = "InteropBroadcast";
+    const GROUP: &str = "CG_Broadcast";
+    const N: usize = 100;
+    let m = mesh("broadcast", TOPIC, 2);
+    let (s1, s2) = (&m.sidecars[0], &m.sidecars[1]);
+    let stop = m.dir.join("broadcast.stop");
+    let consumer = |sc: &SidecarProc| {
+        py_start(
+            &m.dir,
+            "consume",
+            &[
+                ("namesrv", sc.addr.to_string()),
+                ("topic", TOPIC.into()),
+                ("group", GROUP.into()),
+                ("model", "broadcasting".into()),
+                ("expect", N.to_string()),
+                ("max_seconds", "90".into()),
+                ("settle", "1".into()),
+                ("stop_file", stop.display().to_string()),
+            ],
+        )
+    };
+    // Two behind the first sidecar, one behind the second.
+    let mut consumers = vec![consumer(s1), consumer(s1), consumer(s2)];
+    for c in &mut consumers {
+        let started = (0..60).any(|_| {
+            c.next_line(Duration::from_secs(1))
+                .is_some_and(|l| l.contains("consumer started"))
+        });
+        assert!(started, "a broadcasting consumer did not start");
+    }
+    // A broadcasting consumer starts at the queues' max offsets, asked when it rebalances:
+    // wait until every consumer has pulled once (the sidecars relay those pulls).
+    let t0 = Instant::now();
+    while s1.stat("rocketmq_rocketmesh_pull_direct").unwrap_or(0.0) < 2.0
+        || s2.stat("rocketmq_rocketmesh_pull_direct").unwrap_or(0.0) < 1.0
+    {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no relayed pulls");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // While they run, both sidecars say how they serve the group.
+    for sc in [s1, s2] {
+        assert_eq!(
+            group_mode(sc, GROUP),
+            Some(("direct".into(), "broadcasting".into()))
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let produced = produce_with(
+        &m.dir,
+        &s1.addr.to_string(),
+        TOPIC,
+        "bc",
+        plan(N, 0, 0, 0.0),
+    );
+    let sent: BTreeSet<String> = bodies(&produced, "sent").into_iter().collect();
+    let mut got = Vec::new();
+    for c in consumers {
+        let r = c.result(Duration::from_secs(120));
+        got.push(bodies(&r, "received"));
+    }
+    std::fs::write(&stop, b"stop").unwrap();
+    for (i, b) in got.iter().enumerate() {
+        let set: BTreeSet<String> = b.iter().cloned().collect();
+        assert_eq!(
+            set,
+            sent,
+            "broadcasting consumer {i} got {} of {N}",
+            set.len()
+        );
+    }
+    for sc in [s1, s2] {
+        assert_eq!(sc.stat("rocketmq_rocketmesh_pull_converted"), Some(0.0));
+    }
+    println!(
+        "broadcasting: {} consumers, each got {:?} of {N}",
+        got.len(),
+        got.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_pull_consumer_reads_real_queues_rereads_from_zero_and_empty_queues_answer_at_once() {
+    const TOPIC: &str = "InteropPullConsumer";
+    const GROUP: &str = "CG_PullConsumer";
+    const N: usize = 100;
+    let m = mesh("pull-consumer", TOPIC, 1);
+    let sc = &m.sidecars[0];
+    let namesrv = sc.addr.to_string();
+    let pull_all = || {
+        let t = Instant::now();
+        let r = py_run(
+            &m.dir,
+            "pull_all",
+            &[
+                ("namesrv", namesrv.clone()),
+                ("topic", TOPIC.into()),
+                ("group", GROUP.into()),
+                ("max_seconds", "60".into()),
+            ],
+            Duration::from_secs(90),
+        );
+        assert!(!r["timed_out"].as_bool().unwrap(), "pull_all timed out");
+        (bodies(&r, "bodies"), t.elapsed())
+    };
+    // Every (virtual) queue empty: each pull answers NO_NEW_MSG at once.
+    let (empty, took) = pull_all();
+    assert!(empty.is_empty(), "{empty:?}");
+    assert!(
+        took < Duration::from_secs(8),
+        "pulling {} empty queues took {took:?}",
+        2 * QUEUES
+    );
+    let produced = produce_with(&m.dir, &namesrv, TOPIC, "pc", plan(N, 0, 0, 0.0));
+    let sent: BTreeSet<String> = bodies(&produced, "sent").into_iter().collect();
+    let (first, _) = pull_all();
+    let (again, _) = pull_all();
+    for (what, got) in [("first read", &first), ("second read from 0", &again)] {
+        let set: BTreeSet<String> = got.iter().cloned().collect();
+        assert_eq!(got.len(), set.len(), "{what}: duplicates");
+        assert_eq!(set, sent, "{what}: {} of {N}", set.len());
+    }
+    assert!(sc.stat("rocketmq_rocketmesh_pull_direct").unwrap_or(0.0) >= f64::from(2 * QUEUES));
+    assert_eq!(sc.stat("rocketmq_rocketmesh_pull_converted"), Some(0.0));
+    println!(
+        "pull consumer: empty topic read in {took:?}; {} then {} of {N} messages",
+        first.len(),
+        again.len()
+    );
+}
