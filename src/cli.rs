@@ -239,6 +239,10 @@ pub struct BrokerArgs {
     /// connect there (Apache's broker opens it by default). Not opened for port 0.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub vip_channel: bool,
+    /// An orderly consumer's queue lock (LOCK_BATCH_MQ) expires this long after its last
+    /// renewal (Apache: 60 s; 4.x consumers renew every 20 s). E.g. `60s`.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub lock_expiry: std::time::Duration,
     /// Data directory (commit log, consume queues, offsets, checkpoints).
     #[arg(long)]
     pub data_dir: PathBuf,

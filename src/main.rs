@@ -129,6 +129,7 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
     config.advertise = args.advertise;
     config.pod_ip = std::env::var(POD_IP_ENV).ok();
     config.vip_channel = args.vip_channel;
+    config.lock_expiry = args.lock_expiry;
     config.read_only_topics = args.read_only_topics;
     config.drain_timeout = args.drain_timeout;
     let signal = wait_for_signal();

@@ -19,6 +19,7 @@
 
 pub mod assignment;
 pub mod clients;
+pub mod locks;
 pub mod long_poll;
 pub mod metrics;
 pub mod pop;
@@ -88,6 +89,9 @@ pub struct BrokerConfig {
     pub register_interval: Duration,
     /// On shutdown: how long requests in flight may take before connections are closed.
     pub drain_timeout: Duration,
+    /// An orderly consumer's queue lock expires this long after its last renewal (Apache's
+    /// `REBALANCE_LOCK_MAX_LIVE_TIME`: 60 s; consumers renew every 20 s).
+    pub lock_expiry: Duration,
 }
 
 impl BrokerConfig {
@@ -111,6 +115,7 @@ impl BrokerConfig {
             response_encoding: ResponseEncoding::Json,
             register_interval: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(5),
+            lock_expiry: Duration::from_secs(60),
         }
     }
 }
@@ -125,6 +130,7 @@ pub struct Broker {
     pub(crate) topics: TopicTable,
     pub(crate) clients: ClientTable,
     pub(crate) modes: assignment::RequestModes,
+    pub(crate) locks: locks::QueueLocks,
     pub(crate) pop: pop::PopState,
     pub(crate) metrics: BrokerMetrics,
     /// Fires when the drain begins: parked long polls answer at once.
@@ -323,6 +329,7 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, StartError>
         topics,
         clients: ClientTable::new(),
         modes,
+        locks: locks::QueueLocks::default(),
         metrics,
         draining: background.draining_token(),
         registered: tokio::sync::watch::Sender::new(false),

@@ -73,6 +73,8 @@ impl Handler for BrokerHandler {
             rc::BATCH_ACK_MESSAGE => super::pop::batch_ack(b, &req),
             rc::CHANGE_MESSAGE_INVISIBLETIME => super::pop::change_invisible(b, &req),
             rc::QUERY_ASSIGNMENT => super::assignment::query(b, &req),
+            rc::LOCK_BATCH_MQ => super::locks::lock_batch(b, &req),
+            rc::UNLOCK_BATCH_MQ => super::locks::unlock_batch(b, &req),
             rc::SET_MESSAGE_REQUEST_MODE => super::assignment::set_mode(b, &req),
             rc::END_TRANSACTION => {
                 // Transactions are not supported; a oneway END_TRANSACTION needs no answer.

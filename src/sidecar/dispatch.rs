@@ -30,7 +30,8 @@ use super::assignment;
 use super::clients;
 use super::context::Context;
 use super::error::SidecarError;
-use super::groups::{pull_mode, Groups, PullMode};
+use super::groups::{Groups, PullMode};
+use super::locks::Locks;
 use super::pop;
 use super::pull::{direct, PullBridge};
 use super::send;
@@ -48,6 +49,7 @@ pub struct SidecarCore {
     pub txns: Arc<Transactions>,
     pub pulls: Arc<PullBridge>,
     pub transparent: Arc<Transparent>,
+    pub locks: Arc<Locks>,
 }
 
 impl SidecarCore {
@@ -93,6 +95,8 @@ impl SidecarCore {
             rc::QUERY_ASSIGNMENT => assignment::query(ctx, &req).await,
             rc::SET_MESSAGE_REQUEST_MODE => assignment::set_mode(ctx, &req),
             rc::HEART_BEAT => clients::heartbeat(ctx, groups, &req, conn),
+            rc::LOCK_BATCH_MQ => self.locks.lock(ctx, groups, &req, conn.id()).await,
+            rc::UNLOCK_BATCH_MQ => self.locks.unlock(ctx, &req, conn.id()).await,
             rc::UNREGISTER_CLIENT => clients::unregister(ctx, groups, &req),
             rc::GET_CONSUMER_LIST_BY_GROUP => clients::consumer_list(ctx, groups, &req, conn),
             rc::PULL_MESSAGE
@@ -103,7 +107,14 @@ impl SidecarCore {
             | rc::SEARCH_OFFSET_BY_TIMESTAMP
                 if self.relays_directly(&req, conn) =>
             {
-                direct::relay(ctx, req).await
+                let orderly = self
+                    .groups
+                    .is_orderly(req.ext().get("consumerGroup").unwrap_or_default())
+                    .then_some(direct::Orderly {
+                        locks: &self.locks,
+                        conn: conn.id(),
+                    });
+                direct::relay(ctx, req, orderly).await
             }
             rc::PULL_MESSAGE => self.pulls.pull(&req, conn).await,
             rc::UPDATE_CONSUMER_OFFSET => self.pulls.update_offset(&req, conn),
@@ -144,10 +155,7 @@ impl SidecarCore {
                     .is_some_and(|f| f & direct::FLAG_SUSPEND != 0);
             // Offset requests of an unknown group keep today's answer (the translator's).
             let suspend = suspend || req.code() != rc::PULL_MESSAGE;
-            return matches!(
-                pull_mode(self.groups.kind(group), suspend),
-                PullMode::Direct(_)
-            );
+            return matches!(self.groups.pull_mode(group, suspend), PullMode::Direct(_));
         }
         let (Some(topic), Some(queue)) = (
             ext.get("topic"),
@@ -243,5 +251,7 @@ impl Handler for SidecarCore {
         self.groups.connection_closed(conn.id());
         // Nothing is acked that was not committed: the broker redelivers the rest.
         self.pulls.connection_closed(conn.id());
+        // An orderly consumer's queues go to the others at their next re-lock.
+        self.locks.release(self.ctx.clone(), conn.id());
     }
 }

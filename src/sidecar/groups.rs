@@ -32,6 +32,8 @@ struct Tables {
     heartbeats: HashMap<String, (HeartbeatData, Instant)>,
     /// What the latest heartbeat said of each consumer group.
     kinds: HashMap<String, GroupKind>,
+    /// Groups that lock queues (LOCK_BATCH_MQ): orderly consumers.
+    orderly: BTreeSet<String>,
 }
 
 /// What a consumer group's heartbeat says about how it consumes.
@@ -58,6 +60,9 @@ pub enum DirectReason {
     Broadcasting,
     /// A pull consumer (`CONSUME_ACTIVELY`) picks its queues and offsets itself.
     PullConsumer,
+    /// An orderly consumer (it locks queues): one consumer at a time per queue, by the
+    /// brokers' locks, with offsets committed to the broker.
+    Orderly,
     /// No heartbeat of the group yet, and a pull without the suspend flag: only pull consumers
     /// pull like that (push consumers always long-poll).
     NoSuspend,
@@ -68,15 +73,17 @@ impl DirectReason {
         match self {
             DirectReason::Broadcasting => "broadcasting",
             DirectReason::PullConsumer => "pull consumer",
+            DirectReason::Orderly => "orderly (queue locks)",
             DirectReason::NoSuspend => "pull without suspend, group unknown",
         }
     }
 }
 
-/// The mode for a pull of a group of kind `kind` (None: no heartbeat seen), `suspend` = the
-/// pull's suspend flag.
-pub fn pull_mode(kind: Option<GroupKind>, suspend: bool) -> PullMode {
+/// The mode for a pull of a group of kind `kind` (None: no heartbeat seen) that locks queues
+/// or not (`orderly`), `suspend` = the pull's suspend flag.
+pub fn pull_mode(kind: Option<GroupKind>, orderly: bool, suspend: bool) -> PullMode {
     match kind {
+        _ if orderly => PullMode::Direct(DirectReason::Orderly),
         Some(k) if k.message_model == MessageModel::Broadcasting => {
             PullMode::Direct(DirectReason::Broadcasting)
         }
@@ -185,14 +192,36 @@ impl Groups {
             t.heartbeats.remove(client);
         }
         let Tables {
-            consumers, kinds, ..
+            consumers,
+            kinds,
+            orderly,
+            ..
         } = &mut *t;
         kinds.retain(|g, _| consumers.contains_key(g));
+        orderly.retain(|g| consumers.contains_key(g));
     }
 
-    /// What the latest heartbeat said of `group`'s consumption (None before any).
-    pub fn kind(&self, group: &str) -> Option<GroupKind> {
-        self.t.lock().kinds.get(group).copied()
+    /// The pull mode of `group` for a pull with (or without) the suspend flag.
+    pub fn pull_mode(&self, group: &str, suspend: bool) -> PullMode {
+        let t = self.t.lock();
+        pull_mode(
+            t.kinds.get(group).copied(),
+            t.orderly.contains(group),
+            suspend,
+        )
+    }
+
+    /// Whether `group` locks queues (orderly consumers).
+    pub fn is_orderly(&self, group: &str) -> bool {
+        self.t.lock().orderly.contains(group)
+    }
+
+    /// A group locked queues: its consumers are orderly.
+    pub fn mark_orderly(&self, group: &str) {
+        let mut t = self.t.lock();
+        if !t.orderly.contains(group) && t.orderly.len() < MAX_GROUPS {
+            t.orderly.insert(group.to_owned());
+        }
     }
 
     /// Whether a client on this connection is in a group whose pulls are relayed directly
@@ -202,7 +231,7 @@ impl Groups {
         t.consumers.iter().any(|(g, members)| {
             members.values().any(|m| m.conn.id() == conn_id)
                 && matches!(
-                    pull_mode(t.kinds.get(g).copied(), true),
+                    pull_mode(t.kinds.get(g).copied(), t.orderly.contains(g), true),
                     PullMode::Direct(_)
                 )
         })
@@ -217,7 +246,7 @@ impl Groups {
             .iter()
             .map(|(g, members)| {
                 let kind = t.kinds.get(g).copied();
-                let (mode, reason) = match pull_mode(kind, true) {
+                let (mode, reason) = match pull_mode(kind, t.orderly.contains(g), true) {
                     PullMode::Pop => ("pop", None),
                     PullMode::Direct(r) => ("direct", Some(r.as_str())),
                 };
@@ -312,8 +341,10 @@ impl Groups {
             producers,
             heartbeats,
             kinds,
+            orderly,
         } = &mut *t;
         kinds.retain(|g, _| consumers.contains_key(g));
+        orderly.retain(|g| consumers.contains_key(g));
         heartbeats.retain(|client, _| {
             consumers
                 .values()
@@ -344,9 +375,13 @@ impl Groups {
         t.heartbeats
             .retain(|_, (_, at)| now.duration_since(*at) <= expiry);
         let Tables {
-            consumers, kinds, ..
+            consumers,
+            kinds,
+            orderly,
+            ..
         } = &mut *t;
         kinds.retain(|g, _| consumers.contains_key(g));
+        orderly.retain(|g| consumers.contains_key(g));
         changed
     }
 
@@ -390,21 +425,23 @@ mod tests {
         };
         use ConsumeType::*;
         use MessageModel::*;
+        let push = kind(Clustering, ConsumePassively);
+        assert_eq!(pull_mode(push, false, false), PullMode::Pop);
         assert_eq!(
-            pull_mode(kind(Clustering, ConsumePassively), false),
-            PullMode::Pop
+            pull_mode(push, true, true),
+            PullMode::Direct(DirectReason::Orderly)
         );
         assert_eq!(
-            pull_mode(kind(Broadcasting, ConsumePassively), true),
+            pull_mode(kind(Broadcasting, ConsumePassively), false, true),
             PullMode::Direct(DirectReason::Broadcasting)
         );
         assert_eq!(
-            pull_mode(kind(Clustering, ConsumeActively), true),
+            pull_mode(kind(Clustering, ConsumeActively), false, true),
             PullMode::Direct(DirectReason::PullConsumer)
         );
-        assert_eq!(pull_mode(None, true), PullMode::Pop);
+        assert_eq!(pull_mode(None, false, true), PullMode::Pop);
         assert_eq!(
-            pull_mode(None, false),
+            pull_mode(None, false, false),
             PullMode::Direct(DirectReason::NoSuspend)
         );
     }

@@ -28,6 +28,7 @@ pub mod context;
 pub mod dispatch;
 pub mod error;
 pub mod groups;
+pub mod locks;
 pub mod pop;
 pub mod process;
 pub mod pull;

@@ -24,6 +24,7 @@ use super::background::{expire_clients, heartbeat_brokers, relay_broker_requests
 use super::context::{Context, HandlerConfig};
 use super::dispatch::SidecarCore;
 use super::groups::Groups;
+use super::locks::Locks;
 use super::pull::PullBridge;
 use super::router::Router;
 use super::transparent::Transparent;
@@ -107,6 +108,7 @@ impl Sidecar {
         futures_util::future::join_all(self.servers.into_iter().map(Server::close)).await;
         self.core.pulls.close().await;
         self.core.transparent.close();
+        self.core.locks.close().await;
         self.background.finish().await;
         self.core.ctx.upstreams.close_all();
         self.core.xds().shutdown();
@@ -210,6 +212,7 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
         txns: Arc::new(Transactions::default()),
         pulls,
         transparent: Arc::new(Transparent::new(cfg.transparent.clone(), own)),
+        locks: Arc::new(Locks::default()),
     });
     let servers: Vec<Server> = std::iter::once(listener)
         .chain(extra)

@@ -14,6 +14,7 @@ mod demo;
 mod drain;
 mod interop_cp_restart;
 mod interop_cpp;
+mod interop_orderly;
 mod interop_pull_pop;
 mod interop_semantics;
 mod interop_sidecar;

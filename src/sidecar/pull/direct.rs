@@ -7,13 +7,18 @@
 
 use std::time::Duration;
 
-use rocketmesh_filters::codec::codes::request_code as rc;
+use rocketmesh_filters::codec::body::MessageQueue;
+use rocketmesh_filters::codec::codes::{request_code as rc, response_code};
+use rocketmesh_filters::codec::headers::QueryConsumerOffsetRequestHeader;
 use rocketmesh_filters::codec::{HeaderError, RemotingCommand};
 
 use super::super::context::Context;
 use super::super::error::SidecarError;
+use super::super::locks::Locks;
 use crate::metrics::{Counter, Gauge};
 
+/// PULL sysFlag bit: the request carries the consumer's commit offset.
+const FLAG_COMMIT_OFFSET: i64 = 1;
 /// PULL sysFlag bit: the broker may hold the pull until a message arrives.
 pub const FLAG_SUSPEND: i32 = 2;
 /// Longest a relayed pull may be held at the broker (Apache's broker: 15 s; C++ asks 20 s).
@@ -32,9 +37,48 @@ fn int_field(req: &RemotingCommand, key: &'static str) -> Result<i64, SidecarErr
         .map_err(|_| SidecarError::BadHeader(HeaderError::invalid(key, v, "an integer")))
 }
 
+/// An orderly consumer's connection: its queue locks decide which of its offsets reach brokers.
+#[derive(Debug, Clone, Copy)]
+pub struct Orderly<'a> {
+    pub locks: &'a Locks,
+    pub conn: u64,
+}
+
+/// The group's committed offset of `q` at the broker (None: none, or no answer).
+async fn committed_offset(
+    ctx: &Context,
+    addr: &str,
+    connect_timeout: Option<Duration>,
+    group: &str,
+    q: &MessageQueue,
+) -> Option<i64> {
+    let h = QueryConsumerOffsetRequestHeader {
+        consumer_group: group.to_owned(),
+        topic: q.topic.clone(),
+        queue_id: q.queue_id,
+        ..Default::default()
+    };
+    let req = RemotingCommand::request_with_header(rc::QUERY_CONSUMER_OFFSET, &h);
+    let resp = ctx
+        .forward(addr, connect_timeout, req, ctx.cfg.request_timeout)
+        .await
+        .ok()?;
+    if resp.code() != response_code::SUCCESS {
+        return None;
+    }
+    resp.ext()
+        .get("offset")
+        .and_then(|o| o.trim().parse::<i64>().ok())
+        .filter(|o| *o >= 0)
+}
+
 /// Relays `req` (PULL_MESSAGE, QUERY/UPDATE_CONSUMER_OFFSET, GET_MAX/MIN_OFFSET,
 /// SEARCH_OFFSET_BY_TIMESTAMP) to the broker and queue behind its virtual `queueId`.
-pub async fn relay(ctx: &Context, req: RemotingCommand) -> Result<RemotingCommand, SidecarError> {
+pub async fn relay(
+    ctx: &Context,
+    req: RemotingCommand,
+    orderly: Option<Orderly<'_>>,
+) -> Result<RemotingCommand, SidecarError> {
     let code = req.code();
     let topic = field(&req, "topic")?.to_owned();
     let vqueue = int_field(&req, "queueId")?;
@@ -65,6 +109,34 @@ pub async fn relay(ctx: &Context, req: RemotingCommand) -> Result<RemotingComman
     }
     let mut fwd = req;
     fwd.ext_mut().put("queueId", real_queue);
+    if let Some(o) = orderly {
+        let real = MessageQueue::new(topic.clone(), broker.clone(), real_queue);
+        let holds = o.locks.holds(o.conn, &group, &real);
+        if code == rc::UPDATE_CONSUMER_OFFSET && !holds {
+            // Every orderly consumer behind a sidecar was given every queue, and persists an
+            // offset for each: only the lock holder's may reach the broker.
+            return Ok(ctx.reply(&fwd, response_code::SUCCESS, None));
+        }
+        if code == rc::PULL_MESSAGE {
+            let flags = int_field(&fwd, "sysFlag").unwrap_or(0);
+            let mut drop_commit = !holds;
+            if o.locks.take_fresh(o.conn, &group, &real) {
+                // Newly locked: the client computed its offset when it was given the queue,
+                // maybe long before; the last holder's committed offset is where it goes on.
+                let committed =
+                    committed_offset(ctx, &endpoint.address, connect_timeout, &group, &real).await;
+                let asked = int_field(&fwd, "queueOffset").unwrap_or(0);
+                if let Some(c) = committed.filter(|c| *c > asked) {
+                    tracing::debug!(%group, ?real, asked, committed = c, "pull moved to the committed offset");
+                    fwd.ext_mut().put("queueOffset", c);
+                    drop_commit |= int_field(&fwd, "commitOffset").unwrap_or(0) < c;
+                }
+            }
+            if drop_commit && flags & FLAG_COMMIT_OFFSET != 0 {
+                fwd.ext_mut().put("sysFlag", flags & !FLAG_COMMIT_OFFSET);
+            }
+        }
+    }
     let mut resp = ctx
         .forward(&endpoint.address, connect_timeout, fwd, timeout)
         .await?;

@@ -134,7 +134,7 @@ def produce(o):
                 p.send_oneway(m)
                 r = None
             else:
-                r = p.send_orderly(m, i % 7)
+                r = p.send_orderly(m, i % int(o.get('keys', 7)))
             if r is not None:
                 rec.update(status=SendStatus(r.status).name, msg_id=r.msg_id, offset=r.offset)
             sent.append(rec)
@@ -185,6 +185,7 @@ def consume(o):
             'queue_id': dll.GetMessageQueueId(cmsg),
             'queue_offset': dll.GetMessageQueueOffset(cmsg),
             't': round(time.time() - t0, 3),
+            'ts': time.time(),
         }
         with lock:
             if hang_after is not None and len(received) >= hang_after:
@@ -211,7 +212,7 @@ def consume(o):
         return _CConsumeStatus.CONSUME_SUCCESS.value
 
     model = MessageModel.BROADCASTING if o.get('model') == 'broadcasting' else MessageModel.CLUSTERING
-    c = PushConsumer(o['group'], message_model=model)
+    c = PushConsumer(o['group'], orderly=o.get('orderly') == 'true', message_model=model)
     c.set_namesrv_addr(o['namesrv'])
     c.set_thread_count(2)
     c.set_message_batch_max_size(1)
