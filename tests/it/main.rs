@@ -17,6 +17,7 @@ mod interop_cpp;
 mod interop_pull_pop;
 mod interop_sidecar;
 mod iptables;
+mod k8s;
 mod lifecycle;
 mod pod;
 mod sidecar;
