@@ -1,4 +1,4 @@
-//! Command line: `rocketmesh sidecar|broker|control-plane|demo|bench|inspect|iptables`.
+//! Command line: `rocketmesh sidecar|broker|control-plane|demo|bench|inspect|iptables|inject`.
 //!
 //! The flags follow the issues' command lines exactly; other tools script against them.
 
@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rocketmesh_filters::consume::TranslatorConfig;
 
+pub use crate::inject::InjectArgs;
 pub use crate::iptables::IptablesArgs;
 
 /// rocketmesh: a service-mesh sidecar for Apache RocketMQ (Remoting protocol), with a bundled
@@ -53,6 +54,9 @@ pub enum Command {
     /// Redirect the pod's outbound RocketMQ connections to the sidecar (a pod's init container,
     /// like istio-init): `install`, `remove` or `list` the nat rules; needs CAP_NET_ADMIN.
     Iptables(IptablesArgs),
+    /// Print a Kubernetes manifest with the rocketmesh sidecar added (offline, like
+    /// `istioctl kube-inject`): `rocketmesh inject -f app.yaml | kubectl apply -f -`.
+    Inject(InjectArgs),
     /// One xDS client run for bench-xds (prints one JSON line).
     #[command(hide = true)]
     XdsProbe(XdsProbeArgs),

@@ -10,6 +10,7 @@ pub mod broker_node;
 pub mod cli;
 pub mod control_plane;
 pub mod demo;
+pub mod inject;
 pub mod inspect;
 pub mod iptables;
 pub mod metrics;

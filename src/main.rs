@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -14,7 +14,7 @@ use rocketmesh::cli::{
 use rocketmesh::control_plane::{self, ControlPlaneConfig};
 use rocketmesh::remoting::advertise::POD_IP_ENV;
 use rocketmesh::sidecar::{self, SidecarConfig};
-use rocketmesh::{bench, bench_xds, broker_node, demo, inspect, iptables};
+use rocketmesh::{bench, bench_xds, broker_node, demo, inject, inspect, iptables};
 use rocketmesh_xds::client::XdsMode;
 
 /// mimalloc instead of glibc malloc: the data path allocates small, short-lived buffers on every
@@ -53,6 +53,7 @@ fn run(command: Command) -> Result<ExitCode> {
             iptables::run(&args, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Inject(args) => run_inject(&args),
         Command::Demo(args) => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async { demo::run(&args, wait_for_signal()).await })?;
@@ -118,6 +119,34 @@ fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `rocketmesh inject`: the manifest to stdout, notes to stderr; nothing on stdout when refused.
+fn run_inject(args: &inject::InjectArgs) -> Result<ExitCode> {
+    use std::io::{Read, Write};
+    let (name, text) = if args.file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading the manifest from stdin")?;
+        ("stdin".to_owned(), text)
+    } else {
+        let text = std::fs::read_to_string(&args.file)
+            .with_context(|| format!("reading {}", args.file.display()))?;
+        (args.file.display().to_string(), text)
+    };
+    let done = inject::inject(&name, &text, &args.options())?;
+    for note in &done.notes {
+        eprintln!("rocketmesh inject: {note}");
+    }
+    if done.injected.is_empty() {
+        eprintln!("rocketmesh inject: {name}: no workload to inject; printed unchanged");
+    }
+    let mut out = std::io::stdout().lock();
+    out.write_all(done.output.as_bytes())
+        .and_then(|()| out.flush())
+        .context("writing the manifest")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run_broker(args: BrokerArgs) -> Result<()> {

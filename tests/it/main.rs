@@ -19,6 +19,7 @@ mod interop_pull_pop;
 mod interop_semantics;
 mod interop_sidecar;
 mod iptables;
+mod k8s;
 mod lifecycle;
 mod pod;
 mod sidecar;

@@ -3,12 +3,12 @@
 //! driven through its Python ctypes API by `tests/it/support/sdk.py`), the `rocketmesh` binaries as
 //! child processes, and the driver script's runs.
 //!
-//! The venv lives under `$CARGO_TARGET_TMPDIR/interop-venv` (built once, reused, built in a
-//! temporary directory and renamed so parallel runs don't race) with `pip install
-//! rocketmq==0.4.4`. If it cannot be built the tests fail with the pip output: they are never
-//! skipped. `ROCKETMESH_INTEROP_PYTHON` picks the interpreter used to create the venv (default
-//! `python3`). Every child process is bounded by a timeout and killed by a Drop guard on every
-//! path.
+//! The venv lives under `$CARGO_TARGET_TMPDIR/interop-venv` (`support::venv`: built once,
+//! reused, built in a temporary directory and renamed so parallel runs don't race) with `pip
+//! install rocketmq==0.4.4`. If it cannot be built the tests fail with the pip output: they are
+//! never skipped. `ROCKETMESH_INTEROP_PYTHON` picks the interpreter used to create the venv
+//! (default `python3`). Every child process is bounded by a timeout and killed by a Drop guard
+//! on every path.
 
 // Each test crate that includes this module uses a different subset of it.
 #![allow(dead_code)]
@@ -49,77 +49,19 @@ pub fn work_dir(name: &str) -> PathBuf {
     d
 }
 
+/// The interop venv: the C++ client from PyPI.
+pub const VENV: super::venv::Venv = super::venv::Venv {
+    name: "interop-venv",
+    packages: &[SDK_VERSION],
+    check: "import rocketmq.client",
+};
+
 pub fn venv_works(python: &Path) -> bool {
-    python.exists()
-        && Command::new(python)
-            .args(["-c", "import rocketmq.client"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
+    VENV.works(python)
 }
 
 pub fn build_venv() -> Result<PathBuf, String> {
-    let venv = tmp_root().join("interop-venv");
-    let python = venv.join("bin/python");
-    if venv_works(&python) {
-        return Ok(python);
-    }
-    let base = std::env::var("ROCKETMESH_INTEROP_PYTHON").unwrap_or_else(|_| "python3".into());
-    let staging = tmp_root().join(format!("interop-venv.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    let run = |cmd: &mut Command, what: &str| -> Result<(), String> {
-        let out = cmd
-            .output()
-            .map_err(|e| format!("{what}: cannot run: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{what} failed ({}):\n{}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    };
-    run(
-        Command::new(&base).arg("-m").arg("venv").arg(&staging),
-        &format!("{base} -m venv {}", staging.display()),
-    )?;
-    if let Err(e) = run(
-        Command::new(staging.join("bin/pip"))
-            .args(["install", "-q", "--disable-pip-version-check", SDK_VERSION])
-            .arg("--timeout")
-            .arg("60"),
-        &format!("pip install {SDK_VERSION}"),
-    ) {
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(e);
-    }
-    // The venv's bin/ scripts (pip...) hard-code the staging path, but bin/python keeps working
-    // after the rename: it finds pyvenv.cfg and site-packages relative to its own location.
-    match std::fs::rename(&staging, &venv) {
-        Ok(()) => {}
-        Err(_) if venv_works(&python) => {
-            // Another process won the race.
-            let _ = std::fs::remove_dir_all(&staging);
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&venv);
-            std::fs::rename(&staging, &venv)
-                .map_err(|e2| format!("cannot move the venv into place: {e}; {e2}"))?;
-        }
-    }
-    if venv_works(&python) {
-        Ok(python)
-    } else {
-        Err(format!(
-            "{} cannot import rocketmq.client after install",
-            python.display()
-        ))
-    }
+    VENV.build()
 }
 
 /// The venv's python, built on first use. Panics (the test fails) when it cannot be built.

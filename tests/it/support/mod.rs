@@ -2,11 +2,13 @@
 //! ports and clients, temporary directories, and [`Mesh`], which starts a control plane, broker
 //! nodes registered with it and sidecars fed by it, in process, and stops them in order.
 //! `interop` adds the real C++ SDK and the `rocketmesh` binary as child processes; `netns`
-//! network namespaces (root only), for iptables and pod-shaped tests.
+//! network namespaces (root only), for iptables and pod-shaped tests; `venv` the Python venvs
+//! tests build for themselves (the C++ SDK, Kubernetes tools).
 #![allow(dead_code)]
 
 pub mod interop;
 pub mod netns;
+pub mod venv;
 
 use std::future::Future;
 use std::net::SocketAddr;
