@@ -19,7 +19,7 @@
 
 use std::sync::Arc;
 
-use rocketmesh_filters::codec::body::RouteJsonStyle;
+use rocketmesh_filters::codec::body::{BrokerData, ClusterInfo, RouteJsonStyle};
 use rocketmesh_filters::codec::codes::{request_code as rc, response_code};
 use rocketmesh_filters::codec::headers::GetRouteInfoRequestHeader;
 use rocketmesh_filters::codec::{CodecError, RemotingCommand};
@@ -85,6 +85,7 @@ impl SidecarCore {
                 self.transparent.forward(ctx, label, dialled, req).await
             }
             rc::GET_ROUTEINFO_BY_TOPIC => get_route(ctx, &req).await,
+            rc::GET_BROKER_CLUSTER_INFO => Ok(cluster_info(ctx, &req)),
             rc::SEND_MESSAGE | rc::SEND_MESSAGE_V2 | rc::SEND_BATCH_MESSAGE => {
                 send::send(ctx, &self.txns, req).await
             }
@@ -166,6 +167,43 @@ impl SidecarCore {
         };
         !self.pulls.knows(conn.id(), topic, queue) && self.groups.has_direct_consumer(conn.id())
     }
+}
+
+/// GET_BROKER_CLUSTER_INFO (106): what route answers present, one virtual broker at the
+/// sidecar's advertised address, in the cluster of the brokers behind it (the first held route
+/// names it; `DefaultCluster` before any).
+fn cluster_info(ctx: &Context, req: &RemotingCommand) -> RemotingCommand {
+    let table = ctx.router.xds().snapshot();
+    let mut clusters: Vec<&str> = table
+        .topics
+        .keys()
+        .filter_map(|t| table.route(t))
+        .flat_map(|r| r.clusters.values())
+        .flat_map(|c| c.endpoints.iter().map(|e| e.cluster_name.as_str()))
+        .filter(|c| !c.is_empty())
+        .collect();
+    clusters.sort_unstable();
+    let cluster = clusters
+        .first()
+        .copied()
+        .unwrap_or("DefaultCluster")
+        .to_owned();
+    let name = ctx.cfg.virtual_broker.clone();
+    let mut info = ClusterInfo::default();
+    info.broker_addr_table.insert(
+        name.clone(),
+        BrokerData {
+            cluster: cluster.clone(),
+            broker_name: name.clone(),
+            broker_addrs: std::iter::once((0, ctx.cfg.advertise.clone())).collect(),
+            ..BrokerData::default()
+        },
+    );
+    info.cluster_addr_table
+        .insert(cluster, std::iter::once(name).collect());
+    let standard = RouteJsonStyle::for_request(req.version(), false).is_standard();
+    ctx.reply(req, response_code::SUCCESS, None)
+        .with_body(info.to_json(standard))
 }
 
 /// GET_ROUTEINFO_BY_TOPIC (105): the topic's queue view as one virtual broker at our address.

@@ -164,3 +164,47 @@ async fn brokers_and_control_planes_reach_nameservers_by_name() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_info_presents_the_virtual_broker_at_the_advertised_address() {
+    bounded(TEST, async {
+        let cp = control_plane().await;
+        let b = crate::support::start_broker_with(
+            "broker-a",
+            "clusterinfo",
+            Some(cp.remoting_addr),
+            |c| {
+                c.cluster = "ProdCluster".into();
+            },
+        )
+        .await;
+        create_topic(b.addr, "CiT", 6, 2).await;
+        let mut cfg = sidecar_config(cp.xds_addr);
+        cfg.advertise = Some("app-1.default.svc:9876".into());
+        let sc = start_sidecar(cfg).await;
+        let c = connect(sc.addr).await;
+        wait_route(&c, "CiT", "CiT through the sidecar", |_| true).await;
+        let resp = call(&c, RemotingCommand::request(rc::GET_BROKER_CLUSTER_INFO)).await;
+        assert_eq!(resp.code(), response_code::SUCCESS, "{:?}", resp.remark());
+        let info = rocketmesh_filters::codec::body::ClusterInfo::parse(resp.body()).unwrap();
+        let virt = &info.broker_addr_table[VIRTUAL];
+        assert_eq!(
+            virt.broker_addrs.get(&0).map(String::as_str),
+            Some("app-1.default.svc:9876")
+        );
+        assert_eq!(virt.cluster, "ProdCluster");
+        assert_eq!(
+            info.broker_addr_table.len(),
+            1,
+            "real brokers are not shown: {info:?}"
+        );
+        assert_eq!(
+            info.cluster_addr_table["ProdCluster"],
+            BTreeSet::from([VIRTUAL.to_owned()])
+        );
+        sc.shutdown().await;
+        b.shutdown().await;
+        cp.shutdown().await;
+    })
+    .await;
+}
