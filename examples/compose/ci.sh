@@ -89,15 +89,13 @@ case "$result" in
   *) echo "error: expected DONE produced=$produce consumed=$produce" >&2; exit 1 ;;
 esac
 
-# stat URL NAME...: the sum of the samples of the named metrics.
+# stat URL NAME...: the sum of the samples of the named metrics (python3: no curl needed).
 stat() {
-  local url="$1"
-  shift
-  curl -fsS "$url" | python3 -c '
-import sys
-names = set(sys.argv[1:])
+  python3 -c '
+import sys, urllib.request
+names = set(sys.argv[2:])
 total = 0.0
-for line in sys.stdin:
+for line in urllib.request.urlopen(sys.argv[1], timeout=10).read().decode().splitlines():
     if line.startswith("#") or " " not in line:
         continue
     key, value = line.rsplit(" ", 1)
