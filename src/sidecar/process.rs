@@ -161,6 +161,9 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
         .map(|l| l.local_addr())
         .collect::<Result<_, _>>()?;
 
+    // Before the xDS client: it registers its metrics (`xds_*`) with the recorder current when
+    // it starts, and a client started first would count into no recorder at all.
+    let prom = metrics::install();
     let xds = match &cfg.bootstrap {
         Some(path) => {
             let r = static_config::load(path)
@@ -190,7 +193,6 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
         .map(|a| a.to_string())
         .collect();
     own.push(advertised.clone());
-    let prom = metrics::install();
     let stats = Arc::new(Stats::new(&cfg.stat_prefix).context("stat prefix")?);
     let (inbound_tx, inbound_rx) = mpsc::channel::<BrokerRequest>(RELAY_QUEUE);
     let ctx = Arc::new(Context {

@@ -10,6 +10,7 @@ mod admin;
 mod broker_pop;
 mod broker_protocol;
 mod control_plane;
+mod dashboard;
 mod demo;
 mod drain;
 mod interop_cp_restart;
