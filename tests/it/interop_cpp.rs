@@ -111,7 +111,7 @@ fn produce_and_consume_exactly() {
         dups, 0,
         "duplicate deliveries with one consumer and no failures"
     );
-    println!("first consumer shutdown took {}s", r["shutdown_s"]);
+
     // Orderly sends: the sharding key (i % 7) picks the queue, so every message of one key is in
     // one queue, stored in send order.
     let mut by_key: BTreeMap<u64, Vec<(u64, i64, i64)>> = BTreeMap::new();
