@@ -68,20 +68,6 @@ haproxy_up || { echo "haproxy is not listening on $HAPROXY:" >&2; cat "$WORK/hap
 
 # ----- runs -----
 
-# bench TARGET SECONDS: one run; prints its JSON line.
-bench() {
-    "$BIN" bench --target "$1" --mode send --topic "$TOPIC" --size "$SIZE" \
-        --connections "$CONNECTIONS" --inflight "$INFLIGHT" --duration "$2" --json | tail -n 1
-}
-
-# field JSON KEY
-field() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1"; }
-
-# cpu_ticks PID: user + system clock ticks so far; rss_kb PID: resident set now.
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
-TCK="$(getconf CLK_TCK)"
-
 # The first sends (direct) create the topic; the broker re-registers it, and the sidecar learns
 # its route over xDS on its first request.
 log "warm-up: ${WARMUP}s on each target"

@@ -34,11 +34,6 @@ start_baseline
 TARGETS="a b"
 [ -n "${BASELINE:-}" ] && TARGETS="a b p"
 
-# field JSON KEY
-field() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1"; }
-# cpu_ticks PID: user + system clock ticks so far.
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-TCK="$(getconf CLK_TCK)"
 
 # ----- pre-fill -----
 

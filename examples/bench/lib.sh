@@ -1,6 +1,7 @@
 # Shared by compare.sh and consume.sh (sourced, not run). Needs ROOT and WORK set and `set -euo
 # pipefail`; provides: PIDS + an EXIT trap that stops every started process and removes WORK, log, AWK_MEDIAN,
-# BIN (the release binary, built here), start, free_port, and start_mesh (control plane + one
+# BIN (the release binary, built here), start, free_port, bench/field/cpu_ticks/rss_kb/TCK (runs
+# and their figures), and start_mesh (control plane + one
 # registered broker + a sidecar, setting CP_REMOTING, CP_XDS, BROKER, PID_BROKER, SIDECAR,
 # PID_SIDECAR; extra sidecar flags from SIDECAR_FLAGS).
 
@@ -103,3 +104,18 @@ start_baseline() {
     BASE_SIDECAR="$READY"
     PID_BASE="$LAST_PID"
 }
+
+# bench TARGET SECONDS: one `rocketmesh bench --mode send` run of TOPIC, SIZE, CONNECTIONS and
+# INFLIGHT (the caller's settings); prints its JSON line.
+bench() {
+    "$BIN" bench --target "$1" --mode send --topic "$TOPIC" --size "$SIZE" \
+        --connections "$CONNECTIONS" --inflight "$INFLIGHT" --duration "$2" --json | tail -n 1
+}
+
+# field JSON KEY: a number from a bench JSON line.
+field() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1"; }
+
+# cpu_ticks PID: user + system clock ticks so far; rss_kb PID: resident set now.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+TCK="$(getconf CLK_TCK)"

@@ -59,13 +59,6 @@ start transparent setpriv --reuid="$SIDECAR_UID" --regid="$SIDECAR_UID" --clear-
 PID_T="$LAST_PID"
 TARGET_T="10.251.0.1:9876"
 
-bench() {
-    "$BIN" bench --target "$1" --mode send --topic "$TOPIC" --size "$SIZE" \
-        --connections "$CONNECTIONS" --inflight "$INFLIGHT" --duration "$2" --json | tail -n 1
-}
-field() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1"; }
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-TCK="$(getconf CLK_TCK)"
 
 log "warm-up: ${WARMUP}s on each target"
 bench "$BROKER" "$WARMUP" >/dev/null

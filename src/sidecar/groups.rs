@@ -36,6 +36,15 @@ struct Tables {
     orderly: BTreeSet<String>,
 }
 
+impl Tables {
+    /// Drops what is known of groups that have no member left (their kind, their orderliness).
+    fn forget_left_groups(&mut self) {
+        let consumers = &self.consumers;
+        self.kinds.retain(|g, _| consumers.contains_key(g));
+        self.orderly.retain(|g| consumers.contains_key(g));
+    }
+}
+
 /// What a consumer group's heartbeat says about how it consumes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupKind {
@@ -191,14 +200,7 @@ impl Groups {
         if !still {
             t.heartbeats.remove(client);
         }
-        let Tables {
-            consumers,
-            kinds,
-            orderly,
-            ..
-        } = &mut *t;
-        kinds.retain(|g, _| consumers.contains_key(g));
-        orderly.retain(|g| consumers.contains_key(g));
+        t.forget_left_groups();
     }
 
     /// The pull mode of `group` for a pull with (or without) the suspend flag.
@@ -340,17 +342,15 @@ impl Groups {
             consumers,
             producers,
             heartbeats,
-            kinds,
-            orderly,
+            ..
         } = &mut *t;
-        kinds.retain(|g, _| consumers.contains_key(g));
-        orderly.retain(|g| consumers.contains_key(g));
         heartbeats.retain(|client, _| {
             consumers
                 .values()
                 .chain(producers.values())
                 .any(|m| m.contains_key(client))
         });
+        t.forget_left_groups();
         left.into_iter().collect()
     }
 
@@ -374,14 +374,7 @@ impl Groups {
         t.producers.retain(|_, m| !m.is_empty());
         t.heartbeats
             .retain(|_, (_, at)| now.duration_since(*at) <= expiry);
-        let Tables {
-            consumers,
-            kinds,
-            orderly,
-            ..
-        } = &mut *t;
-        kinds.retain(|g, _| consumers.contains_key(g));
-        orderly.retain(|g| consumers.contains_key(g));
+        t.forget_left_groups();
         changed
     }
 

@@ -137,47 +137,15 @@ fn orderly_consumer_directly_against_a_broker_gets_every_key_in_order() {
 fn orderly_consumers_behind_sidecars_keep_per_key_order_across_a_kill() {
     const TOPIC: &str = "InteropOrderly";
     const GROUP: &str = "CG_Orderly";
-    python();
-    let dir = work_dir("orderly-sidecars");
-    let cp = ControlPlaneProc::start(&dir);
-    let namesrv = cp.remoting.to_string();
-    let brokers: Vec<BrokerProc> = ["broker-a", "broker-b"]
-        .into_iter()
-        .map(|b| {
-            BrokerProc::start(
-                &dir,
-                b,
-                "127.0.0.1:0",
-                &["--name", b, "--namesrv", &namesrv],
-            )
-        })
-        .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    for b in &brokers {
-        rt.block_on(create_topic(b.addr, TOPIC, 4));
-    }
-    let sidecars: Vec<SidecarProc> = (0..3)
-        .map(|i| {
-            SidecarProc::start_at(
-                &dir,
-                &format!("sidecar-{i}"),
-                cp.xds,
-                "127.0.0.1:0",
-                free_port(),
-                &[],
-            )
-        })
-        .collect();
+    let m = TwoBrokerMesh::start("orderly-sidecars", TOPIC, 4, 3);
+    let (dir, sidecars) = (m.dir.as_path(), &m.sidecars);
     let stop = dir.join("orderly.stop");
     let consumer =
-        |i: usize| orderly_consumer(&dir, &sidecars[i].addr.to_string(), TOPIC, GROUP, &stop);
+        |i: usize| orderly_consumer(dir, &sidecars[i].addr.to_string(), TOPIC, GROUP, &stop);
 
     // One consumer, then a second and a third join while messages flow; the first is killed.
     let mut c1 = consumer(0);
-    let producer = orderly_producer(&dir, &sidecars[0].addr.to_string(), TOPIC, 0.1);
+    let producer = orderly_producer(dir, &sidecars[0].addr.to_string(), TOPIC, 0.1);
     let mut c1_bodies = Vec::new();
     let mut others = Vec::new();
     let t0 = Instant::now();
@@ -310,5 +278,4 @@ fn orderly_consumers_behind_sidecars_keep_per_key_order_across_a_kill() {
     for sc in &sidecars[..1] {
         assert_eq!(sc.stat("rocketmq_rocketmesh_pull_converted"), Some(0.0));
     }
-    drop(brokers);
 }

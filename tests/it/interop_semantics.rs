@@ -13,58 +13,6 @@ use serde_json::Value;
 
 const QUEUES: i32 = 4;
 
-struct Mesh {
-    dir: std::path::PathBuf,
-    _cp: ControlPlaneProc,
-    _brokers: Vec<BrokerProc>,
-    sidecars: Vec<SidecarProc>,
-}
-
-/// A control plane, broker-a and broker-b serving `topic` (so virtual queues span two brokers),
-/// and `sidecars` sidecars.
-fn mesh(name: &str, topic: &str, sidecars: usize) -> Mesh {
-    python();
-    let dir = work_dir(name);
-    let cp = ControlPlaneProc::start(&dir);
-    let namesrv = cp.remoting.to_string();
-    let brokers: Vec<BrokerProc> = ["broker-a", "broker-b"]
-        .into_iter()
-        .map(|b| {
-            BrokerProc::start(
-                &dir,
-                b,
-                "127.0.0.1:0",
-                &["--name", b, "--namesrv", &namesrv],
-            )
-        })
-        .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    for b in &brokers {
-        rt.block_on(create_topic(b.addr, topic, QUEUES));
-    }
-    let sidecars = (0..sidecars)
-        .map(|i| {
-            SidecarProc::start_at(
-                &dir,
-                &format!("sidecar-{i}"),
-                cp.xds,
-                "127.0.0.1:0",
-                free_port(),
-                &[],
-            )
-        })
-        .collect();
-    Mesh {
-        dir,
-        _cp: cp,
-        _brokers: brokers,
-        sidecars,
-    }
-}
-
 fn bodies(v: &Value, key: &str) -> Vec<String> {
     v[key]
         .as_array()
@@ -91,7 +39,7 @@ fn broadcasting_consumers_each_get_every_message_behind_one_and_two_sidecars() {
     const TOPIC: &str = "InteropBroadcast";
     const GROUP: &str = "CG_Broadcast";
     const N: usize = 100;
-    let m = mesh("broadcast", TOPIC, 2);
+    let m = TwoBrokerMesh::start("broadcast", TOPIC, QUEUES, 2);
     let (s1, s2) = (&m.sidecars[0], &m.sidecars[1]);
     let stop = m.dir.join("broadcast.stop");
     let consumer = |sc: &SidecarProc| {
@@ -174,7 +122,7 @@ fn a_pull_consumer_reads_real_queues_rereads_from_zero_and_empty_queues_answer_a
     const TOPIC: &str = "InteropPullConsumer";
     const GROUP: &str = "CG_PullConsumer";
     const N: usize = 100;
-    let m = mesh("pull-consumer", TOPIC, 1);
+    let m = TwoBrokerMesh::start("pull-consumer", TOPIC, QUEUES, 1);
     let sc = &m.sidecars[0];
     let namesrv = sc.addr.to_string();
     let pull_all = || {

@@ -52,6 +52,72 @@ fn rocketmesh_in(
     start_ready(dir, log, cmd, args[0]).0
 }
 
+/// A control plane in `cluster` on `ip` (remoting 9876, xDS 18000), no warm-up.
+fn control_plane_in(cluster: &Netns, dir: &Path, log: &str, ip: Ipv4Addr) -> ChildGuard {
+    let (remoting, xds) = (addr(ip, 9876), addr(ip, 18000));
+    let args = [
+        "control-plane",
+        "--remoting",
+        &remoting,
+        "--xds",
+        &xds,
+        "--warmup-secs",
+        "0",
+    ];
+    rocketmesh_in(cluster, dir, log, None, &[], &args)
+}
+
+/// A broker `name` in `cluster` on `ip:10911`, registering with `cp:9876` by name.
+fn broker_in(cluster: &Netns, dir: &Path, name: &str, ip: Ipv4Addr) -> ChildGuard {
+    let data = dir.join(name);
+    let listen = addr(ip, 10911);
+    let args = [
+        "broker",
+        "--listen",
+        &listen,
+        "--name",
+        name,
+        "--namesrv",
+        "cp:9876",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    rocketmesh_in(cluster, dir, name, None, &[], &args)
+}
+
+/// `topic` created on each of `brokers` (comma separated), from inside `cluster`.
+fn create_topic_in(cluster: &Netns, dir: &Path, brokers: &str, topic: &str) {
+    let created = py_in(
+        cluster,
+        dir,
+        "create_topic",
+        &[("brokers", brokers.into()), ("topic", topic.into())],
+    )
+    .result(Duration::from_secs(30));
+    let ok = created["codes"]
+        .as_object()
+        .is_some_and(|codes| codes.values().all(|c| c == 0));
+    assert!(ok, "creating {topic}: {created}");
+}
+
+/// `rocketmesh iptables install` in `app`: ports 9876 and 10911, the sidecar's uid excluded.
+fn install_rules(app: &Netns) {
+    let uid = SIDECAR_UID.to_string();
+    let args = [
+        rocketmesh_bin(),
+        "iptables",
+        "install",
+        "--redirect-to",
+        "9876",
+        "--ports",
+        "9876,10911",
+        "--exclude-uid",
+        &uid,
+    ];
+    let out = app.exec(&args);
+    assert!(out.status.success(), "iptables install: {out:?}");
+}
+
 /// GET `path` of an admin server inside `ns` (python's urllib: no curl needed).
 fn admin_get(ns: &Netns, admin: &str, path: &str) -> String {
     let url = format!("http://{admin}{path}");
@@ -172,73 +238,16 @@ fn a_legacy_app_in_a_pod_goes_through_its_transparent_sidecar() {
     cluster.write_hosts(&[(IpAddr::V4(cp_ip), "cp")]);
     app.write_hosts(&[(IpAddr::V4(cp_ip), "cp namesrv")]);
 
-    let cp_args = |ip: Ipv4Addr| {
-        vec![
-            "control-plane".to_owned(),
-            "--remoting".into(),
-            addr(ip, 9876),
-            "--xds".into(),
-            addr(ip, 18000),
-            "--warmup-secs".into(),
-            "0".into(),
-        ]
-    };
-    let args = cp_args(cp_ip);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut cp = rocketmesh_in(&cluster, &dir, "cp", None, &[], &args);
-    let mut brokers = Vec::new();
-    for (name, ip) in [("broker-a", a_ip), ("broker-b", b_ip)] {
-        let data = dir.join(name);
-        let listen = addr(ip, 10911);
-        brokers.push(rocketmesh_in(
-            &cluster,
-            &dir,
-            name,
-            None,
-            &[],
-            &[
-                "broker",
-                "--listen",
-                &listen,
-                "--name",
-                name,
-                "--namesrv",
-                "cp:9876",
-                "--data-dir",
-                data.to_str().unwrap(),
-            ],
-        ));
-    }
+    let mut cp = control_plane_in(&cluster, &dir, "cp", cp_ip);
+    let brokers = [
+        broker_in(&cluster, &dir, "broker-a", a_ip),
+        broker_in(&cluster, &dir, "broker-b", b_ip),
+    ];
     let brokers_arg = format!("{},{}", addr(a_ip, 10911), addr(b_ip, 10911));
-    let created = py_in(
-        &cluster,
-        &dir,
-        "create_topic",
-        &[("brokers", brokers_arg.clone()), ("topic", TOPIC.into())],
-    )
-    .result(Duration::from_secs(30));
-    assert!(
-        created["codes"]
-            .as_object()
-            .unwrap()
-            .values()
-            .all(|c| c == 0),
-        "{created}"
-    );
+    create_topic_in(&cluster, &dir, &brokers_arg, TOPIC);
 
     // The pod: rules first (an init container), then the sidecar as its own uid.
-    let rules = app.exec(&[
-        rocketmesh_bin(),
-        "iptables",
-        "install",
-        "--redirect-to",
-        "9876",
-        "--ports",
-        "9876,10911",
-        "--exclude-uid",
-        &SIDECAR_UID.to_string(),
-    ]);
-    assert!(rules.status.success(), "iptables install: {rules:?}");
+    install_rules(&app);
     let admin = "127.0.0.1:15000";
     let sidecar = rocketmesh_in(
         &app,
@@ -344,35 +353,14 @@ fn a_legacy_app_in_a_pod_goes_through_its_transparent_sidecar() {
 
     // The control plane moves to another address under the same name: brokers register again
     // and the sidecar's xDS stream reconnects, both resolving `cp` anew.
-    app.exec_ok(&[
-        rocketmesh_bin(),
-        "iptables",
-        "install",
-        "--ports",
-        "9876,10911",
-        "--exclude-uid",
-        &SIDECAR_UID.to_string(),
-    ]);
+    install_rules(&app);
     cp.terminate(Duration::from_secs(10));
     cluster.write_hosts(&[(IpAddr::V4(cp2_ip), "cp")]);
     app.write_hosts(&[(IpAddr::V4(cp2_ip), "cp"), (IpAddr::V4(cp_ip), "namesrv")]);
-    let args = cp_args(cp2_ip);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    cp = rocketmesh_in(&cluster, &dir, "cp2", None, &[], &args);
+    cp = control_plane_in(&cluster, &dir, "cp2", cp2_ip);
     // A topic created after the move is only known to the new control plane.
     let moved = "PodTopicMoved";
-    let created = py_in(
-        &cluster,
-        &dir,
-        "create_topic",
-        &[("brokers", brokers_arg), ("topic", moved.into())],
-    )
-    .result(Duration::from_secs(30));
-    assert!(created["codes"]
-        .as_object()
-        .unwrap()
-        .values()
-        .all(|c| c == 0));
+    create_topic_in(&cluster, &dir, &brokers_arg, moved);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let r = py_in(
@@ -457,43 +445,10 @@ fn a_transparent_sidecar_relays_known_brokers_and_refuses_or_passes_unknown_dest
     }
     cluster.write_hosts(&[(IpAddr::V4(cp_ip), "cp")]);
     app.write_hosts(&[(IpAddr::V4(cp_ip), "cp namesrv")]);
-    let (remoting, xds) = (addr(cp_ip, 9876), addr(cp_ip, 18000));
-    let _cp = rocketmesh_in(
-        &cluster,
-        &dir,
-        "cp",
-        None,
-        &[],
-        &[
-            "control-plane",
-            "--remoting",
-            &remoting,
-            "--xds",
-            &xds,
-            "--warmup-secs",
-            "0",
-        ],
-    );
+    let remoting = addr(cp_ip, 9876);
+    let _cp = control_plane_in(&cluster, &dir, "cp", cp_ip);
     let broker_a = addr(a_ip, 10911);
-    let data = dir.join("broker-a");
-    let _broker = rocketmesh_in(
-        &cluster,
-        &dir,
-        "broker-a",
-        None,
-        &[],
-        &[
-            "broker",
-            "--listen",
-            &broker_a,
-            "--name",
-            "broker-a",
-            "--namesrv",
-            "cp:9876",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-    );
+    let _broker = broker_in(&cluster, &dir, "broker-a", a_ip);
     // Something on a broker port that no route names: a plain TCP echo.
     let other = addr(other_ip, 10911);
     let echo = format!(
@@ -504,32 +459,8 @@ fn a_transparent_sidecar_relays_known_brokers_and_refuses_or_passes_unknown_dest
     let mut echo_cmd = cluster.command(&["python3", "-c", &echo]);
     echo_cmd.env("PYTHONUNBUFFERED", "1");
     let _echo = start_ready(&dir, "echo", echo_cmd, "echo").0;
-    let created = py_in(
-        &cluster,
-        &dir,
-        "create_topic",
-        &[("brokers", broker_a.clone()), ("topic", TOPIC.into())],
-    )
-    .result(Duration::from_secs(30));
-    assert!(
-        created["codes"]
-            .as_object()
-            .unwrap()
-            .values()
-            .all(|c| c == 0),
-        "{created}"
-    );
-
-    let install = app.exec(&[
-        rocketmesh_bin(),
-        "iptables",
-        "install",
-        "--ports",
-        "9876,10911",
-        "--exclude-uid",
-        &SIDECAR_UID.to_string(),
-    ]);
-    assert!(install.status.success(), "{install:?}");
+    create_topic_in(&cluster, &dir, &broker_a, TOPIC);
+    install_rules(&app);
     let admin = "127.0.0.1:15000";
     let sidecar = transparent_sidecar(&app, &dir, "sidecar", link.a_v4, &[]);
     let raw = |addr: &str, code: i32, ext: &str| {

@@ -653,3 +653,59 @@ pub async fn wait_for_route(sidecar: SocketAddr, topic: &str, queues: (i32, i32)
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Processes for the interop tests that need routes over two brokers: a control plane,
+/// broker-a and broker-b serving one topic (so virtual queues span both), and sidecars.
+pub struct TwoBrokerMesh {
+    pub dir: PathBuf,
+    pub cp: ControlPlaneProc,
+    pub brokers: Vec<BrokerProc>,
+    pub sidecars: Vec<SidecarProc>,
+}
+
+impl TwoBrokerMesh {
+    /// Starts it under a work dir named `name`: `topic` with `queues` queues on each broker,
+    /// `sidecars` sidecars on loopback ports of their own.
+    pub fn start(name: &str, topic: &str, queues: i32, sidecars: usize) -> TwoBrokerMesh {
+        python();
+        let dir = work_dir(name);
+        let cp = ControlPlaneProc::start(&dir);
+        let namesrv = cp.remoting.to_string();
+        let brokers: Vec<BrokerProc> = ["broker-a", "broker-b"]
+            .into_iter()
+            .map(|b| {
+                BrokerProc::start(
+                    &dir,
+                    b,
+                    "127.0.0.1:0",
+                    &["--name", b, "--namesrv", &namesrv],
+                )
+            })
+            .collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for b in &brokers {
+            rt.block_on(create_topic(b.addr, topic, queues));
+        }
+        let sidecars = (0..sidecars)
+            .map(|i| {
+                SidecarProc::start_at(
+                    &dir,
+                    &format!("sidecar-{i}"),
+                    cp.xds,
+                    "127.0.0.1:0",
+                    free_port(),
+                    &[],
+                )
+            })
+            .collect();
+        TwoBrokerMesh {
+            dir,
+            cp,
+            brokers,
+            sidecars,
+        }
+    }
+}
