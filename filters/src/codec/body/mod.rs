@@ -24,8 +24,14 @@
 //! | `QueryAssignmentRequestBody` / `ResponseBody` | QUERY_ASSIGNMENT (400) | [`QueryAssignmentRequestBody`], [`QueryAssignmentResponseBody`] |
 //! | `SetMessageRequestModeRequestBody` | SET_MESSAGE_REQUEST_MODE (401) | [`SetMessageRequestModeRequestBody`] |
 //! | `BatchAckMessageRequestBody` | BATCH_ACK_MESSAGE (200151) | [`BatchAckMessageRequestBody`] |
+//! | `ConsumeStats` | GET_CONSUME_STATS (208) response | [`ConsumeStats`] |
+//! | `TopicStatsTable` | GET_TOPIC_STATS_INFO (202) response | [`TopicStatsTable`] |
+//! | `ConsumerConnection` | GET_CONSUMER_CONNECTION_LIST (203) response | [`ConsumerConnection`] |
+//! | `TopicList` | GET_ALL_TOPIC_LIST_FROM_NAMESERVER (206) response | [`TopicList`] |
+//! | `KVTable` | GET_BROKER_RUNTIME_INFO (28) response | [`KvTable`] |
 #![warn(missing_docs)]
 
+mod admin;
 mod assignment;
 mod batch_ack;
 mod consumer;
@@ -38,6 +44,10 @@ mod serde_util;
 
 use thiserror::Error;
 
+pub use admin::{
+    quote_object_keys, Connection, ConsumeStats, ConsumerConnection, KvTable, OffsetWrapper,
+    QueueTable, TopicList, TopicOffset, TopicStatsTable,
+};
 pub use assignment::{
     MessageQueueAssignment, MessageRequestMode, QueryAssignmentRequestBody,
     QueryAssignmentResponseBody, SetMessageRequestModeRequestBody,

@@ -106,6 +106,7 @@ macro_rules! command_header {
     };
 }
 
+pub mod admin;
 pub mod consumer;
 pub mod namesrv;
 pub mod offset;
@@ -114,6 +115,12 @@ pub mod pull;
 pub mod send;
 pub mod transaction;
 
+pub use admin::{
+    ConsumeMessageDirectlyResultRequestHeader, GetConsumeStatsRequestHeader,
+    GetConsumerConnectionListRequestHeader, GetConsumerRunningInfoRequestHeader,
+    GetTopicStatsInfoRequestHeader, QueryMessageRequestHeader, QueryMessageResponseHeader,
+    ViewMessageRequestHeader, UNIQUE_KEY_QUERY,
+};
 pub use consumer::{
     ConsumerSendMsgBackRequestHeader, GetConsumerListByGroupRequestHeader,
     NotifyConsumerIdsChangedRequestHeader, UnregisterClientRequestHeader,
