@@ -28,7 +28,7 @@ pub fn heartbeat(
     if hb.client_id.is_empty() {
         return Err(SidecarError::bad_body("heartbeat body", "no clientID"));
     }
-    groups.heartbeat(conn, &hb);
+    groups.heartbeat(conn, &hb, (req.language().name(), req.version()));
     Ok(ctx.reply(req, response_code::SUCCESS, None))
 }
 

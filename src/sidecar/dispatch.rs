@@ -10,6 +10,7 @@
 //! 11 PULL, 14/15 offsets, 29/30/31, 36 SEND_BACK   pull/ (the Pull -> Pop translator)
 //! 37 END_TRANSACTION                txn.rs: the broker that stored the half message
 //! 400/401 QUERY_ASSIGNMENT, mode    assignment.rs: every virtual read queue, POP
+//! 12, 33, 202, 203, 206, 208, 307, 309   tools.rs: admin / tool requests in the virtual view
 //! anything else                     REQUEST_CODE_NOT_SUPPORTED, remark names the code
 //! ```
 //!
@@ -35,6 +36,7 @@ use super::locks::Locks;
 use super::pop;
 use super::pull::{direct, PullBridge};
 use super::send;
+use super::tools;
 use super::transparent::Transparent;
 use super::txn::Transactions;
 use crate::metrics::{Counter, Gauge};
@@ -124,6 +126,16 @@ impl SidecarCore {
                 self.pulls.offset_probe(&req, conn)
             }
             rc::CONSUMER_SEND_MSG_BACK => self.pulls.send_back(&req, conn).await,
+            rc::GET_CONSUMER_CONNECTION_LIST => tools::consumer_connections(ctx, groups, &req),
+            rc::GET_ALL_TOPIC_LIST_FROM_NAMESERVER => Ok(tools::topic_list(ctx, groups, &req)),
+            rc::GET_TOPIC_STATS_INFO => tools::topic_stats(ctx, &req).await,
+            rc::GET_CONSUME_STATS => tools::consume_stats(ctx, groups, &req).await,
+            rc::QUERY_MESSAGE => tools::query_message(ctx, &req).await,
+            rc::VIEW_MESSAGE_BY_ID => tools::view_message(ctx, &self.pulls, &req).await,
+            rc::GET_CONSUMER_RUNNING_INFO => tools::running_info(groups, &req).await,
+            rc::CONSUME_MESSAGE_DIRECTLY => {
+                tools::consume_directly(ctx, groups, &self.pulls, &req).await
+            }
             _ => Ok(req.not_supported_response(ctx.cfg.response_encoding)),
         };
         let resp = match result {

@@ -10,7 +10,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rocketmesh_filters::codec::body::{ConsumeType, HeartbeatData, MessageModel};
+use rocketmesh_filters::codec::body::{
+    Connection as ClientConnection, ConsumeType, ConsumerConnection, HeartbeatData, MessageModel,
+};
 
 use crate::remoting::Connection;
 
@@ -34,6 +36,9 @@ struct Tables {
     kinds: HashMap<String, GroupKind>,
     /// Groups that lock queues (LOCK_BATCH_MQ): orderly consumers.
     orderly: BTreeSet<String>,
+    /// Each heartbeating client's language name and version (from its command header), for
+    /// GET_CONSUMER_CONNECTION_LIST.
+    sdks: HashMap<String, (&'static str, i32)>,
 }
 
 impl Tables {
@@ -42,6 +47,8 @@ impl Tables {
         let consumers = &self.consumers;
         self.kinds.retain(|g, _| consumers.contains_key(g));
         self.orderly.retain(|g| consumers.contains_key(g));
+        let heartbeats = &self.heartbeats;
+        self.sdks.retain(|c, _| heartbeats.contains_key(c));
     }
 }
 
@@ -151,8 +158,14 @@ impl Groups {
         }
     }
 
-    /// Records a heartbeat. Returns the consumer groups that gained a member.
-    pub fn heartbeat(&self, conn: &Arc<Connection>, hb: &HeartbeatData) -> Vec<String> {
+    /// Records a heartbeat of a client written in `sdk` = (language name, version). Returns
+    /// the consumer groups that gained a member.
+    pub fn heartbeat(
+        &self,
+        conn: &Arc<Connection>,
+        hb: &HeartbeatData,
+        sdk: (&'static str, i32),
+    ) -> Vec<String> {
         let now = Instant::now();
         let mut t = self.t.lock();
         let mut joined = Vec::new();
@@ -173,6 +186,7 @@ impl Groups {
         }
         if t.heartbeats.len() < MAX_GROUPS || t.heartbeats.contains_key(&hb.client_id) {
             t.heartbeats.insert(hb.client_id.clone(), (hb.clone(), now));
+            t.sdks.insert(hb.client_id.clone(), sdk);
         }
         joined
     }
@@ -376,6 +390,76 @@ impl Groups {
             .retain(|_, (_, at)| now.duration_since(*at) <= expiry);
         t.forget_left_groups();
         changed
+    }
+
+    /// GET_CONSUMER_CONNECTION_LIST: the group's live local clients (id, address as the
+    /// sidecar sees it, language, version) and what their latest heartbeats say of the group;
+    /// None when no client of the group is connected here.
+    pub fn consumer_connection(&self, group: &str) -> Option<ConsumerConnection> {
+        let t = self.t.lock();
+        let members = t.consumers.get(group)?;
+        let mut out = ConsumerConnection::default();
+        let mut newest: Option<Instant> = None;
+        for (id, m) in members.iter().filter(|(_, m)| !m.conn.is_closed()) {
+            let (language, version) = t.sdks.get(id).copied().unwrap_or(("OTHER", 0));
+            out.connection_set.push(ClientConnection {
+                client_addr: m.conn.peer().to_string(),
+                client_id: id.clone(),
+                language: language.to_owned(),
+                version,
+            });
+            let Some((hb, at)) = t.heartbeats.get(id) else {
+                continue;
+            };
+            let Some(data) = hb.consumer_data_set.iter().find(|c| c.group_name == group) else {
+                continue;
+            };
+            // The group's settings come from the newest heartbeat; subscriptions are merged.
+            if newest.is_none_or(|n| *at >= n) {
+                newest = Some(*at);
+                out.consume_type = data.consume_type;
+                out.message_model = data.message_model;
+                out.consume_from_where = data.consume_from_where;
+            }
+            for sub in &data.subscription_data_set {
+                out.subscription_table
+                    .entry(sub.topic.clone())
+                    .or_insert_with(|| sub.clone());
+            }
+        }
+        if out.connection_set.is_empty() {
+            return None;
+        }
+        out.connection_set
+            .sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        Some(out)
+    }
+
+    /// The live downstream connection of `client` in consumer group `group`.
+    pub fn consumer(&self, group: &str, client: &str) -> Option<Arc<Connection>> {
+        let t = self.t.lock();
+        let m = t.consumers.get(group)?.get(client)?;
+        (!m.conn.is_closed()).then(|| m.conn.clone())
+    }
+
+    /// The topics a consumer group subscribes, by its clients' heartbeats (with its retry topic).
+    pub fn subscribed_topics(&self, group: &str) -> BTreeSet<String> {
+        let t = self.t.lock();
+        let Some(members) = t.consumers.get(group) else {
+            return BTreeSet::new();
+        };
+        members
+            .keys()
+            .filter_map(|id| t.heartbeats.get(id))
+            .flat_map(|(hb, _)| hb.consumer_data_set.iter())
+            .filter(|c| c.group_name == group)
+            .flat_map(|c| c.subscription_data_set.iter().map(|s| s.topic.clone()))
+            .collect()
+    }
+
+    /// The consumer groups with a member here.
+    pub fn consumer_groups(&self) -> Vec<String> {
+        self.t.lock().consumers.keys().cloned().collect()
     }
 
     /// The clients' latest heartbeats (to repeat towards brokers).

@@ -34,7 +34,8 @@ pub mod process;
 pub mod pull;
 pub mod router;
 pub mod send;
-pub mod transparent;
+pub mod tools;
+mod transparent;
 pub mod txn;
 pub mod upstream;
 

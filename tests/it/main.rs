@@ -19,6 +19,7 @@ mod interop_orderly;
 mod interop_pull_pop;
 mod interop_semantics;
 mod interop_sidecar;
+mod interop_tools;
 mod iptables;
 mod k8s;
 mod lifecycle;

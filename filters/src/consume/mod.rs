@@ -56,6 +56,7 @@ use crate::codec::pop::PopError;
 
 mod acks;
 mod handles;
+mod minted;
 mod prefetch;
 mod pull;
 mod queue;
@@ -67,6 +68,7 @@ pub mod testing;
 
 pub use acks::{batch_acks, AckBatch};
 pub use handles::{CheckpointRef, HandleAction, Outcome};
+pub use minted::{Minted, MintedIds, MAX_MINTED};
 pub use prefetch::PrefetchTicket;
 pub use pull::{PullPlan, PullReply};
 pub use queue::VQueueKey;
@@ -123,6 +125,8 @@ pub struct Translator {
     by_phys: OffsetMap<(Arc<VQueueKey>, i64)>,
     /// The next virtual commit log offset to hand out.
     next_phys: i64,
+    /// What recent virtual commit log offsets stand for (for tools).
+    minted: MintedIds,
     held: usize,
 }
 
@@ -133,8 +137,14 @@ impl Translator {
             queues: HashMap::new(),
             by_phys: OffsetMap::default(),
             next_phys: 0,
+            minted: MintedIds::default(),
             held: 0,
         }
+    }
+
+    /// The broker message behind a virtual commit log offset handed out recently.
+    pub fn minted(&self, offset: i64) -> Option<&Minted> {
+        self.minted.get(offset)
     }
 
     pub fn config(&self) -> &TranslatorConfig {

@@ -11,6 +11,7 @@ use crate::codec::message::{
 };
 use crate::codec::pop::{is_retry_topic, PopResponseInfo};
 
+use super::minted::Minted;
 use super::queue::{Held, HeldState, VQueueKey};
 use super::{ConsumeError, Translator};
 
@@ -70,6 +71,15 @@ impl Translator {
                     state,
                 },
             ));
+            self.minted.remember(
+                phys,
+                Minted {
+                    broker: shared_broker.clone(),
+                    real_commit_log_offset: rec.commit_log_offset(),
+                    topic: key.topic.clone(),
+                    virtual_queue: key.queue,
+                },
+            );
             rec.set_queue_id(key.queue);
             rec.set_queue_offset(next);
             rec.set_commit_log_offset(phys);

@@ -25,7 +25,7 @@ use rocketmesh_filters::codec::headers::{
 };
 use rocketmesh_filters::codec::RemotingCommand;
 use rocketmesh_filters::consume::{
-    ConsumeError, Outcome, PullPlan, PullReply, SendBackPlan, Translator, TranslatorConfig,
+    ConsumeError, Minted, Outcome, PullPlan, PullReply, SendBackPlan, Translator, TranslatorConfig,
     VQueueKey,
 };
 use tokio::sync::Notify;
@@ -96,6 +96,11 @@ impl PullBridge {
     /// (then group-less offset requests are answered from the virtual space).
     pub fn knows(&self, conn: u64, topic: &str, queue: i32) -> bool {
         self.t.lock().knows_queue(conn, topic, queue)
+    }
+
+    /// The broker message behind a virtual commit log offset this sidecar handed out recently.
+    pub fn minted(&self, offset: i64) -> Option<Minted> {
+        self.t.lock().minted(offset).cloned()
     }
 
     pub fn connection_closed(&self, conn: u64) {

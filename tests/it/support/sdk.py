@@ -27,7 +27,7 @@ Modes (argument 1), options as --key value:
            callback prints `HANG <body>` and blocks forever (a hung consumer: every consume thread
            ends up stuck; it never shuts down, the caller kills it).
            RESULT {"received": [{body, topic, tags, keys, props, reconsume_times, retry_topic,
-           msg_id, queue_id, queue_offset, t}], ...}
+           msg_id, queue_id, queue_offset, commit_log_offset, t}], ...}
   produce_until_failure  --namesrv A --topic T --group G [--max N] [--interval S]
            [--stop-file F] [--timeout-ms MS]
            send sync in a loop (sleeping S seconds after each OK send); prints `ACK <i>` for every
@@ -37,6 +37,7 @@ Modes (argument 1), options as --key value:
   pull_all --namesrv A --topic T --group G [--max-seconds S]
            PullConsumer: every queue of T from offset 0 to the end. RESULT {"bodies": [...]}
 """
+import ctypes
 import json
 import os
 import socket
@@ -47,6 +48,10 @@ import time
 
 from rocketmq.client import Message, Producer, PushConsumer, PullConsumer, SendStatus
 from rocketmq.ffi import dll, _CConsumeStatus, MessageModel
+
+# 64-bit, whatever the wheel's ctypes declarations say (the default restype is a C int).
+dll.GetMessageCommitLogOffset.argtypes = [ctypes.c_void_p]
+dll.GetMessageCommitLogOffset.restype = ctypes.c_longlong
 
 PROP_NAMES = ('idx', 'color', 'run')
 
@@ -184,6 +189,7 @@ def consume(o):
             'msg_id': s(dll.GetMessageId(cmsg)),
             'queue_id': dll.GetMessageQueueId(cmsg),
             'queue_offset': dll.GetMessageQueueOffset(cmsg),
+            'commit_log_offset': dll.GetMessageCommitLogOffset(cmsg),
             't': round(time.time() - t0, 3),
             'ts': time.time(),
         }

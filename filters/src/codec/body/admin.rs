@@ -26,7 +26,7 @@ const MAX_OBJECT_KEY: usize = 4096;
 pub type QueueTable<V> = BTreeMap<MessageQueue, V>;
 
 /// One queue's progress of a group (`OffsetWrapper`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OffsetWrapper {
     /// The queue's max offset on the broker.
@@ -53,7 +53,7 @@ pub struct ConsumeStats {
 }
 
 /// One queue's extent (`TopicOffset`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TopicOffset {
     /// Store time of the last message (0 when empty).
