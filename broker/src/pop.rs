@@ -13,6 +13,10 @@
 //!   drops the checkpoint. A crash in between can deliver a message twice, never lose it.
 //! * Records are returned as stored; retry records keep their retry topic, from which clients
 //!   derive the handle's retry flag (the Java client resets the topic to the one it asked for).
+//! * A pop with `order=true` is served by [`crate::pop_order`] (one consumer of the group per
+//!   queue at a time, no checkpoint, no retry topic); acks, batch-ack entries and
+//!   change-invisible requests whose handle has reviveQid 999 go there too. Everything else here
+//!   is unaware of orderly batches, as in Apache.
 
 use parking_lot::Mutex;
 use rocketmesh_filters::clock::unix_ms;

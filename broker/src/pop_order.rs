@@ -165,8 +165,8 @@ pub(crate) async fn pop(
                 // A held queue frees itself when its invisible time ends: look again then.
                 let until = match free_at {
                     Some(t) => {
-                        let wait = Duration::from_millis((t - unix_ms()).max(1) as u64);
-                        deadline.min(Instant::now() + wait)
+                        let ms = t.saturating_sub(unix_ms()).max(1) as u64;
+                        deadline.min(Instant::now() + Duration::from_millis(ms).min(MAX_POLL))
                     }
                     None => deadline,
                 };

@@ -217,6 +217,22 @@ async fn second_orderly_popper_waits_until_the_first_acks() {
     assert_eq!(a.queue_count(), Some(0));
     assert_eq!(b.orderly_batches(), 1);
     seen.extend(a.offsets());
+    // an offset the batch does not hold is refused, as Apache does
+    let mut wrong = a.msgs[0].handle.clone();
+    wrong.queue_offset = 5;
+    let h = AckMessageRequestHeader {
+        consumer_group: GROUP.into(),
+        topic: topic.into(),
+        queue_id: 0,
+        offset: 5,
+        extra_info: wrong.to_extra_info(),
+        bname: None,
+    };
+    let resp = first
+        .invoke(RemotingCommand::request_with_header(rc::ACK_MESSAGE, &h), T)
+        .await
+        .unwrap();
+    assert_eq!(resp.code(), response_code::MESSAGE_ILLEGAL);
 
     // held: the second popper gets nothing from the queue, even with the first half acked
     assert!(pop(&second, topic, true, 3, 30_000, 0)
@@ -441,5 +457,58 @@ async fn non_orderly_pop_of_the_group_ignores_the_orderly_batch() {
     let next = pop(&orderly, topic, true, 2, 2_000, 5_000).await;
     assert!(started.elapsed() < Duration::from_secs(4));
     assert_eq!(next.offsets(), vec![5]);
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_sends_an_exhausted_orderly_message_to_the_dlq_and_acks_it() {
+    // Apache's broker never moves an orderly message to the DLQ; the consumer does once the
+    // count reaches its maximum (here 1), then acks it, and the queue goes on.
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    let topic = "OrderE";
+    let c = client(&b).await;
+    create_topic(&c, topic).await;
+    send(&c, topic, 2).await;
+    let first = pop(&c, topic, true, 1, 1_000, 0).await;
+    assert_eq!(first.offsets(), vec![0]);
+    let again = pop(&c, topic, true, 1, 1_000, 5_000).await;
+    assert_eq!(again.offsets(), vec![0]);
+    assert_eq!(again.reconsumes(), vec![1]);
+    let p = &again.msgs[0];
+    let h = ConsumerSendMsgBackRequestHeader {
+        offset: p.msg.commit_log_offset,
+        group: GROUP.into(),
+        delay_level: -1,
+        origin_topic: Some(topic.into()),
+        max_reconsume_times: Some(1),
+        ..ConsumerSendMsgBackRequestHeader::default()
+    };
+    let resp = c
+        .invoke(
+            RemotingCommand::request_with_header(rc::CONSUMER_SEND_MSG_BACK, &h),
+            T,
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.code(), response_code::SUCCESS, "{:?}", resp.remark());
+    ack(&c, topic, p).await;
+    let h = GetMaxOffsetRequestHeader {
+        topic: format!("%DLQ%{GROUP}"),
+        queue_id: 0,
+        ..GetMaxOffsetRequestHeader::default()
+    };
+    let resp = c
+        .invoke(
+            RemotingCommand::request_with_header(rc::GET_MAX_OFFSET, &h),
+            T,
+        )
+        .await
+        .unwrap();
+    let max: OffsetResponseHeader = resp.decode_header().unwrap();
+    assert_eq!(max.offset, 1, "one message in the DLQ");
+    let next = pop(&c, topic, true, 1, 1_000, 0).await;
+    assert_eq!(next.offsets(), vec![1]);
+    assert_eq!(next.reconsumes(), vec![0]);
     b.shutdown().await;
 }
