@@ -4,6 +4,8 @@
 //! * [`store`]: commit log, consume queues, consumer offsets, pop checkpoints, flush and recovery.
 //! * [`processor`]: one function per request code.
 //! * [`pop`]: POP / ACK / CHANGE_INVISIBLETIME and the revive service.
+//! * [`pop_order`], [`order_info`]: orderly Pop (`order=true`): one consumer of a group at a time
+//!   per queue, the same offsets again after the invisible time, persisted order state.
 //! * [`assignment`]: QUERY_ASSIGNMENT / SET_MESSAGE_REQUEST_MODE (5.x server-side balancing).
 //! * [`schedule`]: delay levels (send-back retries, `DELAY` messages).
 //! * [`topics`], [`clients`], [`long_poll`], [`register`]: topic table, client table, parked
@@ -22,7 +24,9 @@ pub mod clients;
 pub mod locks;
 pub mod long_poll;
 pub mod metrics;
+pub mod order_info;
 pub mod pop;
+pub mod pop_order;
 pub mod processor;
 pub mod register;
 pub mod schedule;
@@ -132,6 +136,8 @@ pub struct Broker {
     pub(crate) modes: assignment::RequestModes,
     pub(crate) locks: locks::QueueLocks,
     pub(crate) pop: pop::PopState,
+    /// Orderly-pop batches per (group, topic, queue), persisted.
+    pub(crate) pop_order: Arc<order_info::OrderTable>,
     pub(crate) metrics: BrokerMetrics,
     /// Fires when the drain begins: parked long polls answer at once.
     pub(crate) draining: CancellationToken,
@@ -164,6 +170,11 @@ impl BrokerHandle {
     /// Pop checkpoints not yet fully acked: what revive would still bring back.
     pub fn pop_checkpoints(&self) -> usize {
         self.broker.store.pop().len()
+    }
+
+    /// Queues with an orderly-pop batch not yet fully acked.
+    pub fn orderly_batches(&self) -> usize {
+        self.broker.pop_order.len()
     }
 
     /// Completes once a registration with the nameserver has succeeded (at once for a
@@ -320,10 +331,16 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, StartError>
         topics.ensure(t, 4)?;
     }
     let modes = assignment::RequestModes::open(&config.data_dir)?;
+    let pop_order =
+        order_info::OrderTable::open(&config.data_dir).map_err(|source| StartError::Store {
+            dir: config.data_dir.clone(),
+            source,
+        })?;
     let background = Drain::new();
     let broker = Arc::new(Broker {
         store_host,
         pop: pop::PopState::default(),
+        pop_order: Arc::new(pop_order),
         config,
         store,
         topics,

@@ -13,6 +13,10 @@
 //!   drops the checkpoint. A crash in between can deliver a message twice, never lose it.
 //! * Records are returned as stored; retry records keep their retry topic, from which clients
 //!   derive the handle's retry flag (the Java client resets the topic to the one it asked for).
+//! * A pop with `order=true` is served by [`crate::pop_order`] (one consumer of the group per
+//!   queue at a time, no checkpoint, no retry topic); acks, batch-ack entries and
+//!   change-invisible requests whose handle has reviveQid 999 go there too. Everything else here
+//!   is unaware of orderly batches, as in Apache.
 
 use parking_lot::Mutex;
 use rocketmesh_filters::clock::unix_ms;
@@ -31,7 +35,7 @@ use rocketmesh_filters::codec::headers::{
 use rocketmesh_filters::codec::message::{decode_record, property_keys};
 use rocketmesh_filters::codec::pop::{
     build_msg_offset_info, build_start_offset_info, dlq_topic, parse_pop_retry_topic,
-    pop_retry_topic_v1, PopHandle, RetryFlag,
+    pop_retry_topic_v1, PopHandle, RetryFlag, POP_ORDER_REVIVE_QUEUE,
 };
 use rocketmesh_filters::codec::RemotingCommand;
 use tokio_util::sync::CancellationToken;
@@ -60,7 +64,7 @@ const REVIVE_TICK: Duration = Duration::from_millis(500);
 /// Per-broker Pop state that is not persisted.
 #[derive(Debug, Default)]
 pub struct PopState {
-    counter: AtomicU64,
+    pub(crate) counter: AtomicU64,
     /// Queues being popped right now, by (group, topic, queue): reading a queue's pop position,
     /// reading messages and advancing the position must not interleave between two pops, or both
     /// would hand out the same messages.
@@ -70,7 +74,12 @@ pub struct PopState {
 impl PopState {
     /// Claims a queue for one pop; `None` when another pop holds it (the caller skips the queue,
     /// as a Java broker does).
-    fn try_lock(&self, group: &str, topic: &str, queue_id: i32) -> Option<QueueLock<'_>> {
+    pub(crate) fn try_lock(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: i32,
+    ) -> Option<QueueLock<'_>> {
         let key = (group.to_owned(), topic.to_owned(), queue_id);
         let mut busy = self.busy.lock();
         // `then`, not `then_some`: a lock built and dropped on contention would release the
@@ -81,7 +90,7 @@ impl PopState {
 }
 
 /// A claimed queue; released on drop.
-struct QueueLock<'a> {
+pub(crate) struct QueueLock<'a> {
     state: &'a PopState,
     key: (String, String, i32),
 }
@@ -139,6 +148,9 @@ pub(crate) async fn pop(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingComma
     };
     let invisible = h.invisible_time.clamp(MIN_INVISIBLE, MAX_INVISIBLE);
     let filter = tag_filter(Some(&sub));
+    if h.order == Some(true) {
+        return super::pop_order::pop(b, req, &h, &cfg, filter.as_deref(), invisible).await;
+    }
     let retry_topic = pop_retry_topic_v1(&h.consumer_group, &h.topic);
     let poll = Duration::from_millis(h.poll_time.max(0) as u64).min(MAX_POLL);
     let deadline = Instant::now() + poll;
@@ -403,7 +415,7 @@ fn checked_handle(
 }
 
 /// ACK_MESSAGE.
-pub(crate) fn ack(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
+pub(crate) async fn ack(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
     let h: AckMessageRequestHeader = match header(b, req, code::INVALID_PARAMETER) {
         Ok(h) => h,
         Err(resp) => return resp,
@@ -412,6 +424,9 @@ pub(crate) fn ack(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
         Ok(handle) => handle,
         Err(resp) => return resp,
     };
+    if handle.is_order() {
+        return super::pop_order::ack(b, req, &h, &handle).await;
+    }
     match b
         .store
         .pop()
@@ -427,12 +442,16 @@ pub(crate) fn ack(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
 }
 
 /// BATCH_ACK_MESSAGE.
-pub(crate) fn batch_ack(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
+pub(crate) async fn batch_ack(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
     let body = match BatchAckMessageRequestBody::parse(req.body()) {
         Ok(body) => body,
         Err(e) => return error(b, req, code::INVALID_PARAMETER, e.to_string()),
     };
-    for a in &body.acks {
+    let (orderly, acks): (Vec<_>, Vec<_>) = body
+        .acks
+        .iter()
+        .partition(|a| a.revive_queue_id == POP_ORDER_REVIVE_QUEUE);
+    for a in acks {
         let retry = RetryFlag::parse(&a.retry).unwrap_or(RetryFlag::Normal);
         let real_topic = match retry {
             RetryFlag::Normal => a.topic.clone(),
@@ -455,11 +474,16 @@ pub(crate) fn batch_ack(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
         }
         b.metrics.acks.increment(n);
     }
+    if !orderly.is_empty() {
+        if let Err(remark) = super::pop_order::batch_ack(b, &orderly).await {
+            return error(b, req, code::MESSAGE_ILLEGAL, remark);
+        }
+    }
     reply(b, req, code::SUCCESS)
 }
 
 /// CHANGE_MESSAGE_INVISIBLETIME.
-pub(crate) fn change_invisible(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
+pub(crate) async fn change_invisible(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
     let h: ChangeInvisibleTimeRequestHeader = match header(b, req, code::INVALID_PARAMETER) {
         Ok(h) => h,
         Err(resp) => return resp,
@@ -470,6 +494,9 @@ pub(crate) fn change_invisible(b: &Broker, req: &RemotingCommand) -> RemotingCom
     };
     let now = unix_ms();
     let invisible = h.invisible_time.clamp(0, MAX_INVISIBLE);
+    if handle.is_order() {
+        return super::pop_order::change_invisible(b, req, &h, &handle, invisible).await;
+    }
     let key = key_of(&handle, &h.consumer_group, &h.topic);
     match b
         .store
