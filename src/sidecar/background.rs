@@ -145,15 +145,26 @@ async fn relay_one(core: &SidecarCore, r: BrokerRequest) {
         conn.notify(cmd);
         return;
     }
-    match conn.invoke(cmd.clone(), Duration::from_secs(5)).await {
+    // A broker asking a client (GET_CONSUMER_RUNNING_INFO, CONSUME_MESSAGE_DIRECTLY for a tool)
+    // waits 10 s and then answers CONSUME_MSG_TIMEOUT; so does the relay.
+    let (wait, timeout_code) = match code {
+        rc::GET_CONSUMER_RUNNING_INFO | rc::CONSUME_MESSAGE_DIRECTLY => {
+            (Duration::from_secs(10), response_code::CONSUME_MSG_TIMEOUT)
+        }
+        _ => (Duration::from_secs(5), response_code::SYSTEM_ERROR),
+    };
+    match conn.invoke(cmd.clone(), wait).await {
         Some(mut resp) => {
             resp.set_opaque(opaque);
             let _ = client.respond(resp).await;
         }
         None => {
             let resp = cmd
-                .response_to(response_code::SYSTEM_ERROR, ResponseEncoding::Json)
-                .with_remark("the client did not answer within 5 s");
+                .response_to(timeout_code, ResponseEncoding::Json)
+                .with_remark(format!(
+                    "the client did not answer within {} s",
+                    wait.as_secs()
+                ));
             let _ = client.respond(resp).await;
         }
     }
