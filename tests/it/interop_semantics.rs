@@ -166,3 +166,88 @@ fn a_pull_consumer_reads_real_queues_rereads_from_zero_and_empty_queues_answer_a
         again.len()
     );
 }
+
+/// The same semantics directly against one broker node (no sidecar): what the sidecar cases
+/// above are measured against.
+#[test]
+fn broadcasting_and_pull_consumers_directly_against_a_broker() {
+    const TOPIC: &str = "InteropSemanticsDirect";
+    const N: usize = 100;
+    python();
+    let dir = work_dir("semantics-direct");
+    let b = BrokerProc::start(&dir, "data", "127.0.0.1:0", &[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(create_topic(b.addr, TOPIC, QUEUES));
+    let pull_all = || {
+        let t = Instant::now();
+        let r = py_run(
+            &dir,
+            "pull_all",
+            &[
+                ("namesrv", b.namesrv()),
+                ("topic", TOPIC.into()),
+                ("group", "CG_PullDirect".into()),
+                ("max_seconds", "60".into()),
+            ],
+            Duration::from_secs(90),
+        );
+        assert!(!r["timed_out"].as_bool().unwrap(), "pull_all timed out");
+        (bodies(&r, "bodies"), t.elapsed())
+    };
+    let (empty, took) = pull_all();
+    assert!(empty.is_empty(), "{empty:?}");
+    assert!(took < Duration::from_secs(8), "empty queues took {took:?}");
+
+    let stop = dir.join("broadcast.stop");
+    let mut consumers: Vec<Py> = (0..2)
+        .map(|_| {
+            py_start(
+                &dir,
+                "consume",
+                &[
+                    ("namesrv", b.namesrv()),
+                    ("topic", TOPIC.into()),
+                    ("group", "CG_BroadcastDirect".into()),
+                    ("model", "broadcasting".into()),
+                    ("expect", N.to_string()),
+                    ("max_seconds", "90".into()),
+                    ("settle", "1".into()),
+                    ("stop_file", stop.display().to_string()),
+                ],
+            )
+        })
+        .collect();
+    for c in &mut consumers {
+        let started = (0..60).any(|_| {
+            c.next_line(Duration::from_secs(1))
+                .is_some_and(|l| l.contains("consumer started"))
+        });
+        assert!(started, "a broadcasting consumer did not start");
+    }
+    // Broadcasting consumers start at the queues' max offsets, read when they rebalance.
+    std::thread::sleep(Duration::from_secs(4));
+    let produced = produce_with(&dir, &b.namesrv(), TOPIC, "bd", plan(N, 0, 0, 0.0));
+    let sent: BTreeSet<String> = bodies(&produced, "sent").into_iter().collect();
+    for (i, c) in consumers.into_iter().enumerate() {
+        let got: BTreeSet<String> = bodies(&c.result(Duration::from_secs(120)), "received")
+            .into_iter()
+            .collect();
+        assert_eq!(
+            got,
+            sent,
+            "broadcasting consumer {i} got {} of {N}",
+            got.len()
+        );
+    }
+    std::fs::write(&stop, b"stop").unwrap();
+    let (first, _) = pull_all();
+    let (again, _) = pull_all();
+    for (what, got) in [("first read", &first), ("second read from 0", &again)] {
+        let set: BTreeSet<String> = got.iter().cloned().collect();
+        assert_eq!(got.len(), set.len(), "{what}: duplicates");
+        assert_eq!(set, sent, "{what}: {} of {N}", set.len());
+    }
+}
