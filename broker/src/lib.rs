@@ -4,6 +4,8 @@
 //! * [`store`]: commit log, consume queues, consumer offsets, pop checkpoints, flush and recovery.
 //! * [`processor`]: one function per request code.
 //! * [`pop`]: POP / ACK / CHANGE_INVISIBLETIME and the revive service.
+//! * [`admin`], [`runtime`]: what tools ask (view / query messages, topic and consume stats,
+//!   consumer connections, calls to consumers, runtime info, topic config).
 //! * [`assignment`]: QUERY_ASSIGNMENT / SET_MESSAGE_REQUEST_MODE (5.x server-side balancing).
 //! * [`schedule`]: delay levels (send-back retries, `DELAY` messages).
 //! * [`topics`], [`clients`], [`long_poll`], [`register`]: topic table, client table, parked
@@ -17,6 +19,7 @@
 //! registration) are awaited through one [`Drain`], and the store is flushed and closed.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod assignment;
 pub mod clients;
 pub mod locks;
@@ -25,6 +28,7 @@ pub mod metrics;
 pub mod pop;
 pub mod processor;
 pub mod register;
+pub mod runtime;
 pub mod schedule;
 pub mod store;
 pub mod topics;
@@ -92,6 +96,11 @@ pub struct BrokerConfig {
     /// An orderly consumer's queue lock expires this long after its last renewal (Apache's
     /// `REBALANCE_LOCK_MAX_LIVE_TIME`: 60 s; consumers renew every 20 s).
     pub lock_expiry: Duration,
+    /// How long GET_CONSUMER_RUNNING_INFO / CONSUME_MESSAGE_DIRECTLY wait for the consumer
+    /// (Apache: 10 s) before answering CONSUME_MSG_TIMEOUT.
+    pub call_consumer_timeout: Duration,
+    /// Most entries of the message index behind QUERY_MESSAGE (see [`store::index`]).
+    pub index_max_entries: usize,
 }
 
 impl BrokerConfig {
@@ -116,6 +125,8 @@ impl BrokerConfig {
             register_interval: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(5),
             lock_expiry: Duration::from_secs(60),
+            call_consumer_timeout: Duration::from_secs(10),
+            index_max_entries: store::index::DEFAULT_INDEX_MAX_ENTRIES,
         }
     }
 }
@@ -133,6 +144,8 @@ pub struct Broker {
     pub(crate) locks: locks::QueueLocks,
     pub(crate) pop: pop::PopState,
     pub(crate) metrics: BrokerMetrics,
+    /// Boot time and sampled rates (GET_BROKER_RUNTIME_INFO).
+    pub(crate) runtime: runtime::RuntimeStats,
     /// Fires when the drain begins: parked long polls answer at once.
     pub(crate) draining: CancellationToken,
     /// Whether a registration with the nameserver has succeeded since start.
@@ -305,6 +318,7 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, StartError>
             FlushMode::default()
         },
         max_message_size: config.max_message_size,
+        index_max_entries: config.index_max_entries,
         ..StoreConfig::new(config.data_dir.clone())
     })
     .map_err(|source| StartError::Store {
@@ -331,6 +345,7 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, StartError>
         modes,
         locks: locks::QueueLocks::default(),
         metrics,
+        runtime: runtime::RuntimeStats::new(),
         draining: background.draining_token(),
         registered: tokio::sync::watch::Sender::new(false),
     });
@@ -351,6 +366,7 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, StartError>
     background.spawn(expire_clients(broker.clone(), stop.clone()));
     background.spawn(schedule::run(broker.clone(), stop.clone()));
     background.spawn(pop::revive(broker.clone(), stop.clone()));
+    background.spawn(runtime::sample(broker.clone(), stop.clone()));
     if let Some(namesrv) = broker.config.namesrv.clone() {
         background.spawn(register::run(broker.clone(), namesrv, stop));
     }

@@ -259,10 +259,7 @@ impl MessageIndex {
         while pos + 8 <= to {
             let chunk = log.read(pos, REBUILD_CHUNK.min(to - pos))?;
             let mut at = 0usize;
-            loop {
-                let Some(hdr) = chunk.get(at..at + 8) else {
-                    break;
-                };
+            while let Some(hdr) = chunk.get(at..at + 8) {
                 let size = i32::from_be_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
                 let magic = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
                 if magic != MAGIC_CODE_V1 && magic != MAGIC_CODE_V2 {
