@@ -78,6 +78,12 @@ impl Inner {
             prev: self.buckets[b],
         };
         if self.entries.len() < self.capacity {
+            let len = self.entries.len();
+            if len == self.entries.capacity() {
+                // Grow by doubling, but never past the capacity.
+                let want = (len * 2).max(1024).min(self.capacity);
+                self.entries.reserve_exact(want - len);
+            }
             self.entries.push(e);
         } else {
             let slot = (seq % self.capacity as u64) as usize;
