@@ -245,20 +245,30 @@ async fn query_message_by_key_and_unique_key_survives_a_restart() {
     b.shutdown().await;
 }
 
+/// Three messages on queue 0 and one on queue 2 of [`TOPIC`] (4 queues): their send headers.
+async fn stats_setup(c: &RemotingClient) -> Vec<SendMessageResponseHeader> {
+    let mut q0 = Vec::new();
+    for i in 0..3 {
+        q0.push(send(c, 0, "k", &format!("U{i}"), "x").await);
+    }
+    send(c, 2, "k", "U9", "y").await;
+    q0
+}
+
+async fn store_time(c: &RemotingClient, offset: i64) -> i64 {
+    records(&call(c, view(offset)).await)[0].store_timestamp
+}
+
+fn q(id: i32) -> MessageQueue {
+    MessageQueue::new(TOPIC, "broker-a", id)
+}
+
 #[tokio::test]
-async fn topic_stats_and_consume_stats_follow_sends_and_commits() {
+async fn topic_stats_info_reports_each_write_queue() {
     let dir = tempfile::tempdir().unwrap();
     let b = start(dir.path(), |_| {}).await;
     let c = connect(&b).await;
-    let mut q0 = Vec::new();
-    for i in 0..3 {
-        q0.push(send(&c, 0, "k", &format!("U{i}"), "x").await);
-    }
-    send(&c, 2, "k", "U9", "y").await;
-    let store_time = |c: RemotingClient, offset: i64| async move {
-        records(&call(&c, view(offset)).await)[0].store_timestamp
-    };
-
+    let q0 = stats_setup(&c).await;
     let req = RemotingCommand::request_with_header(
         rc::GET_TOPIC_STATS_INFO,
         &GetTopicStatsInfoRequestHeader {
@@ -269,8 +279,7 @@ async fn topic_stats_and_consume_stats_follow_sends_and_commits() {
     assert_eq!(resp.code(), response_code::SUCCESS);
     let stats = TopicStatsTable::parse(resp.body()).unwrap();
     assert_eq!(stats.offset_table.len(), 4);
-    let q = |id| MessageQueue::new(TOPIC, "broker-a", id);
-    let last0 = store_time(c.clone(), offset_of(&q0[2])).await;
+    let last0 = store_time(&c, offset_of(&q0[2])).await;
     assert_eq!(
         (
             stats.offset_table[&q(0)].min_offset,
@@ -295,6 +304,15 @@ async fn topic_stats_and_consume_stats_follow_sends_and_commits() {
         "topic[NoSuchTopic] not exist",
     );
 
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn consume_stats_report_broker_and_committed_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start(dir.path(), |_| {}).await;
+    let c = connect(&b).await;
+    let q0 = stats_setup(&c).await;
     // The group committed 2 on queue 0.
     let commit = UpdateConsumerOffsetRequestHeader {
         consumer_group: GROUP.into(),
@@ -309,7 +327,7 @@ async fn topic_stats_and_consume_stats_follow_sends_and_commits() {
     )
     .await;
     assert_eq!(resp.code(), response_code::SUCCESS);
-    let last_consumed = store_time(c.clone(), offset_of(&q0[1])).await;
+    let last_consumed = store_time(&c, offset_of(&q0[1])).await;
     for topic in [Some(TOPIC.to_owned()), None, Some(String::new())] {
         let req = RemotingCommand::request_with_header(
             rc::GET_CONSUME_STATS,
@@ -514,7 +532,7 @@ async fn a_consumer_that_never_answers_times_out() {
 }
 
 #[tokio::test]
-async fn runtime_info_and_topic_config() {
+async fn runtime_info_is_a_kv_table_of_the_brokers_figures() {
     let dir = tempfile::tempdir().unwrap();
     let b = start(dir.path(), |_| {}).await;
     let c = connect(&b).await;
@@ -545,6 +563,15 @@ async fn runtime_info_and_topic_config() {
         kv["runtime"]
     );
 
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn topic_config_is_answered_and_unknown_codes_are_not_supported() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start(dir.path(), |_| {}).await;
+    let c = connect(&b).await;
+    send(&c, 0, "k", "U1", "one").await;
     let topic_config = |topic: &str| {
         let mut req = RemotingCommand::request(rc::GET_TOPIC_CONFIG);
         req.ext_mut().insert("topic", topic);
