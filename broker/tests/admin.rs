@@ -588,6 +588,33 @@ async fn topic_config_is_answered_and_unknown_codes_are_not_supported() {
         "No topic in this broker. topic: Nope",
     );
 
+    // Every admin request without its header: SYSTEM_ERROR naming a field, never a panic.
+    for code in [
+        rc::QUERY_MESSAGE,
+        rc::VIEW_MESSAGE_BY_ID,
+        rc::GET_TOPIC_STATS_INFO,
+        rc::GET_CONSUMER_CONNECTION_LIST,
+        rc::GET_CONSUME_STATS,
+        rc::GET_CONSUMER_RUNNING_INFO,
+        rc::CONSUME_MESSAGE_DIRECTLY,
+        rc::GET_TOPIC_CONFIG,
+    ] {
+        let resp = call(&c, RemotingCommand::request(code)).await;
+        assert_eq!(resp.code(), response_code::SYSTEM_ERROR, "code {code}");
+        assert!(!resp.remark().unwrap_or("").is_empty(), "code {code}");
+    }
+    let mut bad_id = directly_req("c", "not-an-id");
+    assert_eq!(
+        call(&c, bad_id.clone()).await.code(),
+        response_code::SYSTEM_ERROR
+    );
+    bad_id.ext_mut().remove("msgId");
+    assert_error(
+        &call(&c, bad_id).await,
+        response_code::SYSTEM_ERROR,
+        "missing msgId",
+    );
+
     // Codes the broker does not know keep REQUEST_CODE_NOT_SUPPORTED.
     assert_error(
         &call(
