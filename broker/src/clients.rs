@@ -14,8 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rocketmesh_filters::codec::body::{
-    java_string_hash, ConsumeFromWhere, ConsumeType, HeartbeatData, MessageModel, SubscriptionData,
+    java_string_hash, ConsumeFromWhere, ConsumeType, ConsumerConnection, HeartbeatData,
+    MessageModel, SubscriptionData,
 };
+use rocketmesh_filters::codec::codes::LanguageCode;
+use rocketmesh_filters::codec::RemotingCommand;
 
 use rocketmesh_remoting::Connection;
 
@@ -26,11 +29,32 @@ pub const MAX_GROUPS: usize = 100_000;
 /// Most members per group.
 pub const MAX_MEMBERS_PER_GROUP: usize = 10_000;
 
+/// Who sent a heartbeat: the command's `language` and `version` (shown by
+/// GET_CONSUMER_CONNECTION_LIST).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientMeta {
+    /// The client's language.
+    pub language: LanguageCode,
+    /// The client's version ordinal.
+    pub version: i32,
+}
+
+impl ClientMeta {
+    /// The sender of `cmd`.
+    pub fn of(cmd: &RemotingCommand) -> Self {
+        Self {
+            language: cmd.language(),
+            version: cmd.version(),
+        }
+    }
+}
+
 /// One member of a group.
 #[derive(Debug, Clone)]
 struct Member {
     conn: Arc<Connection>,
     last_seen: Instant,
+    meta: ClientMeta,
 }
 
 #[derive(Debug, Default)]
@@ -76,7 +100,12 @@ impl ClientTable {
     }
 
     /// Registers a heartbeat; returns the consumer groups whose membership changed.
-    pub fn heartbeat(&self, conn: &Arc<Connection>, hb: &HeartbeatData) -> Vec<String> {
+    pub fn heartbeat(
+        &self,
+        conn: &Arc<Connection>,
+        hb: &HeartbeatData,
+        meta: ClientMeta,
+    ) -> Vec<String> {
         let now = Instant::now();
         let mut inner = self.inner.lock();
         let mut changed = Vec::new();
@@ -91,6 +120,7 @@ impl ClientTable {
                     Member {
                         conn: conn.clone(),
                         last_seen: now,
+                        meta,
                     },
                 );
             }
@@ -111,6 +141,7 @@ impl ClientTable {
             let member = Member {
                 conn: conn.clone(),
                 last_seen: now,
+                meta,
             };
             let room = group.members.len() < MAX_MEMBERS_PER_GROUP;
             match group.members.get_mut(&hb.client_id) {
@@ -231,6 +262,59 @@ impl ClientTable {
     /// Every consumer group name.
     pub fn consumer_groups(&self) -> Vec<String> {
         let mut v: Vec<_> = self.inner.lock().consumers.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// GET_CONSUMER_CONNECTION_LIST: the group's members and settings; `None` when the group
+    /// has no member.
+    pub fn consumer_connection(&self, group: &str) -> Option<ConsumerConnection> {
+        let inner = self.inner.lock();
+        let g = inner
+            .consumers
+            .get(group)
+            .filter(|g| !g.members.is_empty())?;
+        Some(ConsumerConnection {
+            connection_set: g
+                .members
+                .iter()
+                .map(|(id, m)| rocketmesh_filters::codec::body::Connection {
+                    client_addr: m.conn.peer().to_string(),
+                    client_id: id.clone(),
+                    language: m.meta.language.name().to_owned(),
+                    version: m.meta.version,
+                })
+                .collect(),
+            consume_from_where: g.consume_from_where.unwrap_or_default(),
+            consume_type: g.consume_type.unwrap_or_default(),
+            message_model: g.message_model.unwrap_or_default(),
+            subscription_table: g
+                .subscriptions
+                .iter()
+                .map(|(t, s)| (t.clone(), s.clone()))
+                .collect(),
+        })
+    }
+
+    /// The connection of member `client_id` of `group` (the broker's calls to a consumer).
+    pub fn consumer_member(&self, group: &str, client_id: &str) -> Option<Arc<Connection>> {
+        self.inner
+            .lock()
+            .consumers
+            .get(group)
+            .and_then(|g| g.members.get(client_id))
+            .map(|m| m.conn.clone())
+    }
+
+    /// Topics the group subscribes to, sorted (empty for an unknown group).
+    pub fn subscribed_topics(&self, group: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .inner
+            .lock()
+            .consumers
+            .get(group)
+            .map(|g| g.subscriptions.keys().cloned().collect())
+            .unwrap_or_default();
         v.sort();
         v
     }

@@ -6,6 +6,8 @@
 //! * [`pop`]: POP / ACK / CHANGE_INVISIBLETIME and the revive service.
 //! * [`pop_order`], [`order_info`]: orderly Pop (`order=true`): one consumer of a group at a time
 //!   per queue, the same offsets again after the invisible time, persisted order state.
+//! * [`admin`], [`runtime`]: what tools ask (view / query messages, topic and consume stats,
+//!   consumer connections, calls to consumers, runtime info, topic config).
 //! * [`assignment`]: QUERY_ASSIGNMENT / SET_MESSAGE_REQUEST_MODE (5.x server-side balancing).
 //! * [`schedule`]: delay levels (send-back retries, `DELAY` messages).
 //! * [`topics`], [`clients`], [`long_poll`], [`register`]: topic table, client table, parked
@@ -19,6 +21,7 @@
 //! registration) are awaited through one [`Drain`], and the store is flushed and closed.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod assignment;
 pub mod clients;
 pub mod locks;
@@ -29,6 +32,7 @@ pub mod pop;
 pub mod pop_order;
 pub mod processor;
 pub mod register;
+pub mod runtime;
 pub mod schedule;
 pub mod store;
 pub mod topics;
@@ -96,6 +100,11 @@ pub struct BrokerConfig {
     /// An orderly consumer's queue lock expires this long after its last renewal (Apache's
     /// `REBALANCE_LOCK_MAX_LIVE_TIME`: 60 s; consumers renew every 20 s).
     pub lock_expiry: Duration,
+    /// How long GET_CONSUMER_RUNNING_INFO / CONSUME_MESSAGE_DIRECTLY wait for the consumer
+    /// (Apache: 10 s) before answering CONSUME_MSG_TIMEOUT.
+    pub call_consumer_timeout: Duration,
+    /// Most entries of the message index behind QUERY_MESSAGE (see [`store::index`]).
+    pub index_max_entries: usize,
 }
 
 impl BrokerConfig {
@@ -120,6 +129,8 @@ impl BrokerConfig {
             register_interval: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(5),
             lock_expiry: Duration::from_secs(60),
+            call_consumer_timeout: Duration::from_secs(10),
+            index_max_entries: store::index::DEFAULT_INDEX_MAX_ENTRIES,
         }
     }
 }
@@ -139,6 +150,8 @@ pub struct Broker {
     /// Orderly-pop batches per (group, topic, queue), persisted.
     pub(crate) pop_order: Arc<order_info::OrderTable>,
     pub(crate) metrics: BrokerMetrics,
+    /// Boot time and sampled rates (GET_BROKER_RUNTIME_INFO).
+    pub(crate) runtime: runtime::RuntimeStats,
     /// Fires when the drain begins: parked long polls answer at once.
     pub(crate) draining: CancellationToken,
     /// Whether a registration with the nameserver has succeeded since start.
@@ -316,6 +329,7 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, StartError>
             FlushMode::default()
         },
         max_message_size: config.max_message_size,
+        index_max_entries: config.index_max_entries,
         ..StoreConfig::new(config.data_dir.clone())
     })
     .map_err(|source| StartError::Store {
@@ -348,6 +362,7 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, StartError>
         modes,
         locks: locks::QueueLocks::default(),
         metrics,
+        runtime: runtime::RuntimeStats::new(),
         draining: background.draining_token(),
         registered: tokio::sync::watch::Sender::new(false),
     });
@@ -368,6 +383,7 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, StartError>
     background.spawn(expire_clients(broker.clone(), stop.clone()));
     background.spawn(schedule::run(broker.clone(), stop.clone()));
     background.spawn(pop::revive(broker.clone(), stop.clone()));
+    background.spawn(runtime::sample(broker.clone(), stop.clone()));
     if let Some(namesrv) = broker.config.namesrv.clone() {
         background.spawn(register::run(broker.clone(), namesrv, stop));
     }

@@ -76,6 +76,7 @@ impl Handler for BrokerHandler {
             rc::LOCK_BATCH_MQ => super::locks::lock_batch(b, &req),
             rc::UNLOCK_BATCH_MQ => super::locks::unlock_batch(b, &req),
             rc::SET_MESSAGE_REQUEST_MODE => super::assignment::set_mode(b, &req),
+            c if super::admin::handles(c) => super::admin::handle(b, &req).await,
             rc::END_TRANSACTION => {
                 // Transactions are not supported; a oneway END_TRANSACTION needs no answer.
                 not_supported(b, &req)
@@ -549,7 +550,9 @@ fn heartbeat(b: &Arc<Broker>, req: &RemotingCommand, conn: &Arc<Connection>) -> 
             tracing::warn!(group = %c.group_name, "cannot create the retry topic: {e}");
         }
     }
-    let changed = b.clients.heartbeat(conn, &hb);
+    let changed = b
+        .clients
+        .heartbeat(conn, &hb, super::clients::ClientMeta::of(req));
     b.notify_groups(&changed);
     reply(b, req, code::SUCCESS)
 }

@@ -200,8 +200,8 @@ fn somaxconn() -> usize {
 }
 
 pub use server::{
-    serve, serve_until, Admission, ConnTimeout, Connection, Handler, RequestSlot, Server,
-    ServerConfig,
+    serve, serve_until, Admission, ConnTimeout, Connection, Handler, RequestError, RequestSlot,
+    Server, ServerConfig, MAX_PENDING_REQUESTS,
 };
 
 #[cfg(test)]

@@ -237,26 +237,83 @@ impl Connection {
         }
     }
 
-    /// Sends a request to the client and waits for its response.
+    /// Sends a request to the client and waits for its response; `None` on any failure (see
+    /// [`Connection::request`] for the reasons).
     pub async fn invoke(&self, cmd: RemotingCommand, timeout: Duration) -> Option<RemotingCommand> {
+        self.request(cmd, timeout).await.ok()
+    }
+
+    /// Sends a request to the client and waits up to `timeout` (queueing included) for its
+    /// response. At most [`MAX_PENDING_REQUESTS`] requests wait on one connection; an entry
+    /// leaves the pending table when its response arrives, when the wait times out or is
+    /// cancelled, and when the connection closes.
+    pub async fn request(
+        &self,
+        cmd: RemotingCommand,
+        timeout: Duration,
+    ) -> Result<RemotingCommand, RequestError> {
+        if self.is_closed() {
+            return Err(RequestError::Closed);
+        }
         let opaque = self.next_opaque.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().insert(opaque, tx);
-        let sent = self
-            .out
-            .send(Box::new(cmd.with_opaque(opaque)))
-            .await
-            .is_ok();
-        let resp = if sent {
-            tokio::time::timeout(timeout, rx)
-                .await
-                .ok()
-                .and_then(Result::ok)
-        } else {
-            None
+        {
+            let mut pending = self.pending.lock();
+            if pending.len() >= MAX_PENDING_REQUESTS {
+                return Err(RequestError::TooManyPending);
+            }
+            pending.insert(opaque, tx);
+        }
+        let _guard = PendingEntry {
+            pending: &self.pending,
+            opaque,
         };
-        self.pending.lock().remove(&opaque);
-        resp
+        let exchange = async {
+            self.out
+                .send(Box::new(cmd.with_opaque(opaque)))
+                .await
+                .map_err(|_| RequestError::Closed)?;
+            // The sender is dropped when the connection closes (the table is cleared).
+            rx.await.map_err(|_| RequestError::Closed)
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(RequestError::Timeout(timeout)),
+        }
+    }
+
+    /// Requests waiting for a response on this connection.
+    pub fn pending_requests(&self) -> usize {
+        self.pending.lock().len()
+    }
+}
+
+/// Most requests [`Connection::request`] keeps waiting for a response on one connection.
+pub const MAX_PENDING_REQUESTS: usize = 1024;
+
+/// Why [`Connection::request`] got no response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// No response within the timeout.
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+    /// The connection closed before the response arrived.
+    #[error("the connection closed")]
+    Closed,
+    /// [`MAX_PENDING_REQUESTS`] requests already wait on this connection.
+    #[error("too many requests waiting on this connection")]
+    TooManyPending,
+}
+
+/// Removes a pending request when its waiter ends, however it ends.
+struct PendingEntry<'a> {
+    pending: &'a Mutex<HashMap<i32, oneshot::Sender<RemotingCommand>>>,
+    opaque: i32,
+}
+
+impl Drop for PendingEntry<'_> {
+    fn drop(&mut self) {
+        self.pending.lock().remove(&self.opaque);
     }
 }
 

@@ -532,3 +532,135 @@ async fn partial_frames_and_idle_connections_are_closed_and_counted() {
     assert_eq!(handler.partial.load(load), 1);
     stop.cancel();
 }
+
+/// Keeps the connection it serves, so a test can send requests to the client over it.
+#[derive(Default)]
+struct Keeper {
+    conn: parking_lot::Mutex<Option<Arc<Connection>>>,
+}
+
+impl Handler for Keeper {
+    async fn handle(
+        self: &Arc<Self>,
+        req: RemotingCommand,
+        _conn: &Arc<Connection>,
+    ) -> Option<RemotingCommand> {
+        Some(req.response_to(response_code::SUCCESS, ResponseEncoding::Json))
+    }
+
+    fn on_open(&self, conn: &Arc<Connection>) {
+        *self.conn.lock() = Some(conn.clone());
+    }
+}
+
+/// A server keeping its one connection, and a client connected to it whose inbound requests
+/// arrive on the returned channel.
+async fn kept_connection() -> (
+    Arc<Connection>,
+    RemotingClient,
+    tokio::sync::mpsc::Receiver<RemotingCommand>,
+    CancellationToken,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let keeper = Arc::new(Keeper::default());
+    let stop = CancellationToken::new();
+    tokio::spawn(serve(
+        listener,
+        keeper.clone(),
+        ServerConfig::default(),
+        stop.clone(),
+    ));
+    let (tx, rx) = tokio::sync::mpsc::channel(2048);
+    let client = RemotingClient::connect(addr, Some(tx)).await.unwrap();
+    // The heartbeat's answer proves the server has opened (and kept) the connection.
+    client
+        .invoke(
+            RemotingCommand::request(request_code::HEART_BEAT),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let conn = keeper.conn.lock().clone().unwrap();
+    (conn, client, rx, stop)
+}
+
+#[tokio::test]
+async fn server_to_client_request_gets_the_clients_answer() {
+    let (conn, client, mut inbound, stop) = kept_connection().await;
+    let answer = tokio::spawn(async move {
+        let req = inbound.recv().await.unwrap();
+        assert_eq!(req.code(), request_code::GET_CONSUMER_RUNNING_INFO);
+        let resp = req
+            .response_to(response_code::SUCCESS, ResponseEncoding::Json)
+            .with_body(&b"running"[..]);
+        client.respond(resp).await.unwrap();
+        client
+    });
+    let resp = conn
+        .request(
+            RemotingCommand::request(request_code::GET_CONSUMER_RUNNING_INFO),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.body().as_ref(), b"running");
+    assert_eq!(conn.pending_requests(), 0);
+    drop(answer.await.unwrap());
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn server_to_client_request_times_out_closes_and_is_bounded() {
+    let (conn, client, inbound, stop) = kept_connection().await;
+    // Nobody answers: a timeout, and the entry is gone afterwards.
+    let err = conn
+        .request(RemotingCommand::request(1), Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert_eq!(err, RequestError::Timeout(Duration::from_millis(50)));
+    assert_eq!(conn.pending_requests(), 0);
+
+    // The table is bounded: the request past the limit fails at once.
+    let mut waiting = Vec::new();
+    for _ in 0..MAX_PENDING_REQUESTS {
+        let c = conn.clone();
+        waiting.push(tokio::spawn(async move {
+            c.request(RemotingCommand::request(2), Duration::from_secs(30))
+                .await
+        }));
+    }
+    let c = conn.clone();
+    tokio::time::timeout(Duration::from_secs(10), async move {
+        while c.pending_requests() < MAX_PENDING_REQUESTS {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let err = conn
+        .request(RemotingCommand::request(3), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(err, RequestError::TooManyPending);
+
+    // The client goes away: every waiter learns it, and the table empties.
+    client.close();
+    drop(inbound);
+    for w in waiting {
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(10), w)
+                .await
+                .unwrap()
+                .unwrap(),
+            Err(RequestError::Closed)
+        );
+    }
+    assert_eq!(conn.pending_requests(), 0);
+    assert_eq!(
+        conn.request(RemotingCommand::request(4), Duration::from_secs(1))
+            .await,
+        Err(RequestError::Closed)
+    );
+    stop.cancel();
+}

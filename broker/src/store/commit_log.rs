@@ -678,8 +678,19 @@ impl CommitLog {
     /// Reads and decodes the record at `offset`, checking its size, layout, stored offset
     /// and body CRC.
     pub fn read_record(&self, offset: u64) -> Result<MessageExt> {
-        let hdr = self.read(offset, 4)?;
-        let size = be_i32(&hdr);
+        let bytes = self.read_record_bytes(offset)?;
+        self.decode_checked(offset, &bytes)
+    }
+
+    /// The raw record at `offset` (VIEW_MESSAGE_BY_ID): its magic code, size, layout, stored
+    /// offset and body CRC are checked, so an offset that is not a record boundary is refused.
+    pub fn read_record_bytes(&self, offset: u64) -> Result<Bytes> {
+        let hdr = self.read(offset, 8)?;
+        let size = be_i32(&hdr[0..4]);
+        let magic = be_i32(&hdr[4..8]) as u32;
+        if magic != MAGIC_CODE_V1 && magic != MAGIC_CODE_V2 {
+            return Err(self.corrupt_at(offset, format!("bad magic code {magic:#010X}")));
+        }
         let size = match u64::try_from(size) {
             Ok(s) if s >= MIN_RECORD_LEN as u64 && s <= self.max_record_size() => s,
             _ => {
@@ -687,7 +698,13 @@ impl CommitLog {
             }
         };
         let bytes = self.read(offset, size)?;
-        self.decode_checked(offset, &bytes)
+        let view = RecordView::parse(&bytes).map_err(|e| self.corrupt_at(offset, e.to_string()))?;
+        if view.len() as u64 != size || view.commit_log_offset() != offset as i64 {
+            return Err(self.corrupt_at(offset, "not a record boundary"));
+        }
+        view.check_crc()
+            .map_err(|e| self.corrupt_at(offset, e.to_string()))?;
+        Ok(bytes)
     }
 
     /// Decodes a record read from `offset`, checking its stored offset and CRC.

@@ -45,6 +45,9 @@ pub struct StoreConfig {
     pub max_pop_checkpoints: usize,
     /// Pop checkpoint log lines before compaction is considered (default 10 000).
     pub pop_log_compact_threshold: usize,
+    /// Most entries of the message index (QUERY_MESSAGE keys; default
+    /// [`index::DEFAULT_INDEX_MAX_ENTRIES`]): the oldest are evicted past it.
+    pub index_max_entries: usize,
     /// Flush latency and size handles (no-ops by default).
     pub metrics: crate::metrics::StoreMetrics,
 }
@@ -61,6 +64,7 @@ impl StoreConfig {
             offsets_persist_interval: Duration::from_secs(5),
             max_pop_checkpoints: 100_000,
             pop_log_compact_threshold: 10_000,
+            index_max_entries: index::DEFAULT_INDEX_MAX_ENTRIES,
             metrics: crate::metrics::StoreMetrics::default(),
         }
     }
@@ -172,4 +176,6 @@ pub struct StoreStats {
     pub flushed_offset: u64,
     /// Commit log end offset.
     pub written_offset: u64,
+    /// Records handed out by [`MessageStore::get_messages`] (pulls and pops).
+    pub messages_read: u64,
 }

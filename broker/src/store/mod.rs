@@ -29,6 +29,7 @@ pub mod commit_log;
 mod config;
 pub mod consume_queue;
 pub mod error;
+pub mod index;
 pub mod offsets;
 pub mod pop_store;
 mod recovery;
@@ -47,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rocketmesh_filters::codec::message::record::store_timestamp_position;
-use rocketmesh_filters::codec::message::MessageExt;
+use rocketmesh_filters::codec::message::{MessageExt, RecordView};
 use tokio::sync::watch;
 
 use super::long_poll::ArrivalHub;
@@ -58,6 +59,7 @@ pub use commit_log::{Appended, CommitLog, RecoveryReport, ScannedRecord};
 pub use config::{FlushMode, GetResult, GetStatus, PutResult, StoreConfig, StoreStats};
 pub use consume_queue::{ConsumeQueue, CqEntry};
 pub use error::{Result, StoreError};
+pub use index::MessageIndex;
 pub use offsets::OffsetStore;
 pub use pop_store::{AckOutcome, ChangeInvisibleOutcome, PopCheckpoint, PopKey, PopStore};
 use recovery::verify_record;
@@ -126,6 +128,7 @@ pub struct MessageStore {
     flush_progress: Mutex<FlushProgress>,
     offsets: OffsetStore,
     pop: PopStore,
+    index: MessageIndex,
     durable_tx: watch::Sender<Durable>,
     arrivals: ArrivalHub,
     signal: Arc<FlushSignal>,
@@ -136,6 +139,7 @@ pub struct MessageStore {
     messages: AtomicU64,
     flushes: AtomicU64,
     fsyncs: AtomicU64,
+    messages_read: AtomicU64,
 }
 
 impl MessageStore {
@@ -168,6 +172,8 @@ impl MessageStore {
         let per_segment = config.consume_queue_segment_entries;
 
         let queues = recovery::recover_queues(&commit_log, &cq_root, per_segment, ckpt)?;
+        let index = MessageIndex::new(config.index_max_entries);
+        index.rebuild(&commit_log)?;
 
         let offsets = OffsetStore::load(dir.join("config").join("consumerOffset.json"))?;
         util::create_dir_all(&dir.join("config"))?;
@@ -196,6 +202,7 @@ impl MessageStore {
             flush_progress: Mutex::new(FlushProgress::default()),
             offsets,
             pop,
+            index,
             durable_tx,
             arrivals: ArrivalHub::new(),
             signal: Arc::new(FlushSignal::default()),
@@ -206,6 +213,7 @@ impl MessageStore {
             messages: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
+            messages_read: AtomicU64::new(0),
             config,
         });
         // Make everything recovered durable (and write a fresh checkpoint) before serving.
@@ -268,6 +276,11 @@ impl MessageStore {
     /// Pop checkpoints.
     pub fn pop(&self) -> &PopStore {
         &self.pop
+    }
+
+    /// The message index (QUERY_MESSAGE).
+    pub fn index(&self) -> &MessageIndex {
+        &self.index
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -361,6 +374,10 @@ impl MessageStore {
                 msg_id: m.offset_msg_id(),
             });
         }
+        // Under the write lock: the index is appended in commit log order.
+        let stored = msgs.iter().zip(&appended);
+        self.index
+            .add(stored.map(|(m, a)| (m.topic.as_str(), &m.properties, a.offset, now)));
         drop(ws);
         self.puts.fetch_add(1, Ordering::Relaxed);
         self.messages
@@ -415,6 +432,7 @@ impl MessageStore {
             fsyncs: self.fsyncs.load(Ordering::Relaxed),
             flushed_offset: self.flushed_offset(),
             written_offset: self.commit_log.end_offset(),
+            messages_read: self.messages_read.load(Ordering::Relaxed),
         }
     }
 
@@ -564,6 +582,19 @@ impl MessageStore {
         self.commit_log.read_record(offset)
     }
 
+    /// The raw, checked record at a physical offset (VIEW_MESSAGE_BY_ID, QUERY_MESSAGE).
+    pub fn record_bytes(&self, phys_offset: i64) -> Result<Bytes> {
+        match u64::try_from(phys_offset) {
+            Ok(offset) => self.commit_log.read_record_bytes(offset),
+            Err(_) => Err(StoreError::OutOfRange {
+                offset: 0,
+                size: 0,
+                min: self.commit_log.min_offset(),
+                max: self.commit_log.end_offset(),
+            }),
+        }
+    }
+
     /// Pulls messages from a queue, following RocketMQ's `DefaultMessageStore.getMessage`
     /// (4.9) on a master (protocol notes section 4.2):
     ///
@@ -638,6 +669,8 @@ impl MessageStore {
                 res.status = GetStatus::Found;
             }
             res.next_begin_offset = offset + scanned;
+            self.messages_read
+                .fetch_add(res.records.len() as u64, Ordering::Relaxed);
         }
         Ok(res)
     }
@@ -665,6 +698,40 @@ impl MessageStore {
             }
         }
         Ok(lo as i64)
+    }
+
+    /// Store timestamp of the message at `queue_offset` of a queue; `None` when the queue or
+    /// the entry does not exist.
+    pub fn store_timestamp_at(
+        &self,
+        topic: &str,
+        queue_id: i32,
+        queue_offset: i64,
+    ) -> Result<Option<i64>> {
+        let Some(q) = self.queue(topic, queue_id) else {
+            return Ok(None);
+        };
+        let Ok(idx) = u64::try_from(queue_offset) else {
+            return Ok(None);
+        };
+        if idx < q.min_offset() {
+            return Ok(None);
+        }
+        match q.entry(idx)? {
+            Some(e) => self.store_timestamp_of(&e).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Store timestamp of the first message in the commit log, -1 when it is empty (Apache's
+    /// `getEarliestMessageTime`).
+    pub fn earliest_message_time(&self) -> i64 {
+        let min = self.commit_log.min_offset();
+        self.commit_log
+            .read_record_bytes(min)
+            .ok()
+            .and_then(|b| RecordView::parse(&b).ok().map(|v| v.store_timestamp()))
+            .unwrap_or(-1)
     }
 
     fn store_timestamp_of(&self, e: &CqEntry) -> Result<i64> {

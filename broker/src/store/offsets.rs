@@ -116,6 +116,20 @@ impl OffsetStore {
             .collect()
     }
 
+    /// Topics the group has stored offsets for, sorted (GET_CONSUME_STATS without a topic).
+    pub fn topics_of(&self, group: &str) -> Vec<String> {
+        let mut topics: Vec<String> = self
+            .inner
+            .lock()
+            .table
+            .keys()
+            .filter(|(g, _, _)| g == group)
+            .map(|(_, t, _)| t.clone())
+            .collect();
+        topics.dedup();
+        topics
+    }
+
     /// Removes every offset of a group on a topic; returns how many were removed.
     pub fn remove(&self, group: &str, topic: &str) -> usize {
         let mut inner = self.inner.lock();
