@@ -34,7 +34,10 @@ pub async fn heartbeat_brokers(core: Arc<SidecarCore>, addr: SocketAddr, every: 
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
     let upstreams = &core.ctx.upstreams;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = core.groups.member_joined() => {}
+        }
         let beats = core.groups.heartbeats();
         if beats.is_empty() {
             continue;

@@ -117,6 +117,9 @@ pub fn pull_mode(kind: Option<GroupKind>, orderly: bool, suspend: bool) -> PullM
 pub struct Groups {
     expiry: Duration,
     t: Mutex<Tables>,
+    /// Woken when a consumer group gains a member (the brokers are told at once, not at the
+    /// next periodic heartbeat).
+    joined: tokio::sync::Notify,
 }
 
 fn upsert(
@@ -155,6 +158,7 @@ impl Groups {
         Groups {
             expiry,
             t: Mutex::new(Tables::default()),
+            joined: tokio::sync::Notify::new(),
         }
     }
 
@@ -188,7 +192,16 @@ impl Groups {
             t.heartbeats.insert(hb.client_id.clone(), (hb.clone(), now));
             t.sdks.insert(hb.client_id.clone(), sdk);
         }
+        drop(t);
+        if !joined.is_empty() {
+            self.joined.notify_one();
+        }
         joined
+    }
+
+    /// Resolves once a consumer group has gained a member since the last call.
+    pub async fn member_joined(&self) {
+        self.joined.notified().await;
     }
 
     /// UNREGISTER_CLIENT: removes the client from the named groups (and its heartbeat when it

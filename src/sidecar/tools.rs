@@ -47,6 +47,7 @@ use super::error::SidecarError;
 use super::groups::Groups;
 use super::pull::PullBridge;
 use crate::metrics::Gauge;
+use crate::remoting::RequestError;
 
 /// How long one broker may take to answer a fanned-out request.
 const FAN_OUT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -451,17 +452,21 @@ async fn call_client(
         })?;
     let mut out = cmd;
     out.drop_raw_header();
-    match conn.invoke(out, CLIENT_TIMEOUT).await {
-        Some(mut resp) => {
+    match conn.request(out, CLIENT_TIMEOUT).await {
+        Ok(mut resp) => {
             resp.set_opaque(opaque);
             Ok(resp)
         }
-        None => Err(SidecarError::Refused {
+        Err(RequestError::Timeout(t)) => Err(SidecarError::Refused {
             code: response_code::CONSUME_MSG_TIMEOUT,
             remark: format!(
                 "consumer {client} of {group} did not answer within {} s",
-                CLIENT_TIMEOUT.as_secs()
+                t.as_secs()
             ),
+        }),
+        Err(e) => Err(SidecarError::Refused {
+            code: response_code::SYSTEM_ERROR,
+            remark: format!("consumer {client} of {group}: {e}"),
         }),
     }
 }

@@ -183,11 +183,32 @@ fn tool_requests_through_the_sidecar_match_the_brokers() {
         via_sidecar.subscription_table[TOPIC].sub_string,
         at_broker.subscription_table[TOPIC].sub_string
     );
-    // Brokers only know the sidecar's merged client, not the application's.
-    let merged_at_broker = conns(a, MESH_GROUP);
-    assert!(merged_at_broker.connection_set[0]
-        .client_id
-        .starts_with("rocketmesh@"));
+    // Brokers only know the sidecar's merged client, not the application's (it heartbeats
+    // every broker it uses when a group gains a member and every 30 s).
+    let t0 = Instant::now();
+    loop {
+        let h = GetConsumerConnectionListRequestHeader {
+            consumer_group: MESH_GROUP.into(),
+        };
+        let r = rt.block_on(ask(
+            a,
+            RemotingCommand::request_with_header(rc::GET_CONSUMER_CONNECTION_LIST, &h),
+            RPC,
+        ));
+        if r.code() == response_code::SUCCESS {
+            let c = ConsumerConnection::parse(r.body()).unwrap();
+            assert!(
+                c.connection_set[0].client_id.starts_with("rocketmesh@"),
+                "{c:?}"
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "broker-a never heard of {MESH_GROUP}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let unknown = rt.block_on(ask(
         sc.addr,
         RemotingCommand::request_with_header(
