@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rocketmesh::remoting::RemotingClient;
 use rocketmesh_filters::codec::body::{
-    ConsumeStats, ConsumerConnection, MessageQueue, OffsetWrapper, TopicList, TopicOffset,
-    TopicStatsTable,
+    ClusterInfo, ConsumeStats, ConsumerConnection, MessageQueue, OffsetWrapper, TopicList,
+    TopicOffset, TopicStatsTable,
 };
 use rocketmesh_filters::codec::codes::{request_code as rc, response_code};
 use rocketmesh_filters::codec::headers::{
@@ -343,6 +343,24 @@ fn tool_requests_through_the_sidecar_match_the_brokers() {
     assert!(held.contains(&format!("%RETRY%{MESH_GROUP}")), "{held:?}");
     assert!(topics(m.cp.remoting).contains(TOPIC));
 
+    // 106: the sidecar presents its one virtual broker, in the cluster the control plane names
+    // for the real ones.
+    let cluster = |addr| {
+        let r = rt.block_on(ask(
+            addr,
+            RemotingCommand::request(rc::GET_BROKER_CLUSTER_INFO),
+            RPC,
+        ));
+        ClusterInfo::parse(&ok_body(&r, "106")).unwrap()
+    };
+    let (virt, real) = (cluster(sc.addr), cluster(m.cp.remoting));
+    let v = &virt.broker_addr_table[VIRTUAL];
+    assert_eq!(v.broker_addrs.get(&0), Some(&sc.addr.to_string()));
+    let real_a = &real.broker_addr_table["broker-a"];
+    assert_eq!(real_a.broker_addrs.get(&0), Some(&a.to_string()));
+    assert_eq!(v.cluster, real_a.cluster);
+    assert!(virt.cluster_addr_table[&v.cluster].contains(VIRTUAL));
+
     // The consumers' records: the mesh one's commit log offsets are the sidecar's.
     std::fs::write(&stop, b"").unwrap();
     let mesh_result = mesh.result(Duration::from_secs(60));
@@ -380,6 +398,13 @@ fn tool_requests_through_the_sidecar_match_the_brokers() {
     same_message(
         &viewed[0],
         by_uniq(&found)[viewed[0].properties.get("UNIQ_KEY").unwrap()],
+    );
+    println!(
+        "tools: 203 {} client(s) via sidecar; 202 {} queues, {N} messages; 12 one record for \
+         {key}; 33 minted offset {minted} -> broker offset {}",
+        via_sidecar.connection_set.len(),
+        sv.len(),
+        real.commit_log_offset
     );
     let missing = view(sc.addr, 1 << 40);
     assert_eq!(missing.code(), response_code::SYSTEM_ERROR);
