@@ -275,6 +275,11 @@ pub struct BrokerArgs {
     /// force-closed (`/ready` answers 503 from the first moment). E.g. `5s`, `1500ms`, `1m`.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: std::time::Duration,
+    /// Access control: Apache RocketMQ's `plain_acl.yml` (accounts, keys, topic and group
+    /// permissions, white-listed addresses), enforced on every request; re-read when it changes
+    /// (a bad edit keeps the last good version).
+    #[arg(long)]
+    pub acl: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -161,6 +161,7 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
     config.lock_expiry = args.lock_expiry;
     config.read_only_topics = args.read_only_topics;
     config.drain_timeout = args.drain_timeout;
+    config.acl = args.acl;
     let signal = wait_for_signal();
     let node = broker_node::start(config, args.admin).await?;
     // Scripts wait for this line.

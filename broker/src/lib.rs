@@ -10,6 +10,8 @@
 //! * [`schedule`]: delay levels (send-back retries, `DELAY` messages).
 //! * [`topics`], [`clients`], [`long_poll`], [`register`]: topic table, client table, parked
 //!   requests, registration with a nameserver.
+//! * [`acl`]: `--acl FILE` (Apache's `plain_acl.yml`), checked before every processor, reloaded
+//!   on change.
 //! * [`metrics`]: what the broker counts (the embedding process installs the recorder).
 //!
 //! Lifecycle ([`BrokerHandle::shutdown`]): the listener stops accepting and parked long polls
@@ -19,6 +21,7 @@
 //! registration) are awaited through one [`Drain`], and the store is flushed and closed.
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod assignment;
 pub mod clients;
 pub mod locks;
@@ -96,6 +99,10 @@ pub struct BrokerConfig {
     /// An orderly consumer's queue lock expires this long after its last renewal (Apache's
     /// `REBALANCE_LOCK_MAX_LIVE_TIME`: 60 s; consumers renew every 20 s).
     pub lock_expiry: Duration,
+    /// Apache `plain_acl.yml` enforced on every request; None = no ACL.
+    pub acl: Option<PathBuf>,
+    /// How often the ACL file is checked for changes.
+    pub acl_reload_interval: Duration,
 }
 
 impl BrokerConfig {
@@ -120,6 +127,8 @@ impl BrokerConfig {
             register_interval: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(5),
             lock_expiry: Duration::from_secs(60),
+            acl: None,
+            acl_reload_interval: Duration::from_secs(1),
         }
     }
 }
@@ -139,6 +148,8 @@ pub struct Broker {
     /// Orderly-pop batches per (group, topic, queue), persisted.
     pub(crate) pop_order: Arc<order_info::OrderTable>,
     pub(crate) metrics: BrokerMetrics,
+    /// `--acl`: checked before every request.
+    pub(crate) acl: Option<acl::BrokerAcl>,
     /// Fires when the drain begins: parked long polls answer at once.
     pub(crate) draining: CancellationToken,
     /// Whether a registration with the nameserver has succeeded since start.
@@ -193,6 +204,22 @@ impl BrokerHandle {
     /// Requests taken and not answered yet.
     pub fn in_flight(&self) -> usize {
         self.server.in_flight() + self.vip.as_ref().map_or(0, Server::in_flight)
+    }
+
+    /// Requests the ACL refused, and successful / failed reloads of its file (zeros without
+    /// `--acl`).
+    pub fn acl_stats(&self) -> (u64, u64, u64) {
+        self.broker.acl.as_ref().map_or((0, 0, 0), |a| {
+            (a.denied(), a.file.reloads(), a.file.failures())
+        })
+    }
+
+    /// The ACL file in use as JSON, secrets redacted (None without `--acl`).
+    pub fn acl_dump(&self) -> Option<serde_json::Value> {
+        self.broker
+            .acl
+            .as_ref()
+            .map(|a| a.file.current().redacted_json())
     }
 
     /// The store's counters.
@@ -277,6 +304,8 @@ pub enum StartError {
     Topics(#[from] TopicError),
     #[error("message request modes: {0}")]
     Modes(#[from] assignment::ModesError),
+    #[error(transparent)]
+    Acl(#[from] rocketmesh_remoting::reload::ReloadError),
 }
 
 /// Opens the store and starts serving.
@@ -336,8 +365,14 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, StartError>
             dir: config.data_dir.clone(),
             source,
         })?;
+    let acl = config
+        .acl
+        .as_deref()
+        .map(acl::BrokerAcl::load)
+        .transpose()?;
     let background = Drain::new();
     let broker = Arc::new(Broker {
+        acl,
         store_host,
         pop: pop::PopState::default(),
         pop_order: Arc::new(pop_order),
@@ -368,6 +403,10 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, StartError>
     background.spawn(expire_clients(broker.clone(), stop.clone()));
     background.spawn(schedule::run(broker.clone(), stop.clone()));
     background.spawn(pop::revive(broker.clone(), stop.clone()));
+    if let Some(acl) = &broker.acl {
+        let interval = broker.config.acl_reload_interval;
+        background.spawn(acl.file.clone().run(interval, stop.clone()));
+    }
     if let Some(namesrv) = broker.config.namesrv.clone() {
         background.spawn(register::run(broker.clone(), namesrv, stop));
     }
