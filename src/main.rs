@@ -193,6 +193,9 @@ async fn run_sidecar(args: SidecarArgs) -> Result<()> {
     config.server.frame_timeout = args.frame_timeout;
     config.server.idle_timeout = (!args.idle_timeout.is_zero()).then_some(args.idle_timeout);
     config.xds_reconnect_grace = args.xds_reconnect_grace;
+    config.access.credentials = args.credentials;
+    config.access.verify_client_signatures = args.verify_client_signatures;
+    config.access.authz = args.authz;
     let args_drain = args.drain_timeout;
     // Installed before anything binds: once the listener accepts, a SIGTERM is honoured.
     let mut signal = std::pin::pin!(wait_for_signal());

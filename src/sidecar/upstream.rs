@@ -2,6 +2,10 @@
 //! each, opaques remapped by [`RemotingClient`]), connect and request timeouts, and a short
 //! cool-down for endpoints that refuse connections, so a dead broker is skipped instead of being
 //! re-dialled by every request.
+//!
+//! The pools are the one way a request leaves the sidecar for a broker ([`Upstreams::invoke`],
+//! [`Upstreams::try_forward`], [`Upstreams::send_oneway`]), so this is where requests are
+//! signed with `--credentials`: after every rewrite, once, whatever path built the request.
 
 use parking_lot::Mutex;
 use rocketmesh_filters::clock::mono_ms;
@@ -10,6 +14,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rocketmesh_filters::acl::{sign, Credentials};
 use rocketmesh_filters::codec::RemotingCommand;
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -27,6 +32,9 @@ pub struct UpstreamConfig {
     pub failure_cooldown: Duration,
     /// Most endpoints pooled at once (least recently used idle pools are dropped past it).
     pub max_endpoints: usize,
+    /// Keys every upstream request is signed with (Apache's ACL signature); None = requests
+    /// leave as built (an application's own signature, if any, stays).
+    pub credentials: Option<Credentials>,
 }
 
 impl Default for UpstreamConfig {
@@ -36,6 +44,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(1),
             failure_cooldown: Duration::from_secs(2),
             max_endpoints: 1024,
+            credentials: None,
         }
     }
 }
@@ -196,6 +205,15 @@ impl Upstreams {
         pool
     }
 
+    /// `cmd` as it goes upstream: signed when the sidecar has credentials (replacing the
+    /// application's `AccessKey`/`Signature`: a rewritten request would not verify anyway).
+    fn outgoing(&self, mut cmd: RemotingCommand) -> RemotingCommand {
+        if let Some(creds) = &self.cfg.credentials {
+            sign(&mut cmd, creds);
+        }
+        cmd
+    }
+
     /// Whether `addr` refused a connection recently (callers prefer other endpoints).
     pub fn is_down(&self, addr: &str) -> bool {
         self.pools.lock().get(addr).is_some_and(|p| p.is_down())
@@ -266,6 +284,7 @@ impl Upstreams {
         timeout: Duration,
         connect_timeout: Option<Duration>,
     ) -> Result<RemotingCommand, UpstreamError> {
+        let cmd = self.outgoing(cmd);
         let pool = self.pool(addr);
         pool.stats.requests.fetch_add(1, Ordering::Relaxed);
         let client = match self
@@ -318,6 +337,8 @@ impl Upstreams {
         let Some(client) = pool.try_live().1 else {
             return Err((cmd, done));
         };
+        // Signed here and again if handed back to `invoke`: signing replaces the signature.
+        let cmd = self.outgoing(cmd);
         pool.stats.active.fetch_add(1, Ordering::Relaxed);
         let tracked = PoolDone {
             pool: pool.clone(),
@@ -337,6 +358,7 @@ impl Upstreams {
 
     /// Sends a oneway request (no answer expected).
     pub async fn send_oneway(&self, addr: &str, cmd: RemotingCommand) -> Result<(), UpstreamError> {
+        let cmd = self.outgoing(cmd);
         let pool = self.pool(addr);
         let client = self.connection(&pool, self.cfg.connect_timeout).await?;
         client
