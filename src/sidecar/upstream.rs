@@ -414,3 +414,101 @@ impl Upstreams {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remoting::{Connection, Handler, Server, ServerConfig};
+    use rocketmesh_filters::acl::verify;
+    use rocketmesh_filters::codec::{response_code, ResponseEncoding};
+
+    /// A broker that counts requests whose signature verifies under `SECRET` and those that do
+    /// not, and answers NO_PERMISSION to the latter.
+    #[derive(Default)]
+    struct Checking {
+        signed: AtomicU64,
+        unsigned: AtomicU64,
+    }
+
+    const SECRET: &str = "mesh-secret";
+
+    impl Handler for Checking {
+        async fn handle(
+            self: &Arc<Self>,
+            req: RemotingCommand,
+            _conn: &Arc<Connection>,
+        ) -> Option<RemotingCommand> {
+            let ok = verify(&req, SECRET) && req.ext().get("AccessKey") == Some("mesh");
+            let n = if ok { &self.signed } else { &self.unsigned };
+            n.fetch_add(1, Ordering::Relaxed);
+            let code = if ok {
+                response_code::SUCCESS
+            } else {
+                response_code::NO_PERMISSION
+            };
+            Some(req.response_to(code, ResponseEncoding::Json))
+        }
+    }
+
+    struct Done(tokio::sync::oneshot::Sender<i32>);
+
+    impl Completion for Done {
+        fn complete(self, result: Result<RemotingCommand, ClientError>) {
+            let _ = self.0.send(result.map_or(-1, |r| r.code()));
+        }
+    }
+
+    /// The application's request, with its own (stale) keys.
+    fn app_request(code: i32) -> RemotingCommand {
+        let mut r = RemotingCommand::request(code).with_body(&b"body"[..]);
+        r.ext_mut().insert("topic", "T");
+        r.ext_mut().insert("AccessKey", "app");
+        r.ext_mut().insert("Signature", "app-signature");
+        r
+    }
+
+    /// Every way out of the pools signs: a request that left unsigned (or with the
+    /// application's keys) would be counted by the checking broker.
+    #[tokio::test]
+    async fn every_upstream_path_signs() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let broker = Arc::new(Checking::default());
+        let server = Server::start(listener, broker.clone(), ServerConfig::default());
+        let (tx, _rx) = mpsc::channel(1);
+        let cfg = UpstreamConfig {
+            credentials: Some(Credentials {
+                access_key: "mesh".into(),
+                secret_key: SECRET.into(),
+                security_token: None,
+            }),
+            // One connection: try_forward takes only a slot that is already up.
+            connections_per_endpoint: 1,
+            ..UpstreamConfig::default()
+        };
+        let up = Upstreams::new(cfg, tx);
+        let t = Duration::from_secs(5);
+        let r = up.invoke(&addr, app_request(10), t, None).await.unwrap();
+        assert_eq!(r.code(), response_code::SUCCESS);
+        let (done, answer) = tokio::sync::oneshot::channel();
+        // The connection is up now, so try_forward takes the request.
+        assert!(up
+            .try_forward(&addr, app_request(11), Instant::now(), t, Done(done))
+            .is_ok());
+        assert_eq!(answer.await.unwrap(), response_code::SUCCESS);
+        up.send_oneway(&addr, app_request(34).oneway())
+            .await
+            .unwrap();
+        let deadline = Instant::now() + t;
+        while broker.signed.load(Ordering::Relaxed) < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "the oneway request never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(broker.unsigned.load(Ordering::Relaxed), 0);
+        up.close_all();
+        server.close().await;
+    }
+}
