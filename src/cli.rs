@@ -143,6 +143,22 @@ pub struct SidecarArgs {
     /// plane may report topics gone whose brokers have not registered again yet. `0` = none.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub xds_reconnect_grace: std::time::Duration,
+
+    /// Sign every request sent to a broker with these keys (YAML: `accessKey`, `secretKey`,
+    /// optional `securityToken`), replacing the application's own signature: brokers with
+    /// Apache's ACL on accept the mesh's traffic whatever the application sends.
+    #[arg(long)]
+    pub credentials: Option<PathBuf>,
+    /// Check each application request's own signature and permissions against this Apache
+    /// `plain_acl.yml` (before any rewrite); refused requests get NO_PERMISSION from the
+    /// sidecar. Re-read when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub verify_client_signatures: Option<PathBuf>,
+    /// Topic authorization policy (YAML lists `produce`, `consume`, `groups` of names or `*`
+    /// globs): requests outside it get NO_PERMISSION before anything reaches a broker. Re-read
+    /// when it changes.
+    #[arg(long)]
+    pub authz: Option<PathBuf>,
 }
 
 /// A server address flag that may name a host: `host:port`, `ipv4:port`, `[ipv6]:port`, or a
@@ -275,6 +291,11 @@ pub struct BrokerArgs {
     /// force-closed (`/ready` answers 503 from the first moment). E.g. `5s`, `1500ms`, `1m`.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: std::time::Duration,
+    /// Access control: Apache RocketMQ's `plain_acl.yml` (accounts, keys, topic and group
+    /// permissions, white-listed addresses), enforced on every request; re-read when it changes
+    /// (a bad edit keeps the last good version).
+    #[arg(long)]
+    pub acl: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -161,6 +161,7 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
     config.lock_expiry = args.lock_expiry;
     config.read_only_topics = args.read_only_topics;
     config.drain_timeout = args.drain_timeout;
+    config.acl = args.acl;
     let signal = wait_for_signal();
     let node = broker_node::start(config, args.admin).await?;
     // Scripts wait for this line.
@@ -192,6 +193,9 @@ async fn run_sidecar(args: SidecarArgs) -> Result<()> {
     config.server.frame_timeout = args.frame_timeout;
     config.server.idle_timeout = (!args.idle_timeout.is_zero()).then_some(args.idle_timeout);
     config.xds_reconnect_grace = args.xds_reconnect_grace;
+    config.access.credentials = args.credentials;
+    config.access.verify_client_signatures = args.verify_client_signatures;
+    config.access.authz = args.authz;
     let args_drain = args.drain_timeout;
     // Installed before anything binds: once the listener accepts, a SIGTERM is honoured.
     let mut signal = std::pin::pin!(wait_for_signal());

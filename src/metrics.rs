@@ -16,6 +16,7 @@
 //! | counter | `heartbeat`, `unregister`, `get_topic_route`, `send_message_v1`, `send_message_v2`, `pop_message`, `ack_message`, `get_consumer_list` | same |
 //! | counter | `maintenance_failure` | same |
 //! | counter | `send_message_batch`, `pull_message` | ours: request codes Envoy does not handle |
+//! | counter | `client_auth_denied`, `authz_denied{reason="produce"\|"consume"\|"group"\|"unreadable"}` | ours: requests the sidecar refused (`--verify-client-signatures`, `--authz`) |
 //! | counter | `pull_converted`, `acks_from_commits`, `send_backs`, `renewals` | ours: the pull→pop translator (pulls answered by pops, acks derived from offset commits, messages sent back, invisible-time renewals) |
 //! | gauge | `request_active`, `send_message_v1_active`, `send_message_v2_active`, `pop_message_active`, `get_topic_route_active` | same |
 //! | gauge | `send_message_pending`, `pop_message_pending`, `get_topic_route_pending`, `total_pending` | same (Envoy never updates them; we count requests parked on on-demand xDS) |
@@ -186,6 +187,17 @@ stat_enum! {
         DownstreamUnknownRefused => "downstream_cx_transparent_refused",
         /// Requests of intercepted broker connections relayed to that broker unchanged.
         TransparentBrokerRequest => "transparent_broker_request",
+        /// `--verify-client-signatures`: application requests refused (bad or missing signature,
+        /// or no permission under the accounts file).
+        ClientAuthDenied => "client_auth_denied",
+        /// `--authz`: sends to a topic the policy does not list under `produce`.
+        AuthzDeniedProduce => "authz_denied",
+        /// `--authz`: consumption of a topic not listed under `consume`.
+        AuthzDeniedConsume => "authz_denied",
+        /// `--authz`: a consumer group not listed under `groups`.
+        AuthzDeniedGroup => "authz_denied",
+        /// `--authz`: requests whose topics and groups could not be read.
+        AuthzDeniedUnreadable => "authz_denied",
     }
 }
 
@@ -214,6 +226,19 @@ stat_enum! {
         OutstandingHandles => "outstanding_handles",
         /// Open client connections.
         DownstreamConnections => "downstream_connections",
+    }
+}
+
+impl Counter {
+    /// The label that tells apart counters sharing one stat name (`authz_denied{reason}`).
+    pub const fn label(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Counter::AuthzDeniedProduce => Some(("reason", "produce")),
+            Counter::AuthzDeniedConsume => Some(("reason", "consume")),
+            Counter::AuthzDeniedGroup => Some(("reason", "group")),
+            Counter::AuthzDeniedUnreadable => Some(("reason", "unreadable")),
+            _ => None,
+        }
     }
 }
 
@@ -276,7 +301,10 @@ impl Stats {
             .map(|c| {
                 let name = full_name(stat_prefix, c.stat());
                 metrics::describe_counter!(name.clone(), counter_help(*c));
-                metrics::counter!(name)
+                match c.label() {
+                    Some((key, value)) => metrics::counter!(name, key => value),
+                    None => metrics::counter!(name),
+                }
             })
             .collect();
         let gauges = Gauge::ALL
@@ -491,6 +519,15 @@ fn counter_help(c: Counter) -> &'static str {
         Counter::TransparentBrokerRequest => {
             "Requests of intercepted broker connections relayed unchanged"
         }
+        Counter::ClientAuthDenied => {
+            "Application requests refused by --verify-client-signatures (NO_PERMISSION)"
+        }
+        Counter::AuthzDeniedProduce
+        | Counter::AuthzDeniedConsume
+        | Counter::AuthzDeniedGroup
+        | Counter::AuthzDeniedUnreadable => {
+            "Application requests refused by the --authz policy (NO_PERMISSION), by reason"
+        }
     }
 }
 
@@ -520,7 +557,7 @@ mod tests {
             full_name("mq", Counter::Request.stat()),
             "rocketmq.mq.request"
         );
-        assert_eq!(Counter::ALL.len(), 32);
+        assert_eq!(Counter::ALL.len(), 37);
         assert_eq!(Gauge::ALL.len(), 11);
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i);

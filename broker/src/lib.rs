@@ -12,6 +12,8 @@
 //! * [`schedule`]: delay levels (send-back retries, `DELAY` messages).
 //! * [`topics`], [`clients`], [`long_poll`], [`register`]: topic table, client table, parked
 //!   requests, registration with a nameserver.
+//! * [`acl`]: `--acl FILE` (Apache's `plain_acl.yml`), checked before every processor, reloaded
+//!   on change.
 //! * [`metrics`]: what the broker counts (the embedding process installs the recorder).
 //!
 //! Lifecycle ([`BrokerHandle::shutdown`]): the listener stops accepting and parked long polls
@@ -21,6 +23,7 @@
 //! registration) are awaited through one [`Drain`], and the store is flushed and closed.
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod admin;
 pub mod assignment;
 pub mod clients;
@@ -105,6 +108,10 @@ pub struct BrokerConfig {
     pub call_consumer_timeout: Duration,
     /// Most entries of the message index behind QUERY_MESSAGE (see [`store::index`]).
     pub index_max_entries: usize,
+    /// Apache `plain_acl.yml` enforced on every request; None = no ACL.
+    pub acl: Option<PathBuf>,
+    /// How often the ACL file is checked for changes.
+    pub acl_reload_interval: Duration,
 }
 
 impl BrokerConfig {
@@ -131,6 +138,8 @@ impl BrokerConfig {
             lock_expiry: Duration::from_secs(60),
             call_consumer_timeout: Duration::from_secs(10),
             index_max_entries: store::index::DEFAULT_INDEX_MAX_ENTRIES,
+            acl: None,
+            acl_reload_interval: Duration::from_secs(1),
         }
     }
 }
@@ -152,6 +161,8 @@ pub struct Broker {
     pub(crate) metrics: BrokerMetrics,
     /// Boot time and sampled rates (GET_BROKER_RUNTIME_INFO).
     pub(crate) runtime: runtime::RuntimeStats,
+    /// `--acl`: checked before every request.
+    pub(crate) acl: Option<acl::BrokerAcl>,
     /// Fires when the drain begins: parked long polls answer at once.
     pub(crate) draining: CancellationToken,
     /// Whether a registration with the nameserver has succeeded since start.
@@ -206,6 +217,22 @@ impl BrokerHandle {
     /// Requests taken and not answered yet.
     pub fn in_flight(&self) -> usize {
         self.server.in_flight() + self.vip.as_ref().map_or(0, Server::in_flight)
+    }
+
+    /// Requests the ACL refused, and successful / failed reloads of its file (zeros without
+    /// `--acl`).
+    pub fn acl_stats(&self) -> (u64, u64, u64) {
+        self.broker.acl.as_ref().map_or((0, 0, 0), |a| {
+            (a.denied(), a.file.reloads(), a.file.failures())
+        })
+    }
+
+    /// The ACL file in use as JSON, secrets redacted (None without `--acl`).
+    pub fn acl_dump(&self) -> Option<serde_json::Value> {
+        self.broker
+            .acl
+            .as_ref()
+            .map(|a| a.file.current().redacted_json())
     }
 
     /// The store's counters.
@@ -290,6 +317,8 @@ pub enum StartError {
     Topics(#[from] TopicError),
     #[error("message request modes: {0}")]
     Modes(#[from] assignment::ModesError),
+    #[error(transparent)]
+    Acl(#[from] rocketmesh_remoting::reload::ReloadError),
 }
 
 /// Opens the store and starts serving.
@@ -350,8 +379,14 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, StartError>
             dir: config.data_dir.clone(),
             source,
         })?;
+    let acl = config
+        .acl
+        .as_deref()
+        .map(acl::BrokerAcl::load)
+        .transpose()?;
     let background = Drain::new();
     let broker = Arc::new(Broker {
+        acl,
         store_host,
         pop: pop::PopState::default(),
         pop_order: Arc::new(pop_order),
@@ -384,6 +419,10 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, StartError>
     background.spawn(schedule::run(broker.clone(), stop.clone()));
     background.spawn(pop::revive(broker.clone(), stop.clone()));
     background.spawn(runtime::sample(broker.clone(), stop.clone()));
+    if let Some(acl) = &broker.acl {
+        let interval = broker.config.acl_reload_interval;
+        background.spawn(acl.file.clone().run(interval, stop.clone()));
+    }
     if let Some(namesrv) = broker.config.namesrv.clone() {
         background.spawn(register::run(broker.clone(), namesrv, stop));
     }

@@ -21,6 +21,7 @@
 //! | counter | `rocketmesh_broker_dlq_total` | messages moved to a DLQ (revive or send-back) |
 //! | counter | `rocketmesh_broker_retries_total` | CONSUMER_SEND_MSG_BACK requests taken for retry |
 //! | counter | `rocketmesh_broker_offset_commits_total` | consumer offset commits stored |
+//! | counter | `rocketmesh_broker_acl_denied_total` | requests refused by `--acl` (NO_PERMISSION) |
 
 use metrics::{Counter, Gauge, Histogram, Unit};
 
@@ -60,6 +61,7 @@ pub struct BrokerMetrics {
     pub(crate) dlq: Counter,
     pub(crate) retries: Counter,
     pub(crate) offset_commits: Counter,
+    pub(crate) acl_denied: Counter,
     pub(crate) store: StoreMetrics,
 }
 
@@ -113,6 +115,10 @@ impl BrokerMetrics {
                 "CONSUMER_SEND_MSG_BACK requests taken for redelivery",
             ),
             offset_commits: counter("offset_commits_total", "Consumer offset commits stored"),
+            acl_denied: counter(
+                "acl_denied_total",
+                "Requests refused by the ACL file (NO_PERMISSION)",
+            ),
             store: StoreMetrics {
                 flush_seconds: metrics::histogram!(flush, BROKER_LABEL => broker.to_owned()),
                 size_bytes: metrics::gauge!(size, BROKER_LABEL => broker.to_owned()),

@@ -50,6 +50,9 @@ impl Handler for BrokerHandler {
         conn: &Arc<Connection>,
     ) -> Option<RemotingCommand> {
         let b = &self.broker;
+        if let Some(denied) = b.acl.as_ref().and_then(|acl| acl.check(b, &req, conn)) {
+            return Some(denied);
+        }
         let resp = match req.code() {
             rc::SEND_MESSAGE | rc::SEND_MESSAGE_V2 | rc::SEND_BATCH_MESSAGE => {
                 send(b, &req, conn).await

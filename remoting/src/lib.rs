@@ -7,6 +7,7 @@ pub mod client;
 pub mod drain;
 mod gate;
 mod log_budget;
+pub mod reload;
 pub mod server;
 
 pub use client::{ClientError, Completion, RemotingClient};

@@ -37,6 +37,8 @@ impl AdminSource for AdminView {
                 // Per group: what its heartbeat says and whether its pulls are translated to
                 // pops or relayed to the real queues.
                 "consumer_groups": self.core.groups.describe(),
+                // Keys and policies; secrets redacted.
+                "access": self.core.access.dump(),
             },
             "xds": self.core.xds().config_dump(),
         })

@@ -27,6 +27,7 @@ use rocketmesh_filters::codec::{CodecError, RemotingCommand};
 use rocketmesh_filters::route::topic_route_data;
 use rocketmesh_xds::client::XdsClient;
 
+use super::access::Access;
 use super::assignment;
 use super::clients;
 use super::context::Context;
@@ -52,6 +53,8 @@ pub struct SidecarCore {
     pub pulls: Arc<PullBridge>,
     pub transparent: Arc<Transparent>,
     pub locks: Arc<Locks>,
+    /// Client signature verification and topic authorization.
+    pub access: Arc<Access>,
 }
 
 impl SidecarCore {
@@ -78,6 +81,11 @@ impl SidecarCore {
             .with_opaque(req.opaque())
             .with_language(req.language())
             .with_serialize_type(req.serialize_type());
+        // Before anything else, on the request as the application sent it.
+        if let Some(denied) = self.access.check(ctx, &req, conn) {
+            ctx.stats.inc(Counter::ResponseError);
+            return (!oneway).then_some(denied);
+        }
         let groups = &*self.groups;
         let result = match code {
             // A connection meant for a real broker (transparent mode): relayed unchanged.
@@ -269,6 +277,10 @@ impl Handler for SidecarCore {
     ) -> Result<(), (RemotingCommand, RequestSlot)> {
         if conn.label().is_some() {
             // An intercepted broker connection: relayed unchanged, on a task.
+            return Err((request, slot));
+        }
+        if self.access.decide(&request, conn.peer()).is_err() {
+            // Refused: the dispatch path answers (and counts) it.
             return Err((request, slot));
         }
         match request.code() {

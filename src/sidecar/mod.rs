@@ -8,6 +8,7 @@
 //!  ├ background    client expiry, heartbeats to brokers, broker -> client relay
 //!  ├ admin_view    /ready, /config_dump, /clusters
 //!  └ dispatch      SidecarCore: the Remoting handler; only dispatches
+//!     ├ access     --verify-client-signatures, --authz: checked before anything else
 //!     ├ send       both send paths, from one SendPlan
 //!     ├ pop        pop / ack / change invisible / batch ack
 //!     ├ txn        Transactions: half message -> broker
@@ -20,6 +21,7 @@
 //!           └ error    SidecarError -> response code + remark
 //! ```
 
+pub mod access;
 pub mod admin_view;
 pub mod assignment;
 pub mod background;
@@ -105,6 +107,8 @@ pub struct SidecarConfig {
     pub translator: TranslatorConfig,
     /// Transparent mode: classify iptables-redirected connections by original destination.
     pub transparent: TransparentConfig,
+    /// Signing upstream requests, checking the applications' signatures, topic authorization.
+    pub access: access::AccessConfig,
 }
 
 impl SidecarConfig {
@@ -132,6 +136,7 @@ impl SidecarConfig {
             server: ServerConfig::default(),
             translator: TranslatorConfig::default(),
             transparent: TransparentConfig::default(),
+            access: access::AccessConfig::default(),
         }
     }
 }

@@ -19,6 +19,7 @@ use rocketmesh_xds::static_config;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::access::Access;
 use super::admin_view::AdminView;
 use super::background::{expire_clients, heartbeat_brokers, relay_broker_requests};
 use super::context::{Context, HandlerConfig};
@@ -194,6 +195,9 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
         .collect();
     own.push(advertised.clone());
     let stats = Arc::new(Stats::new(&cfg.stat_prefix).context("stat prefix")?);
+    let access = Arc::new(Access::load(&cfg.access)?);
+    let mut upstream_cfg = cfg.upstream.clone();
+    upstream_cfg.credentials = access.credentials.clone();
     let (inbound_tx, inbound_rx) = mpsc::channel::<BrokerRequest>(RELAY_QUEUE);
     let ctx = Arc::new(Context {
         cfg: HandlerConfig {
@@ -203,7 +207,7 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
             response_encoding: cfg.server.response_encoding,
         },
         router: Router::new(xds.clone(), cfg.virtual_broker.clone(), stats.clone()),
-        upstreams: Arc::new(Upstreams::new(cfg.upstream.clone(), inbound_tx)),
+        upstreams: Arc::new(Upstreams::new(upstream_cfg, inbound_tx)),
         stats,
     });
     let pulls = Arc::new(PullBridge::new(ctx.clone(), cfg.translator.clone()));
@@ -215,6 +219,7 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
         pulls,
         transparent: Arc::new(Transparent::new(cfg.transparent.clone(), own)),
         locks: Arc::new(Locks::default()),
+        access,
     });
     let servers: Vec<Server> = std::iter::once(listener)
         .chain(extra)
@@ -223,6 +228,7 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
     drop(listeners_block);
 
     let background = Drain::new();
+    core.access.spawn_reloads(&background);
     background.spawn(expire_clients(core.groups.clone()));
     background.spawn(heartbeat_brokers(core.clone(), addr, cfg.broker_heartbeat));
     background.spawn(relay_broker_requests(

@@ -2,6 +2,10 @@
 //! each, opaques remapped by [`RemotingClient`]), connect and request timeouts, and a short
 //! cool-down for endpoints that refuse connections, so a dead broker is skipped instead of being
 //! re-dialled by every request.
+//!
+//! The pools are the one way a request leaves the sidecar for a broker ([`Upstreams::invoke`],
+//! [`Upstreams::try_forward`], [`Upstreams::send_oneway`]), so this is where requests are
+//! signed with `--credentials`: after every rewrite, once, whatever path built the request.
 
 use parking_lot::Mutex;
 use rocketmesh_filters::clock::mono_ms;
@@ -10,6 +14,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rocketmesh_filters::acl::{sign, Credentials};
 use rocketmesh_filters::codec::RemotingCommand;
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -27,6 +32,9 @@ pub struct UpstreamConfig {
     pub failure_cooldown: Duration,
     /// Most endpoints pooled at once (least recently used idle pools are dropped past it).
     pub max_endpoints: usize,
+    /// Keys every upstream request is signed with (Apache's ACL signature); None = requests
+    /// leave as built (an application's own signature, if any, stays).
+    pub credentials: Option<Credentials>,
 }
 
 impl Default for UpstreamConfig {
@@ -36,6 +44,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(1),
             failure_cooldown: Duration::from_secs(2),
             max_endpoints: 1024,
+            credentials: None,
         }
     }
 }
@@ -196,6 +205,15 @@ impl Upstreams {
         pool
     }
 
+    /// `cmd` as it goes upstream: signed when the sidecar has credentials (replacing the
+    /// application's `AccessKey`/`Signature`: a rewritten request would not verify anyway).
+    fn outgoing(&self, mut cmd: RemotingCommand) -> RemotingCommand {
+        if let Some(creds) = &self.cfg.credentials {
+            sign(&mut cmd, creds);
+        }
+        cmd
+    }
+
     /// Whether `addr` refused a connection recently (callers prefer other endpoints).
     pub fn is_down(&self, addr: &str) -> bool {
         self.pools.lock().get(addr).is_some_and(|p| p.is_down())
@@ -266,6 +284,7 @@ impl Upstreams {
         timeout: Duration,
         connect_timeout: Option<Duration>,
     ) -> Result<RemotingCommand, UpstreamError> {
+        let cmd = self.outgoing(cmd);
         let pool = self.pool(addr);
         pool.stats.requests.fetch_add(1, Ordering::Relaxed);
         let client = match self
@@ -318,6 +337,8 @@ impl Upstreams {
         let Some(client) = pool.try_live().1 else {
             return Err((cmd, done));
         };
+        // Signed here and again if handed back to `invoke`: signing replaces the signature.
+        let cmd = self.outgoing(cmd);
         pool.stats.active.fetch_add(1, Ordering::Relaxed);
         let tracked = PoolDone {
             pool: pool.clone(),
@@ -337,6 +358,7 @@ impl Upstreams {
 
     /// Sends a oneway request (no answer expected).
     pub async fn send_oneway(&self, addr: &str, cmd: RemotingCommand) -> Result<(), UpstreamError> {
+        let cmd = self.outgoing(cmd);
         let pool = self.pool(addr);
         let client = self.connection(&pool, self.cfg.connect_timeout).await?;
         client
@@ -390,5 +412,103 @@ impl Upstreams {
             ));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remoting::{Connection, Handler, Server, ServerConfig};
+    use rocketmesh_filters::acl::verify;
+    use rocketmesh_filters::codec::{response_code, ResponseEncoding};
+
+    /// A broker that counts requests whose signature verifies under `SECRET` and those that do
+    /// not, and answers NO_PERMISSION to the latter.
+    #[derive(Default)]
+    struct Checking {
+        signed: AtomicU64,
+        unsigned: AtomicU64,
+    }
+
+    const SECRET: &str = "mesh-secret";
+
+    impl Handler for Checking {
+        async fn handle(
+            self: &Arc<Self>,
+            req: RemotingCommand,
+            _conn: &Arc<Connection>,
+        ) -> Option<RemotingCommand> {
+            let ok = verify(&req, SECRET) && req.ext().get("AccessKey") == Some("mesh");
+            let n = if ok { &self.signed } else { &self.unsigned };
+            n.fetch_add(1, Ordering::Relaxed);
+            let code = if ok {
+                response_code::SUCCESS
+            } else {
+                response_code::NO_PERMISSION
+            };
+            Some(req.response_to(code, ResponseEncoding::Json))
+        }
+    }
+
+    struct Done(tokio::sync::oneshot::Sender<i32>);
+
+    impl Completion for Done {
+        fn complete(self, result: Result<RemotingCommand, ClientError>) {
+            let _ = self.0.send(result.map_or(-1, |r| r.code()));
+        }
+    }
+
+    /// The application's request, with its own (stale) keys.
+    fn app_request(code: i32) -> RemotingCommand {
+        let mut r = RemotingCommand::request(code).with_body(&b"body"[..]);
+        r.ext_mut().insert("topic", "T");
+        r.ext_mut().insert("AccessKey", "app");
+        r.ext_mut().insert("Signature", "app-signature");
+        r
+    }
+
+    /// Every way out of the pools signs: a request that left unsigned (or with the
+    /// application's keys) would be counted by the checking broker.
+    #[tokio::test]
+    async fn every_upstream_path_signs() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let broker = Arc::new(Checking::default());
+        let server = Server::start(listener, broker.clone(), ServerConfig::default());
+        let (tx, _rx) = mpsc::channel(1);
+        let cfg = UpstreamConfig {
+            credentials: Some(Credentials {
+                access_key: "mesh".into(),
+                secret_key: SECRET.into(),
+                security_token: None,
+            }),
+            // One connection: try_forward takes only a slot that is already up.
+            connections_per_endpoint: 1,
+            ..UpstreamConfig::default()
+        };
+        let up = Upstreams::new(cfg, tx);
+        let t = Duration::from_secs(5);
+        let r = up.invoke(&addr, app_request(10), t, None).await.unwrap();
+        assert_eq!(r.code(), response_code::SUCCESS);
+        let (done, answer) = tokio::sync::oneshot::channel();
+        // The connection is up now, so try_forward takes the request.
+        assert!(up
+            .try_forward(&addr, app_request(11), Instant::now(), t, Done(done))
+            .is_ok());
+        assert_eq!(answer.await.unwrap(), response_code::SUCCESS);
+        up.send_oneway(&addr, app_request(34).oneway())
+            .await
+            .unwrap();
+        let deadline = Instant::now() + t;
+        while broker.signed.load(Ordering::Relaxed) < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "the oneway request never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(broker.unsigned.load(Ordering::Relaxed), 0);
+        up.close_all();
+        server.close().await;
     }
 }

@@ -6,6 +6,7 @@
 
 mod support;
 
+mod acl;
 mod admin;
 mod broker_pop;
 mod broker_protocol;

@@ -36,6 +36,10 @@ Modes (argument 1), options as --key value:
            "attempted": n, "error": "..." or null}
   pull_all --namesrv A --topic T --group G [--max-seconds S]
            PullConsumer: every queue of T from offset 0 to the end. RESULT {"bodies": [...]}
+
+Every client mode takes [--access-key AK --secret-key SK]: the client signs its requests with
+them (Apache ACL, SessionCredentials with channel ALIYUN); without them it signs with empty keys,
+as the C++ client always does.
 """
 import ctypes
 import json
@@ -109,9 +113,15 @@ def make(topic, body, tags, keys, props):
     return m
 
 
+def credentials(client, o):
+    if 'access_key' in o:
+        client.set_session_credentials(o['access_key'], o.get('secret_key', ''), 'ALIYUN')
+
+
 def producer(o):
     p = Producer(o['group'], timeout=int(o.get('timeout_ms', 3000)))
     p.set_namesrv_addr(o['namesrv'])
+    credentials(p, o)
     p.start()
     return p
 
@@ -220,6 +230,7 @@ def consume(o):
     model = MessageModel.BROADCASTING if o.get('model') == 'broadcasting' else MessageModel.CLUSTERING
     c = PushConsumer(o['group'], orderly=o.get('orderly') == 'true', message_model=model)
     c.set_namesrv_addr(o['namesrv'])
+    credentials(c, o)
     c.set_thread_count(2)
     c.set_message_batch_max_size(1)
     from rocketmq.exceptions import ffi_check
