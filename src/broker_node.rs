@@ -65,11 +65,13 @@ pub async fn start(config: BrokerConfig, admin: Option<SocketAddr>) -> anyhow::R
     let admin_stop = CancellationToken::new();
     let admin = match admin {
         Some(a) => {
+            let acl = handle.acl_dumper();
             let dump = move || {
                 serde_json::json!({
                     "role": "broker",
                     "name": name,
                     "remoting": addr.to_string(),
+                    "acl": acl(),
                 })
             };
             let source = Arc::new(NodeSource::new(ready.clone(), dump, || {}));

@@ -235,6 +235,16 @@ impl BrokerHandle {
             .map(|a| a.file.current().redacted_json())
     }
 
+    /// A `'static` view of [`acl_dump`](Self::acl_dump) for an admin server's `/config_dump`:
+    /// the accounts as currently loaded, secrets redacted (`null` without `--acl`).
+    pub fn acl_dumper(&self) -> impl Fn() -> serde_json::Value + Send + Sync + 'static {
+        let file = self.broker.acl.as_ref().map(|a| a.file.clone());
+        move || {
+            file.as_ref()
+                .map_or(serde_json::Value::Null, |f| f.current().redacted_json())
+        }
+    }
+
     /// The store's counters.
     pub fn store_stats(&self) -> store::StoreStats {
         self.broker.store.stats()

@@ -258,8 +258,14 @@ fn cpp_sdk_against_the_broker_acl_and_reload() {
     let dir = work_dir("acl-broker");
     let acl_path = dir.join("plain_acl.yml");
     std::fs::write(&acl_path, ACL).unwrap();
-    let (b, _admin) = acl_broker(&dir, "broker-a", &acl_path, None);
+    let (b, admin) = acl_broker(&dir, "broker-a", &acl_path, None);
     let ns = b.namesrv();
+    // The broker's /config_dump shows the accounts, never a secret.
+    let dump = admin_get(admin, "/config_dump");
+    assert!(
+        dump.contains("\"app\"") && !dump.contains("app-secret-1"),
+        "{dump}"
+    );
     create_topic_signed(b.addr, "AclOrders", 4);
     create_topic_signed(b.addr, "AclAudit", 4);
     let app = Some(("app", "app-secret-1"));
