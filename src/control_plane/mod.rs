@@ -405,8 +405,10 @@ fn file_stamp(path: &Path) -> FileStamp {
 fn apply_static(catalog: &Catalog, path: &Path, r: StaticResources) {
     let (vhosts, clusters, las) = (r.vhosts.len(), r.clusters.len(), r.load_assignments.len());
     let changed = catalog.replace_static(r.vhosts, r.clusters, r.load_assignments);
+    let policies = r.policies.len();
+    catalog.replace_static_policies(r.policies);
     tracing::info!(
-        file = %path.display(), vhosts, clusters, load_assignments = las, changed,
+        file = %path.display(), vhosts, clusters, load_assignments = las, policies, changed,
         "static resources loaded"
     );
 }

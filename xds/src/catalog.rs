@@ -31,8 +31,10 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::model::{content_version, ClusterSpec, LoadAssignment, TopicRouteSpec, VirtualHostSpec};
-use crate::resources::{build_load_assignment, build_topic, topic_cluster_name};
+use crate::model::{
+    content_version, ClusterSpec, LoadAssignment, TopicPolicy, TopicRouteSpec, VirtualHostSpec,
+};
+use crate::resources::{build_load_assignment_with, build_topic_with, topic_cluster_name};
 use crate::DEFAULT_ROUTE_CONFIG;
 
 /// Most changes remembered for incremental pushes; a stream further behind re-checks everything.
@@ -99,10 +101,29 @@ struct State {
     load_assignments: HashMap<String, Versioned<LoadAssignment>>,
     /// Topics an upstream nameserver says do not exist.
     absent: HashSet<String>,
+    /// Traffic policies laid over registered topics: the static file's, and the admin API's
+    /// (which win for their topic).
+    policies_static: HashMap<String, Versioned<TopicPolicy>>,
+    policies_api: HashMap<String, Versioned<TopicPolicy>>,
     log: VecDeque<(u64, Changed)>,
 }
 
 impl State {
+    /// The policy in force for `topic`: the admin API's, else the static file's.
+    fn policy(&self, topic: &str) -> Option<&Versioned<TopicPolicy>> {
+        self.policies_api
+            .get(topic)
+            .or_else(|| self.policies_static.get(topic))
+    }
+
+    /// A registered topic's version with its policy's folded in.
+    fn topic_version(&self, topic: &str, route: &Versioned<TopicRouteSpec>) -> String {
+        match self.policy(topic) {
+            Some(p) => format!("{}-p{}", route.version, p.version),
+            None => route.version.clone(),
+        }
+    }
+
     fn record(&mut self, changed: Vec<Changed>) -> bool {
         if changed.is_empty() {
             return false;
@@ -458,9 +479,10 @@ impl Catalog {
             });
         }
         if let Some(r) = s.routes.get(topic) {
-            let (vhost, _) = build_topic(name, &r.value, self.opts.eds);
+            let policy = s.policy(topic).map(|p| &*p.value);
+            let (vhost, _) = build_topic_with(name, &r.value, policy, self.opts.eds);
             return Lookup::Found(Versioned {
-                version: r.version.clone(),
+                version: s.topic_version(topic, r),
                 value: Arc::new(vhost),
             });
         }
@@ -477,13 +499,14 @@ impl Catalog {
             return Lookup::Absent;
         };
         if let Some(r) = s.routes.get(topic) {
-            let (_, cluster) = build_topic(
+            let (_, cluster) = build_topic_with(
                 &crate::vhds_name(DEFAULT_ROUTE_CONFIG, topic),
                 &r.value,
+                s.policy(topic).map(|p| &*p.value),
                 self.opts.eds,
             );
             return Lookup::Found(Versioned {
-                version: self.derived_version(&r.version),
+                version: self.derived_version(&s.topic_version(topic, r)),
                 value: Arc::new(cluster),
             });
         }
@@ -501,8 +524,11 @@ impl Catalog {
         };
         match s.routes.get(topic) {
             Some(r) => Lookup::Found(Versioned {
-                version: r.version.clone(),
-                value: Arc::new(build_load_assignment(&r.value)),
+                version: s.topic_version(topic, r),
+                value: Arc::new(build_load_assignment_with(
+                    &r.value,
+                    s.policy(topic).map(|p| &*p.value),
+                )),
             }),
             None => self.absent_or_held(topic),
         }
@@ -528,6 +554,101 @@ impl Catalog {
             Changed::Cluster(c) => (None, vec![c.clone()]),
             Changed::WarmupEnded => (None, Vec::new()),
         }
+    }
+
+    /// Sets (`Some`) or clears the admin API's policy for `topic`; an empty policy clears it.
+    /// Returns whether the policy in force changed.
+    pub fn set_policy(&self, topic: &str, policy: Option<TopicPolicy>) -> bool {
+        let mut s = self.write();
+        let before = s.policy(topic).map(|p| p.version.clone());
+        match policy.filter(|p| !p.is_empty()) {
+            Some(p) => {
+                let version = content_version(&p);
+                s.policies_api.insert(
+                    topic.to_owned(),
+                    Versioned {
+                        version,
+                        value: Arc::new(p),
+                    },
+                );
+            }
+            None => {
+                s.policies_api.remove(topic);
+            }
+        }
+        self.policy_changed(s, [(topic.to_owned(), before)])
+    }
+
+    /// Replaces the static file's policies (a static file (re)load).
+    pub fn replace_static_policies(&self, policies: BTreeMap<String, TopicPolicy>) -> bool {
+        let mut s = self.write();
+        let topics: HashSet<String> = s
+            .policies_static
+            .keys()
+            .cloned()
+            .chain(policies.keys().cloned())
+            .collect();
+        let before: Vec<(String, Option<String>)> = topics
+            .into_iter()
+            .map(|t| {
+                let v = s.policy(&t).map(|p| p.version.clone());
+                (t, v)
+            })
+            .collect();
+        s.policies_static = policies
+            .into_iter()
+            .filter(|(_, p)| !p.is_empty())
+            .map(|(t, p)| {
+                let version = content_version(&p);
+                (
+                    t,
+                    Versioned {
+                        version,
+                        value: Arc::new(p),
+                    },
+                )
+            })
+            .collect();
+        self.policy_changed(s, before)
+    }
+
+    /// Records a change for every topic whose policy in force differs from `before`.
+    fn policy_changed(
+        &self,
+        mut s: parking_lot::RwLockWriteGuard<'_, State>,
+        before: impl IntoIterator<Item = (String, Option<String>)>,
+    ) -> bool {
+        let changed: Vec<Changed> = before
+            .into_iter()
+            .filter(|(t, v)| s.policy(t).map(|p| &p.version) != v.as_ref())
+            .map(|(t, _)| Changed::Topic(t))
+            .collect();
+        if !s.record(changed) {
+            return false;
+        }
+        let rev = s.rev;
+        drop(s);
+        self.publish(rev);
+        true
+    }
+
+    /// The policy in force for `topic`, if any.
+    pub fn policy(&self, topic: &str) -> Option<Arc<TopicPolicy>> {
+        self.read().policy(topic).map(|p| p.value.clone())
+    }
+
+    /// Every topic with a policy in force, sorted.
+    pub fn policy_topics(&self) -> Vec<String> {
+        let s = self.read();
+        let mut out: Vec<String> = s
+            .policies_api
+            .keys()
+            .chain(s.policies_static.keys())
+            .cloned()
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Every topic with a virtual host (static or registered), sorted.
@@ -579,6 +700,7 @@ impl Catalog {
 mod tests {
     use super::*;
     use crate::model::BrokerQueues;
+    use crate::resources::build_topic;
 
     fn route(topic: &str, perm: u32) -> TopicRouteSpec {
         TopicRouteSpec {
@@ -717,5 +839,35 @@ mod tests {
                 .len(),
             3
         );
+    }
+
+    #[test]
+    fn policies_change_derived_versions_and_api_wins() {
+        let c = Catalog::new(CatalogOptions::default());
+        c.set_topic(route("T", 6));
+        let name = topic_cluster_name("T");
+        let plain = c.cluster(&name).found().unwrap();
+        let rev = c.revision();
+        let ro = TopicPolicy {
+            no_write: ["b".to_owned()].into(),
+            ..Default::default()
+        };
+        assert!(c.replace_static_policies(BTreeMap::from([("T".into(), ro.clone())])));
+        assert!(c.revision() > rev);
+        let stat = c.cluster(&name).found().unwrap();
+        assert_ne!(stat.version, plain.version);
+        // The API's policy wins; clearing it falls back to the file's.
+        let excluded = TopicPolicy {
+            no_read: ["b".to_owned()].into(),
+            no_write: ["b".to_owned()].into(),
+            ..Default::default()
+        };
+        assert!(c.set_policy("T", Some(excluded.clone())));
+        assert!(!c.set_policy("T", Some(excluded)), "same policy: no change");
+        assert_eq!(c.load_assignment(&name).found().unwrap().value.endpoints.len(), 0);
+        assert!(c.set_policy("T", None));
+        assert_eq!(c.cluster(&name).found().unwrap().version, stat.version);
+        assert_eq!(c.policy("T").as_deref(), Some(&ro));
+        assert_eq!(c.policy_topics(), ["T"]);
     }
 }
