@@ -60,6 +60,10 @@ pub fn queue_view(route: &TopicRoute) -> QueueView {
             perm: p,
             read_queues: e.read_queue_num,
             write_queues: e.write_queue_num,
+            weight: writable
+                .iter()
+                .find(|w| w.broker_name == e.broker_name)
+                .and_then(|w| w.weight),
         });
     }
     let queues = VirtualQueues::new(&brokers);
@@ -401,6 +405,9 @@ impl<'r> SendPlan<'r> {
 
     /// The virtual queue an SDK sees for a send that went to `t`.
     pub fn virtual_queue(&self, t: &SendTarget<'_>) -> i32 {
+        if t.endpoint.broker_name == self.first_broker {
+            return self.vqueue;
+        }
         self.vq
             .virtual_write(&t.endpoint.broker_name, t.local)
             .unwrap_or(self.vqueue)
