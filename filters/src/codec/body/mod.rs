@@ -45,7 +45,8 @@ mod serde_util;
 use thiserror::Error;
 
 pub use admin::{
-    quote_object_keys, Connection, ConsumeStats, ConsumerConnection, KvTable, OffsetWrapper,
+    quote_object_keys, Connection, ConsumeStats, ConsumerConnection, GroupList, KvTable,
+    OffsetWrapper,
     QueueTable, TopicList, TopicOffset, TopicStatsTable,
 };
 pub use assignment::{
