@@ -60,6 +60,8 @@ pub enum Command {
     /// One xDS client run for bench-xds (prints one JSON line).
     #[command(hide = true)]
     XdsProbe(XdsProbeArgs),
+    /// Drive the control plane's traffic API: routes, weights, migrations.
+    Ctl(crate::ctl::CtlArgs),
 }
 
 #[derive(Debug, Args)]
@@ -311,6 +313,10 @@ pub struct ControlPlaneArgs {
     /// force-closed (`/ready` answers 503 from the first moment). E.g. `5s`, `1500ms`, `1m`.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: std::time::Duration,
+    /// Keep traffic policies and migrations in DIR/traffic.json (resumed after a restart);
+    /// without it they live in memory only.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -220,8 +220,14 @@ fn consume_stats(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
         let Some(cfg) = b.topics.get(&topic) else {
             continue;
         };
-        // As Apache: a group that subscribes to something is reported on those topics only.
-        if !subscribed.is_empty() && !subscribed.contains(&topic) {
+        // As Apache: a group that subscribes to something is reported on those topics only
+        // (and, here, on the pop-retry topics of those: their backlog is the group's too).
+        let of_subscribed = |t: &str| {
+            subscribed.iter().any(|x| x == t)
+                || rocketmesh_filters::codec::pop::parse_pop_retry_topic(t, group)
+                    .is_some_and(|(_, original)| subscribed.contains(&original))
+        };
+        if !subscribed.is_empty() && !of_subscribed(&topic) {
             continue;
         }
         let in_flight = b.store.pop().unacked(group, &topic);
