@@ -544,7 +544,10 @@ const INDEX: &str = "rocketmesh admin\n\
 async fn serve_api(api: Arc<dyn Api>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     use http_body_util::BodyExt as _;
     let (parts, body) = req.into_parts();
-    let body = match http_body_util::Limited::new(body, MAX_API_BODY).collect().await {
+    let body = match http_body_util::Limited::new(body, MAX_API_BODY)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             return json_response(

@@ -128,7 +128,9 @@ pub fn run(args: &CtlArgs) -> anyhow::Result<()> {
                 }
                 match m["state"].as_str() {
                     Some("done") => return Ok(()),
-                    Some("aborted" | "failed") => bail!("the migration of {topic} ended {}", m["state"]),
+                    Some("aborted" | "failed") => {
+                        bail!("the migration of {topic} ended {}", m["state"])
+                    }
                     _ if Instant::now() >= deadline => bail!("still migrating after {limit:?}"),
                     _ => std::thread::sleep(Duration::from_millis(500)),
                 }

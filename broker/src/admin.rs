@@ -259,8 +259,10 @@ fn consume_stats(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
 fn consumed_by(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
     let h: QueryTopicConsumeByWhoRequestHeader = try_header!(b, req);
     let mut list = GroupList::default();
-    list.group_list.extend(b.clients.groups_subscribing(&h.topic));
-    list.group_list.extend(b.store.offsets().groups_of(&h.topic));
+    list.group_list
+        .extend(b.clients.groups_subscribing(&h.topic));
+    list.group_list
+        .extend(b.store.offsets().groups_of(&h.topic));
     list.group_list.extend(b.store.pop().groups_of(&h.topic));
     reply(b, req, code::SUCCESS).with_body(list.to_json())
 }

@@ -864,7 +864,15 @@ mod tests {
         };
         assert!(c.set_policy("T", Some(excluded.clone())));
         assert!(!c.set_policy("T", Some(excluded)), "same policy: no change");
-        assert_eq!(c.load_assignment(&name).found().unwrap().value.endpoints.len(), 0);
+        assert_eq!(
+            c.load_assignment(&name)
+                .found()
+                .unwrap()
+                .value
+                .endpoints
+                .len(),
+            0
+        );
         assert!(c.set_policy("T", None));
         assert_eq!(c.cluster(&name).found().unwrap().version, stat.version);
         assert_eq!(c.policy("T").as_deref(), Some(&ro));

@@ -344,7 +344,10 @@ mod tests {
         }
         // Each broker's queues are used in turn; the mapping is a function of the weights.
         assert_eq!(vq.write_target(0), Some(("a", 0)));
-        assert_eq!(vq, VirtualQueues::new(&[weighted("b", 10), weighted("a", 90)]));
+        assert_eq!(
+            vq,
+            VirtualQueues::new(&[weighted("b", 10), weighted("a", 90)])
+        );
         let slot = vq.virtual_write("b", 1).unwrap();
         assert_eq!(vq.write_target(slot), Some(("b", 1)));
         // Reads are not weighted.

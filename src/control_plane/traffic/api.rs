@@ -72,7 +72,8 @@ impl Api for Traffic {
 }
 
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, TrafficError> {
-    serde_json::from_slice(body).map_err(|e| TrafficError::Invalid(format!("bad request body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| TrafficError::Invalid(format!("bad request body: {e}")))
 }
 
 fn topic_param(query: Option<&str>) -> Option<String> {
@@ -119,7 +120,11 @@ impl Traffic {
             (&Method::POST, "/api/abort") => parse::<TopicReq>(body)
                 .and_then(|r| self.abort(&r.topic))
                 .map(|m| json!({ "migration": m })),
-            (_, "/api/routes" | "/api/migrations" | "/api/weights" | "/api/policy" | "/api/migrate" | "/api/abort") => {
+            (
+                _,
+                "/api/routes" | "/api/migrations" | "/api/weights" | "/api/policy" | "/api/migrate"
+                | "/api/abort",
+            ) => {
                 return (
                     StatusCode::METHOD_NOT_ALLOWED,
                     json!({ "error": format!("{method} {path} is not allowed") }),
@@ -151,7 +156,8 @@ impl Traffic {
         let out: Vec<Value> = topics
             .iter()
             .map(|t| {
-                let brokers: Vec<Value> = match self.catalog.load_assignment(&topic_cluster_name(t)) {
+                let brokers: Vec<Value> = match self.catalog.load_assignment(&topic_cluster_name(t))
+                {
                     Lookup::Found(la) => la
                         .value
                         .endpoints

@@ -108,7 +108,13 @@ fn record(t: &Traffic, topic: &str, f: impl FnOnce(&mut super::Migration)) {
     }
 }
 
-async fn prepare(t: &Traffic, topic: &str, from: &str, to: &str, started: i64) -> Result<(), String> {
+async fn prepare(
+    t: &Traffic,
+    topic: &str,
+    from: &str,
+    to: &str,
+    started: i64,
+) -> Result<(), String> {
     let route = t.catalog.topic_route(topic);
     let registered_on_target = route
         .as_ref()
@@ -132,7 +138,12 @@ async fn prepare(t: &Traffic, topic: &str, from: &str, to: &str, started: i64) -
             p.no_read.remove(from);
             super::Traffic::put_policy(s, topic, p)
         });
-        tracing::info!(topic, from, to, "migration: target registered the topic, draining the source");
+        tracing::info!(
+            topic,
+            from,
+            to,
+            "migration: target registered the topic, draining the source"
+        );
         return r.map_err(|e| e.to_string());
     }
     if unix_ms() - started > t.opts.prepare_timeout.as_millis() as i64 {

@@ -213,7 +213,11 @@ impl Traffic {
             .catalog
             .topic_route(topic)
             .ok_or_else(|| TrafficError::Unknown(format!("topic {topic} is not registered")))?;
-        Ok(route.brokers.iter().map(|b| b.broker_name.clone()).collect())
+        Ok(route
+            .brokers
+            .iter()
+            .map(|b| b.broker_name.clone())
+            .collect())
     }
 
     fn no_migration(s: &Saved, topic: &str) -> Result<(), TrafficError> {

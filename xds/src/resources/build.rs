@@ -180,7 +180,11 @@ mod tests {
         };
         TopicRouteSpec {
             topic: "T".into(),
-            brokers: vec![b("broker-a", 10911), b("broker-b", 10912), b("broker-c", 10913)],
+            brokers: vec![
+                b("broker-a", 10911),
+                b("broker-b", 10912),
+                b("broker-c", 10913),
+            ],
         }
     }
 
@@ -196,11 +200,18 @@ mod tests {
             no_write: ["broker-c".to_owned()].into(),
         };
         let la = build_load_assignment_with(&spec(), Some(&policy));
-        let names: Vec<&str> = la.endpoints.iter().map(|e| e.broker_name.as_str()).collect();
+        let names: Vec<&str> = la
+            .endpoints
+            .iter()
+            .map(|e| e.broker_name.as_str())
+            .collect();
         assert_eq!(names, ["broker-a", "broker-b"], "broker-c left the route");
         assert_eq!(la.endpoints[0].weight, Some(90));
         assert_eq!(la.endpoints[1].weight, Some(10));
-        assert!(la.endpoints.iter().all(|e| flag(e, "writable") && flag(e, "readable")));
+        assert!(la
+            .endpoints
+            .iter()
+            .all(|e| flag(e, "writable") && flag(e, "readable")));
 
         // Weighted: a broker without a weight is read-only; the proto round-trips the weights.
         let policy = TopicPolicy {
@@ -215,7 +226,11 @@ mod tests {
             .collect();
         assert_eq!(
             w,
-            [(true, false, None), (true, true, Some(1)), (true, false, None)]
+            [
+                (true, false, None),
+                (true, true, Some(1)),
+                (true, false, None)
+            ]
         );
         let back = load_assignment_from_proto(&load_assignment_to_proto(&la)).unwrap();
         assert_eq!(back, la);

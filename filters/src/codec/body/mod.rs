@@ -46,8 +46,7 @@ use thiserror::Error;
 
 pub use admin::{
     quote_object_keys, Connection, ConsumeStats, ConsumerConnection, GroupList, KvTable,
-    OffsetWrapper,
-    QueueTable, TopicList, TopicOffset, TopicStatsTable,
+    OffsetWrapper, QueueTable, TopicList, TopicOffset, TopicStatsTable,
 };
 pub use assignment::{
     MessageQueueAssignment, MessageRequestMode, QueryAssignmentRequestBody,

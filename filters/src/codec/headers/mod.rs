@@ -119,8 +119,7 @@ pub use admin::{
     ConsumeMessageDirectlyResultRequestHeader, GetConsumeStatsRequestHeader,
     GetConsumerConnectionListRequestHeader, GetConsumerRunningInfoRequestHeader,
     GetTopicStatsInfoRequestHeader, QueryMessageRequestHeader, QueryMessageResponseHeader,
-    QueryTopicConsumeByWhoRequestHeader,
-    ViewMessageRequestHeader, UNIQUE_KEY_QUERY,
+    QueryTopicConsumeByWhoRequestHeader, ViewMessageRequestHeader, UNIQUE_KEY_QUERY,
 };
 pub use consumer::{
     ConsumerSendMsgBackRequestHeader, GetConsumerListByGroupRequestHeader,
