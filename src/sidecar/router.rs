@@ -381,12 +381,15 @@ impl<'r> SendPlan<'r> {
     }
 
     /// Every attempt in order: the virtual queue's broker, then the other writable brokers that
-    /// are not cooling down after a failed connect. Never empty.
+    /// are not down (cooling down after a failed connect, or ejected as an outlier). A virtual
+    /// queue's broker that is down goes last, so a send meets a live broker first. Never empty.
     pub fn attempts(
         &self,
         is_down: impl Fn(&str) -> bool,
     ) -> Result<Vec<SendTarget<'r>>, SidecarError> {
-        let mut out: Vec<SendTarget<'r>> = self.first().into_iter().collect();
+        let first = self.first();
+        let first_down = first.is_some_and(|t| is_down(&t.endpoint.address));
+        let mut out: Vec<SendTarget<'r>> = first.filter(|_| !first_down).into_iter().collect();
         out.extend(
             self.sel
                 .endpoints
@@ -397,6 +400,7 @@ impl<'r> SendPlan<'r> {
                 })
                 .map(|e| self.target(e)),
         );
+        out.extend(first.filter(|_| first_down));
         if out.is_empty() {
             return Err(SidecarError::NoWritableBroker(self.topic.to_owned()));
         }

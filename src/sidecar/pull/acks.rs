@@ -213,6 +213,7 @@ impl Acks {
             }
             Err(e) => {
                 tracing::debug!("batch ack not delivered, will retry: {e}");
+                ctx.stats.add(Counter::AckRetry, b.actions.len() as u64);
                 Some(Outcome::Retry)
             }
         }
@@ -258,6 +259,7 @@ impl Acks {
             }
             Err(e) => {
                 tracing::debug!("ack not delivered, will retry: {e}");
+                ctx.stats.inc(Counter::AckRetry);
                 Outcome::Retry
             }
         }

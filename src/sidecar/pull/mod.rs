@@ -76,15 +76,24 @@ impl PullBridge {
         let me = self.clone();
         self.drain.spawn(async move {
             let mut tick = tokio::time::interval(RENEW_EVERY);
+            let mut reported_expired = 0;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
                     () = me.drain.draining() => return,
                 }
-                let (due, owed) = {
+                let (due, owed, expired) = {
                     let mut t = me.t.lock();
-                    (t.renewals_due(unix_ms()), t.pending_acks())
+                    (t.renewals_due(unix_ms()), t.pending_acks(), t.acks_expired())
                 };
+                if expired > reported_expired {
+                    me.ctx.stats.add(Counter::AckExpired, expired - reported_expired);
+                    tracing::warn!(
+                        acks = expired - reported_expired,
+                        "acks given up: their broker was unreachable until the handles became visible again (redelivered)"
+                    );
+                    reported_expired = expired;
+                }
                 me.acks.submit(owed);
                 me.acks.renew(due);
                 me.acks.set_held_gauge();
