@@ -195,8 +195,7 @@ impl Pool {
             .saturating_mul(u64::from(m))
             .min(cfg.outlier_max_ejection.as_millis() as u64);
         let until = mono_ms() + ms;
-        if o
-            .until
+        if o.until
             .compare_exchange(0, until, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
@@ -517,10 +516,7 @@ impl Upstreams {
                     "cx_connect_fail",
                     s.connect_failures.load(Ordering::Relaxed),
                 ),
-                (
-                    "outlier_ejections",
-                    s.ejections.load(Ordering::Relaxed),
-                ),
+                ("outlier_ejections", s.ejections.load(Ordering::Relaxed)),
                 (
                     "outlier_consecutive_failures",
                     u64::from(p.outlier.consecutive.load(Ordering::Relaxed)),
@@ -563,7 +559,9 @@ mod tests {
         assert!(!ups.is_down("127.0.0.1:1"), "a success ends the run");
         fail(1);
         assert!(ups.is_down("127.0.0.1:1"));
-        assert!(ups.clusters_text().contains("health_flags::/failed_outlier_check"));
+        assert!(ups
+            .clusters_text()
+            .contains("health_flags::/failed_outlier_check"));
         let t0 = std::time::Instant::now();
         while ups.is_down("127.0.0.1:1") {
             std::thread::sleep(Duration::from_millis(5));

@@ -37,6 +37,16 @@ struct Mesh {
 
 impl Mesh {
     fn start(name: &str, topic: &str, topic_on: &[&str], sidecars: usize) -> Mesh {
+        Self::start_with(name, topic, topic_on, sidecars, &[])
+    }
+
+    fn start_with(
+        name: &str,
+        topic: &str,
+        topic_on: &[&str],
+        sidecars: usize,
+        sidecar_args: &[&str],
+    ) -> Mesh {
         let dir = work_dir(name);
         let state = dir.join("cp-state");
         let cp = ControlPlaneProc::start_at(
@@ -82,7 +92,7 @@ impl Mesh {
                     cp.xds,
                     "127.0.0.1:0",
                     free_port(),
-                    &[],
+                    sidecar_args,
                 )
             })
             .collect();
@@ -430,5 +440,147 @@ fn migration_under_load_consumes_everything() {
         &missing[..missing.len().min(20)]
     );
     assert!(on_b > 0, "nothing was written to broker-b");
+    let _ = consumer.result(Duration::from_secs(30));
+}
+
+#[test]
+fn broker_loss_under_load_loses_nothing() {
+    python();
+    let topic = "TLoss";
+    let group = "CG_TLoss";
+    let mut m = Mesh::start_with(
+        "traffic-broker-loss",
+        topic,
+        &["broker-a", "broker-b"],
+        2,
+        &["--pop-invisible-ms", "8000", "--renew-before-ms", "3000"],
+    );
+    let stop = m.dir.join("stop-producer");
+    let stop_consumer = m.dir.join("stop-consumer");
+    let mut consumer = py_start(
+        &m.dir,
+        "consume",
+        &[
+            ("namesrv", m.sidecars[1].addr.to_string()),
+            ("topic", topic.into()),
+            ("group", group.into()),
+            ("expect", "100000000".into()),
+            ("max_seconds", "170".into()),
+            ("settle", "1".into()),
+            ("stop_file", stop_consumer.to_str().unwrap().into()),
+        ],
+    );
+    let mut producer = produce_loop(&m.dir, &m.sidecars[0], topic, &stop, 0.01);
+    // ACK lines as they arrive, with the time they did.
+    let mut acks: Vec<Instant> = Vec::new();
+    let read_for = |p: &mut Py, d: Duration, acks: &mut Vec<Instant>| {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            if let Some(l) = p.next_line(Duration::from_millis(20)) {
+                if l.starts_with("ACK ") {
+                    acks.push(Instant::now());
+                }
+            }
+        }
+    };
+    read_for(&mut producer, Duration::from_secs(4), &mut acks);
+    let before_kill = acks.len();
+    assert!(
+        before_kill > 50,
+        "too few sends before the kill: {before_kill}"
+    );
+
+    let b_addr = m.broker("broker-b");
+    m.brokers[1].guard.kill();
+    let killed = Instant::now();
+    read_for(&mut producer, Duration::from_secs(5), &mut acks);
+    // The producer's longest stall around the kill, and the first ack after it.
+    let after: Vec<Instant> = acks.iter().copied().filter(|t| *t >= killed).collect();
+    let first_after = after.first().map(|t| t.duration_since(killed));
+    let window: Vec<Instant> = acks
+        .iter()
+        .copied()
+        .filter(|t| *t + Duration::from_secs(1) >= killed)
+        .collect();
+    let stall = window
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]))
+        .max()
+        .unwrap_or_default();
+    let ejected = |sc: &SidecarProc| {
+        sc.stat("rocketmq_rocketmesh_outlier_detection_ejections_enforced_total")
+            .unwrap_or(0.0)
+    };
+    let (ej0, ej1) = (ejected(&m.sidecars[0]), ejected(&m.sidecars[1]));
+    let failover = m.sidecars[0]
+        .stat("rocketmq_rocketmesh_send_failover")
+        .unwrap_or(0.0);
+    let clusters = m.sidecars[1].admin_get("/clusters");
+    let flags: Vec<&str> = clusters
+        .lines()
+        .filter(|l| l.contains(&b_addr.to_string()) && l.contains("health_flags"))
+        .collect();
+    println!(
+        "broker-b killed: first send ok {first_after:?} after, longest producer stall {stall:?}; \
+         ejections: producer's sidecar {ej0}, consumer's {ej1}; sends failed over {failover}; {flags:?}"
+    );
+    assert!(
+        first_after.is_some_and(|d| d < Duration::from_secs(1)),
+        "recovery took {first_after:?}"
+    );
+
+    // broker-b comes back on its address and data; its messages are consumed.
+    let restarted = BrokerProc::start(
+        &m.dir,
+        "broker-b",
+        &b_addr.to_string(),
+        &[
+            "--name",
+            "broker-b",
+            "--namesrv",
+            &m._cp.remoting.to_string(),
+            "--flush",
+            "sync",
+        ],
+    );
+    m.brokers[1] = restarted;
+    read_for(&mut producer, Duration::from_secs(4), &mut acks);
+    std::fs::write(&stop, b"").unwrap();
+    let produced = producer.result(Duration::from_secs(30));
+    let failed = produced["failed"].as_array().unwrap();
+    let sent = acked(&produced);
+    let mut got: BTreeMap<String, u32> = BTreeMap::new();
+    consume_until(&mut consumer, &sent, &mut got, Duration::from_secs(90));
+    std::fs::write(&stop_consumer, b"").unwrap();
+    let missing: Vec<&String> = sent.iter().filter(|b| !got.contains_key(*b)).collect();
+    let dups = got.values().filter(|n| **n > 1).count();
+    let (ack_retry, ack_expired) = (
+        m.sidecars[1]
+            .stat("rocketmq_rocketmesh_ack_retry")
+            .unwrap_or(0.0),
+        m.sidecars[1]
+            .stat("rocketmq_rocketmesh_ack_expired")
+            .unwrap_or(0.0),
+    );
+    let active = m.sidecars[1]
+        .stat("rocketmq_rocketmesh_outlier_detection_ejections_active")
+        .unwrap_or(0.0);
+    println!(
+        "acked by brokers {} (failed sends {}), stored a {} b {}; consumed {} distinct, {dups} duplicated, {} missing; \
+         consumer sidecar: ack retries {ack_retry}, acks expired {ack_expired}, ejections active now {active}",
+        sent.len(),
+        failed.len(),
+        m.stored("broker-a", topic),
+        m.stored("broker-b", topic),
+        got.len(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "acknowledged but never consumed: {:?}",
+        &missing[..missing.len().min(20)]
+    );
+    assert!(ej0 + ej1 >= 1.0, "no outlier ejection recorded");
+    assert_eq!(active, 0.0, "broker-b still ejected after its return");
     let _ = consumer.result(Duration::from_secs(30));
 }
