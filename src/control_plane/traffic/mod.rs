@@ -346,6 +346,16 @@ impl Traffic {
         }
         self.update(&[], |s| {
             Self::no_migration(s, topic)?;
+            if s.migrations
+                .values()
+                .filter(|m| m.state.is_active())
+                .count()
+                >= MAX_MIGRATIONS
+            {
+                return Err(TrafficError::Conflict(format!(
+                    "at most {MAX_MIGRATIONS} migrations may run at once"
+                )));
+            }
             if s.policies.get(topic).is_some_and(|p| p.excludes(from)) {
                 return Err(TrafficError::Invalid(format!(
                     "broker {from} has already left topic {topic}'s route"
@@ -415,5 +425,87 @@ fn prune(s: &mut Saved) {
             }
             None => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control_plane::namesrv::NamesrvOptions;
+    use rocketmesh_xds::catalog::CatalogOptions;
+    use rocketmesh_xds::model::{BrokerQueues, TopicRouteSpec};
+
+    fn catalog() -> Arc<Catalog> {
+        let c = Arc::new(Catalog::new(CatalogOptions::default()));
+        let b = |name: &str| BrokerQueues {
+            broker_name: name.into(),
+            cluster_name: "C".into(),
+            addrs: BTreeMap::from([(0, format!("127.0.0.1:1{}", name.len()))]),
+            perm: 6,
+            read_queue_num: 4,
+            write_queue_num: 4,
+        };
+        c.set_topic(TopicRouteSpec {
+            topic: "T".into(),
+            brokers: vec![b("a"), b("bb")],
+        });
+        c
+    }
+
+    fn open(dir: &Path, c: &Arc<Catalog>) -> Arc<Traffic> {
+        let ns = Arc::new(NameServer::new(c.clone(), None, NamesrvOptions::default()));
+        Traffic::open(c.clone(), ns, Some(dir), Default::default()).unwrap()
+    }
+
+    #[test]
+    fn policies_and_migrations_survive_a_restart_and_bad_input_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = catalog();
+        let t = open(dir.path(), &c);
+        let w = BTreeMap::from([("a".to_owned(), 90), ("bb".to_owned(), 10)]);
+        t.set_weights("T", w.clone()).unwrap();
+        let zero = BTreeMap::from([("a".to_owned(), 0), ("bb".to_owned(), 0)]);
+        assert!(matches!(
+            t.set_weights("T", zero),
+            Err(TrafficError::Invalid(_))
+        ));
+        let unknown = BTreeMap::from([("zz".to_owned(), 1)]);
+        assert!(matches!(
+            t.set_weights("T", unknown),
+            Err(TrafficError::Unknown(_))
+        ));
+        // A migration as the driver leaves it mid-way.
+        t.update(&[], |s| {
+            s.migrations.insert(
+                "T".into(),
+                Migration {
+                    topic: "T".into(),
+                    from: "a".into(),
+                    to: "bb".into(),
+                    state: MigrationState::Draining,
+                    started_ms: 1,
+                    updated_ms: 1,
+                    prior: None,
+                    remaining: BTreeMap::from([("g".into(), 7)]),
+                    drained_checks: 0,
+                    last_error: None,
+                },
+            );
+            Ok(())
+        })
+        .unwrap();
+        drop(t);
+
+        // A new control plane (fresh catalog) gets both back from disk.
+        let c2 = catalog();
+        let t2 = open(dir.path(), &c2);
+        assert_eq!(c2.policy("T").map(|p| p.weights.clone()), Some(w));
+        let m = t2.migration("T").unwrap();
+        assert_eq!((m.state, m.remaining["g"]), (MigrationState::Draining, 7));
+        // Abort while draining: writes back on the source, the target read-only.
+        let m = t2.abort("T").unwrap();
+        assert_eq!(m.state, MigrationState::Aborted);
+        let p = c2.policy("T").unwrap();
+        assert!(p.writable("a") && !p.writable("bb") && p.readable("bb"));
     }
 }
