@@ -200,7 +200,14 @@ impl Mesh {
     }
 }
 
-fn produce_loop(dir: &Path, sidecar: &SidecarProc, topic: &str, stop: &Path, interval: f64) -> Py {
+fn produce_loop(
+    dir: &Path,
+    sidecar: &SidecarProc,
+    topic: &str,
+    prefix: &str,
+    stop: &Path,
+    interval: f64,
+) -> Py {
     py_start(
         dir,
         "produce_loop",
@@ -208,36 +215,39 @@ fn produce_loop(dir: &Path, sidecar: &SidecarProc, topic: &str, stop: &Path, int
             ("namesrv", sidecar.addr.to_string()),
             ("topic", topic.into()),
             ("group", format!("PG_{topic}")),
-            ("prefix", "m".into()),
+            ("prefix", prefix.into()),
             ("interval", interval.to_string()),
             ("stop_file", stop.to_str().unwrap().into()),
         ],
     )
 }
 
-fn acked(r: &Value) -> BTreeSet<String> {
+fn acked(r: &Value, prefix: &str) -> BTreeSet<String> {
     r["acked"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|i| format!("m-{:07}", i.as_u64().unwrap()))
+        .map(|i| format!("{prefix}-{:07}", i.as_u64().unwrap()))
         .collect()
 }
 
-/// Reads a consumer's `GOT` lines until every body of `want` was seen (or `limit`).
+/// Reads the consumers' `GOT` lines until every body of `want` was seen (or `limit`).
 fn consume_until(
-    c: &mut Py,
+    consumers: &mut [Py],
     want: &BTreeSet<String>,
     got: &mut BTreeMap<String, u32>,
     limit: Duration,
 ) {
     let end = Instant::now() + limit;
     while want.iter().any(|b| !got.contains_key(b)) && Instant::now() < end {
-        if let Some(l) = c.next_line(Duration::from_millis(200)) {
-            if let Some(b) = l.strip_prefix("GOT ") {
-                *got.entry(b.to_owned()).or_insert(0) += 1;
+        for c in consumers.iter_mut() {
+            for l in c.ready_lines() {
+                if let Some(b) = l.strip_prefix("GOT ") {
+                    *got.entry(b.to_owned()).or_insert(0) += 1;
+                }
             }
         }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -312,7 +322,7 @@ fn weight_shift_follows_the_weights_under_load() {
     let m = Mesh::start("traffic-weights", topic, &["broker-a", "broker-b"], 1);
     m.ctl_ok(&["weights", topic, "broker-a=100", "broker-b=0"]);
     let stop = m.dir.join("stop-producer");
-    let producer = produce_loop(&m.dir, &m.sidecars[0], topic, &stop, 0.005);
+    let producer = produce_loop(&m.dir, &m.sidecars[0], topic, "m", &stop, 0.005);
     let tolerance = 0.08;
     let mut report = Vec::new();
     for (wa, wb) in [(100u32, 0u32), (50, 50), (0, 100)] {
@@ -354,28 +364,39 @@ fn migration_under_load_consumes_everything() {
     python();
     let topic = "TMigrate";
     let group = "CG_TMigrate";
-    let m = Mesh::start("traffic-migrate", topic, &["broker-a"], 2);
+    // Two producers and two push consumers (one group), each behind a sidecar of its own.
+    let m = Mesh::start("traffic-migrate", topic, &["broker-a"], 4);
     let stop = m.dir.join("stop-producer");
     let stop_consumer = m.dir.join("stop-consumer");
-    let mut consumer = py_start(
-        &m.dir,
-        "consume",
-        &[
-            ("namesrv", m.sidecars[1].addr.to_string()),
-            ("topic", topic.into()),
-            ("group", group.into()),
-            ("expect", "100000000".into()),
-            ("max_seconds", "170".into()),
-            ("settle", "1".into()),
-            ("persist_wait", "0".into()),
-            ("stop_file", stop_consumer.to_str().unwrap().into()),
-        ],
-    );
-    let producer = produce_loop(&m.dir, &m.sidecars[0], topic, &stop, 0.02);
+    let mut consumers: Vec<Py> = m.sidecars[2..]
+        .iter()
+        .map(|sc| {
+            py_start(
+                &m.dir,
+                "consume",
+                &[
+                    ("namesrv", sc.addr.to_string()),
+                    ("topic", topic.into()),
+                    ("group", group.into()),
+                    ("expect", "100000000".into()),
+                    ("max_seconds", "170".into()),
+                    ("settle", "1".into()),
+                    ("persist_wait", "0".into()),
+                    ("stop_file", stop_consumer.to_str().unwrap().into()),
+                ],
+            )
+        })
+        .collect();
+    let producers: Vec<(Py, &str)> = [("p0", &m.sidecars[0]), ("p1", &m.sidecars[1])]
+        .into_iter()
+        .map(|(prefix, sc)| (produce_loop(&m.dir, sc, topic, prefix, &stop, 0.02), prefix))
+        .collect();
     let mut got: BTreeMap<String, u32> = BTreeMap::new();
     // Some traffic on broker-a first.
-    let warm: BTreeSet<String> = (0..50).map(|i| format!("m-{i:07}")).collect();
-    consume_until(&mut consumer, &warm, &mut got, Duration::from_secs(60));
+    let warm: BTreeSet<String> = (0..30)
+        .flat_map(|i| [format!("p0-{i:07}"), format!("p1-{i:07}")])
+        .collect();
+    consume_until(&mut consumers, &warm, &mut got, Duration::from_secs(60));
     assert!(
         warm.iter().all(|b| got.contains_key(b)),
         "no consumption before the migration"
@@ -415,13 +436,17 @@ fn migration_under_load_consumes_everything() {
         .collect();
     assert_eq!(names, ["broker-b"]);
 
-    // A little more traffic on broker-b alone, then stop and let the consumer catch up.
+    // A little more traffic on broker-b alone, then stop and let the consumers catch up.
     std::thread::sleep(Duration::from_secs(2));
     std::fs::write(&stop, b"").unwrap();
-    let produced = producer.result(Duration::from_secs(30));
-    let failed = produced["failed"].as_array().unwrap();
-    let sent = acked(&produced);
-    consume_until(&mut consumer, &sent, &mut got, Duration::from_secs(60));
+    let mut sent = BTreeSet::new();
+    let mut failed = Vec::new();
+    for (p, prefix) in producers {
+        let r = p.result(Duration::from_secs(30));
+        failed.extend(r["failed"].as_array().unwrap().iter().cloned());
+        sent.extend(acked(&r, prefix));
+    }
+    consume_until(&mut consumers, &sent, &mut got, Duration::from_secs(60));
     std::fs::write(&stop_consumer, b"").unwrap();
     let missing: Vec<&String> = sent.iter().filter(|b| !got.contains_key(*b)).collect();
     let dups = got.values().filter(|n| **n > 1).count();
@@ -440,7 +465,9 @@ fn migration_under_load_consumes_everything() {
         &missing[..missing.len().min(20)]
     );
     assert!(on_b > 0, "nothing was written to broker-b");
-    let _ = consumer.result(Duration::from_secs(30));
+    for c in consumers {
+        let _ = c.result(Duration::from_secs(30));
+    }
 }
 
 #[test]
@@ -470,7 +497,7 @@ fn broker_loss_under_load_loses_nothing() {
             ("stop_file", stop_consumer.to_str().unwrap().into()),
         ],
     );
-    let mut producer = produce_loop(&m.dir, &m.sidecars[0], topic, &stop, 0.01);
+    let mut producer = produce_loop(&m.dir, &m.sidecars[0], topic, "m", &stop, 0.01);
     // ACK lines as they arrive, with the time they did.
     let mut acks: Vec<Instant> = Vec::new();
     let read_for = |p: &mut Py, d: Duration, acks: &mut Vec<Instant>| {
@@ -548,9 +575,14 @@ fn broker_loss_under_load_loses_nothing() {
     std::fs::write(&stop, b"").unwrap();
     let produced = producer.result(Duration::from_secs(30));
     let failed = produced["failed"].as_array().unwrap();
-    let sent = acked(&produced);
+    let sent = acked(&produced, "m");
     let mut got: BTreeMap<String, u32> = BTreeMap::new();
-    consume_until(&mut consumer, &sent, &mut got, Duration::from_secs(90));
+    consume_until(
+        std::slice::from_mut(&mut consumer),
+        &sent,
+        &mut got,
+        Duration::from_secs(90),
+    );
     std::fs::write(&stop_consumer, b"").unwrap();
     let missing: Vec<&String> = sent.iter().filter(|b| !got.contains_key(*b)).collect();
     let dups = got.values().filter(|n| **n > 1).count();
