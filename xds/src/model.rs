@@ -438,6 +438,7 @@ pub struct BrokerQueues {
 /// plane (see `ARCHITECTURE.md`, "Traffic management"). Brokers are named; a broker the policy
 /// does not name keeps what its registration says, except under `weights` (below).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TopicPolicy {
     /// Write weights by broker name. Empty: sends spread by queue count. Otherwise only brokers
     /// with a weight above 0 are writable, in proportion to it.
