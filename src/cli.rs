@@ -145,6 +145,20 @@ pub struct SidecarArgs {
     /// plane may report topics gone whose brokers have not registered again yet. `0` = none.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub xds_reconnect_grace: std::time::Duration,
+
+    /// Outlier detection: a broker failing this many requests in a row at the transport
+    /// (refused, lost, timed out) is ejected; 0 = off.
+    #[arg(long, default_value_t = 5)]
+    pub outlier_consecutive: u32,
+
+    /// Outlier detection: ejection time per ejection so far (growing), at most
+    /// --outlier-max-ejection.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub outlier_base_ejection: std::time::Duration,
+
+    /// Outlier detection: longest ejection.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub outlier_max_ejection: std::time::Duration,
 }
 
 /// A server address flag that may name a host: `host:port`, `ipv4:port`, `[ipv6]:port`, or a

@@ -196,6 +196,9 @@ async fn run_sidecar(args: SidecarArgs) -> Result<()> {
     config.server.frame_timeout = args.frame_timeout;
     config.server.idle_timeout = (!args.idle_timeout.is_zero()).then_some(args.idle_timeout);
     config.xds_reconnect_grace = args.xds_reconnect_grace;
+    config.upstream.outlier_consecutive = args.outlier_consecutive;
+    config.upstream.outlier_base_ejection = args.outlier_base_ejection;
+    config.upstream.outlier_max_ejection = args.outlier_max_ejection;
     let args_drain = args.drain_timeout;
     // Installed before anything binds: once the listener accepts, a SIGTERM is honoured.
     let mut signal = std::pin::pin!(wait_for_signal());

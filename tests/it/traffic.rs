@@ -480,7 +480,16 @@ fn broker_loss_under_load_loses_nothing() {
         topic,
         &["broker-a", "broker-b"],
         2,
-        &["--pop-invisible-ms", "8000", "--renew-before-ms", "3000"],
+        &[
+            "--pop-invisible-ms",
+            "8000",
+            "--renew-before-ms",
+            "3000",
+            // A killed broker leaves the route as soon as the control plane sees its connection
+            // close, so few requests fail against it: eject on the second failure in a row.
+            "--outlier-consecutive",
+            "2",
+        ],
     );
     let stop = m.dir.join("stop-producer");
     let stop_consumer = m.dir.join("stop-consumer");

@@ -256,6 +256,13 @@ impl PullBridge {
                 // Nothing was handed out: answer "nothing yet" so the SDK simply pulls again.
                 if let Some(Err(PopFailed::Transport(e))) = &popped {
                     tracing::debug!("pop for a pull failed: {e}");
+                    // The broker is unreachable (lost, cooling down, ejected): hold the pull a
+                    // little, as an empty long poll would, so the SDK does not spin on it.
+                    let pause = suspend.min(Duration::from_secs(1));
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = self.drain.draining() => {}
+                    }
                 }
                 let max = self.t.lock().max_offset(&key);
                 return Ok(not_found(h.queue_offset, max));
