@@ -9,7 +9,9 @@
 //! | `GET /config_dump` | [`AdminSource::config_dump`] as pretty JSON |
 //! | `GET /clusters` | [`AdminSource::clusters`], Envoy-like text |
 //!
-//! Other paths answer 404, other methods 405. Request bodies are never read.
+//! | `GET|POST /api/...` | [`AdminSource::api`]'s JSON API, when the process has one (the control plane's traffic API); bodies up to [`MAX_API_BODY`] |
+//!
+//! Other paths answer 404, other methods 405. Other requests' bodies are never read.
 //!
 //! Bounded: at most [`AdminConfig::max_connections`] connections. At the cap a new connection
 //! closes the connection idle longest (between requests, or still sending a head: a slow or
@@ -67,6 +69,23 @@ impl Readiness {
     }
 }
 
+/// Largest request body the JSON API reads.
+pub const MAX_API_BODY: usize = 64 * 1024;
+
+/// A JSON answer: status and body.
+pub type ApiResponse = (StatusCode, serde_json::Value);
+
+/// A JSON API served under `/api/` (method, path, query string, body).
+pub trait Api: Send + Sync + 'static {
+    fn call(
+        &self,
+        method: Method,
+        path: String,
+        query: Option<String>,
+        body: Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ApiResponse> + Send>>;
+}
+
 /// What the admin server shows; implemented by the process wiring.
 pub trait AdminSource: Send + Sync + 'static {
     /// Readiness for `/ready`.
@@ -78,6 +97,10 @@ pub trait AdminSource: Send + Sync + 'static {
     /// Hands counts kept outside the recorder to it; called before every `/stats/prometheus`
     /// render (see [`crate::metrics::Stats::publish`]).
     fn publish_stats(&self) {}
+    /// The JSON API under `/api/`, if this process serves one.
+    fn api(&self) -> Option<Arc<dyn Api>> {
+        None
+    }
 }
 
 /// The [`AdminSource`] of a process without upstream clusters (a broker node, the control
@@ -86,6 +109,7 @@ pub struct NodeSource {
     ready: Ready,
     dump: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
     publish: Box<dyn Fn() + Send + Sync>,
+    api: Option<Arc<dyn Api>>,
 }
 
 impl NodeSource {
@@ -99,7 +123,14 @@ impl NodeSource {
             ready,
             dump: Box::new(dump),
             publish: Box::new(publish),
+            api: None,
         }
+    }
+
+    /// Serves `api` under `/api/`.
+    pub fn with_api(mut self, api: Arc<dyn Api>) -> Self {
+        self.api = Some(api);
+        self
     }
 }
 
@@ -115,6 +146,9 @@ impl AdminSource for NodeSource {
     }
     fn publish_stats(&self) {
         (self.publish)()
+    }
+    fn api(&self) -> Option<Arc<dyn Api>> {
+        self.api.clone()
     }
 }
 
@@ -439,7 +473,10 @@ async fn serve_connection(
         let tracked = Arc::clone(&in_service);
         async move {
             tracked.busy.store(true, Ordering::Release);
-            let mut response = app.handle(&req);
+            let mut response = match app.api_for(&req) {
+                Some(api) => serve_api(api, req).await,
+                None => app.handle(&req),
+            };
             tracked
                 .idle_since
                 .store(rocketmesh_filters::clock::mono_ms(), Ordering::Relaxed);
@@ -503,7 +540,48 @@ const INDEX: &str = "rocketmesh admin\n\
     /config_dump        current configuration, JSON\n\
     /clusters           clusters and endpoints with their stats\n";
 
+/// Reads the body (bounded) and answers through the JSON API.
+async fn serve_api(api: Arc<dyn Api>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt as _;
+    let (parts, body) = req.into_parts();
+    let body = match http_body_util::Limited::new(body, MAX_API_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return json_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &serde_json::json!({ "error": format!("request body: {e}") }),
+            )
+        }
+    };
+    let (status, value) = api
+        .call(
+            parts.method,
+            parts.uri.path().to_owned(),
+            parts.uri.query().map(str::to_owned),
+            body,
+        )
+        .await;
+    json_response(status, &value)
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_string_pretty(value).unwrap_or_else(|_| "{}".into());
+    body.push('\n');
+    respond(status, "application/json", body)
+}
+
 impl App {
+    /// The JSON API, when `req` is for it and the process has one.
+    fn api_for(&self, req: &Request<Incoming>) -> Option<Arc<dyn Api>> {
+        let path = req.uri().path();
+        (path == "/api" || path.starts_with("/api/"))
+            .then(|| self.source.api())
+            .flatten()
+    }
+
     fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         let path = req.uri().path();
         let known = matches!(

@@ -60,6 +60,8 @@ pub enum Command {
     /// One xDS client run for bench-xds (prints one JSON line).
     #[command(hide = true)]
     XdsProbe(XdsProbeArgs),
+    /// Drive the control plane's traffic API: routes, weights, migrations.
+    Ctl(crate::ctl::CtlArgs),
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +161,19 @@ pub struct SidecarArgs {
     /// when it changes.
     #[arg(long)]
     pub authz: Option<PathBuf>,
+    /// Outlier detection: a broker failing this many requests in a row at the transport
+    /// (refused, lost, timed out) is ejected; 0 = off.
+    #[arg(long, default_value_t = 5)]
+    pub outlier_consecutive: u32,
+
+    /// Outlier detection: ejection time per ejection so far (growing), at most
+    /// --outlier-max-ejection.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub outlier_base_ejection: std::time::Duration,
+
+    /// Outlier detection: longest ejection.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub outlier_max_ejection: std::time::Duration,
 }
 
 /// A server address flag that may name a host: `host:port`, `ipv4:port`, `[ipv6]:port`, or a
@@ -332,6 +347,10 @@ pub struct ControlPlaneArgs {
     /// force-closed (`/ready` answers 503 from the first moment). E.g. `5s`, `1500ms`, `1m`.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: std::time::Duration,
+    /// Keep traffic policies and migrations in DIR/traffic.json (resumed after a restart);
+    /// without it they live in memory only.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

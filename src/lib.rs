@@ -9,6 +9,7 @@ pub mod bench_xds;
 pub mod broker_node;
 pub mod cli;
 pub mod control_plane;
+pub mod ctl;
 pub mod demo;
 pub mod inject;
 pub mod inspect;

@@ -54,6 +54,10 @@ fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Inject(args) => run_inject(&args),
+        Command::Ctl(args) => {
+            rocketmesh::ctl::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo(args) => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async { demo::run(&args, wait_for_signal()).await })?;
@@ -196,6 +200,9 @@ async fn run_sidecar(args: SidecarArgs) -> Result<()> {
     config.access.credentials = args.credentials;
     config.access.verify_client_signatures = args.verify_client_signatures;
     config.access.authz = args.authz;
+    config.upstream.outlier_consecutive = args.outlier_consecutive;
+    config.upstream.outlier_base_ejection = args.outlier_base_ejection;
+    config.upstream.outlier_max_ejection = args.outlier_max_ejection;
     let args_drain = args.drain_timeout;
     // Installed before anything binds: once the listener accepts, a SIGTERM is honoured.
     let mut signal = std::pin::pin!(wait_for_signal());
@@ -228,6 +235,7 @@ async fn run_control_plane(args: ControlPlaneArgs) -> Result<()> {
     config.broker_expiry = std::time::Duration::from_secs(args.broker_expiry_secs);
     config.warmup = std::time::Duration::from_secs(args.warmup_secs);
     config.admin = args.admin;
+    config.state_dir = args.state_dir.clone();
     config.drain_timeout = args.drain_timeout;
     let signal = wait_for_signal();
     let cp = control_plane::start(config).await?;

@@ -198,6 +198,15 @@ stat_enum! {
         AuthzDeniedGroup => "authz_denied",
         /// `--authz`: requests whose topics and groups could not be read.
         AuthzDeniedUnreadable => "authz_denied",
+        /// Sends not delivered to their queue's broker (certainly not sent) and tried on another
+        /// writable broker.
+        SendFailover => "send_failover",
+        /// Acks to a broker that could not be reached, kept to be sent again.
+        AckRetry => "ack_retry",
+        /// Owed acks given up because their handle became visible again (redelivered).
+        AckExpired => "ack_expired",
+        /// Outlier detection: brokers ejected after consecutive failures.
+        OutlierEjections => "outlier_detection_ejections_enforced_total",
     }
 }
 
@@ -226,6 +235,8 @@ stat_enum! {
         OutstandingHandles => "outstanding_handles",
         /// Open client connections.
         DownstreamConnections => "downstream_connections",
+        /// Outlier detection: brokers ejected now.
+        OutlierEjectionsActive => "outlier_detection_ejections_active",
     }
 }
 
@@ -528,6 +539,10 @@ fn counter_help(c: Counter) -> &'static str {
         | Counter::AuthzDeniedUnreadable => {
             "Application requests refused by the --authz policy (NO_PERMISSION), by reason"
         }
+        Counter::SendFailover => "Sends tried on another writable broker (first not sent)",
+        Counter::AckRetry => "Acks kept for a retry (broker unreachable)",
+        Counter::AckExpired => "Owed acks given up: the handle became visible again",
+        Counter::OutlierEjections => "Brokers ejected by outlier detection",
     }
 }
 
@@ -544,6 +559,7 @@ fn gauge_help(g: Gauge) -> &'static str {
         Gauge::TotalPending => "Requests waiting for a route",
         Gauge::OutstandingHandles => "Pop handles not yet acked",
         Gauge::DownstreamConnections => "Open client connections",
+        Gauge::OutlierEjectionsActive => "Brokers ejected by outlier detection now",
     }
 }
 
@@ -557,8 +573,8 @@ mod tests {
             full_name("mq", Counter::Request.stat()),
             "rocketmq.mq.request"
         );
-        assert_eq!(Counter::ALL.len(), 37);
-        assert_eq!(Gauge::ALL.len(), 11);
+        assert_eq!(Counter::ALL.len(), 41);
+        assert_eq!(Gauge::ALL.len(), 12);
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i);
         }

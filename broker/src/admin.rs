@@ -7,7 +7,8 @@
 //! | QUERY_MESSAGE (12) | records indexed under `topic#key` ([`crate::store::index`]), in offset order |
 //! | GET_TOPIC_STATS_INFO (202) | min / max offset and last store time per write queue |
 //! | GET_CONSUMER_CONNECTION_LIST (203) | the group's members from heartbeats |
-//! | GET_CONSUME_STATS (208) | broker / committed offset and last consumed store time per read queue |
+//! | GET_CONSUME_STATS (208) | broker / committed offset and last consumed store time per read queue, plus `inFlight` (popped, not acked: a rocketmesh extension) |
+//! | QUERY_TOPIC_CONSUME_BY_WHO (300) | groups subscribing to the topic, holding offsets on it or pop handles of it |
 //! | GET_CONSUMER_RUNNING_INFO (307), CONSUME_MESSAGE_DIRECTLY (309) | relayed to the consumer ([`call_consumer`]) |
 //! | GET_BROKER_RUNTIME_INFO (28) | a KVTable ([`crate::runtime`]) |
 //! | GET_TOPIC_CONFIG (351) | the topic's config (5.x `TopicConfigAndQueueMapping` without mapping) |
@@ -18,7 +19,7 @@
 use std::sync::Arc;
 
 use rocketmesh_filters::codec::body::{
-    ConsumeStats, MessageQueue, OffsetWrapper, TopicOffset, TopicStatsTable,
+    ConsumeStats, GroupList, MessageQueue, OffsetWrapper, TopicOffset, TopicStatsTable,
 };
 use rocketmesh_filters::codec::codes::{request_code as rc, response_code as code};
 use rocketmesh_filters::codec::headers::*;
@@ -45,6 +46,7 @@ pub(crate) fn handles(code: i32) -> bool {
             | rc::GET_TOPIC_STATS_INFO
             | rc::GET_CONSUMER_CONNECTION_LIST
             | rc::GET_CONSUME_STATS
+            | rc::QUERY_TOPIC_CONSUME_BY_WHO
             | rc::GET_CONSUMER_RUNNING_INFO
             | rc::CONSUME_MESSAGE_DIRECTLY
             | rc::GET_BROKER_RUNTIME_INFO
@@ -60,6 +62,7 @@ pub(crate) async fn handle(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingCo
         rc::GET_TOPIC_STATS_INFO => topic_stats(b, req),
         rc::GET_CONSUMER_CONNECTION_LIST => consumer_connections(b, req),
         rc::GET_CONSUME_STATS => consume_stats(b, req),
+        rc::QUERY_TOPIC_CONSUME_BY_WHO => consumed_by(b, req),
         rc::GET_CONSUMER_RUNNING_INFO => running_info(b, req).await,
         rc::CONSUME_MESSAGE_DIRECTLY => consume_directly(b, req).await,
         rc::GET_BROKER_RUNTIME_INFO => super::runtime::runtime_info(b, req),
@@ -217,10 +220,17 @@ fn consume_stats(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
         let Some(cfg) = b.topics.get(&topic) else {
             continue;
         };
-        // As Apache: a group that subscribes to something is reported on those topics only.
-        if !subscribed.is_empty() && !subscribed.contains(&topic) {
+        // As Apache: a group that subscribes to something is reported on those topics only
+        // (and, here, on the pop-retry topics of those: their backlog is the group's too).
+        let of_subscribed = |t: &str| {
+            subscribed.iter().any(|x| x == t)
+                || rocketmesh_filters::codec::pop::parse_pop_retry_topic(t, group)
+                    .is_some_and(|(_, original)| subscribed.contains(&original))
+        };
+        if !subscribed.is_empty() && !of_subscribed(&topic) {
             continue;
         }
+        let in_flight = b.store.pop().unacked(group, &topic);
         for q in 0..cfg.read_queue_nums {
             let consumer_offset = b.offsets_query(group, &topic, q).unwrap_or(0).max(0);
             let last_timestamp = if consumer_offset > 0 {
@@ -233,6 +243,7 @@ fn consume_stats(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
                 consumer_offset,
                 last_timestamp,
                 pull_offset: None,
+                in_flight: Some(in_flight.get(&q).copied().unwrap_or(0)),
             };
             let mq = MessageQueue::new(topic.as_str(), b.config.name.as_str(), q);
             stats.offset_table.insert(mq, wrapper);
@@ -241,6 +252,19 @@ fn consume_stats(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
     // The broker keeps no per-group consume rate.
     stats.consume_tps = 0.0;
     reply(b, req, code::SUCCESS).with_body(stats.to_json())
+}
+
+/// QUERY_TOPIC_CONSUME_BY_WHO (300): as Apache, the groups subscribing to the topic and those
+/// holding offsets on it; here also those holding pop handles of it.
+fn consumed_by(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
+    let h: QueryTopicConsumeByWhoRequestHeader = try_header!(b, req);
+    let mut list = GroupList::default();
+    list.group_list
+        .extend(b.clients.groups_subscribing(&h.topic));
+    list.group_list
+        .extend(b.store.offsets().groups_of(&h.topic));
+    list.group_list.extend(b.store.pop().groups_of(&h.topic));
+    reply(b, req, code::SUCCESS).with_body(list.to_json())
 }
 
 /// GET_TOPIC_CONFIG (351): the topic's config as the body of a 5.x

@@ -307,6 +307,20 @@ impl ClientTable {
     }
 
     /// Topics the group subscribes to, sorted (empty for an unknown group).
+    /// Groups whose consumers subscribe to `topic`, sorted.
+    pub fn groups_subscribing(&self, topic: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .inner
+            .lock()
+            .consumers
+            .iter()
+            .filter(|(_, g)| g.subscriptions.contains_key(topic))
+            .map(|(name, _)| name.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
     pub fn subscribed_topics(&self, group: &str) -> Vec<String> {
         let mut v: Vec<String> = self
             .inner

@@ -14,6 +14,7 @@
 
 pub mod metrics;
 pub mod namesrv;
+pub mod traffic;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -85,6 +86,10 @@ pub struct ControlPlaneConfig {
     pub admin: Option<SocketAddr>,
     /// On shutdown: how long requests in flight may take before connections are closed.
     pub drain_timeout: Duration,
+    /// Where traffic policies and migrations are kept (`traffic.json`); none: in memory only.
+    pub state_dir: Option<PathBuf>,
+    /// Migration driver settings.
+    pub migrate: traffic::migrate::MigrateOptions,
 }
 
 impl ControlPlaneConfig {
@@ -108,6 +113,8 @@ impl ControlPlaneConfig {
             server: ServerConfig::default(),
             admin: None,
             drain_timeout: Duration::from_secs(5),
+            state_dir: None,
+            migrate: traffic::migrate::MigrateOptions::default(),
         }
     }
 }
@@ -122,6 +129,8 @@ pub struct ControlPlane {
     pub admin_addr: Option<SocketAddr>,
     /// The resource catalog (for the ADS server and introspection).
     pub catalog: Arc<Catalog>,
+    /// Traffic policies and migrations (also served under the admin server's `/api/`).
+    pub traffic: Arc<traffic::Traffic>,
     ads: Option<AdsServer>,
     nameserver: Arc<NameServer>,
     ready: Ready,
@@ -267,6 +276,18 @@ pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
         },
     ));
 
+    if let Some(dir) = &config.state_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the state directory {}", dir.display()))?;
+    }
+    let traffic = traffic::Traffic::open(
+        catalog.clone(),
+        nameserver.clone(),
+        config.state_dir.as_deref(),
+        config.migrate.clone(),
+    )
+    .context("loading the traffic state")?;
+
     let listener = crate::remoting::bind(config.remoting, config.server.max_connections)
         .with_context(|| format!("binding the Remoting listener on {}", config.remoting))?;
     let remoting_addr = listener.local_addr()?;
@@ -313,7 +334,10 @@ pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
                 let m = metrics.clone();
                 move || m.publish()
             };
-            let source = Arc::new(NodeSource::new(ready.clone(), dump, publish));
+            let source = Arc::new(
+                NodeSource::new(ready.clone(), dump, publish)
+                    .with_api(traffic::api::handler(traffic.clone())),
+            );
             let acfg = AdminConfig {
                 addr,
                 drain_deadline: config.drain_timeout,
@@ -363,6 +387,7 @@ pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
     if !config.warmup.is_zero() {
         background.spawn(end_warmup(catalog.clone(), config.warmup, stop.clone()));
     }
+    background.spawn(traffic::migrate::run(traffic.clone(), stop.clone()));
     background.spawn(publish_metrics(metrics.clone(), stop));
     let admin_addr = admin.as_ref().map(AdminServer::local_addr);
     drop(starting);
@@ -379,6 +404,7 @@ pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
         xds_addr,
         admin_addr,
         catalog,
+        traffic,
         ads,
         nameserver,
         ready,
@@ -405,8 +431,10 @@ fn file_stamp(path: &Path) -> FileStamp {
 fn apply_static(catalog: &Catalog, path: &Path, r: StaticResources) {
     let (vhosts, clusters, las) = (r.vhosts.len(), r.clusters.len(), r.load_assignments.len());
     let changed = catalog.replace_static(r.vhosts, r.clusters, r.load_assignments);
+    let policies = r.policies.len();
+    catalog.replace_static_policies(r.policies);
     tracing::info!(
-        file = %path.display(), vhosts, clusters, load_assignments = las, changed,
+        file = %path.display(), vhosts, clusters, load_assignments = las, policies, changed,
         "static resources loaded"
     );
 }

@@ -60,6 +60,10 @@ pub fn queue_view(route: &TopicRoute) -> QueueView {
             perm: p,
             read_queues: e.read_queue_num,
             write_queues: e.write_queue_num,
+            weight: writable
+                .iter()
+                .find(|w| w.broker_name == e.broker_name)
+                .and_then(|w| w.weight),
         });
     }
     let queues = VirtualQueues::new(&brokers);
@@ -377,12 +381,15 @@ impl<'r> SendPlan<'r> {
     }
 
     /// Every attempt in order: the virtual queue's broker, then the other writable brokers that
-    /// are not cooling down after a failed connect. Never empty.
+    /// are not down (cooling down after a failed connect, or ejected as an outlier). A virtual
+    /// queue's broker that is down goes last, so a send meets a live broker first. Never empty.
     pub fn attempts(
         &self,
         is_down: impl Fn(&str) -> bool,
     ) -> Result<Vec<SendTarget<'r>>, SidecarError> {
-        let mut out: Vec<SendTarget<'r>> = self.first().into_iter().collect();
+        let first = self.first();
+        let first_down = first.is_some_and(|t| is_down(&t.endpoint.address));
+        let mut out: Vec<SendTarget<'r>> = first.filter(|_| !first_down).into_iter().collect();
         out.extend(
             self.sel
                 .endpoints
@@ -393,6 +400,7 @@ impl<'r> SendPlan<'r> {
                 })
                 .map(|e| self.target(e)),
         );
+        out.extend(first.filter(|_| first_down));
         if out.is_empty() {
             return Err(SidecarError::NoWritableBroker(self.topic.to_owned()));
         }
@@ -401,6 +409,9 @@ impl<'r> SendPlan<'r> {
 
     /// The virtual queue an SDK sees for a send that went to `t`.
     pub fn virtual_queue(&self, t: &SendTarget<'_>) -> i32 {
+        if t.endpoint.broker_name == self.first_broker {
+            return self.vqueue;
+        }
         self.vq
             .virtual_write(&t.endpoint.broker_name, t.local)
             .unwrap_or(self.vqueue)

@@ -77,6 +77,9 @@ pub async fn send(
             }
             Err(e) if e.retryable() => {
                 tracing::debug!(broker = %t.endpoint.broker_name, "send not delivered, trying another writable broker: {e}");
+                if i < last {
+                    ctx.stats.inc(Counter::SendFailover);
+                }
                 failure = Some(e);
             }
             Err(e) => return Err(e),

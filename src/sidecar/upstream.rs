@@ -6,11 +6,20 @@
 //! The pools are the one way a request leaves the sidecar for a broker ([`Upstreams::invoke`],
 //! [`Upstreams::try_forward`], [`Upstreams::send_oneway`]), so this is where requests are
 //! signed with `--credentials`: after every rewrite, once, whatever path built the request.
+//!
+//! **Outlier detection** (Envoy's, consecutive gateway failures): a broker whose requests fail
+//! `outlier_consecutive` times in a row at the transport (connect refused, connection lost,
+//! timeout; any answer, whatever its code, is a success) is ejected for
+//! `outlier_base_ejection` times the number of its ejections (at most `outlier_max_ejection`;
+//! the multiplier decays by one per healthy ejection time). Routing skips ejected brokers while
+//! others can serve (sends, pops over any broker); requests that name the broker (acks for its
+//! handles) still go to it, so they get through as soon as it is back. Counted as
+//! `outlier_detection_ejections_enforced_total` / `_active` and shown in `/clusters`.
 
 use parking_lot::Mutex;
 use rocketmesh_filters::clock::mono_ms;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +28,7 @@ use rocketmesh_filters::codec::RemotingCommand;
 use thiserror::Error;
 use tokio::sync::mpsc;
 
+use crate::metrics::{Counter, Gauge, Stats};
 use crate::remoting::{ClientError, Completion, RemotingClient};
 
 /// Upstream settings.
@@ -35,6 +45,12 @@ pub struct UpstreamConfig {
     /// Keys every upstream request is signed with (Apache's ACL signature); None = requests
     /// leave as built (an application's own signature, if any, stays).
     pub credentials: Option<Credentials>,
+    /// Outlier detection: consecutive transport failures that eject a broker (0: off).
+    pub outlier_consecutive: u32,
+    /// Outlier detection: ejection time per ejection so far.
+    pub outlier_base_ejection: Duration,
+    /// Outlier detection: longest ejection.
+    pub outlier_max_ejection: Duration,
 }
 
 impl Default for UpstreamConfig {
@@ -45,6 +61,9 @@ impl Default for UpstreamConfig {
             failure_cooldown: Duration::from_secs(2),
             max_endpoints: 1024,
             credentials: None,
+            outlier_consecutive: 5,
+            outlier_base_ejection: Duration::from_secs(2),
+            outlier_max_ejection: Duration::from_secs(30),
         }
     }
 }
@@ -86,6 +105,19 @@ struct PoolStats {
     connects: AtomicU64,
     connect_failures: AtomicU64,
     active: AtomicU64,
+    ejections: AtomicU64,
+}
+
+/// Outlier detection state of one endpoint.
+#[derive(Debug, Default)]
+struct Outlier {
+    consecutive: AtomicU32,
+    /// Ejections counted into the next ejection's length (decays while healthy).
+    multiplier: AtomicU32,
+    /// Ejected until, ms (`mono_ms`; 0: not ejected).
+    until: AtomicU64,
+    /// When the last ejection ended or will end, ms (for the decay).
+    last_end: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -99,13 +131,91 @@ struct Pool {
     /// [`Upstreams::uses`] at the last look-up: the least recent idle pool is evicted first.
     last_used: AtomicU64,
     stats: PoolStats,
+    outlier: Outlier,
 }
 
 impl Pool {
-    fn is_down(&self) -> bool {
+    /// Cooling down after a refused connect (nothing is dialled meanwhile).
+    fn is_cooling(&self) -> bool {
         // No clock read in the common case (never failed, or recovered since).
         let until = self.down_until.load(Ordering::Relaxed);
         until != 0 && mono_ms() < until
+    }
+
+    /// Ejected by outlier detection; an ejection found over is cleared here (`stats` counts
+    /// it out of the active gauge).
+    fn is_ejected(&self, stats: Option<&Stats>) -> bool {
+        let until = self.outlier.until.load(Ordering::Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if mono_ms() < until {
+            return true;
+        }
+        if self
+            .outlier
+            .until
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::info!(addr = %self.addr, "outlier ejection over: the broker takes traffic again");
+            if let Some(s) = stats {
+                s.gauge_add(Gauge::OutlierEjectionsActive, -1);
+            }
+        }
+        false
+    }
+
+    fn is_down(&self, stats: Option<&Stats>) -> bool {
+        self.is_cooling() || self.is_ejected(stats)
+    }
+
+    /// A request got an answer: the failure run ends; a healthy ejection time since the last
+    /// ejection takes one off the multiplier.
+    fn success(&self, cfg: &UpstreamConfig) {
+        let o = &self.outlier;
+        if o.consecutive.load(Ordering::Relaxed) != 0 {
+            o.consecutive.store(0, Ordering::Relaxed);
+        }
+        let m = o.multiplier.load(Ordering::Relaxed);
+        if m > 0 {
+            let healthy_since = o.last_end.load(Ordering::Relaxed);
+            let step = cfg.outlier_base_ejection.as_millis() as u64;
+            if mono_ms() > healthy_since + step {
+                o.multiplier.store(m - 1, Ordering::Relaxed);
+                o.last_end.store(mono_ms(), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A request failed at the transport; the `outlier_consecutive`-th in a row ejects.
+    fn failure(&self, cfg: &UpstreamConfig, stats: Option<&Stats>) {
+        if cfg.outlier_consecutive == 0 {
+            return;
+        }
+        let o = &self.outlier;
+        let n = o.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < cfg.outlier_consecutive || self.is_ejected(stats) {
+            return;
+        }
+        o.consecutive.store(0, Ordering::Relaxed);
+        let m = o.multiplier.fetch_add(1, Ordering::Relaxed) + 1;
+        let ms = (cfg.outlier_base_ejection.as_millis() as u64)
+            .saturating_mul(u64::from(m))
+            .min(cfg.outlier_max_ejection.as_millis() as u64);
+        let until = mono_ms() + ms;
+        if o.until
+            .compare_exchange(0, until, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            o.last_end.store(until, Ordering::Relaxed);
+            self.stats.ejections.fetch_add(1, Ordering::Relaxed);
+            if let Some(s) = stats {
+                s.inc(Counter::OutlierEjections);
+                s.gauge_add(Gauge::OutlierEjectionsActive, 1);
+            }
+            tracing::warn!(addr = %self.addr, failures = n, ejection_ms = ms, "outlier detection: broker ejected");
+        }
     }
 }
 
@@ -135,6 +245,8 @@ impl Pool {
 /// Keeps a pool's counters right around a [`Upstreams::try_forward`] completion.
 struct PoolDone<C> {
     pool: Arc<Pool>,
+    cfg: Arc<UpstreamConfig>,
+    stats: Option<Arc<Stats>>,
     inner: C,
 }
 
@@ -144,6 +256,9 @@ impl<C: Completion> Completion for PoolDone<C> {
         stats.active.fetch_sub(1, Ordering::Relaxed);
         if result.is_err() {
             stats.errors.fetch_add(1, Ordering::Relaxed);
+            self.pool.failure(&self.cfg, self.stats.as_deref());
+        } else {
+            self.pool.success(&self.cfg);
         }
         self.inner.complete(result);
     }
@@ -152,7 +267,9 @@ impl<C: Completion> Completion for PoolDone<C> {
 /// Every upstream pool of a sidecar.
 #[derive(Debug)]
 pub struct Upstreams {
-    cfg: UpstreamConfig,
+    cfg: Arc<UpstreamConfig>,
+    /// Where outlier ejections are counted (none in unit tests).
+    stats: Option<Arc<Stats>>,
     pools: Mutex<HashMap<String, Arc<Pool>>>,
     /// Pool look-ups so far: the recency order of [`Pool::last_used`] (a count, not a clock
     /// read per request).
@@ -164,11 +281,18 @@ impl Upstreams {
     /// Requests brokers send us are delivered to `inbound` (bounded; dropped when full).
     pub fn new(cfg: UpstreamConfig, inbound: mpsc::Sender<BrokerRequest>) -> Self {
         Upstreams {
-            cfg,
+            cfg: Arc::new(cfg),
+            stats: None,
             pools: Mutex::new(HashMap::new()),
             uses: AtomicU64::new(0),
             inbound,
         }
+    }
+
+    /// Counts outlier ejections in `stats`.
+    pub fn with_stats(mut self, stats: Arc<Stats>) -> Self {
+        self.stats = Some(stats);
+        self
     }
 
     fn pool(&self, addr: &str) -> Arc<Pool> {
@@ -200,6 +324,7 @@ impl Upstreams {
             down_until: AtomicU64::new(0),
             last_used: AtomicU64::new(self.uses.fetch_add(1, Ordering::Relaxed)),
             stats: PoolStats::default(),
+            outlier: Outlier::default(),
         });
         pools.insert(addr.to_owned(), pool.clone());
         pool
@@ -214,9 +339,11 @@ impl Upstreams {
         cmd
     }
 
-    /// Whether `addr` refused a connection recently (callers prefer other endpoints).
+    /// Whether `addr` refused a connection recently or is ejected as an outlier (callers
+    /// prefer other endpoints).
     pub fn is_down(&self, addr: &str) -> bool {
-        self.pools.lock().get(addr).is_some_and(|p| p.is_down())
+        let pool = self.pools.lock().get(addr).cloned();
+        pool.is_some_and(|p| p.is_down(self.stats.as_deref()))
     }
 
     async fn connection(
@@ -224,7 +351,7 @@ impl Upstreams {
         pool: &Pool,
         connect_timeout: Duration,
     ) -> Result<RemotingClient, UpstreamError> {
-        if pool.is_down() {
+        if pool.is_cooling() {
             return Err(UpstreamError::Connect {
                 addr: pool.addr.clone(),
                 reason: "endpoint is cooling down after a failed connect".into(),
@@ -264,6 +391,7 @@ impl Upstreams {
             }
             Err(e) => {
                 pool.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                pool.failure(&self.cfg, self.stats.as_deref());
                 pool.down_until.store(
                     mono_ms() + self.cfg.failure_cooldown.as_millis() as u64,
                     Ordering::Relaxed,
@@ -300,8 +428,12 @@ impl Upstreams {
         pool.stats.active.fetch_add(1, Ordering::Relaxed);
         let r = client.invoke(cmd, timeout).await;
         pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+        if r.is_ok() {
+            pool.success(&self.cfg);
+        }
         r.map_err(|source| {
             pool.stats.errors.fetch_add(1, Ordering::Relaxed);
+            pool.failure(&self.cfg, self.stats.as_deref());
             if matches!(source, ClientError::Connect { .. }) {
                 UpstreamError::Connect {
                     addr: addr.to_owned(),
@@ -331,7 +463,7 @@ impl Upstreams {
         done: C,
     ) -> Result<(), (RemotingCommand, C)> {
         let pool = self.pool(addr);
-        if pool.is_down() {
+        if pool.is_down(self.stats.as_deref()) {
             return Err((cmd, done));
         }
         let Some(client) = pool.try_live().1 else {
@@ -342,6 +474,8 @@ impl Upstreams {
         pool.stats.active.fetch_add(1, Ordering::Relaxed);
         let tracked = PoolDone {
             pool: pool.clone(),
+            cfg: self.cfg.clone(),
+            stats: self.stats.clone(),
             inner: done,
         };
         match client.try_invoke_at(cmd, now, timeout, tracked) {
@@ -393,7 +527,8 @@ impl Upstreams {
         for name in names {
             let p = &pools[name];
             let s = &p.stats;
-            let down = p.is_down();
+            let cooling = p.is_cooling();
+            let ejected = p.is_ejected(self.stats.as_deref());
             for (k, v) in [
                 ("rq_total", s.requests.load(Ordering::Relaxed)),
                 ("rq_error", s.errors.load(Ordering::Relaxed)),
@@ -403,13 +538,21 @@ impl Upstreams {
                     "cx_connect_fail",
                     s.connect_failures.load(Ordering::Relaxed),
                 ),
+                ("outlier_ejections", s.ejections.load(Ordering::Relaxed)),
+                (
+                    "outlier_consecutive_failures",
+                    u64::from(p.outlier.consecutive.load(Ordering::Relaxed)),
+                ),
             ] {
                 out.push_str(&format!("upstream::{name}::{k}::{v}\n"));
             }
-            out.push_str(&format!(
-                "upstream::{name}::health_flags::{}\n",
-                if down { "/failed_connect" } else { "healthy" }
-            ));
+            let flags = match (ejected, cooling) {
+                (true, true) => "/failed_outlier_check/failed_connect",
+                (true, false) => "/failed_outlier_check",
+                (false, true) => "/failed_connect",
+                (false, false) => "healthy",
+            };
+            out.push_str(&format!("upstream::{name}::health_flags::{flags}\n"));
         }
         out
     }
@@ -510,5 +653,44 @@ mod tests {
         assert_eq!(broker.unsigned.load(Ordering::Relaxed), 0);
         up.close_all();
         server.close().await;
+    }
+
+    #[test]
+    fn consecutive_failures_eject_for_a_growing_time() {
+        let cfg = UpstreamConfig {
+            outlier_consecutive: 3,
+            outlier_base_ejection: Duration::from_millis(40),
+            outlier_max_ejection: Duration::from_millis(100),
+            ..UpstreamConfig::default()
+        };
+        let stats = Arc::new(Stats::new("t").unwrap());
+        let (tx, _rx) = mpsc::channel(1);
+        let ups = Upstreams::new(cfg, tx).with_stats(stats.clone());
+        let pool = ups.pool("127.0.0.1:1");
+        let fail = |n| (0..n).for_each(|_| pool.failure(&ups.cfg, Some(&stats)));
+        fail(2);
+        pool.success(&ups.cfg);
+        fail(2);
+        assert!(!ups.is_down("127.0.0.1:1"), "a success ends the run");
+        fail(1);
+        assert!(ups.is_down("127.0.0.1:1"));
+        assert!(ups
+            .clusters_text()
+            .contains("health_flags::/failed_outlier_check"));
+        let t0 = std::time::Instant::now();
+        while ups.is_down("127.0.0.1:1") {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let first = t0.elapsed();
+        // Ejected again at once: twice as long (the multiplier has not decayed).
+        fail(3);
+        let t0 = std::time::Instant::now();
+        while ups.is_down("127.0.0.1:1") {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let second = t0.elapsed();
+        assert!(first >= Duration::from_millis(35) && second >= Duration::from_millis(75));
+        assert!(second < Duration::from_millis(100) + Duration::from_millis(60));
+        assert!(ups.clusters_text().contains("outlier_ejections::2"));
     }
 }

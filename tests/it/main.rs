@@ -26,4 +26,5 @@ mod k8s;
 mod lifecycle;
 mod pod;
 mod sidecar;
+mod traffic;
 mod xds_client;

@@ -9,7 +9,7 @@
 //! * [`TopicRoute`]: what the data path gets from `route(topic)`: the virtual host and every cluster
 //!   it names, resolved.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -72,6 +72,10 @@ pub struct Endpoint {
     /// `envoy.lb` metadata for subset selection (e.g. `writable: true`, `role: "master"`).
     #[serde(default)]
     pub lb: BTreeMap<String, MetaValue>,
+    /// Envoy's `LbEndpoint.load_balancing_weight` (1..): this broker's share of the writes
+    /// among the writable subset. `None` on every endpoint: shares follow queue counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
 }
 
 impl Endpoint {
@@ -430,6 +434,69 @@ pub struct BrokerQueues {
     pub write_queue_num: u32,
 }
 
+/// The operator's traffic policy for one topic, laid over its registered route by the control
+/// plane (see `ARCHITECTURE.md`, "Traffic management"). Brokers are named; a broker the policy
+/// does not name keeps what its registration says, except under `weights` (below).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicPolicy {
+    /// Write weights by broker name. Empty: sends spread by queue count. Otherwise only brokers
+    /// with a weight above 0 are writable, in proportion to it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub weights: BTreeMap<String, u32>,
+    /// Brokers not readable for the topic.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub no_read: BTreeSet<String>,
+    /// Brokers not writable for the topic.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub no_write: BTreeSet<String>,
+}
+
+/// Largest write weight (so any sum fits Envoy's uint32 limit on a locality's weights).
+pub const MAX_WEIGHT: u32 = 1_000_000;
+
+impl TopicPolicy {
+    /// Whether the policy changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.weights.is_empty() && self.no_read.is_empty() && self.no_write.is_empty()
+    }
+
+    /// Whether `broker` may take writes (before its perm is considered).
+    pub fn writable(&self, broker: &str) -> bool {
+        !self.no_write.contains(broker)
+            && (self.weights.is_empty() || self.weights.get(broker).is_some_and(|w| *w > 0))
+    }
+
+    /// Whether `broker` may be read (before its perm is considered).
+    pub fn readable(&self, broker: &str) -> bool {
+        !self.no_read.contains(broker)
+    }
+
+    /// The write weight pushed for `broker` (None when the policy has no weights).
+    pub fn weight(&self, broker: &str) -> Option<u32> {
+        self.weights.get(broker).copied().filter(|w| *w > 0)
+    }
+
+    /// Checks what does not depend on the route: weights that leave nothing writable.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.weights.is_empty() && self.weights.values().all(|w| *w == 0) {
+            return Err("weights sum to 0: no broker would take writes".into());
+        }
+        if let Some((b, w)) = self.weights.iter().find(|(_, w)| **w > MAX_WEIGHT) {
+            return Err(format!("weight of {b} is {w}; at most {MAX_WEIGHT}"));
+        }
+        if let Some(b) = self.weights.keys().find(|b| b.is_empty()) {
+            return Err(format!("empty broker name in weights ({b:?})"));
+        }
+        Ok(())
+    }
+
+    /// Whether `broker` has left the topic's route (neither readable nor writable).
+    pub fn excludes(&self, broker: &str) -> bool {
+        !self.readable(broker) && !self.writable(broker)
+    }
+}
+
 /// A topic's route as registered with a nameserver.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TopicRouteSpec {
@@ -466,6 +533,7 @@ mod tests {
                 ("writable".into(), writable.into()),
                 ("readable".into(), true.into()),
             ]),
+            weight: None,
         }
     }
 

@@ -130,6 +130,21 @@ impl OffsetStore {
         topics
     }
 
+    /// Groups with stored offsets on `topic`, sorted (QUERY_TOPIC_CONSUME_BY_WHO).
+    pub fn groups_of(&self, topic: &str) -> Vec<String> {
+        let mut groups: Vec<String> = self
+            .inner
+            .lock()
+            .table
+            .keys()
+            .filter(|(_, t, _)| t == topic)
+            .map(|(g, _, _)| g.clone())
+            .collect();
+        groups.sort();
+        groups.dedup();
+        groups
+    }
+
     /// Removes every offset of a group on a topic; returns how many were removed.
     pub fn remove(&self, group: &str, topic: &str) -> usize {
         let mut inner = self.inner.lock();

@@ -407,6 +407,34 @@ impl PopStore {
         &self.path
     }
 
+    /// Un-acked popped messages of `group` on `topic`, by queue id (in flight: popped, neither
+    /// acked nor revived yet).
+    pub fn unacked(&self, group: &str, topic: &str) -> std::collections::BTreeMap<i32, i64> {
+        let mut out = std::collections::BTreeMap::new();
+        for ck in self.inner.lock().table.values() {
+            if ck.group == group && ck.topic == topic {
+                let n = ck.msg_offsets.len() - ck.acked.count().min(ck.msg_offsets.len());
+                *out.entry(ck.queue_id).or_insert(0) += n as i64;
+            }
+        }
+        out
+    }
+
+    /// Groups with a live checkpoint on `topic`.
+    pub fn groups_of(&self, topic: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .inner
+            .lock()
+            .table
+            .values()
+            .filter(|ck| ck.topic == topic)
+            .map(|ck| ck.group.clone())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Number of live checkpoints.
     pub fn len(&self) -> usize {
         self.inner.lock().table.len()

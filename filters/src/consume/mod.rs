@@ -128,6 +128,9 @@ pub struct Translator {
     /// What recent virtual commit log offsets stand for (for tools).
     minted: MintedIds,
     held: usize,
+    /// Committed handles whose ack never got through before they became visible again (the
+    /// broker redelivers those messages: duplicates, not loss). Counted, never silent.
+    acks_expired: u64,
 }
 
 impl Translator {
@@ -138,6 +141,7 @@ impl Translator {
             by_phys: OffsetMap::default(),
             next_phys: 0,
             minted: MintedIds::default(),
+            acks_expired: 0,
             held: 0,
         }
     }

@@ -7,6 +7,12 @@ use super::queue::HeldState;
 use super::Translator;
 
 impl Translator {
+    /// Acks owed that were given up because their handle became visible again (their broker
+    /// could not be reached until then), since the translator started.
+    pub fn acks_expired(&self) -> u64 {
+        self.acks_expired
+    }
+
     /// Handles to extend now (held, not committed, close to visible, within the max hold time).
     /// Handles past the max hold time or already visible again are dropped: the broker
     /// redelivers them to whoever pops next.
@@ -25,6 +31,10 @@ impl Translator {
                     continue;
                 }
                 if now_ms >= h.visible_at_ms {
+                    if h.committed {
+                        // Its ack was owed (and failed): the message comes again.
+                        self.acks_expired += 1;
+                    }
                     if prefetched {
                         expired_prefetch.push(q.key.clone());
                     } else {

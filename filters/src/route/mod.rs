@@ -17,6 +17,18 @@
 //! concatenation over readable masters. The real brokers are listed in `brokerDatas` too (at the
 //! sidecar's address, without queues), because Pop clients find the broker for an ACK by the
 //! broker name inside the pop handle.
+//!
+//! **Write weights.** When a writable broker carries a weight (Envoy's `load_balancing_weight`,
+//! set by the control plane's traffic policy), the write space is instead
+//! [`WEIGHTED_WRITE_QUEUES`] slots (or more, when the brokers have more queues) dealt to the
+//! brokers by smooth weighted round robin, each slot naming one of its broker's queues in turn:
+//!
+//! ```text
+//! weights a=3, b=1 (4 write queues each):  slot 0->a0 1->a1 2->b0 3->a2 4->a3 5->a0 6->b1 ...
+//! ```
+//!
+//! An SDK's round robin over the slots then follows the weights (to 1 %), and a producer that
+//! picks its queue keeps its broker as long as the weights stay the same.
 
 use std::collections::BTreeMap;
 
@@ -31,6 +43,8 @@ pub struct BrokerView {
     pub perm: i32,
     pub read_queues: u32,
     pub write_queues: u32,
+    /// Write weight (None: by queue count, or 1 when another broker has a weight).
+    pub weight: Option<u32>,
 }
 
 /// A contiguous run of virtual queue ids served by one broker.
@@ -44,11 +58,56 @@ struct Span {
 /// Most virtual queues presented per direction (protects SDKs from absurd endpoint metadata).
 pub const MAX_VIRTUAL_QUEUES: u32 = 1024;
 
+/// Fewest virtual write queues of a weighted topic: weights resolve to 1 %.
+pub const WEIGHTED_WRITE_QUEUES: u32 = 100;
+
 /// The virtual queue space of one topic.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VirtualQueues {
     write: Vec<Span>,
     read: Vec<Span>,
+    /// Set when writes are weighted: replaces `write`.
+    weighted: Option<Weighted>,
+}
+
+/// A weighted write space: slot -> (broker index, that broker's queue).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Weighted {
+    brokers: Vec<String>,
+    slots: Vec<(usize, i32)>,
+}
+
+impl Weighted {
+    /// Deals `n` slots by smooth weighted round robin (each turn every broker gains its weight,
+    /// the one ahead takes the slot and pays the total back), so every window of slots is close
+    /// to the weights, not only the whole.
+    fn new(brokers: &[(&str, u32, u32)]) -> Option<Self> {
+        let total: u64 = brokers.iter().map(|b| u64::from(b.1)).sum();
+        if total == 0 {
+            return None;
+        }
+        let queues: u32 = brokers.iter().map(|b| b.2).sum();
+        let n = WEIGHTED_WRITE_QUEUES.max(queues).min(MAX_VIRTUAL_QUEUES);
+        let mut current = vec![0i64; brokers.len()];
+        let mut used = vec![0u32; brokers.len()];
+        let mut slots = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            for (c, b) in current.iter_mut().zip(brokers) {
+                *c += i64::from(b.1);
+            }
+            let Some(pick) = (0..brokers.len()).max_by_key(|&i| (current[i], usize::MAX - i))
+            else {
+                break;
+            };
+            current[pick] -= total as i64;
+            slots.push((pick, (used[pick] % brokers[pick].2.max(1)) as i32));
+            used[pick] += 1;
+        }
+        Some(Weighted {
+            brokers: brokers.iter().map(|b| b.0.to_owned()).collect(),
+            slots,
+        })
+    }
 }
 
 fn spans<'a>(brokers: impl Iterator<Item = (&'a str, u32)>) -> Vec<Span> {
@@ -87,7 +146,24 @@ fn reverse(spans: &[Span], broker: &str, local: i32) -> Option<i32> {
 impl VirtualQueues {
     /// Builds the space from broker masters (duplicate names keep the first).
     pub fn new(brokers: &[BrokerView]) -> Self {
+        let mut writable: Vec<&BrokerView> = brokers
+            .iter()
+            .filter(|b| perm::is_writable(b.perm) && b.write_queues > 0)
+            .collect();
+        writable.sort_by(|a, b| a.name.cmp(&b.name));
+        writable.dedup_by(|a, b| a.name == b.name);
+        let weighted = if writable.iter().any(|b| b.weight.is_some()) {
+            let w: Vec<(&str, u32, u32)> = writable
+                .iter()
+                .map(|b| (b.name.as_str(), b.weight.unwrap_or(1), b.write_queues))
+                .filter(|b| b.1 > 0)
+                .collect();
+            Weighted::new(&w)
+        } else {
+            None
+        };
         VirtualQueues {
+            weighted,
             write: spans(
                 brokers
                     .iter()
@@ -104,7 +180,15 @@ impl VirtualQueues {
     }
 
     pub fn write_queue_nums(&self) -> u32 {
+        if let Some(w) = &self.weighted {
+            return w.slots.len() as u32;
+        }
         self.write.last().map_or(0, |s| s.start + s.len)
+    }
+
+    /// Whether writes are dealt by weight (see the module docs).
+    pub fn is_weighted(&self) -> bool {
+        self.weighted.is_some()
     }
 
     pub fn read_queue_nums(&self) -> u32 {
@@ -113,6 +197,10 @@ impl VirtualQueues {
 
     /// The broker and its queue id behind virtual write queue `q`.
     pub fn write_target(&self, q: i32) -> Option<(&str, i32)> {
+        if let Some(w) = &self.weighted {
+            let (b, local) = *w.slots.get(usize::try_from(q).ok()?)?;
+            return Some((&w.brokers[b], local));
+        }
         lookup(&self.write, q)
     }
 
@@ -123,6 +211,14 @@ impl VirtualQueues {
 
     /// The virtual write queue of (broker, queue), e.g. to re-stamp a send result.
     pub fn virtual_write(&self, broker: &str, local: i32) -> Option<i32> {
+        if let Some(w) = &self.weighted {
+            let b = w.brokers.iter().position(|n| n == broker)?;
+            return w
+                .slots
+                .iter()
+                .position(|s| *s == (b, local))
+                .map(|i| i as i32);
+        }
         reverse(&self.write, broker, local)
     }
 
@@ -132,8 +228,17 @@ impl VirtualQueues {
     }
 
     /// Writable brokers in virtual-queue order.
-    pub fn writable_brokers(&self) -> impl Iterator<Item = &str> {
-        self.write.iter().map(|s| s.broker.as_str())
+    pub fn writable_brokers(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match &self.weighted {
+            Some(w) => Box::new(
+                w.brokers
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| w.slots.iter().any(|s| s.0 == *i))
+                    .map(|(_, b)| b.as_str()),
+            ),
+            None => Box::new(self.write.iter().map(|s| s.broker.as_str())),
+        }
     }
 
     /// Readable brokers in virtual-queue order.
@@ -205,7 +310,57 @@ mod tests {
             perm,
             read_queues: r,
             write_queues: w,
+            weight: None,
         }
+    }
+
+    fn weighted(name: &str, w: u32) -> BrokerView {
+        BrokerView {
+            weight: Some(w),
+            ..b(name, 6, 4, 4)
+        }
+    }
+
+    fn shares(vq: &VirtualQueues, window: std::ops::Range<i32>) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for q in window {
+            let (b, _) = vq.write_target(q).unwrap();
+            *out.entry(b.to_owned()).or_insert(0) += 1;
+        }
+        out
+    }
+
+    #[test]
+    fn weights_deal_slots_smoothly_and_stably() {
+        let vq = VirtualQueues::new(&[weighted("a", 90), weighted("b", 10)]);
+        assert!(vq.is_weighted());
+        assert_eq!(vq.write_queue_nums(), WEIGHTED_WRITE_QUEUES);
+        let all = shares(&vq, 0..100);
+        assert_eq!((all["a"], all["b"]), (90, 10));
+        // Every window of 20 slots is within one slot of the weights.
+        for start in 0..80 {
+            let w = shares(&vq, start..start + 20);
+            assert!((1..=3).contains(w.get("b").unwrap_or(&0)), "{start}: {w:?}");
+        }
+        // Each broker's queues are used in turn; the mapping is a function of the weights.
+        assert_eq!(vq.write_target(0), Some(("a", 0)));
+        assert_eq!(
+            vq,
+            VirtualQueues::new(&[weighted("b", 10), weighted("a", 90)])
+        );
+        let slot = vq.virtual_write("b", 1).unwrap();
+        assert_eq!(vq.write_target(slot), Some(("b", 1)));
+        // Reads are not weighted.
+        assert_eq!(vq.read_queue_nums(), 8);
+        // 0 / 100: one broker takes every write; 50 / 50 halves them.
+        let vq = VirtualQueues::new(&[weighted("a", 0), weighted("b", 100)]);
+        assert_eq!(shares(&vq, 0..100).get("a"), None);
+        assert_eq!(vq.writable_brokers().collect::<Vec<_>>(), ["b"]);
+        let vq = VirtualQueues::new(&[weighted("a", 50), weighted("b", 50)]);
+        assert_eq!(shares(&vq, 0..10)["a"], 5);
+        // A writable broker without a weight counts as 1, as in Envoy.
+        let vq = VirtualQueues::new(&[weighted("a", 3), b("b", 6, 4, 4)]);
+        assert_eq!(shares(&vq, 0..100)["b"], 25);
     }
 
     #[test]

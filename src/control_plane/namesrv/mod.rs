@@ -123,6 +123,12 @@ impl NameServer {
         self.registry.lock().topic_index.len()
     }
 
+    /// The address of `broker_name`'s registered master, if any.
+    pub fn master_addr(&self, broker_name: &str) -> Option<String> {
+        let reg = self.registry.lock();
+        reg.groups.get(broker_name)?.members.get(&0).cloned()
+    }
+
     /// Whether a registered broker has `topic`.
     pub fn has_topic(&self, topic: &str) -> bool {
         self.registry.lock().topic_index.contains_key(topic)

@@ -193,8 +193,11 @@ impl Acks {
             .broker_endpoint(&first.topic(), first.group(), &b.broker)
             .await
         else {
-            // The broker is gone from the route: the handles cannot be acked; they are redelivered.
-            return Some(Outcome::Done);
+            // The broker is not in the route now (lost, or re-registering): the acks are kept
+            // and retried until it is back or their handles turn visible (then counted as
+            // `ack_expired` and redelivered).
+            ctx.stats.add(Counter::AckRetry, b.actions.len() as u64);
+            return Some(Outcome::Retry);
         };
         let body = bytes::Bytes::from(b.body.to_json());
         let req = RemotingCommand::request(rc::BATCH_ACK_MESSAGE).with_body(body);
@@ -213,6 +216,7 @@ impl Acks {
             }
             Err(e) => {
                 tracing::debug!("batch ack not delivered, will retry: {e}");
+                ctx.stats.add(Counter::AckRetry, b.actions.len() as u64);
                 Some(Outcome::Retry)
             }
         }
@@ -233,8 +237,9 @@ impl Acks {
             .broker_endpoint(&topic, a.group(), &a.broker)
             .await
         else {
-            // The broker is gone from the route: the handle cannot be acked; it is redelivered.
-            return Outcome::Done;
+            // Not in the route now: kept and retried, as above.
+            ctx.stats.inc(Counter::AckRetry);
+            return Outcome::Retry;
         };
         let h = AckMessageRequestHeader {
             consumer_group: a.group().to_owned(),
@@ -258,6 +263,7 @@ impl Acks {
             }
             Err(e) => {
                 tracing::debug!("ack not delivered, will retry: {e}");
+                ctx.stats.inc(Counter::AckRetry);
                 Outcome::Retry
             }
         }

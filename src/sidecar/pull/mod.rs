@@ -76,15 +76,24 @@ impl PullBridge {
         let me = self.clone();
         self.drain.spawn(async move {
             let mut tick = tokio::time::interval(RENEW_EVERY);
+            let mut reported_expired = 0;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
                     () = me.drain.draining() => return,
                 }
-                let (due, owed) = {
+                let (due, owed, expired) = {
                     let mut t = me.t.lock();
-                    (t.renewals_due(unix_ms()), t.pending_acks())
+                    (t.renewals_due(unix_ms()), t.pending_acks(), t.acks_expired())
                 };
+                if expired > reported_expired {
+                    me.ctx.stats.add(Counter::AckExpired, expired - reported_expired);
+                    tracing::warn!(
+                        acks = expired - reported_expired,
+                        "acks given up: their broker was unreachable until the handles became visible again (redelivered)"
+                    );
+                    reported_expired = expired;
+                }
                 me.acks.submit(owed);
                 me.acks.renew(due);
                 me.acks.set_held_gauge();
@@ -247,6 +256,13 @@ impl PullBridge {
                 // Nothing was handed out: answer "nothing yet" so the SDK simply pulls again.
                 if let Some(Err(PopFailed::Transport(e))) = &popped {
                     tracing::debug!("pop for a pull failed: {e}");
+                    // The broker is unreachable (lost, cooling down, ejected): hold the pull a
+                    // little, as an empty long poll would, so the SDK does not spin on it.
+                    let pause = suspend.min(Duration::from_secs(1));
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = self.drain.draining() => {}
+                    }
                 }
                 let max = self.t.lock().max_offset(&key);
                 return Ok(not_found(h.queue_offset, max));

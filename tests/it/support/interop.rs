@@ -270,6 +270,8 @@ pub struct ControlPlaneProc {
     pub guard: ChildGuard,
     pub remoting: SocketAddr,
     pub xds: SocketAddr,
+    /// The admin server (`--admin`), when started with one.
+    pub admin: Option<SocketAddr>,
 }
 
 impl ControlPlaneProc {
@@ -292,9 +294,14 @@ impl ControlPlaneProc {
                 .and_then(|a| a.parse().ok())
                 .unwrap_or_else(|| panic!("control plane ready line without {k}: {ready}"))
         };
+        let admin = ready
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("admin="))
+            .and_then(|a| a.parse().ok());
         ControlPlaneProc {
             remoting: field("remoting="),
             xds: field("xds="),
+            admin,
             guard,
         }
     }

@@ -34,6 +34,12 @@ Modes (argument 1), options as --key value:
            OK send as it happens and stops at the first failure (the broker is killed by the
            caller), after N sends, or once file F exists. RESULT {"acked": [i...],
            "attempted": n, "error": "..." or null}
+  produce_loop  --namesrv A --topic T --group G --stop-file F [--interval S] [--prefix P]
+           [--timeout-ms MS]
+           send sync in a loop until file F exists, whatever fails (sleeping S seconds after each
+           send); prints `ACK <i>` for every OK send. RESULT {"acked": [i...], "failed":
+           [{"i": i, "t": unix seconds, "error": "..."}], "attempted": n}; bodies are
+           `<P>-<7-digit i>`
   pull_all --namesrv A --topic T --group G [--max-seconds S]
            PullConsumer: every queue of T from offset 0 to the end. RESULT {"bodies": [...]}
 
@@ -288,6 +294,34 @@ def produce_until_failure(o):
     os._exit(0)  # the broker is dead: skip the client's shutdown (it would retry unregistering)
 
 
+def produce_loop(o):
+    p = producer(o)
+    acked, failed, attempted = [], [], 0
+    interval = float(o.get('interval', 0))
+    prefix = o.get('prefix', 'loop')
+    stop_file = o['stop_file']
+    i = 0
+    while not os.path.exists(stop_file):
+        attempted += 1
+        try:
+            r = p.send_sync(make(o['topic'], '%s-%07d' % (prefix, i), 'TagA', '%s-%d' % (prefix, i),
+                                 {'idx': str(i)}))
+            if r.status == SendStatus.OK:
+                acked.append(i)
+                sys.stdout.write('ACK %d\n' % i)
+                sys.stdout.flush()
+            else:
+                failed.append({'i': i, 't': time.time(), 'error': 'status %s' % r.status})
+        except Exception as e:
+            failed.append({'i': i, 't': time.time(), 'error': repr(e)})
+        i += 1
+        if interval:
+            time.sleep(interval)
+    result({'acked': acked, 'failed': failed, 'attempted': attempted})
+    sys.stdout.flush()
+    os._exit(0)  # skip the client's shutdown (a dead broker makes it retry unregistering)
+
+
 def pull_all(o):
     pc = PullConsumer(o['group'])
     pc.set_namesrv_addr(o['namesrv'])
@@ -361,6 +395,7 @@ if __name__ == '__main__':
     mode = sys.argv[1]
     o = opts(sys.argv[2:])
     {'produce': produce, 'consume': consume, 'produce_until_failure': produce_until_failure,
+     'produce_loop': produce_loop,
      'pull_all': pull_all, 'create_topic': create_topic, 'raw': raw,
      'echo_probe': echo_probe}[mode](o)
     sys.stdout.flush()

@@ -58,6 +58,7 @@ pub(super) fn endpoint_to_proto(e: &Endpoint) -> pb_endpoint::LbEndpoint {
             filter_metadata,
             ..Default::default()
         }),
+        load_balancing_weight: e.weight.map(|value| pb::UInt32Value { value }),
         ..Default::default()
     }
 }
@@ -127,6 +128,11 @@ pub(super) fn endpoint_from_proto(lb: &pb_endpoint::LbEndpoint) -> Result<Endpoi
     };
     let to_u32 =
         |v: u64, key: &str| u32::try_from(v).map_err(|_| bad(format!("{key} out of range")));
+    // Envoy requires load_balancing_weight >= 1 when set.
+    let weight = match lb.load_balancing_weight.as_ref().map(|w| w.value) {
+        Some(0) => return Err(bad("load_balancing_weight must be at least 1".into())),
+        w => w,
+    };
     Ok(Endpoint {
         broker_name: struct_str(rmq, "broker_name").map_err(bad)?,
         cluster_name: struct_str(rmq, "cluster_name").map_err(bad)?,
@@ -141,6 +147,7 @@ pub(super) fn endpoint_from_proto(lb: &pb_endpoint::LbEndpoint) -> Result<Endpoi
             "write_queue_num",
         )?,
         lb: lb_meta,
+        weight,
         address,
     })
 }

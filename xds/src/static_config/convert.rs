@@ -24,6 +24,8 @@ pub struct StaticResources {
     pub vhosts: Vec<VirtualHostSpec>,
     pub clusters: Vec<ClusterSpec>,
     pub load_assignments: Vec<LoadAssignment>,
+    /// Traffic policies for registered topics (see [`crate::model::TopicPolicy`]).
+    pub policies: BTreeMap<String, crate::model::TopicPolicy>,
 }
 
 /// Validates and converts to model resources.
@@ -126,6 +128,12 @@ pub(super) fn into_resources(file: StaticFile) -> Result<StaticResources, Static
             });
         }
     }
+    for (topic, policy) in &file.policies {
+        let path = format!("policies.{topic}");
+        check_topic(&path, topic)?;
+        policy.validate().map_err(|e| invalid(path, e))?;
+    }
+    out.policies = file.policies;
     Ok(out)
 }
 
@@ -271,6 +279,7 @@ fn convert_endpoint(path: &str, e: &EndpointDef) -> Result<Endpoint, StaticConfi
         read_queue_num: e.read_queue_num,
         write_queue_num: e.write_queue_num,
         lb,
+        weight: e.weight.filter(|w| *w > 0),
     })
 }
 

@@ -203,6 +203,26 @@ route_config:
     }
 
     #[test]
+    fn policies_and_weights_are_read_and_checked() {
+        let ok = parse(
+            "clusters:\n  - name: c\n    endpoints:\n      - {address: 'h:1', broker_name: b, cluster_name: C, weight: 3}\n\
+             policies:\n  T:\n    weights: {broker-a: 90, broker-b: 10}\n    no_read: [broker-c]\n",
+        )
+        .unwrap();
+        let crate::model::EndpointSource::Inline(eps) = &ok.clusters[0].endpoints else {
+            panic!("inline endpoints");
+        };
+        assert_eq!(eps[0].weight, Some(3));
+        let p = &ok.policies["T"];
+        assert_eq!(p.weights["broker-a"], 90);
+        assert!(!p.readable("broker-c") && p.writable("broker-b"));
+        let e = err("policies:\n  T:\n    weights: {a: 0}\n");
+        assert!(e.contains("policies.T") && e.contains("sum to 0"), "{e}");
+        let e = err("policies:\n  T:\n    weight: {a: 1}\n");
+        assert!(e.contains("weight"), "{e}");
+    }
+
+    #[test]
     fn type_errors_name_their_path() {
         let e = err("clusters:\n  - name: c\n    endpoints:\n      - address: a:1\n        broker_name: b\n        cluster_name: C\n        perm: many\n");
         assert!(e.contains("clusters[0].endpoints[0].perm"), "{e}");

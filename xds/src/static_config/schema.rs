@@ -17,6 +17,10 @@ pub struct StaticFile {
     /// Envoy's `envoy.filters.network.rocketmq_proxy` `route_config`.
     #[serde(default)]
     pub route_config: Option<EnvoyRouteConfig>,
+    /// Traffic policies for registered topics (topic -> policy), laid over their routes by the
+    /// control plane; the admin API's policy for a topic wins over the file's.
+    #[serde(default)]
+    pub policies: BTreeMap<String, crate::model::TopicPolicy>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -72,6 +76,9 @@ pub struct EndpointDef {
     pub write_queue_num: u32,
     #[serde(default)]
     pub lb: BTreeMap<String, MetaValue>,
+    /// Write weight (Envoy's `load_balancing_weight`); 0 or absent = none.
+    #[serde(default)]
+    pub weight: Option<u32>,
 }
 
 fn default_perm() -> u32 {

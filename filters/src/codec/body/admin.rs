@@ -41,6 +41,10 @@ pub struct OffsetWrapper {
     /// 5.x: the furthest pulled offset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_offset: Option<i64>,
+    /// rocketmesh's broker: messages of this queue popped by the group and not acked yet (its
+    /// consumer offset already counts them as consumed). Apache's brokers do not send it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<i64>,
 }
 
 /// GET_CONSUME_STATS (208) response body (`ConsumeStats`).
@@ -130,6 +134,17 @@ pub struct TopicList {
 }
 
 json_body!(TopicList, "TopicList");
+
+/// QUERY_TOPIC_CONSUME_BY_WHO (300) response body (`GroupList`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupList {
+    /// The groups.
+    #[serde(default, deserialize_with = "null_default")]
+    pub group_list: BTreeSet<String>,
+}
+
+json_body!(GroupList, "GroupList");
 
 /// GET_BROKER_RUNTIME_INFO (28) response body (`KVTable`): every value a string.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -45,8 +45,8 @@ mod serde_util;
 use thiserror::Error;
 
 pub use admin::{
-    quote_object_keys, Connection, ConsumeStats, ConsumerConnection, KvTable, OffsetWrapper,
-    QueueTable, TopicList, TopicOffset, TopicStatsTable,
+    quote_object_keys, Connection, ConsumeStats, ConsumerConnection, GroupList, KvTable,
+    OffsetWrapper, QueueTable, TopicList, TopicOffset, TopicStatsTable,
 };
 pub use assignment::{
     MessageQueueAssignment, MessageRequestMode, QueryAssignmentRequestBody,

@@ -68,6 +68,14 @@ command_header! {
 }
 
 command_header! {
+    /// Request header of QUERY_TOPIC_CONSUME_BY_WHO (300).
+    pub struct QueryTopicConsumeByWhoRequestHeader {
+        /// The topic.
+        required topic: String = "topic",
+    }
+}
+
+command_header! {
     /// Request header of GET_CONSUMER_RUNNING_INFO (307), tool -> broker and broker -> client.
     pub struct GetConsumerRunningInfoRequestHeader {
         /// The group.

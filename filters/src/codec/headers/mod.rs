@@ -119,7 +119,7 @@ pub use admin::{
     ConsumeMessageDirectlyResultRequestHeader, GetConsumeStatsRequestHeader,
     GetConsumerConnectionListRequestHeader, GetConsumerRunningInfoRequestHeader,
     GetTopicStatsInfoRequestHeader, QueryMessageRequestHeader, QueryMessageResponseHeader,
-    ViewMessageRequestHeader, UNIQUE_KEY_QUERY,
+    QueryTopicConsumeByWhoRequestHeader, ViewMessageRequestHeader, UNIQUE_KEY_QUERY,
 };
 pub use consumer::{
     ConsumerSendMsgBackRequestHeader, GetConsumerListByGroupRequestHeader,

@@ -31,8 +31,10 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::model::{content_version, ClusterSpec, LoadAssignment, TopicRouteSpec, VirtualHostSpec};
-use crate::resources::{build_load_assignment, build_topic, topic_cluster_name};
+use crate::model::{
+    content_version, ClusterSpec, LoadAssignment, TopicPolicy, TopicRouteSpec, VirtualHostSpec,
+};
+use crate::resources::{build_load_assignment_with, build_topic_with, topic_cluster_name};
 use crate::DEFAULT_ROUTE_CONFIG;
 
 /// Most changes remembered for incremental pushes; a stream further behind re-checks everything.
@@ -99,10 +101,29 @@ struct State {
     load_assignments: HashMap<String, Versioned<LoadAssignment>>,
     /// Topics an upstream nameserver says do not exist.
     absent: HashSet<String>,
+    /// Traffic policies laid over registered topics: the static file's, and the admin API's
+    /// (which win for their topic).
+    policies_static: HashMap<String, Versioned<TopicPolicy>>,
+    policies_api: HashMap<String, Versioned<TopicPolicy>>,
     log: VecDeque<(u64, Changed)>,
 }
 
 impl State {
+    /// The policy in force for `topic`: the admin API's, else the static file's.
+    fn policy(&self, topic: &str) -> Option<&Versioned<TopicPolicy>> {
+        self.policies_api
+            .get(topic)
+            .or_else(|| self.policies_static.get(topic))
+    }
+
+    /// A registered topic's version with its policy's folded in.
+    fn topic_version(&self, topic: &str, route: &Versioned<TopicRouteSpec>) -> String {
+        match self.policy(topic) {
+            Some(p) => format!("{}-p{}", route.version, p.version),
+            None => route.version.clone(),
+        }
+    }
+
     fn record(&mut self, changed: Vec<Changed>) -> bool {
         if changed.is_empty() {
             return false;
@@ -458,9 +479,10 @@ impl Catalog {
             });
         }
         if let Some(r) = s.routes.get(topic) {
-            let (vhost, _) = build_topic(name, &r.value, self.opts.eds);
+            let policy = s.policy(topic).map(|p| &*p.value);
+            let (vhost, _) = build_topic_with(name, &r.value, policy, self.opts.eds);
             return Lookup::Found(Versioned {
-                version: r.version.clone(),
+                version: s.topic_version(topic, r),
                 value: Arc::new(vhost),
             });
         }
@@ -477,13 +499,14 @@ impl Catalog {
             return Lookup::Absent;
         };
         if let Some(r) = s.routes.get(topic) {
-            let (_, cluster) = build_topic(
+            let (_, cluster) = build_topic_with(
                 &crate::vhds_name(DEFAULT_ROUTE_CONFIG, topic),
                 &r.value,
+                s.policy(topic).map(|p| &*p.value),
                 self.opts.eds,
             );
             return Lookup::Found(Versioned {
-                version: self.derived_version(&r.version),
+                version: self.derived_version(&s.topic_version(topic, r)),
                 value: Arc::new(cluster),
             });
         }
@@ -501,8 +524,11 @@ impl Catalog {
         };
         match s.routes.get(topic) {
             Some(r) => Lookup::Found(Versioned {
-                version: r.version.clone(),
-                value: Arc::new(build_load_assignment(&r.value)),
+                version: s.topic_version(topic, r),
+                value: Arc::new(build_load_assignment_with(
+                    &r.value,
+                    s.policy(topic).map(|p| &*p.value),
+                )),
             }),
             None => self.absent_or_held(topic),
         }
@@ -528,6 +554,101 @@ impl Catalog {
             Changed::Cluster(c) => (None, vec![c.clone()]),
             Changed::WarmupEnded => (None, Vec::new()),
         }
+    }
+
+    /// Sets (`Some`) or clears the admin API's policy for `topic`; an empty policy clears it.
+    /// Returns whether the policy in force changed.
+    pub fn set_policy(&self, topic: &str, policy: Option<TopicPolicy>) -> bool {
+        let mut s = self.write();
+        let before = s.policy(topic).map(|p| p.version.clone());
+        match policy.filter(|p| !p.is_empty()) {
+            Some(p) => {
+                let version = content_version(&p);
+                s.policies_api.insert(
+                    topic.to_owned(),
+                    Versioned {
+                        version,
+                        value: Arc::new(p),
+                    },
+                );
+            }
+            None => {
+                s.policies_api.remove(topic);
+            }
+        }
+        self.policy_changed(s, [(topic.to_owned(), before)])
+    }
+
+    /// Replaces the static file's policies (a static file (re)load).
+    pub fn replace_static_policies(&self, policies: BTreeMap<String, TopicPolicy>) -> bool {
+        let mut s = self.write();
+        let topics: HashSet<String> = s
+            .policies_static
+            .keys()
+            .cloned()
+            .chain(policies.keys().cloned())
+            .collect();
+        let before: Vec<(String, Option<String>)> = topics
+            .into_iter()
+            .map(|t| {
+                let v = s.policy(&t).map(|p| p.version.clone());
+                (t, v)
+            })
+            .collect();
+        s.policies_static = policies
+            .into_iter()
+            .filter(|(_, p)| !p.is_empty())
+            .map(|(t, p)| {
+                let version = content_version(&p);
+                (
+                    t,
+                    Versioned {
+                        version,
+                        value: Arc::new(p),
+                    },
+                )
+            })
+            .collect();
+        self.policy_changed(s, before)
+    }
+
+    /// Records a change for every topic whose policy in force differs from `before`.
+    fn policy_changed(
+        &self,
+        mut s: parking_lot::RwLockWriteGuard<'_, State>,
+        before: impl IntoIterator<Item = (String, Option<String>)>,
+    ) -> bool {
+        let changed: Vec<Changed> = before
+            .into_iter()
+            .filter(|(t, v)| s.policy(t).map(|p| &p.version) != v.as_ref())
+            .map(|(t, _)| Changed::Topic(t))
+            .collect();
+        if !s.record(changed) {
+            return false;
+        }
+        let rev = s.rev;
+        drop(s);
+        self.publish(rev);
+        true
+    }
+
+    /// The policy in force for `topic`, if any.
+    pub fn policy(&self, topic: &str) -> Option<Arc<TopicPolicy>> {
+        self.read().policy(topic).map(|p| p.value.clone())
+    }
+
+    /// Every topic with a policy in force, sorted.
+    pub fn policy_topics(&self) -> Vec<String> {
+        let s = self.read();
+        let mut out: Vec<String> = s
+            .policies_api
+            .keys()
+            .chain(s.policies_static.keys())
+            .cloned()
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Every topic with a virtual host (static or registered), sorted.
@@ -576,146 +697,4 @@ impl Catalog {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::BrokerQueues;
-
-    fn route(topic: &str, perm: u32) -> TopicRouteSpec {
-        TopicRouteSpec {
-            topic: topic.into(),
-            brokers: vec![BrokerQueues {
-                broker_name: "b".into(),
-                cluster_name: "C".into(),
-                addrs: BTreeMap::from([(0, "127.0.0.1:10911".into())]),
-                perm,
-                read_queue_num: 4,
-                write_queue_num: 4,
-            }],
-        }
-    }
-
-    #[test]
-    fn derived_resources_and_versions() {
-        let c = Catalog::new(CatalogOptions::default());
-        assert_eq!(c.vhost("T", "rocketmq/T"), Lookup::Absent);
-        assert!(c.set_topic(route("T", 6)));
-        assert!(!c.set_topic(route("T", 6)), "same content, no change");
-        let v1 = c.vhost("T", "rc/T").found().unwrap();
-        assert_eq!(v1.value.name, "rc/T");
-        let cl = c.cluster("rocketmq.topic.T").found().unwrap();
-        assert_eq!(cl.value.name, "rocketmq.topic.T");
-        assert_eq!(
-            c.changes_since(0).unwrap().1,
-            vec![Changed::Topic("T".into())]
-        );
-        let rev = c.revision();
-        assert!(c.set_topic(route("T", 4)));
-        let v2 = c.vhost("T", "rc/T").found().unwrap();
-        assert_ne!(v1.version, v2.version);
-        assert_eq!(
-            c.changes_since(rev).unwrap(),
-            (rev + 1, vec![Changed::Topic("T".into())])
-        );
-        assert!(c.remove_topic("T"));
-        assert_eq!(c.cluster("rocketmq.topic.T"), Lookup::Absent);
-    }
-
-    #[test]
-    fn change_log_is_bounded() {
-        let c = Catalog::new(CatalogOptions::default());
-        for i in 0..(CHANGE_LOG_LIMIT + 10) {
-            c.set_topic(route(&format!("T{i}"), 6));
-        }
-        assert!(
-            c.changes_since(1).is_none(),
-            "too far behind: re-check everything"
-        );
-        let rev = c.revision();
-        assert_eq!(c.changes_since(rev - 2).unwrap().1.len(), 2);
-    }
-
-    #[test]
-    fn demand_makes_unknown_topics_pending_once() {
-        let (tx, mut rx) = mpsc::channel(4);
-        let c = Catalog::with_demand(CatalogOptions::default(), tx);
-        assert_eq!(c.vhost("T", "rocketmq/T"), Lookup::Pending);
-        assert_eq!(c.vhost("T", "rocketmq/T"), Lookup::Pending);
-        assert_eq!(rx.try_recv().unwrap(), "T");
-        assert!(rx.try_recv().is_err(), "one fetch for concurrent lookups");
-        c.mark_absent("T");
-        assert_eq!(c.vhost("T", "rocketmq/T"), Lookup::Absent);
-        c.set_topic(route("T", 6));
-        assert!(c.vhost("T", "rocketmq/T").found().is_some());
-    }
-
-    #[test]
-    fn warmup_holds_back_unseen_topics_until_it_ends() {
-        let c = Catalog::new(CatalogOptions::default());
-        c.set_topic(route("Old", 6));
-        c.begin_warmup();
-        assert!(c.is_warming());
-        // Unknown since start: pending (a broker may yet register it), for every derived kind.
-        assert_eq!(c.vhost("T", "rocketmq/T"), Lookup::Pending);
-        assert_eq!(c.cluster("rocketmq.topic.T"), Lookup::Pending);
-        assert_eq!(c.load_assignment("rocketmq.topic.U"), Lookup::Pending);
-        assert!(c.warming_unknown("T"));
-        // Not a topic's cluster: nothing to wait for.
-        assert_eq!(c.cluster("some-static"), Lookup::Absent);
-        // Seen since start, then removed: a real removal, reported at once.
-        c.set_topic(route("Gone", 6));
-        assert!(c.remove_topic("Gone"));
-        assert_eq!(c.vhost("Gone", "rocketmq/Gone"), Lookup::Absent);
-        assert!(!c.warming_unknown("Gone"));
-        // Held before the warm-up began: known.
-        assert!(c.vhost("Old", "rocketmq/Old").found().is_some());
-        let rev = c.revision();
-        assert_eq!(c.end_warmup(), 2, "T and U were held back");
-        assert!(!c.is_warming());
-        let (_, mut changed) = c.changes_since(rev).unwrap();
-        changed.sort_by_key(|c| format!("{c:?}"));
-        assert_eq!(
-            changed,
-            vec![
-                Changed::Topic("T".into()),
-                Changed::Topic("U".into()),
-                Changed::WarmupEnded
-            ]
-        );
-        assert_eq!(c.vhost("T", "rocketmq/T"), Lookup::Absent);
-        assert_eq!(c.end_warmup(), 0, "idempotent");
-    }
-
-    #[test]
-    fn static_resources_win_and_diff() {
-        let c = Catalog::new(CatalogOptions::default());
-        c.set_topic(route("T", 6));
-        let (mut vh, cl) = build_topic("rocketmq/T", &route("T", 6), false);
-        vh.routes.truncate(1);
-        let mut cl2 = cl.clone();
-        cl2.name = "static-c".into();
-        assert_eq!(
-            c.replace_static(vec![vh.clone()], vec![cl2.clone()], vec![]),
-            2
-        );
-        assert_eq!(
-            c.vhost("T", "rocketmq/T")
-                .found()
-                .unwrap()
-                .value
-                .routes
-                .len(),
-            1
-        );
-        assert_eq!(c.replace_static(vec![vh], vec![cl2], vec![]), 0);
-        assert_eq!(c.replace_static(vec![], vec![], vec![]), 2);
-        assert_eq!(
-            c.vhost("T", "rocketmq/T")
-                .found()
-                .unwrap()
-                .value
-                .routes
-                .len(),
-            3
-        );
-    }
-}
+mod tests;
