@@ -207,9 +207,7 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
             response_encoding: cfg.server.response_encoding,
         },
         router: Router::new(xds.clone(), cfg.virtual_broker.clone(), stats.clone()),
-        upstreams: Arc::new(
-            Upstreams::new(upstream_cfg, inbound_tx).with_stats(stats.clone()),
-        ),
+        upstreams: Arc::new(Upstreams::new(upstream_cfg, inbound_tx).with_stats(stats.clone())),
         stats,
     });
     let pulls = Arc::new(PullBridge::new(ctx.clone(), cfg.translator.clone()));

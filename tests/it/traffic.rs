@@ -29,10 +29,18 @@ use crate::support::interop::{
 struct Mesh {
     sidecars: Vec<SidecarProc>,
     brokers: Vec<BrokerProc>,
-    _cp: ControlPlaneProc,
+    cp: ControlPlaneProc,
+    /// The control plane's arguments (fixed ports), to restart it where everyone reconnects.
+    cp_args: Vec<String>,
     dir: PathBuf,
     admin: SocketAddr,
     rt: tokio::runtime::Runtime,
+}
+
+/// A control plane on the addresses in `args` (`[remoting, xds, flags...]`).
+fn start_cp(dir: &std::path::Path, args: &[String]) -> ControlPlaneProc {
+    let flags: Vec<&str> = args[2..].iter().map(String::as_str).collect();
+    ControlPlaneProc::start_at(dir, &args[0], &args[1], &flags)
 }
 
 impl Mesh {
@@ -49,19 +57,20 @@ impl Mesh {
     ) -> Mesh {
         let dir = work_dir(name);
         let state = dir.join("cp-state");
-        let cp = ControlPlaneProc::start_at(
-            &dir,
-            "127.0.0.1:0",
-            "127.0.0.1:0",
-            &[
-                "--warmup-secs",
-                "0",
-                "--admin",
-                "127.0.0.1:0",
-                "--state-dir",
-                state.to_str().unwrap(),
-            ],
-        );
+        let port = |_| format!("127.0.0.1:{}", free_port());
+        let [remoting, xds, admin]: [String; 3] = [0, 1, 2].map(port);
+        let cp_args: Vec<String> = [
+            "--warmup-secs",
+            "0",
+            "--admin",
+            &admin,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let cp_args = [vec![remoting, xds], cp_args].concat();
+        let cp = start_cp(&dir, &cp_args);
         let admin = cp.admin.expect("control plane admin address");
         let namesrv = cp.remoting.to_string();
         let brokers: Vec<BrokerProc> = ["broker-a", "broker-b"]
@@ -98,7 +107,8 @@ impl Mesh {
             .collect();
         let mesh = Mesh {
             dir,
-            _cp: cp,
+            cp,
+            cp_args,
             admin,
             brokers,
             sidecars,
@@ -114,6 +124,12 @@ impl Mesh {
             },
         );
         mesh
+    }
+
+    /// SIGKILLs the control plane and starts it again on the same addresses and state dir.
+    fn restart_control_plane(&mut self) {
+        self.cp.guard.kill();
+        self.cp = start_cp(&self.dir, &self.cp_args);
     }
 
     /// `rocketmesh ctl --control-plane <admin> --json ARGS`: (success, stdout, stderr).
@@ -574,7 +590,7 @@ fn broker_loss_under_load_loses_nothing() {
             "--name",
             "broker-b",
             "--namesrv",
-            &m._cp.remoting.to_string(),
+            &m.cp.remoting.to_string(),
             "--flush",
             "sync",
         ],
@@ -624,4 +640,40 @@ fn broker_loss_under_load_loses_nothing() {
     assert!(ej0 + ej1 >= 1.0, "no outlier ejection recorded");
     assert_eq!(active, 0.0, "broker-b still ejected after its return");
     let _ = consumer.result(Duration::from_secs(30));
+}
+
+/// Weights and a finished migration are on disk before they take effect: a SIGKILLed control
+/// plane restarted on the same state dir pushes the same routes (brokers re-register with it).
+#[test]
+fn traffic_state_survives_a_control_plane_restart() {
+    let mut m = Mesh::start("traffic-restart", "TKeep", &["broker-a", "broker-b"], 0);
+    m.rt.block_on(create_topic(m.broker("broker-a"), "TMoved", 4));
+    eventually_blocking("TMoved registered", Duration::from_secs(20), || {
+        m.routes("TMoved")["brokers"].as_array().map_or(0, Vec::len) == 1
+    });
+    m.ctl_ok(&["weights", "TKeep", "broker-a=80", "broker-b=20"]);
+    // No consumer group on broker-a: the migration drains at once and completes.
+    m.ctl_ok(&[
+        "migrate", "TMoved", "--from", "broker-a", "--to", "broker-b", "--wait",
+    ]);
+    let keep = m.routes("TKeep")["brokers"].clone();
+    let moved = m.routes("TMoved")["brokers"].clone();
+    let migrations = m.ctl_ok(&["migrations"])["migrations"].clone();
+    assert_eq!(moved.as_array().map(Vec::len), Some(1), "{moved}");
+    assert_eq!(moved[0]["broker"], "broker-b", "{moved}");
+
+    m.restart_control_plane();
+    // The brokers re-register within their registration period; then the routes are whole.
+    eventually_blocking(
+        "both topics back after the restart",
+        Duration::from_secs(60),
+        || {
+            let (k, mv) = (m.ctl(&["routes", "TKeep"]), m.ctl(&["routes", "TMoved"]));
+            k.0 && mv.0
+                && m.routes("TKeep")["brokers"] == keep
+                && m.routes("TMoved")["brokers"] == moved
+        },
+    );
+    assert_eq!(m.ctl_ok(&["migrations"])["migrations"], migrations);
+    println!("after a SIGKILL and restart: TKeep {keep}, TMoved {moved}");
 }
