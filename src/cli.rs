@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rocketmesh_filters::consume::TranslatorConfig;
 
+pub use crate::cli_tls::{ListenerTlsArgs, UpstreamTlsArgs, XdsTlsArgs};
 pub use crate::inject::InjectArgs;
 pub use crate::iptables::IptablesArgs;
 
@@ -143,6 +144,13 @@ pub struct SidecarArgs {
     /// plane may report topics gone whose brokers have not registered again yet. `0` = none.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub xds_reconnect_grace: std::time::Duration,
+
+    #[command(flatten)]
+    pub tls: ListenerTlsArgs,
+    #[command(flatten)]
+    pub upstream_tls: UpstreamTlsArgs,
+    #[command(flatten)]
+    pub xds_tls: XdsTlsArgs,
 }
 
 /// A server address flag that may name a host: `host:port`, `ipv4:port`, `[ipv6]:port`, or a
@@ -275,6 +283,11 @@ pub struct BrokerArgs {
     /// force-closed (`/ready` answers 503 from the first moment). E.g. `5s`, `1500ms`, `1m`.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: std::time::Duration,
+    #[command(flatten)]
+    pub tls: ListenerTlsArgs,
+    /// TLS towards --namesrv (registration).
+    #[command(flatten)]
+    pub upstream_tls: UpstreamTlsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -311,6 +324,17 @@ pub struct ControlPlaneArgs {
     /// force-closed (`/ready` answers 503 from the first moment). E.g. `5s`, `1500ms`, `1m`.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: std::time::Duration,
+    /// TLS of the Remoting listener and the ADS listener (which also offers ALPN h2).
+    #[command(flatten)]
+    pub tls: ListenerTlsArgs,
+    /// TLS towards --upstream-namesrv.
+    #[command(flatten)]
+    pub upstream_tls: UpstreamTlsArgs,
+    /// Require a bearer token on every ADS stream: a file of accepted tokens, one per line
+    /// (blank lines and `#` comments ignored), reloaded when it changes. Streams without an
+    /// accepted `authorization: Bearer <token>` are refused with UNAUTHENTICATED.
+    #[arg(long)]
+    pub xds_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

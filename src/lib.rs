@@ -8,6 +8,7 @@ pub mod bench;
 pub mod bench_xds;
 pub mod broker_node;
 pub mod cli;
+pub mod cli_tls;
 pub mod control_plane;
 pub mod demo;
 pub mod inject;

@@ -161,6 +161,8 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
     config.lock_expiry = args.lock_expiry;
     config.read_only_topics = args.read_only_topics;
     config.drain_timeout = args.drain_timeout;
+    config.tls = args.tls.build("broker", &[])?;
+    config.namesrv_tls = args.upstream_tls.build(args.tls.tls_reload_interval)?;
     let signal = wait_for_signal();
     let node = broker_node::start(config, args.admin).await?;
     // Scripts wait for this line.
@@ -192,6 +194,11 @@ async fn run_sidecar(args: SidecarArgs) -> Result<()> {
     config.server.frame_timeout = args.frame_timeout;
     config.server.idle_timeout = (!args.idle_timeout.is_zero()).then_some(args.idle_timeout);
     config.xds_reconnect_grace = args.xds_reconnect_grace;
+    let reload = args.tls.tls_reload_interval;
+    config.tls = args.tls.build("sidecar", &[])?;
+    config.upstream.tls = args.upstream_tls.build(reload)?;
+    config.xds_tls = args.xds_tls.build(reload)?;
+    config.xds_token = args.xds_tls.xds_token.clone();
     let args_drain = args.drain_timeout;
     // Installed before anything binds: once the listener accepts, a SIGTERM is honoured.
     let mut signal = std::pin::pin!(wait_for_signal());
@@ -225,6 +232,15 @@ async fn run_control_plane(args: ControlPlaneArgs) -> Result<()> {
     config.warmup = std::time::Duration::from_secs(args.warmup_secs);
     config.admin = args.admin;
     config.drain_timeout = args.drain_timeout;
+    config.tls = args.tls.build("namesrv", &[])?;
+    config.xds_security.tls = args.tls.build("ads", &[rocketmesh_xds::transport::H2])?;
+    config.upstream_tls = args.upstream_tls.build(args.tls.tls_reload_interval)?;
+    if let Some(path) = &args.xds_token_file {
+        let tokens = rocketmesh_xds::transport::TokenSet::load(path)
+            .with_context(|| format!("reading the xDS token file {}", path.display()))?;
+        tokens.watch(args.tls.tls_reload_interval);
+        config.xds_security.tokens = Some(tokens);
+    }
     let signal = wait_for_signal();
     let cp = control_plane::start(config).await?;
     let xds = cp.xds_addr.map(|a| a.to_string()).unwrap_or_default();

@@ -41,6 +41,7 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rocketmesh_filters::consume::TranslatorConfig;
@@ -48,6 +49,7 @@ use rocketmesh_xds::client::XdsMode;
 
 use self::transparent::TransparentConfig;
 use self::upstream::UpstreamConfig;
+use crate::remoting::tls::{ClientTls, ServerTls};
 use crate::remoting::ServerConfig;
 
 pub use self::dispatch::SidecarCore;
@@ -105,6 +107,12 @@ pub struct SidecarConfig {
     pub translator: TranslatorConfig,
     /// Transparent mode: classify iptables-redirected connections by original destination.
     pub transparent: TransparentConfig,
+    /// TLS of the SDK-facing listeners; None = plaintext.
+    pub tls: Option<Arc<ServerTls>>,
+    /// TLS of the ADS connection; None = plaintext.
+    pub xds_tls: Option<Arc<ClientTls>>,
+    /// Bearer token file for the ADS connection.
+    pub xds_token: Option<PathBuf>,
 }
 
 impl SidecarConfig {
@@ -132,6 +140,9 @@ impl SidecarConfig {
             server: ServerConfig::default(),
             translator: TranslatorConfig::default(),
             transparent: TransparentConfig::default(),
+            tls: None,
+            xds_tls: None,
+            xds_token: None,
         }
     }
 }

@@ -34,6 +34,7 @@ use super::SidecarConfig;
 use crate::admin::{AdminConfig, AdminServer, Ready};
 use crate::metrics::{self, Stats};
 use crate::remoting::advertise::{advertised, vip_port};
+use crate::remoting::tls::ServerTls;
 use crate::remoting::{Drain, Server};
 
 /// Bound on the broker -> client requests waiting to be relayed.
@@ -181,6 +182,8 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
             c.route_timeout = cfg.route_timeout;
             c.reconnect_grace = cfg.xds_reconnect_grace;
             c.node_id = format!("sidecar~{}~rocketmesh-{}.local", addr.ip(), addr.port());
+            c.tls = cfg.xds_tls.clone();
+            c.token_file = cfg.xds_token.clone();
             // The ADS stream's task runs on the control runtime.
             let _on_control = control.handle.enter();
             XdsClient::start(c)
@@ -216,9 +219,13 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
         transparent: Arc::new(Transparent::new(cfg.transparent.clone(), own)),
         locks: Arc::new(Locks::default()),
     });
+    let tls = cfg
+        .tls
+        .clone()
+        .unwrap_or_else(|| ServerTls::disabled("sidecar"));
     let servers: Vec<Server> = std::iter::once(listener)
         .chain(extra)
-        .map(|l| Server::start(l, core.clone(), cfg.server))
+        .map(|l| Server::start_tls(l, core.clone(), cfg.server, tls.clone()))
         .collect();
     drop(listeners_block);
 
@@ -247,6 +254,10 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
                 core: core.clone(),
                 ready: ready.clone(),
                 listeners,
+                tls: tls.clone(),
+                upstream_tls: cfg.upstream.tls.clone(),
+                xds_tls: cfg.xds_tls.clone(),
+                xds_token: cfg.xds_token.clone(),
             });
             let acfg = AdminConfig {
                 addr: a,

@@ -14,6 +14,7 @@ use rocketmesh_filters::codec::RemotingCommand;
 use thiserror::Error;
 use tokio::sync::mpsc;
 
+use crate::remoting::tls::ClientTls;
 use crate::remoting::{ClientError, Completion, RemotingClient};
 
 /// Upstream settings.
@@ -27,6 +28,8 @@ pub struct UpstreamConfig {
     pub failure_cooldown: Duration,
     /// Most endpoints pooled at once (least recently used idle pools are dropped past it).
     pub max_endpoints: usize,
+    /// TLS to every broker (`--upstream-tls-*`); a cluster's own `UpstreamTlsContext` wins.
+    pub tls: Option<Arc<ClientTls>>,
 }
 
 impl Default for UpstreamConfig {
@@ -36,6 +39,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(1),
             failure_cooldown: Duration::from_secs(2),
             max_endpoints: 1024,
+            tls: None,
         }
     }
 }
@@ -221,7 +225,8 @@ impl Upstreams {
             return Ok(c.clone());
         }
         let (tx, mut rx) = mpsc::channel::<RemotingCommand>(64);
-        match RemotingClient::connect_to(&pool.addr, connect_timeout, Some(tx)).await {
+        let tls = self.cfg.tls.as_deref();
+        match RemotingClient::connect_to_tls(&pool.addr, connect_timeout, tls, Some(tx)).await {
             Ok(c) => {
                 pool.stats.connects.fetch_add(1, Ordering::Relaxed);
                 pool.down_until.store(0, Ordering::Relaxed);
