@@ -25,4 +25,5 @@ mod k8s;
 mod lifecycle;
 mod pod;
 mod sidecar;
+mod tls;
 mod xds_client;
