@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rocketmesh_filters::consume::TranslatorConfig;
 
-pub use crate::cli_tls::{ListenerTlsArgs, UpstreamTlsArgs, XdsTlsArgs};
+pub use crate::cli_tls::{ClusterTlsArgs, ListenerTlsArgs, UpstreamTlsArgs, XdsTlsArgs};
 pub use crate::inject::InjectArgs;
 pub use crate::iptables::IptablesArgs;
 
@@ -335,6 +335,8 @@ pub struct ControlPlaneArgs {
     /// accepted `authorization: Bearer <token>` are refused with UNAUTHENTICATED.
     #[arg(long)]
     pub xds_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster_tls: ClusterTlsArgs,
 }
 
 #[derive(Debug, Args)]

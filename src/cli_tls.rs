@@ -158,3 +158,38 @@ impl XdsTlsArgs {
         ))
     }
 }
+
+/// The control plane's `UpstreamTlsContext` for every registered topic's cluster: the files
+/// are named as the *sidecars* see them (mounted certificates, as Istio names
+/// `/etc/certs/...`), nothing is read here.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterTlsArgs {
+    /// CA bundle path (on the sidecars) brokers must chain to; turns on TLS in every
+    /// registered topic's cluster (`transport_socket` `envoy.transport_sockets.tls`).
+    #[arg(long)]
+    pub cluster_tls_ca: Option<String>,
+    /// Client certificate and key paths (on the sidecars) for mTLS to the brokers.
+    #[arg(long, requires_all = ["cluster_tls_ca", "cluster_tls_key"])]
+    pub cluster_tls_cert: Option<String>,
+    #[arg(long, requires = "cluster_tls_cert")]
+    pub cluster_tls_key: Option<String>,
+    /// SNI the sidecars send.
+    #[arg(long, requires = "cluster_tls_ca")]
+    pub cluster_tls_sni: Option<String>,
+    /// Identities brokers must present (`match_typed_subject_alt_names`; same syntax as
+    /// --tls-allowed-identities).
+    #[arg(long, value_delimiter = ',', requires = "cluster_tls_ca")]
+    pub cluster_tls_identities: Vec<SanMatcher>,
+}
+
+impl ClusterTlsArgs {
+    pub fn spec(&self) -> Option<rocketmesh_xds::model::UpstreamTls> {
+        Some(rocketmesh_xds::model::UpstreamTls {
+            ca_file: self.cluster_tls_ca.clone()?,
+            cert_file: self.cluster_tls_cert.clone(),
+            key_file: self.cluster_tls_key.clone(),
+            sni: self.cluster_tls_sni.clone(),
+            identities: self.cluster_tls_identities.clone(),
+        })
+    }
+}

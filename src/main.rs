@@ -235,6 +235,7 @@ async fn run_control_plane(args: ControlPlaneArgs) -> Result<()> {
     config.tls = args.tls.build("namesrv", &[])?;
     config.xds_security.tls = args.tls.build("ads", &[rocketmesh_xds::transport::H2])?;
     config.upstream_tls = args.upstream_tls.build(args.tls.tls_reload_interval)?;
+    config.cluster_tls = args.cluster_tls.spec();
     if let Some(path) = &args.xds_token_file {
         let tokens = rocketmesh_xds::transport::TokenSet::load(path)
             .with_context(|| format!("reading the xDS token file {}", path.display()))?;

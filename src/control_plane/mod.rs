@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime};
 use crate::remoting::tls::{ClientTls, ServerTls};
 use anyhow::Context;
 use rocketmesh_xds::catalog::{Catalog, CatalogOptions};
+use rocketmesh_xds::model::UpstreamTls;
 use rocketmesh_xds::server::{AdsSecurity, AdsServer, ServerOptions};
 use rocketmesh_xds::static_config::{self, StaticResources};
 use tokio::net::TcpListener;
@@ -92,6 +93,9 @@ pub struct ControlPlaneConfig {
     pub xds_security: AdsSecurity,
     /// TLS towards `upstream_namesrv`; None = plaintext.
     pub upstream_tls: Option<Arc<ClientTls>>,
+    /// The `UpstreamTlsContext` every registered topic's cluster carries (sidecars then speak
+    /// TLS to the brokers); None = plaintext clusters.
+    pub cluster_tls: Option<UpstreamTls>,
 }
 
 impl ControlPlaneConfig {
@@ -118,6 +122,7 @@ impl ControlPlaneConfig {
             tls: None,
             xds_security: AdsSecurity::default(),
             upstream_tls: None,
+            cluster_tls: None,
         }
     }
 }
@@ -231,7 +236,10 @@ impl ControlPlane {
 
 /// Starts the control plane. Fails fast on a bad static file or a listener that cannot bind.
 pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
-    let catalog_opts = CatalogOptions { eds: config.eds };
+    let catalog_opts = CatalogOptions {
+        eds: config.eds,
+        upstream_tls: config.cluster_tls.clone(),
+    };
     let (catalog, demand) = match config.upstream_namesrv {
         Some(_) => {
             let (tx, rx) = mpsc::channel(DEMAND_QUEUE);

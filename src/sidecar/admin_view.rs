@@ -49,6 +49,7 @@ impl AdminSource for AdminView {
             "tls": {
                 "listeners": self.tls.dump(),
                 "upstream": self.upstream_tls.as_ref().map(|t| t.dump()),
+                "clusters": self.core.ctx.upstreams.cluster_tls_dump(),
                 "xds": self.xds_tls.as_ref().map(|t| t.dump()),
                 "xds_token_file": self.xds_token.as_ref().map(|p| p.display().to_string()),
             },

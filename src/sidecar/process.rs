@@ -206,7 +206,9 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
             response_encoding: cfg.server.response_encoding,
         },
         router: Router::new(xds.clone(), cfg.virtual_broker.clone(), stats.clone()),
-        upstreams: Arc::new(Upstreams::new(cfg.upstream.clone(), inbound_tx)),
+        upstreams: Arc::new(
+            Upstreams::new(cfg.upstream.clone(), inbound_tx).with_cluster_tls(cluster_tls(&xds)),
+        ),
         stats,
     });
     let pulls = Arc::new(PullBridge::new(ctx.clone(), cfg.translator.clone()));
@@ -288,6 +290,22 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
         admin_stop,
         control,
         drain: cfg.drain,
+    })
+}
+
+/// A broker address's TLS from the routes: the first cluster (of any topic held) listing it
+/// as an endpoint and carrying an `UpstreamTlsContext`. Called when a connection is made, not
+/// per request.
+fn cluster_tls(xds: &XdsClient) -> super::upstream::ClusterTlsLookup {
+    let xds = xds.clone();
+    Arc::new(move |addr: &str| {
+        let snap = xds.snapshot();
+        snap.topics
+            .keys()
+            .filter_map(|t| snap.route(t))
+            .flat_map(|r| r.clusters.values())
+            .find(|c| c.spec.tls.is_some() && c.endpoints.iter().any(|e| e.address == addr))
+            .and_then(|c| c.spec.tls.clone())
     })
 }
 

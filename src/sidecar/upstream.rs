@@ -14,8 +14,9 @@ use rocketmesh_filters::codec::RemotingCommand;
 use thiserror::Error;
 use tokio::sync::mpsc;
 
-use crate::remoting::tls::ClientTls;
+use crate::remoting::tls::{ClientTls, ClientTlsDump, ClientTlsOptions, DEFAULT_RELOAD_INTERVAL};
 use crate::remoting::{ClientError, Completion, RemotingClient};
+use rocketmesh_xds::model::UpstreamTls;
 
 /// Upstream settings.
 #[derive(Debug, Clone)]
@@ -144,15 +145,33 @@ impl<C: Completion> Completion for PoolDone<C> {
     }
 }
 
+/// Which TLS a broker address takes from the routes (a cluster's `UpstreamTlsContext`).
+pub type ClusterTlsLookup = Arc<dyn Fn(&str) -> Option<UpstreamTls> + Send + Sync>;
+
+/// Most distinct cluster TLS settings built at once (past it the cache starts again).
+const MAX_CLUSTER_TLS: usize = 64;
+
 /// Every upstream pool of a sidecar.
-#[derive(Debug)]
 pub struct Upstreams {
     cfg: UpstreamConfig,
+    /// Looked up at every connect (not per request): a cluster's TLS wins over `cfg.tls`.
+    cluster_tls: Option<ClusterTlsLookup>,
+    /// Client TLS built per distinct cluster setting.
+    built_tls: Mutex<HashMap<UpstreamTls, Arc<ClientTls>>>,
     pools: Mutex<HashMap<String, Arc<Pool>>>,
     /// Pool look-ups so far: the recency order of [`Pool::last_used`] (a count, not a clock
     /// read per request).
     uses: AtomicU64,
     inbound: mpsc::Sender<BrokerRequest>,
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstreams")
+            .field("cfg", &self.cfg)
+            .field("pools", &self.pools.lock().len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Upstreams {
@@ -163,7 +182,46 @@ impl Upstreams {
             pools: Mutex::new(HashMap::new()),
             uses: AtomicU64::new(0),
             inbound,
+            cluster_tls: None,
+            built_tls: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Takes each connection's TLS from the cluster that names its address, when one does.
+    pub fn with_cluster_tls(mut self, lookup: ClusterTlsLookup) -> Self {
+        self.cluster_tls = Some(lookup);
+        self
+    }
+
+    /// The TLS a new connection to `addr` uses: its cluster's, else `--upstream-tls-*`.
+    fn tls_for(&self, addr: &str) -> Result<Option<Arc<ClientTls>>, String> {
+        let Some(spec) = self.cluster_tls.as_ref().and_then(|l| l(addr)) else {
+            return Ok(self.cfg.tls.clone());
+        };
+        if let Some(t) = self.built_tls.lock().get(&spec) {
+            return Ok(Some(t.clone()));
+        }
+        let opts = ClientTlsOptions {
+            ca: spec.ca_file.clone().into(),
+            cert: spec.cert_file.clone().map(Into::into),
+            key: spec.key_file.clone().map(Into::into),
+            sni: spec.sni.clone(),
+            identities: spec.identities.clone(),
+            alpn: Vec::new(),
+        };
+        let tls = ClientTls::new(opts, DEFAULT_RELOAD_INTERVAL)
+            .map_err(|e| format!("the cluster's TLS settings: {e}"))?;
+        let mut built = self.built_tls.lock();
+        if built.len() >= MAX_CLUSTER_TLS {
+            built.clear();
+        }
+        built.insert(spec, tls.clone());
+        Ok(Some(tls))
+    }
+
+    /// What `/config_dump` shows of the TLS built for clusters.
+    pub fn cluster_tls_dump(&self) -> Vec<ClientTlsDump> {
+        self.built_tls.lock().values().map(|t| t.dump()).collect()
     }
 
     fn pool(&self, addr: &str) -> Arc<Pool> {
@@ -225,8 +283,19 @@ impl Upstreams {
             return Ok(c.clone());
         }
         let (tx, mut rx) = mpsc::channel::<RemotingCommand>(64);
-        let tls = self.cfg.tls.as_deref();
-        match RemotingClient::connect_to_tls(&pool.addr, connect_timeout, tls, Some(tx)).await {
+        let tls = match self.tls_for(&pool.addr) {
+            Ok(t) => t,
+            Err(reason) => {
+                pool.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(UpstreamError::Connect {
+                    addr: pool.addr.clone(),
+                    reason,
+                });
+            }
+        };
+        match RemotingClient::connect_to_tls(&pool.addr, connect_timeout, tls.as_deref(), Some(tx))
+            .await
+        {
             Ok(c) => {
                 pool.stats.connects.fetch_add(1, Ordering::Relaxed);
                 pool.down_until.store(0, Ordering::Relaxed);

@@ -575,3 +575,51 @@ async fn python_ssl_speaks_remoting_to_the_permissive_listener() {
     })
     .await;
 }
+
+/// The sidecar -> broker leg configured per cluster from xDS (the control plane's
+/// `--cluster-tls-*`: an `UpstreamTlsContext` in every registered topic's cluster, the shape
+/// Istio sends), with no `--upstream-tls-*` on the sidecar: messages flow over mTLS, the
+/// broker's identity is checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_tls_from_xds_secures_the_sidecar_to_broker_leg() {
+    bounded(TEST, async {
+        let pki = Pki::new("tls-cluster");
+        let mut cfg = ControlPlaneConfig::new(local());
+        cfg.xds = Some(local());
+        cfg.warmup = Duration::ZERO;
+        cfg.cluster_tls = Some(rocketmesh_xds::model::UpstreamTls {
+            ca_file: pki.ca_pem.display().to_string(),
+            cert_file: Some(pki.sidecar.cert.display().to_string()),
+            key_file: Some(pki.sidecar.key.display().to_string()),
+            sni: Some("broker.test".into()),
+            identities: vec![BROKER_ID.parse().unwrap()],
+        });
+        let cp = control_plane::start(cfg).await.unwrap();
+        let mut bcfg = BrokerConfig::new(local(), temp_dir("tls-cluster-broker"));
+        bcfg.name = "broker-a".into();
+        bcfg.namesrv = Some(cp.remoting_addr.to_string());
+        bcfg.register_interval = Duration::from_secs(1);
+        let broker_tls = pki.server("broker", &pki.broker, TlsMode::Enforcing, &[SIDECAR_ID]);
+        bcfg.tls = Some(broker_tls.clone());
+        let b = broker::start(bcfg).await.unwrap();
+        let admin = tls_connect(b.addr, &pki.client(Some(&pki.sidecar), BROKER_ID))
+            .await
+            .unwrap();
+        create_topic_on(&admin, TOPIC, 6, 4).await;
+
+        let mut scfg = SidecarConfig::new(local());
+        scfg.xds = cp.xds_addr.map(|a| a.to_string());
+        scfg.vip_channel = false;
+        scfg.route_timeout = Duration::from_secs(5);
+        let sidecar = start_sidecar(scfg).await;
+        let c = RemotingClient::connect(sidecar.addr, None).await.unwrap();
+        let before = broker_tls.stats().snapshot().handshakes_ok;
+        produce_and_consume(&c, &c, 10).await;
+        assert!(broker_tls.stats().snapshot().handshakes_ok > before);
+        sidecar.shutdown().await;
+        b.shutdown().await;
+        cp.shutdown().await;
+        let _ = std::fs::remove_dir_all(&pki.dir);
+    })
+    .await;
+}

@@ -426,7 +426,7 @@ fn server_config(
 }
 
 /// A client's TLS settings as the command line or a cluster's `UpstreamTlsContext` gives them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct ClientTlsOptions {
     /// CA bundle the server's chain must end in.
     pub ca: PathBuf,

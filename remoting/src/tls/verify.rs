@@ -11,11 +11,11 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use x509_parser::prelude::*;
 
 /// Which kind of subject alternative name a matcher looks at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SanKind {
     Dns,
@@ -45,7 +45,7 @@ impl fmt::Display for San {
 }
 
 /// Envoy's `StringMatcher` shapes (without `safe_regex`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StringMatch {
     Exact(String),
@@ -66,7 +66,7 @@ impl StringMatch {
 }
 
 /// An identity a peer must present: a SAN of a kind matching a string.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SanMatcher {
     pub kind: SanKind,
     pub matcher: StringMatch,
