@@ -360,6 +360,9 @@ pub enum BenchMode {
     /// A 4.x push consumer's pull loop: offsets queried, commit offsets on pulls, offsets
     /// persisted every second (through a sidecar: pull -> pop, commits -> acks).
     Consume,
+    /// New connections per second: connect (TLS handshake with --tls-ca), one request, close;
+    /// --connections of them at once.
+    Connect,
 }
 
 #[derive(Debug, Args)]
@@ -394,6 +397,15 @@ pub struct BenchArgs {
     /// Also print one JSON line with the figures.
     #[arg(long)]
     pub json: bool,
+    /// Speak TLS to the target, trusting this CA bundle (PEM).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Server name sent and checked over TLS [default: the target's IP].
+    #[arg(long, requires = "tls_ca")]
+    pub tls_sni: Option<String>,
+    /// Connect mode over TLS: no session resumption (every connection a full handshake).
+    #[arg(long, requires = "tls_ca")]
+    pub tls_no_resumption: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod bench;
+mod bench_connect;
 pub mod bench_xds;
 pub mod broker_node;
 pub mod cli;

@@ -445,6 +445,7 @@ pub struct ClientTlsOptions {
 /// A client's TLS, built once and shared by its connections.
 pub struct ClientTls {
     connector: TlsConnector,
+    config: Arc<rustls::ClientConfig>,
     cert: Option<Arc<CertSource>>,
     opts: ClientTlsOptions,
     handshake_timeout: Duration,
@@ -498,8 +499,10 @@ impl ClientTls {
             }
         };
         config.alpn_protocols = opts.alpn.clone();
+        let config = Arc::new(config);
         Ok(Arc::new(ClientTls {
-            connector: TlsConnector::from(Arc::new(config)),
+            connector: TlsConnector::from(config.clone()),
+            config,
             cert,
             opts,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
@@ -509,6 +512,22 @@ impl ClientTls {
 
     pub fn options(&self) -> &ClientTlsOptions {
         &self.opts
+    }
+
+    /// The same settings without session resumption: every connection makes a full handshake
+    /// (`rocketmesh bench --mode connect` measures the worst case with it).
+    pub fn without_resumption(&self) -> Arc<ClientTls> {
+        let mut config = (*self.config).clone();
+        config.resumption = rustls::client::Resumption::disabled();
+        let config = Arc::new(config);
+        Arc::new(ClientTls {
+            connector: TlsConnector::from(config.clone()),
+            config,
+            cert: self.cert.clone(),
+            opts: self.opts.clone(),
+            handshake_timeout: self.handshake_timeout,
+            stats: TlsStats::default(),
+        })
     }
 
     pub fn stats(&self) -> &TlsStats {
