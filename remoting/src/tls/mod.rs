@@ -360,7 +360,10 @@ impl ServerTls {
                     return Ok(Stream::Tcp(tcp));
                 }
             }
-            let tls = acceptor.accept(tcp).await.map_err(AcceptError::Handshake)?;
+            let tls = acceptor
+                .accept(io::tls_io(tcp))
+                .await
+                .map_err(AcceptError::Handshake)?;
             Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))))
         })
         .await
@@ -559,8 +562,11 @@ impl ClientTls {
     pub async fn connect(&self, tcp: TcpStream, host: &str) -> std::io::Result<Stream> {
         let name = self.server_name(host)?;
         let started = Instant::now();
-        let outcome =
-            tokio::time::timeout(self.handshake_timeout, self.connector.connect(name, tcp)).await;
+        let outcome = tokio::time::timeout(
+            self.handshake_timeout,
+            self.connector.connect(name, io::tls_io(tcp)),
+        )
+        .await;
         match outcome {
             Ok(Ok(tls)) => {
                 self.stats.handshake("client", "upstream", "ok");
