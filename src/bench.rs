@@ -38,6 +38,7 @@ use rocketmesh_filters::codec::message::RecordIter;
 use rocketmesh_filters::codec::RemotingCommand;
 
 use crate::cli::{BenchArgs, BenchMode};
+use crate::remoting::tls::{ClientTls, ClientTlsOptions, DEFAULT_RELOAD_INTERVAL};
 use crate::remoting::RemotingClient;
 use crate::sdk;
 
@@ -105,10 +106,10 @@ impl BenchReport {
     }
 }
 
-struct Shared {
-    requests: AtomicU64,
+pub(crate) struct Shared {
+    pub(crate) requests: AtomicU64,
     messages: AtomicU64,
-    errors: AtomicU64,
+    pub(crate) errors: AtomicU64,
     /// Stop after this many messages (0: no limit).
     limit: u64,
     started: Instant,
@@ -118,7 +119,7 @@ struct Shared {
 
 impl Shared {
     /// Counts `n` received messages; stops the clock when they reach the limit.
-    fn add_messages(&self, n: u64) {
+    pub(crate) fn add_messages(&self, n: u64) {
         let total = self.messages.fetch_add(n, Ordering::Relaxed) + n;
         if self.limit > 0 && total >= self.limit && total - n < self.limit {
             let ns = self.started.elapsed().as_nanos().max(1) as u64;
@@ -128,7 +129,7 @@ impl Shared {
         }
     }
 
-    fn done(&self, deadline: Instant) -> bool {
+    pub(crate) fn done(&self, deadline: Instant) -> bool {
         (self.limit > 0 && self.messages.load(Ordering::Relaxed) >= self.limit)
             || Instant::now() >= deadline
     }
@@ -146,24 +147,64 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
     if args.connections == 0 || args.inflight == 0 {
         bail!("--connections and --inflight must be at least 1");
     }
-    let route = fetch_route(args.target, &args.topic).await?;
+    let tls = match &args.tls_ca {
+        Some(ca) => {
+            let opts = ClientTlsOptions {
+                ca: ca.clone(),
+                sni: args.tls_sni.clone(),
+                ..ClientTlsOptions::default()
+            };
+            let tls = ClientTls::new(opts, DEFAULT_RELOAD_INTERVAL).context("--tls-ca")?;
+            Some(if args.tls_no_resumption {
+                tls.without_resumption()
+            } else {
+                tls
+            })
+        }
+        None => None,
+    };
+    let shared = |started| {
+        Arc::new(Shared {
+            requests: AtomicU64::new(0),
+            messages: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            limit: args.messages,
+            started,
+            reached_ns: AtomicU64::new(0),
+        })
+    };
+    if args.mode == BenchMode::Connect {
+        let started = Instant::now();
+        let shared = shared(started);
+        let deadline = started + Duration::from_secs(args.duration);
+        let latency = crate::bench_connect::run(args, tls, deadline, &shared).await?;
+        return Ok(report(args, &shared, latency));
+    }
+    let connect = || {
+        let host = args
+            .tls_sni
+            .clone()
+            .unwrap_or_else(|| args.target.ip().to_string());
+        let tls = tls.clone();
+        async move {
+            RemotingClient::connect_timeout_tls(
+                args.target,
+                &host,
+                tls.as_deref(),
+                Duration::from_secs(5),
+                None,
+            )
+            .await
+            .with_context(|| format!("connecting to {}", args.target))
+        }
+    };
+    let route = fetch_route(&connect().await?, &args.topic).await?;
     let mut clients = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
-        clients.push(
-            RemotingClient::connect_timeout(args.target, Duration::from_secs(5), None)
-                .await
-                .with_context(|| format!("connecting to {}", args.target))?,
-        );
+        clients.push(connect().await?);
     }
     let started = Instant::now();
-    let shared = Arc::new(Shared {
-        requests: AtomicU64::new(0),
-        messages: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        limit: args.messages,
-        started,
-        reached_ns: AtomicU64::new(0),
-    });
+    let shared = shared(started);
     let deadline = started + Duration::from_secs(args.duration);
     if args.mode == BenchMode::Consume {
         let Some(route) = route else {
@@ -243,7 +284,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
                     )
                     .await
                 }
-                BenchMode::Consume => unreachable!("handled above"),
+                BenchMode::Consume | BenchMode::Connect => unreachable!("handled above"),
             }
             hist
         }));
@@ -266,6 +307,7 @@ fn report(args: &BenchArgs, shared: &Shared, latency: Histogram<u64>) -> BenchRe
             BenchMode::Pop => "pop",
             BenchMode::Pull => "pull",
             BenchMode::Consume => "consume",
+            BenchMode::Connect => "connect",
         },
         target: args.target,
         requests: shared.requests.load(Ordering::Relaxed),
@@ -276,16 +318,13 @@ fn report(args: &BenchArgs, shared: &Shared, latency: Histogram<u64>) -> BenchRe
     }
 }
 
-fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     // 1 us .. 60 s in nanoseconds, 3 significant digits.
     Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("static histogram bounds")
 }
 
-async fn fetch_route(target: SocketAddr, topic: &str) -> Result<Option<TopicRouteData>> {
-    let client = RemotingClient::connect_timeout(target, Duration::from_secs(5), None)
-        .await
-        .with_context(|| format!("connecting to {target}"))?;
-    let route = sdk::route(&client, topic, RPC_TIMEOUT).await;
+async fn fetch_route(client: &RemotingClient, topic: &str) -> Result<Option<TopicRouteData>> {
+    let route = sdk::route(client, topic, RPC_TIMEOUT).await;
     client.close();
     route.with_context(|| format!("route query for {topic}"))
 }

@@ -58,6 +58,7 @@ pub async fn start(config: BrokerConfig, admin: Option<SocketAddr>) -> anyhow::R
     let prom = crate::metrics::install();
     let name = config.name.clone();
     let drain = config.drain_timeout;
+    let tls = (config.tls.clone(), config.namesrv_tls.clone());
     let handle = broker::start(config)
         .await
         .with_context(|| format!("starting broker {name}"))?;
@@ -72,6 +73,11 @@ pub async fn start(config: BrokerConfig, admin: Option<SocketAddr>) -> anyhow::R
                     "name": name,
                     "remoting": addr.to_string(),
                     "acl": acl(),
+                    // Paths, subjects, serials and expiry; never key material.
+                    "tls": {
+                        "listener": tls.0.as_ref().map(|t| t.dump()),
+                        "namesrv": tls.1.as_ref().map(|t| t.dump()),
+                    },
                 })
             };
             let source = Arc::new(NodeSource::new(ready.clone(), dump, || {}));

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rocketmesh_filters::consume::TranslatorConfig;
 
+pub use crate::cli_tls::{ClusterTlsArgs, ListenerTlsArgs, UpstreamTlsArgs, XdsTlsArgs};
 pub use crate::inject::InjectArgs;
 pub use crate::iptables::IptablesArgs;
 
@@ -174,6 +175,12 @@ pub struct SidecarArgs {
     /// Outlier detection: longest ejection.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub outlier_max_ejection: std::time::Duration,
+    #[command(flatten)]
+    pub tls: ListenerTlsArgs,
+    #[command(flatten)]
+    pub upstream_tls: UpstreamTlsArgs,
+    #[command(flatten)]
+    pub xds_tls: XdsTlsArgs,
 }
 
 /// A server address flag that may name a host: `host:port`, `ipv4:port`, `[ipv6]:port`, or a
@@ -311,6 +318,11 @@ pub struct BrokerArgs {
     /// (a bad edit keeps the last good version).
     #[arg(long)]
     pub acl: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: ListenerTlsArgs,
+    /// TLS towards --namesrv (registration).
+    #[command(flatten)]
+    pub upstream_tls: UpstreamTlsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -351,6 +363,19 @@ pub struct ControlPlaneArgs {
     /// without it they live in memory only.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// TLS of the Remoting listener and the ADS listener (which also offers ALPN h2).
+    #[command(flatten)]
+    pub tls: ListenerTlsArgs,
+    /// TLS towards --upstream-namesrv.
+    #[command(flatten)]
+    pub upstream_tls: UpstreamTlsArgs,
+    /// Require a bearer token on every ADS stream: a file of accepted tokens, one per line
+    /// (blank lines and `#` comments ignored), reloaded when it changes. Streams without an
+    /// accepted `authorization: Bearer <token>` are refused with UNAUTHENTICATED.
+    #[arg(long)]
+    pub xds_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster_tls: ClusterTlsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -374,6 +399,9 @@ pub enum BenchMode {
     /// A 4.x push consumer's pull loop: offsets queried, commit offsets on pulls, offsets
     /// persisted every second (through a sidecar: pull -> pop, commits -> acks).
     Consume,
+    /// New connections per second: connect (TLS handshake with --tls-ca), one request, close;
+    /// --connections of them at once.
+    Connect,
 }
 
 #[derive(Debug, Args)]
@@ -408,6 +436,15 @@ pub struct BenchArgs {
     /// Also print one JSON line with the figures.
     #[arg(long)]
     pub json: bool,
+    /// Speak TLS to the target, trusting this CA bundle (PEM).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Server name sent and checked over TLS [default: the target's IP].
+    #[arg(long, requires = "tls_ca")]
+    pub tls_sni: Option<String>,
+    /// Connect mode over TLS: no session resumption (every connection a full handshake).
+    #[arg(long, requires = "tls_ca")]
+    pub tls_no_resumption: bool,
 }
 
 #[derive(Debug, Args)]

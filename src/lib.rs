@@ -5,9 +5,11 @@
 
 pub mod admin;
 pub mod bench;
+mod bench_connect;
 pub mod bench_xds;
 pub mod broker_node;
 pub mod cli;
+pub mod cli_tls;
 pub mod control_plane;
 pub mod ctl;
 pub mod demo;

@@ -166,6 +166,8 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
     config.read_only_topics = args.read_only_topics;
     config.drain_timeout = args.drain_timeout;
     config.acl = args.acl;
+    config.tls = args.tls.build("broker", &[])?;
+    config.namesrv_tls = args.upstream_tls.build(args.tls.tls_reload_interval)?;
     let signal = wait_for_signal();
     let node = broker_node::start(config, args.admin).await?;
     // Scripts wait for this line.
@@ -203,6 +205,11 @@ async fn run_sidecar(args: SidecarArgs) -> Result<()> {
     config.upstream.outlier_consecutive = args.outlier_consecutive;
     config.upstream.outlier_base_ejection = args.outlier_base_ejection;
     config.upstream.outlier_max_ejection = args.outlier_max_ejection;
+    let reload = args.tls.tls_reload_interval;
+    config.tls = args.tls.build("sidecar", &[])?;
+    config.upstream.tls = args.upstream_tls.build(reload)?;
+    config.xds_tls = args.xds_tls.build(reload)?;
+    config.xds_token = args.xds_tls.xds_token.clone();
     let args_drain = args.drain_timeout;
     // Installed before anything binds: once the listener accepts, a SIGTERM is honoured.
     let mut signal = std::pin::pin!(wait_for_signal());
@@ -237,6 +244,16 @@ async fn run_control_plane(args: ControlPlaneArgs) -> Result<()> {
     config.admin = args.admin;
     config.state_dir = args.state_dir.clone();
     config.drain_timeout = args.drain_timeout;
+    config.tls = args.tls.build("namesrv", &[])?;
+    config.xds_security.tls = args.tls.build("ads", &[rocketmesh_xds::transport::H2])?;
+    config.upstream_tls = args.upstream_tls.build(args.tls.tls_reload_interval)?;
+    config.cluster_tls = args.cluster_tls.spec();
+    if let Some(path) = &args.xds_token_file {
+        let tokens = rocketmesh_xds::transport::TokenSet::load(path)
+            .with_context(|| format!("reading the xDS token file {}", path.display()))?;
+        tokens.watch(args.tls.tls_reload_interval);
+        config.xds_security.tokens = Some(tokens);
+    }
     let signal = wait_for_signal();
     let cp = control_plane::start(config).await?;
     let xds = cp.xds_addr.map(|a| a.to_string()).unwrap_or_default();

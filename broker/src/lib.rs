@@ -56,6 +56,7 @@ use self::metrics::BrokerMetrics;
 use self::store::{FlushMode, GetResult, MessageStore, PutResult, StoreConfig, StoreError};
 use self::topics::{TopicError, TopicTable};
 use rocketmesh_remoting::advertise::{advertised, vip_port, AdvertiseError};
+use rocketmesh_remoting::tls::{ClientTls, ServerTls};
 use rocketmesh_remoting::{Drain, Server, ServerConfig};
 
 /// Broker settings.
@@ -112,6 +113,10 @@ pub struct BrokerConfig {
     pub acl: Option<PathBuf>,
     /// How often the ACL file is checked for changes.
     pub acl_reload_interval: Duration,
+    /// TLS of the Remoting listeners (listen and VIP); None = plaintext.
+    pub tls: Option<Arc<ServerTls>>,
+    /// TLS towards the nameserver (registration); None = plaintext.
+    pub namesrv_tls: Option<Arc<ClientTls>>,
 }
 
 impl BrokerConfig {
@@ -140,6 +145,8 @@ impl BrokerConfig {
             index_max_entries: store::index::DEFAULT_INDEX_MAX_ENTRIES,
             acl: None,
             acl_reload_interval: Duration::from_secs(1),
+            tls: None,
+            namesrv_tls: None,
         }
     }
 }
@@ -421,8 +428,14 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, StartError>
         broker: broker.clone(),
     });
     let vip_addr = vip_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let vip = vip_listener.map(|l| Server::start(l, handler.clone(), server_config));
-    let server = Server::start(listener, handler, server_config);
+    let tls = broker
+        .config
+        .tls
+        .clone()
+        .unwrap_or_else(|| ServerTls::disabled("broker"));
+    let vip =
+        vip_listener.map(|l| Server::start_tls(l, handler.clone(), server_config, tls.clone()));
+    let server = Server::start_tls(listener, handler, server_config, tls);
     // Background loops stop starting work when the drain begins; Drain::finish awaits them.
     let stop = background.draining_token();
     background.spawn(expire_clients(broker.clone(), stop.clone()));

@@ -74,7 +74,8 @@ async fn register_once(
     namesrv: &str,
 ) -> bool {
     if client.as_ref().is_none_or(RemotingClient::is_closed) {
-        match RemotingClient::connect_to(namesrv, RPC_TIMEOUT, None).await {
+        let tls = broker.config.namesrv_tls.as_deref();
+        match RemotingClient::connect_to_tls(namesrv, RPC_TIMEOUT, tls, None).await {
             Ok(c) => *client = Some(c),
             Err(e) => {
                 tracing::warn!(%namesrv, "cannot reach the nameserver: {e}");
@@ -160,7 +161,8 @@ pub async fn unregister(broker: &Broker, namesrv: &str) {
         cluster_name: broker.config.cluster.clone(),
         broker_id: 0,
     };
-    let Ok(client) = RemotingClient::connect_to(namesrv, RPC_TIMEOUT, None).await else {
+    let tls = broker.config.namesrv_tls.as_deref();
+    let Ok(client) = RemotingClient::connect_to_tls(namesrv, RPC_TIMEOUT, tls, None).await else {
         return;
     };
     let cmd = RemotingCommand::request_with_header(request_code::UNREGISTER_BROKER, &header);

@@ -3,7 +3,7 @@
 # BIN (the release binary, built here), start, free_port, bench/field/cpu_ticks/rss_kb/TCK (runs
 # and their figures), and start_mesh (control plane + one
 # registered broker + a sidecar, setting CP_REMOTING, CP_XDS, BROKER, PID_BROKER, SIDECAR,
-# PID_SIDECAR; extra sidecar flags from SIDECAR_FLAGS).
+# PID_SIDECAR; extra sidecar flags from SIDECAR_FLAGS, broker flags from BROKER_FLAGS).
 
 PIDS=()
 
@@ -81,8 +81,9 @@ start_mesh() {
         --warmup-secs 0
     CP_REMOTING="$(sed -n 's/.*remoting=\([^ ]*\).*/\1/p' <<<"$READY")"
     CP_XDS="$(sed -n 's/.*xds=\([^ ]*\).*/\1/p' <<<"$READY")"
+    # shellcheck disable=SC2086 # BROKER_FLAGS is a list of flags
     start broker "$BIN" broker --listen 127.0.0.1:0 --data-dir "$WORK/broker-data" \
-        --name broker-a --namesrv "$CP_REMOTING"
+        --name broker-a --namesrv "$CP_REMOTING" ${BROKER_FLAGS:-}
     BROKER="$READY"
     PID_BROKER="$LAST_PID"
     # shellcheck disable=SC2086 # SIDECAR_FLAGS is a list of flags

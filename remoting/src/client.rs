@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::gate::{Gate, Pass};
 use super::log_budget::{warn_limited, LogBudget};
+use super::tls::{ClientTls, Stream};
 
 /// Warnings a peer (an upstream broker) can provoke, rate-limited process-wide.
 static PEER_FAULTS: LogBudget = LogBudget::new();
@@ -36,6 +37,13 @@ const WRITE_QUEUE: usize = 1024;
 /// Errors of a client call.
 #[derive(Debug, Error)]
 pub enum ClientError {
+    /// Connected, but the TLS handshake failed (or timed out).
+    #[error("TLS to {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     /// Could not connect.
     #[error("connect to {addr}: {source}")]
     Connect {
@@ -147,6 +155,28 @@ impl RemotingClient {
             .await
             .map_err(|source| ClientError::Connect { addr, source })?;
         let _ = stream.set_nodelay(true);
+        Ok(Self::from_stream(Stream::Tcp(stream), addr, inbound))
+    }
+
+    /// Connects to `addr` and, with `tls`, handshakes as a client of `host` (the SNI and the
+    /// name checked unless the settings name identities).
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        host: &str,
+        tls: Option<&ClientTls>,
+        inbound: Option<mpsc::Sender<RemotingCommand>>,
+    ) -> Result<Self, ClientError> {
+        let Some(tls) = tls else {
+            return Self::connect(addr, inbound).await;
+        };
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ClientError::Connect { addr, source })?;
+        let _ = tcp.set_nodelay(true);
+        let stream = tls
+            .connect(tcp, host)
+            .await
+            .map_err(|source| ClientError::Tls { addr, source })?;
         Ok(Self::from_stream(stream, addr, inbound))
     }
 
@@ -156,7 +186,18 @@ impl RemotingClient {
         timeout: Duration,
         inbound: Option<mpsc::Sender<RemotingCommand>>,
     ) -> Result<Self, ClientError> {
-        match tokio::time::timeout(timeout, Self::connect(addr, inbound)).await {
+        Self::connect_timeout_tls(addr, "", None, timeout, inbound).await
+    }
+
+    /// Connects (and handshakes, with `tls`) with a deadline.
+    pub async fn connect_timeout_tls(
+        addr: SocketAddr,
+        host: &str,
+        tls: Option<&ClientTls>,
+        timeout: Duration,
+        inbound: Option<mpsc::Sender<RemotingCommand>>,
+    ) -> Result<Self, ClientError> {
+        match tokio::time::timeout(timeout, Self::connect_tls(addr, host, tls, inbound)).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::Connect {
                 addr,
@@ -173,6 +214,18 @@ impl RemotingClient {
         timeout: Duration,
         inbound: Option<mpsc::Sender<RemotingCommand>>,
     ) -> Result<Self, ClientError> {
+        Self::connect_to_tls(target, timeout, None, inbound).await
+    }
+
+    /// [`RemotingClient::connect_to`] with TLS when `tls` is given (the target's host is the
+    /// name sent and checked, unless the settings say otherwise).
+    pub async fn connect_to_tls(
+        target: &str,
+        timeout: Duration,
+        tls: Option<&ClientTls>,
+        inbound: Option<mpsc::Sender<RemotingCommand>>,
+    ) -> Result<Self, ClientError> {
+        let host = crate::tls::host_of(target);
         let deadline = tokio::time::Instant::now() + timeout;
         let addrs = resolve(target, timeout).await?;
         let mut last = None;
@@ -180,7 +233,7 @@ impl RemotingClient {
             // Later addresses keep a share of the time: one black-holed address must not eat it all.
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let share = left / (addrs.len() - i) as u32;
-            match Self::connect_timeout(*addr, share, inbound.clone()).await {
+            match Self::connect_timeout_tls(*addr, host, tls, share, inbound.clone()).await {
                 Ok(c) => return Ok(c),
                 Err(e) => {
                     tracing::debug!(target, %addr, "connect failed: {e}");
@@ -195,7 +248,7 @@ impl RemotingClient {
     }
 
     fn from_stream(
-        stream: TcpStream,
+        stream: Stream,
         addr: SocketAddr,
         inbound: Option<mpsc::Sender<RemotingCommand>>,
     ) -> Self {

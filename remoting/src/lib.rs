@@ -9,14 +9,15 @@ mod gate;
 mod log_budget;
 pub mod reload;
 pub mod server;
+pub mod tls;
 
 pub use client::{ClientError, Completion, RemotingClient};
 pub use drain::Drain;
 
 use bytes::{Buf, Bytes, BytesMut};
 use rocketmesh_filters::codec::{FrameLimits, RemotingCodec, RemotingCommand};
+use tls::WriteHalf;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -65,7 +66,7 @@ impl Batch {
     }
 
     /// Writes everything, in order (one `write` when nothing was kept apart).
-    async fn write_to(&mut self, write: &mut OwnedWriteHalf) -> std::io::Result<()> {
+    async fn write_to(&mut self, write: &mut WriteHalf) -> std::io::Result<()> {
         if self.pieces.is_empty() {
             write.write_all(&self.buf).await?;
             self.buf.clear();
@@ -113,7 +114,7 @@ impl Batch {
 /// since tokio's channel allocates its first block of 32 slots up front and 32 commands inline
 /// would make every idle connection hold 6.5 KiB (boxed: 256 bytes).
 pub(crate) async fn write_loop<C: std::borrow::Borrow<RemotingCommand>>(
-    mut write: OwnedWriteHalf,
+    mut write: WriteHalf,
     mut queue: mpsc::Receiver<C>,
     limits: FrameLimits,
     closed: CancellationToken,
@@ -157,7 +158,12 @@ pub(crate) async fn write_loop<C: std::borrow::Borrow<RemotingCommand>>(
                 break;
             }
         }
-        if let Err(e) = batch.write_to(&mut write).await {
+        let written = match batch.write_to(&mut write).await {
+            // TLS holds records until flushed; a TCP half's flush returns at once.
+            Ok(()) => write.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             failure = Some(e);
             closed.cancel();
             break;

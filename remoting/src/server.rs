@@ -40,6 +40,7 @@ use tokio_util::task::TaskTracker;
 
 use super::gate::{Gate, Pass};
 use super::log_budget::{warn_limited, LogBudget};
+use super::tls::{ServerTls, Stream};
 
 /// One budget for every warning a client can provoke, process-wide: a flood from many
 /// connections is limited as well as one from a single connection.
@@ -169,6 +170,8 @@ pub struct Connection {
     local: SocketAddr,
     original_dst: Option<SocketAddr>,
     label: Option<Arc<str>>,
+    /// Served over TLS.
+    tls: bool,
     /// Boxed: see `write_loop` (an idle connection's queue then costs 256 bytes, not 6.5 KiB).
     out: mpsc::Sender<Box<RemotingCommand>>,
     closed: CancellationToken,
@@ -190,6 +193,10 @@ impl Connection {
     /// Our address on this connection.
     pub fn local(&self) -> SocketAddr {
         self.local
+    }
+    /// Whether this connection is TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
     /// Where the client meant to connect, when a redirect brought it here ([`Admission`]).
     pub fn original_dst(&self) -> Option<SocketAddr> {
@@ -361,8 +368,20 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts accepting on `listener` (inside a tokio runtime).
+    /// Starts accepting on `listener` (inside a tokio runtime), plaintext only.
     pub fn start<H: Handler>(listener: TcpListener, handler: Arc<H>, config: ServerConfig) -> Self {
+        Self::start_tls(listener, handler, config, ServerTls::disabled("remoting"))
+    }
+
+    /// Starts accepting on `listener` with a TLS policy ([`ServerTls`]): after
+    /// [`Handler::admit`], each connection's handshake (if any) runs on its own task, bounded
+    /// by the policy's timeout and holding one of the `max_connections` slots.
+    pub fn start_tls<H: Handler>(
+        listener: TcpListener,
+        handler: Arc<H>,
+        config: ServerConfig,
+        tls: Arc<ServerTls>,
+    ) -> Self {
         let local_addr = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -378,6 +397,7 @@ impl Server {
             close: server.close.clone(),
             tasks: server.tasks.clone(),
             requests: server.requests.clone(),
+            tls,
         };
         server.tasks.spawn(accept_loop(
             listener,
@@ -425,6 +445,7 @@ struct Shared {
     close: CancellationToken,
     tasks: TaskTracker,
     requests: Arc<Gate>,
+    tls: Arc<ServerTls>,
 }
 
 async fn accept_loop<H: Handler>(
@@ -478,7 +499,32 @@ async fn accept_loop<H: Handler>(
             label,
         };
         shared.tasks.spawn(async move {
-            serve_connection(admitted, handler, shared2).await;
+            let Admitted {
+                stream,
+                peer,
+                original_dst,
+                label,
+            } = admitted;
+            // The handshake (or the permissive mode's first byte) is awaited here, under the
+            // connection's slot and bounded by the handshake timeout; a forced close ends it.
+            let accepted = tokio::select! {
+                a = shared2.tls.accept(stream) => a,
+                () = shared2.close.cancelled() => return,
+            };
+            match accepted {
+                Ok(stream) => {
+                    let admitted = Served {
+                        stream,
+                        peer,
+                        original_dst,
+                        label,
+                    };
+                    serve_connection(admitted, handler, shared2).await;
+                }
+                Err(e) => {
+                    warn_limited!(PEER_FAULTS, %peer, listener = shared2.tls.name(), "closing connection: {e}");
+                }
+            }
             drop(permit);
         });
     }
@@ -492,8 +538,16 @@ struct Admitted {
     label: Option<Arc<str>>,
 }
 
-async fn serve_connection<H: Handler>(admitted: Admitted, handler: Arc<H>, shared: Shared) {
-    let Admitted {
+/// An admitted connection past its TLS handshake (if any).
+struct Served {
+    stream: Stream,
+    peer: SocketAddr,
+    original_dst: Option<SocketAddr>,
+    label: Option<Arc<str>>,
+}
+
+async fn serve_connection<H: Handler>(admitted: Served, handler: Arc<H>, shared: Shared) {
+    let Served {
         stream,
         peer,
         original_dst,
@@ -501,8 +555,9 @@ async fn serve_connection<H: Handler>(admitted: Admitted, handler: Arc<H>, share
     } = admitted;
     let config = shared.config;
     let closed = shared.close.child_token();
-    let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().unwrap_or(peer);
+    let _ = stream.tcp().set_nodelay(true);
+    let local = stream.tcp().local_addr().unwrap_or(peer);
+    let tls = stream.is_tls();
     let (read, write) = stream.into_split();
     let (out, out_rx) = mpsc::channel::<Box<RemotingCommand>>(config.max_in_flight.max(16));
     let conn = Arc::new(Connection {
@@ -511,6 +566,7 @@ async fn serve_connection<H: Handler>(admitted: Admitted, handler: Arc<H>, share
         local,
         original_dst,
         label,
+        tls,
         out,
         closed: closed.clone(),
         next_opaque: AtomicI32::new(1),
@@ -647,7 +703,15 @@ async fn serve_connection<H: Handler>(admitted: Admitted, handler: Arc<H>, share
                         break;
                     }
                     e => {
-                        warn_limited!(PEER_FAULTS, %peer, "closing connection: {e}");
+                        if watch.frames == 1
+                            && !tls
+                            && looks_like_client_hello(frames.read_buffer())
+                        {
+                            shared.tls.stats().hello_on_plaintext(shared.tls.name());
+                            warn_limited!(PEER_FAULTS, %peer, "closing connection: a TLS ClientHello on a plaintext listener");
+                        } else {
+                            warn_limited!(PEER_FAULTS, %peer, "closing connection: {e}");
+                        }
                         break;
                     }
                 }
@@ -666,6 +730,11 @@ async fn serve_connection<H: Handler>(admitted: Admitted, handler: Arc<H>, share
     conn.pending.lock().clear();
     handler.on_close(&conn);
     tracing::debug!(conn = conn.id, %peer, "connection closed");
+}
+
+/// A TLS handshake record (0x16) of TLS 1.x (0x03 0x0N): what a TLS client sends first.
+fn looks_like_client_hello(buf: &[u8]) -> bool {
+    matches!(buf, [0x16, 0x03, v, ..] if *v <= 0x04)
 }
 
 /// Read buffer of a connection that is not busy (heartbeats, the odd request); above this size

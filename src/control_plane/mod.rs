@@ -23,9 +23,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::remoting::tls::{ClientTls, ServerTls};
 use anyhow::Context;
 use rocketmesh_xds::catalog::{Catalog, CatalogOptions};
-use rocketmesh_xds::server::{AdsServer, ServerOptions};
+use rocketmesh_xds::model::UpstreamTls;
+use rocketmesh_xds::server::{AdsSecurity, AdsServer, ServerOptions};
 use rocketmesh_xds::static_config::{self, StaticResources};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -90,6 +92,15 @@ pub struct ControlPlaneConfig {
     pub state_dir: Option<PathBuf>,
     /// Migration driver settings.
     pub migrate: traffic::migrate::MigrateOptions,
+    /// TLS of the Remoting listener; None = plaintext.
+    pub tls: Option<Arc<ServerTls>>,
+    /// TLS and bearer tokens of the ADS listener.
+    pub xds_security: AdsSecurity,
+    /// TLS towards `upstream_namesrv`; None = plaintext.
+    pub upstream_tls: Option<Arc<ClientTls>>,
+    /// The `UpstreamTlsContext` every registered topic's cluster carries (sidecars then speak
+    /// TLS to the brokers); None = plaintext clusters.
+    pub cluster_tls: Option<UpstreamTls>,
 }
 
 impl ControlPlaneConfig {
@@ -115,6 +126,10 @@ impl ControlPlaneConfig {
             drain_timeout: Duration::from_secs(5),
             state_dir: None,
             migrate: traffic::migrate::MigrateOptions::default(),
+            tls: None,
+            xds_security: AdsSecurity::default(),
+            upstream_tls: None,
+            cluster_tls: None,
         }
     }
 }
@@ -230,7 +245,10 @@ impl ControlPlane {
 
 /// Starts the control plane. Fails fast on a bad static file or a listener that cannot bind.
 pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
-    let catalog_opts = CatalogOptions { eds: config.eds };
+    let catalog_opts = CatalogOptions {
+        eds: config.eds,
+        upstream_tls: config.cluster_tls.clone(),
+    };
     let (catalog, demand) = match config.upstream_namesrv {
         Some(_) => {
             let (tx, rx) = mpsc::channel(DEMAND_QUEUE);
@@ -263,6 +281,7 @@ pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
             refresh: config.upstream_refresh,
             absent_ttl: config.upstream_absent_ttl,
             concurrency: config.upstream_concurrency,
+            tls: config.upstream_tls.clone(),
             ..UpstreamOptions::new(addr)
         }))
     });
@@ -308,9 +327,13 @@ pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
     let starting = ready.block("listeners");
     // Handles bind to the recorder installed when they are created.
     let prom = crate::metrics::install();
-    let ads = xds_listener
-        .as_ref()
-        .map(|_| AdsServer::new(catalog.clone(), config.xds_options.clone()));
+    let ads = xds_listener.as_ref().map(|_| {
+        AdsServer::new_secure(
+            catalog.clone(),
+            config.xds_options.clone(),
+            config.xds_security.clone(),
+        )
+    });
     let metrics = CpMetrics::register(nameserver.clone(), ads.clone());
     // The admin server first: if it cannot bind, nothing else has started yet.
     let admin_stop = CancellationToken::new();
@@ -318,6 +341,11 @@ pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
         Some(addr) => {
             let dump = {
                 let (ns, catalog, ads) = (nameserver.clone(), catalog.clone(), ads.clone());
+                let tls = (
+                    config.tls.clone(),
+                    config.xds_security.clone(),
+                    config.upstream_tls.clone(),
+                );
                 move || {
                     serde_json::json!({
                         "role": "control-plane",
@@ -327,6 +355,14 @@ pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
                         "registered_topics": ns.topic_count(),
                         "catalog_revision": catalog.revision(),
                         "ads": ads.as_ref().map(AdsServer::stats),
+                        // Paths, subjects, serials and expiry; never key material or tokens.
+                        "tls": {
+                            "remoting": tls.0.as_ref().map(|t| t.dump()),
+                            "ads": tls.1.tls.as_ref().map(|t| t.dump()),
+                            "ads_token_file": tls.1.tokens.as_ref().map(|t| t.path().display().to_string()),
+                            "ads_unauthenticated": tls.1.tokens.as_ref().map(|t| t.refused()),
+                            "upstream": tls.2.as_ref().map(|t| t.dump()),
+                        },
                     })
                 }
             };
@@ -351,7 +387,11 @@ pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
     let background = Drain::new();
     // Background loops stop starting work when the drain begins; Drain::finish awaits them.
     let stop = background.draining_token();
-    let server = Server::start(listener, nameserver.clone(), config.server);
+    let tls = config
+        .tls
+        .clone()
+        .unwrap_or_else(|| ServerTls::disabled("namesrv"));
+    let server = Server::start_tls(listener, nameserver.clone(), config.server, tls);
     background.spawn(namesrv::sweep(nameserver.clone(), stop.clone()));
     if let Some((path, stamp)) = static_state {
         background.spawn(reload_static(

@@ -29,6 +29,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::namesrv::NameServer;
+use crate::remoting::tls::ClientTls;
 use crate::remoting::{ClientError, RemotingClient};
 
 /// Upstream mode settings.
@@ -46,6 +47,8 @@ pub struct UpstreamOptions {
     pub concurrency: usize,
     /// Most topics kept fresh; topics past it are fetched once on demand but not refreshed.
     pub max_tracked: usize,
+    /// TLS to the upstream nameserver (`--upstream-tls-*`).
+    pub tls: Option<Arc<ClientTls>>,
 }
 
 impl UpstreamOptions {
@@ -58,6 +61,7 @@ impl UpstreamOptions {
             absent_ttl: Duration::from_secs(10),
             concurrency: 16,
             max_tracked: 200_000,
+            tls: None,
         }
     }
 }
@@ -137,7 +141,8 @@ impl Upstream {
                 });
             }
         }
-        match RemotingClient::connect_to(&addr, self.opts.request_timeout, None).await {
+        let tls = self.opts.tls.as_deref();
+        match RemotingClient::connect_to_tls(&addr, self.opts.request_timeout, tls, None).await {
             Ok(c) => {
                 if conn.retry_at.take().is_some() {
                     tracing::info!(%addr, "upstream nameserver reachable again");

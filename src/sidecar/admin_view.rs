@@ -2,16 +2,22 @@
 //! is `crate::admin`).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::dispatch::SidecarCore;
 use crate::admin::{AdminSource, Readiness, Ready};
+use crate::remoting::tls::{ClientTls, ServerTls};
 
 /// What the admin server shows of a sidecar.
 pub struct AdminView {
     pub core: Arc<SidecarCore>,
     pub ready: Ready,
     pub listeners: Vec<SocketAddr>,
+    pub tls: Arc<ServerTls>,
+    pub upstream_tls: Option<Arc<ClientTls>>,
+    pub xds_tls: Option<Arc<ClientTls>>,
+    pub xds_token: Option<PathBuf>,
 }
 
 impl AdminSource for AdminView {
@@ -41,6 +47,14 @@ impl AdminSource for AdminView {
                 "access": self.core.access.dump(),
             },
             "xds": self.core.xds().config_dump(),
+            // Paths, subjects, serials and expiry; never key material or the token.
+            "tls": {
+                "listeners": self.tls.dump(),
+                "upstream": self.upstream_tls.as_ref().map(|t| t.dump()),
+                "clusters": self.core.ctx.upstreams.cluster_tls_dump(),
+                "xds": self.xds_tls.as_ref().map(|t| t.dump()),
+                "xds_token_file": self.xds_token.as_ref().map(|p| p.display().to_string()),
+            },
         })
     }
 

@@ -43,6 +43,7 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rocketmesh_filters::consume::TranslatorConfig;
@@ -50,6 +51,7 @@ use rocketmesh_xds::client::XdsMode;
 
 use self::transparent::TransparentConfig;
 use self::upstream::UpstreamConfig;
+use crate::remoting::tls::{ClientTls, ServerTls};
 use crate::remoting::ServerConfig;
 
 pub use self::dispatch::SidecarCore;
@@ -109,6 +111,12 @@ pub struct SidecarConfig {
     pub transparent: TransparentConfig,
     /// Signing upstream requests, checking the applications' signatures, topic authorization.
     pub access: access::AccessConfig,
+    /// TLS of the SDK-facing listeners; None = plaintext.
+    pub tls: Option<Arc<ServerTls>>,
+    /// TLS of the ADS connection; None = plaintext.
+    pub xds_tls: Option<Arc<ClientTls>>,
+    /// Bearer token file for the ADS connection.
+    pub xds_token: Option<PathBuf>,
 }
 
 impl SidecarConfig {
@@ -137,6 +145,9 @@ impl SidecarConfig {
             translator: TranslatorConfig::default(),
             transparent: TransparentConfig::default(),
             access: access::AccessConfig::default(),
+            tls: None,
+            xds_tls: None,
+            xds_token: None,
         }
     }
 }

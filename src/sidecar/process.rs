@@ -35,6 +35,7 @@ use super::SidecarConfig;
 use crate::admin::{AdminConfig, AdminServer, Ready};
 use crate::metrics::{self, Stats};
 use crate::remoting::advertise::{advertised, vip_port};
+use crate::remoting::tls::ServerTls;
 use crate::remoting::{Drain, Server};
 
 /// Bound on the broker -> client requests waiting to be relayed.
@@ -182,6 +183,8 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
             c.route_timeout = cfg.route_timeout;
             c.reconnect_grace = cfg.xds_reconnect_grace;
             c.node_id = format!("sidecar~{}~rocketmesh-{}.local", addr.ip(), addr.port());
+            c.tls = cfg.xds_tls.clone();
+            c.token_file = cfg.xds_token.clone();
             // The ADS stream's task runs on the control runtime.
             let _on_control = control.handle.enter();
             XdsClient::start(c)
@@ -207,7 +210,11 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
             response_encoding: cfg.server.response_encoding,
         },
         router: Router::new(xds.clone(), cfg.virtual_broker.clone(), stats.clone()),
-        upstreams: Arc::new(Upstreams::new(upstream_cfg, inbound_tx).with_stats(stats.clone())),
+        upstreams: Arc::new(
+            Upstreams::new(upstream_cfg, inbound_tx)
+                .with_stats(stats.clone())
+                .with_cluster_tls(cluster_tls(&xds)),
+        ),
         stats,
     });
     let pulls = Arc::new(PullBridge::new(ctx.clone(), cfg.translator.clone()));
@@ -221,9 +228,13 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
         locks: Arc::new(Locks::default()),
         access,
     });
+    let tls = cfg
+        .tls
+        .clone()
+        .unwrap_or_else(|| ServerTls::disabled("sidecar"));
     let servers: Vec<Server> = std::iter::once(listener)
         .chain(extra)
-        .map(|l| Server::start(l, core.clone(), cfg.server))
+        .map(|l| Server::start_tls(l, core.clone(), cfg.server, tls.clone()))
         .collect();
     drop(listeners_block);
 
@@ -253,6 +264,10 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
                 core: core.clone(),
                 ready: ready.clone(),
                 listeners,
+                tls: tls.clone(),
+                upstream_tls: cfg.upstream.tls.clone(),
+                xds_tls: cfg.xds_tls.clone(),
+                xds_token: cfg.xds_token.clone(),
             });
             let acfg = AdminConfig {
                 addr: a,
@@ -283,6 +298,22 @@ pub async fn start(cfg: SidecarConfig) -> anyhow::Result<Sidecar> {
         admin_stop,
         control,
         drain: cfg.drain,
+    })
+}
+
+/// A broker address's TLS from the routes: the first cluster (of any topic held) listing it
+/// as an endpoint and carrying an `UpstreamTlsContext`. Called when a connection is made, not
+/// per request.
+fn cluster_tls(xds: &XdsClient) -> super::upstream::ClusterTlsLookup {
+    let xds = xds.clone();
+    Arc::new(move |addr: &str| {
+        let snap = xds.snapshot();
+        snap.topics
+            .keys()
+            .filter_map(|t| snap.route(t))
+            .flat_map(|r| r.clusters.values())
+            .find(|c| c.spec.tls.is_some() && c.endpoints.iter().any(|e| e.address == addr))
+            .and_then(|c| c.spec.tls.clone())
     })
 }
 

@@ -29,7 +29,9 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 
 use crate::metrics::{Counter, Gauge, Stats};
+use crate::remoting::tls::{ClientTls, ClientTlsDump, ClientTlsOptions, DEFAULT_RELOAD_INTERVAL};
 use crate::remoting::{ClientError, Completion, RemotingClient};
+use rocketmesh_xds::model::UpstreamTls;
 
 /// Upstream settings.
 #[derive(Debug, Clone)]
@@ -51,6 +53,8 @@ pub struct UpstreamConfig {
     pub outlier_base_ejection: Duration,
     /// Outlier detection: longest ejection.
     pub outlier_max_ejection: Duration,
+    /// TLS to every broker (`--upstream-tls-*`); a cluster's own `UpstreamTlsContext` wins.
+    pub tls: Option<Arc<ClientTls>>,
 }
 
 impl Default for UpstreamConfig {
@@ -64,6 +68,7 @@ impl Default for UpstreamConfig {
             outlier_consecutive: 5,
             outlier_base_ejection: Duration::from_secs(2),
             outlier_max_ejection: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -264,17 +269,35 @@ impl<C: Completion> Completion for PoolDone<C> {
     }
 }
 
+/// Which TLS a broker address takes from the routes (a cluster's `UpstreamTlsContext`).
+pub type ClusterTlsLookup = Arc<dyn Fn(&str) -> Option<UpstreamTls> + Send + Sync>;
+
+/// Most distinct cluster TLS settings built at once (past it the cache starts again).
+const MAX_CLUSTER_TLS: usize = 64;
+
 /// Every upstream pool of a sidecar.
-#[derive(Debug)]
 pub struct Upstreams {
     cfg: Arc<UpstreamConfig>,
     /// Where outlier ejections are counted (none in unit tests).
     stats: Option<Arc<Stats>>,
+    /// Looked up at every connect (not per request): a cluster's TLS wins over `cfg.tls`.
+    cluster_tls: Option<ClusterTlsLookup>,
+    /// Client TLS built per distinct cluster setting.
+    built_tls: Mutex<HashMap<UpstreamTls, Arc<ClientTls>>>,
     pools: Mutex<HashMap<String, Arc<Pool>>>,
     /// Pool look-ups so far: the recency order of [`Pool::last_used`] (a count, not a clock
     /// read per request).
     uses: AtomicU64,
     inbound: mpsc::Sender<BrokerRequest>,
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstreams")
+            .field("cfg", &self.cfg)
+            .field("pools", &self.pools.lock().len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Upstreams {
@@ -286,6 +309,8 @@ impl Upstreams {
             pools: Mutex::new(HashMap::new()),
             uses: AtomicU64::new(0),
             inbound,
+            cluster_tls: None,
+            built_tls: Mutex::new(HashMap::new()),
         }
     }
 
@@ -293,6 +318,43 @@ impl Upstreams {
     pub fn with_stats(mut self, stats: Arc<Stats>) -> Self {
         self.stats = Some(stats);
         self
+    }
+
+    /// Takes each connection's TLS from the cluster that names its address, when one does.
+    pub fn with_cluster_tls(mut self, lookup: ClusterTlsLookup) -> Self {
+        self.cluster_tls = Some(lookup);
+        self
+    }
+
+    /// The TLS a new connection to `addr` uses: its cluster's, else `--upstream-tls-*`.
+    fn tls_for(&self, addr: &str) -> Result<Option<Arc<ClientTls>>, String> {
+        let Some(spec) = self.cluster_tls.as_ref().and_then(|l| l(addr)) else {
+            return Ok(self.cfg.tls.clone());
+        };
+        if let Some(t) = self.built_tls.lock().get(&spec) {
+            return Ok(Some(t.clone()));
+        }
+        let opts = ClientTlsOptions {
+            ca: spec.ca_file.clone().into(),
+            cert: spec.cert_file.clone().map(Into::into),
+            key: spec.key_file.clone().map(Into::into),
+            sni: spec.sni.clone(),
+            identities: spec.identities.clone(),
+            alpn: Vec::new(),
+        };
+        let tls = ClientTls::new(opts, DEFAULT_RELOAD_INTERVAL)
+            .map_err(|e| format!("the cluster's TLS settings: {e}"))?;
+        let mut built = self.built_tls.lock();
+        if built.len() >= MAX_CLUSTER_TLS {
+            built.clear();
+        }
+        built.insert(spec, tls.clone());
+        Ok(Some(tls))
+    }
+
+    /// What `/config_dump` shows of the TLS built for clusters.
+    pub fn cluster_tls_dump(&self) -> Vec<ClientTlsDump> {
+        self.built_tls.lock().values().map(|t| t.dump()).collect()
     }
 
     fn pool(&self, addr: &str) -> Arc<Pool> {
@@ -366,7 +428,19 @@ impl Upstreams {
             return Ok(c.clone());
         }
         let (tx, mut rx) = mpsc::channel::<RemotingCommand>(64);
-        match RemotingClient::connect_to(&pool.addr, connect_timeout, Some(tx)).await {
+        let tls = match self.tls_for(&pool.addr) {
+            Ok(t) => t,
+            Err(reason) => {
+                pool.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(UpstreamError::Connect {
+                    addr: pool.addr.clone(),
+                    reason,
+                });
+            }
+        };
+        match RemotingClient::connect_to_tls(&pool.addr, connect_timeout, tls.as_deref(), Some(tx))
+            .await
+        {
             Ok(c) => {
                 pool.stats.connects.fetch_add(1, Ordering::Relaxed);
                 pool.down_until.store(0, Ordering::Relaxed);

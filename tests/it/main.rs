@@ -26,5 +26,6 @@ mod k8s;
 mod lifecycle;
 mod pod;
 mod sidecar;
+mod tls;
 mod traffic;
 mod xds_client;

@@ -20,6 +20,7 @@ pub mod model;
 pub mod resources;
 pub mod server;
 pub mod static_config;
+pub mod transport;
 
 /// The default RDS route configuration name the sidecar subscribes under (`<route_config>/<topic>`).
 pub const DEFAULT_ROUTE_CONFIG: &str = "rocketmq";

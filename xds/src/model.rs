@@ -122,6 +122,29 @@ pub struct ClusterSpec {
     /// Upstream connect timeout, milliseconds.
     #[serde(default)]
     pub connect_timeout_ms: Option<u64>,
+    /// TLS to the cluster's endpoints (Envoy's `transport_socket` with an
+    /// `UpstreamTlsContext`); None = plaintext, or the sidecar's `--upstream-tls-*`. Left out
+    /// of the canonical JSON when absent, so plaintext clusters keep their content versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// A cluster's upstream TLS, the file-based shape Istio sends: files as the *sidecar* sees
+/// them (mounted certificates), the SNI to send, and the identities the broker must present.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct UpstreamTls {
+    /// `validation_context.trusted_ca.filename`: the CA bundle.
+    pub ca_file: String,
+    /// `tls_certificates[0]`: the client certificate and key (mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// `match_typed_subject_alt_names` (DNS / URI / IP) and `match_subject_alt_names` (any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<rocketmesh_remoting::tls::SanMatcher>,
 }
 
 /// An EDS resource (ClusterLoadAssignment).
@@ -544,6 +567,7 @@ mod tests {
             subset_selectors: vec![vec!["writable".into()], vec!["readable".into()]],
             fallback: SubsetFallback::NoFallback,
             connect_timeout_ms: None,
+            tls: None,
         };
         let vhost = VirtualHostSpec {
             name: "rocketmq/T".into(),

@@ -546,7 +546,10 @@ async fn delta_unsubscribe_stops_pushes() {
 
 #[tokio::test]
 async fn delta_cluster_wildcard_and_eds() {
-    let catalog = Arc::new(Catalog::new(CatalogOptions { eds: true }));
+    let catalog = Arc::new(Catalog::new(CatalogOptions {
+        eds: true,
+        ..CatalogOptions::default()
+    }));
     catalog.set_topic(route("TopicA", 6));
     catalog.set_topic(route("TopicB", 4));
     let srv = Running::start(catalog.clone(), ServerOptions::default()).await;

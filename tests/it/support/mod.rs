@@ -8,6 +8,7 @@
 
 pub mod interop;
 pub mod netns;
+pub mod pki;
 pub mod venv;
 
 use std::future::Future;
@@ -259,6 +260,12 @@ pub async fn create_topic(broker: SocketAddr, topic: &str, perm: i32, queues: i3
     let client = RemotingClient::connect_timeout(broker, T, None)
         .await
         .unwrap();
+    create_topic_on(&client, topic, perm, queues).await;
+    client.close();
+}
+
+/// UPDATE_AND_CREATE_TOPIC over an open connection (e.g. a TLS one).
+pub async fn create_topic_on(client: &RemotingClient, topic: &str, perm: i32, queues: i32) {
     let h = CreateTopicRequestHeader {
         topic: topic.into(),
         default_topic: "TBW102".into(),
@@ -277,5 +284,4 @@ pub async fn create_topic(broker: SocketAddr, topic: &str, perm: i32, queues: i3
         .await
         .unwrap();
     assert_eq!(resp.code(), response_code::SUCCESS, "{:?}", resp.remark());
-    client.close();
 }

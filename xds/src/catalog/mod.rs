@@ -82,6 +82,9 @@ pub enum Changed {
 pub struct CatalogOptions {
     /// Serve endpoints of registered topics through EDS instead of inline.
     pub eds: bool,
+    /// TLS of every registered topic's cluster (the control plane's `--cluster-tls-*`): the
+    /// sidecars then speak TLS to the brokers, with these files as they see them.
+    pub upstream_tls: Option<crate::model::UpstreamTls>,
 }
 
 /// While warming up: topics seen since start, and topics answered `Pending` because they were
@@ -499,12 +502,13 @@ impl Catalog {
             return Lookup::Absent;
         };
         if let Some(r) = s.routes.get(topic) {
-            let (_, cluster) = build_topic_with(
+            let (_, mut cluster) = build_topic_with(
                 &crate::vhds_name(DEFAULT_ROUTE_CONFIG, topic),
                 &r.value,
                 s.policy(topic).map(|p| &*p.value),
                 self.opts.eds,
             );
+            cluster.tls = self.opts.upstream_tls.clone();
             return Lookup::Found(Versioned {
                 version: self.derived_version(&s.topic_version(topic, r)),
                 value: Arc::new(cluster),
@@ -535,11 +539,16 @@ impl Catalog {
     }
 
     fn derived_version(&self, v: &str) -> String {
+        let mut out = v.to_owned();
         if self.opts.eds {
-            format!("{v}-eds")
-        } else {
-            v.to_owned()
+            out.push_str("-eds");
         }
+        if let Some(tls) = &self.opts.upstream_tls {
+            // A restart with other TLS settings must not look unchanged to clients.
+            out.push_str("-tls");
+            out.push_str(&crate::model::content_version(tls));
+        }
+        out
     }
 
     fn topic_of_cluster(name: &str) -> Option<&str> {

@@ -1,6 +1,10 @@
 //! The client's settings and the errors [`XdsClient::route`](super::XdsClient::route) returns.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use rocketmesh_remoting::tls::ClientTls;
 
 use serde::Serialize;
 
@@ -43,6 +47,11 @@ pub struct ClientConfig {
     pub reconnect_grace: Duration,
     /// Largest xDS message accepted.
     pub max_message_bytes: usize,
+    /// TLS to the server (CA, optional client certificate, SNI); None = plaintext.
+    pub tls: Option<Arc<ClientTls>>,
+    /// A file holding the bearer token sent as `authorization: Bearer <token>` on every
+    /// stream; read at every (re)connect, so a rotated token is picked up.
+    pub token_file: Option<PathBuf>,
 }
 
 impl ClientConfig {
@@ -59,6 +68,8 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(2),
             reconnect_grace: Duration::from_secs(30),
             max_message_bytes: 64 << 20,
+            tls: None,
+            token_file: None,
         }
     }
 }

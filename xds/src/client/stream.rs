@@ -171,7 +171,23 @@ impl Task {
                 .tcp_nodelay(true),
             Err(e) => return StreamEnd::Error(format!("bad xDS server address: {e}")),
         };
-        let channel = match endpoint.connect().await {
+        let connected = match &self.inner.cfg.tls {
+            Some(tls) => {
+                let target = self.inner.cfg.server.clone();
+                let target = match target.split_once("://") {
+                    Some((_, rest)) => rest.trim_end_matches('/').to_owned(),
+                    None => target,
+                };
+                endpoint
+                    .connect_with_connector(crate::transport::TlsConnector {
+                        tls: tls.clone(),
+                        target,
+                    })
+                    .await
+            }
+            None => endpoint.connect().await,
+        };
+        let channel = match connected {
             Ok(c) => c,
             Err(e) => return StreamEnd::Error(format!("connect {}: {e}", self.inner.cfg.server)),
         };
@@ -374,10 +390,14 @@ impl Task {
             }
             let _ = tx.try_send(req);
         }
-        let response = match client
-            .delta_aggregated_resources(ReceiverStream::new(rx))
-            .await
-        {
+        let request = match crate::transport::bearer(
+            ReceiverStream::new(rx),
+            self.inner.cfg.token_file.as_deref(),
+        ) {
+            Ok(r) => r,
+            Err(e) => return StreamEnd::Error(e),
+        };
+        let response = match client.delta_aggregated_resources(request).await {
             Ok(r) => r,
             Err(s) if s.code() == tonic::Code::Unimplemented => return StreamEnd::Unimplemented,
             Err(s) => return StreamEnd::Error(format!("delta ADS: {s}")),
@@ -484,10 +504,14 @@ impl Task {
                 let _ = tx.try_send(request(LOAD_ASSIGNMENT_TYPE));
             }
         }
-        let response = match client
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await
-        {
+        let request = match crate::transport::bearer(
+            ReceiverStream::new(rx),
+            self.inner.cfg.token_file.as_deref(),
+        ) {
+            Ok(r) => r,
+            Err(e) => return StreamEnd::Error(e),
+        };
+        let response = match client.stream_aggregated_resources(request).await {
             Ok(r) => r,
             Err(s) => return StreamEnd::Error(format!("SotW ADS: {s}")),
         };

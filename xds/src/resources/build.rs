@@ -140,6 +140,7 @@ pub fn build_topic_with(
         subset_selectors: default_subset_selectors(),
         fallback: SubsetFallback::NoFallback,
         connect_timeout_ms: Some(1000),
+        tls: None,
     };
     (vhost, spec)
 }

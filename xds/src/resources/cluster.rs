@@ -44,6 +44,7 @@ pub fn cluster_to_proto(c: &ClusterSpec) -> pb_cluster::Cluster {
                 .collect(),
             ..Default::default()
         }),
+        transport_socket: c.tls.as_ref().map(super::tls::transport_socket),
         ..Default::default()
     };
     match &c.endpoints {
@@ -159,11 +160,13 @@ pub fn cluster_from_proto(c: &pb_cluster::Cluster) -> Result<ClusterSpec, Resour
             }
         })
         .transpose()?;
+    let tls = super::tls::upstream_tls_of(c.transport_socket.as_ref()).map_err(err)?;
     Ok(ClusterSpec {
         name: c.name.clone(),
         endpoints,
         subset_selectors,
         fallback,
         connect_timeout_ms,
+        tls,
     })
 }

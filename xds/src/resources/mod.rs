@@ -20,12 +20,14 @@ mod cluster;
 mod endpoint;
 mod meta;
 mod route;
+mod tls;
 
 pub use base::*;
 pub use build::*;
 pub use cluster::*;
 pub use endpoint::*;
 pub use route::*;
+pub use tls::{transport_socket, upstream_tls_of, TLS_SOCKET, UPSTREAM_TLS_CONTEXT};
 
 #[cfg(test)]
 mod tests {

@@ -45,8 +45,9 @@ use xds_api::pb::envoy::service::discovery::v3::{
 };
 
 use crate::catalog::Catalog;
+use rocketmesh_remoting::tls::TlsMode;
 
-pub use options::{NackRecord, ServerOptions, ServerStats};
+pub use options::{AdsSecurity, NackRecord, ServerOptions, ServerStats};
 
 use delta::DeltaStream;
 use sotw::SotwStream;
@@ -63,6 +64,11 @@ pub struct AdsServer {
 
 impl AdsServer {
     pub fn new(catalog: Arc<Catalog>, opts: ServerOptions) -> Self {
+        Self::new_secure(catalog, opts, AdsSecurity::default())
+    }
+
+    /// A server whose listener and streams are secured by `security`.
+    pub fn new_secure(catalog: Arc<Catalog>, opts: ServerOptions, security: AdsSecurity) -> Self {
         AdsServer {
             shared: Arc::new(Shared {
                 catalog,
@@ -79,6 +85,7 @@ impl AdsServer {
                 last_nack: Mutex::new(None),
                 next_stream_id: AtomicU64::new(1),
                 shutdown: watch::channel(false).0,
+                security,
             }),
         }
     }
@@ -106,29 +113,51 @@ impl AdsServer {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), tonic::transport::Error> {
         let local = listener.local_addr().ok();
-        let incoming = TcpListenerStream::new(listener).map(|conn| {
-            conn.inspect(|s| {
-                // Pushes are small writes that must leave at once.
-                if let Err(e) = s.set_nodelay(true) {
-                    debug!(error = %e, "cannot set TCP_NODELAY on an ADS connection");
-                }
-            })
-        });
         let max = self.shared.opts.max_message_bytes;
         let stop = self.shared.shutdown.clone();
+        let tls = self.shared.security.tls.clone();
         let service = AggregatedDiscoveryServiceServer::new(self)
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
-        info!(addr = ?local, "ADS server listening");
-        tonic::transport::Server::builder()
+        let builder = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, async move {
-                shutdown.await;
-                stop.send_replace(true);
-            })
-            .await
+            .add_service(service);
+        let shutdown = async move {
+            shutdown.await;
+            stop.send_replace(true);
+        };
+        match tls.filter(|t| t.mode() != TlsMode::Disabled) {
+            Some(tls) => {
+                info!(addr = ?local, mode = ?tls.mode(), "ADS server listening (TLS)");
+                let incoming = ReceiverStream::new(crate::transport::incoming(listener, tls));
+                builder
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+            }
+            None => {
+                let incoming = TcpListenerStream::new(listener).map(|conn| {
+                    conn.inspect(|s| {
+                        // Pushes are small writes that must leave at once.
+                        if let Err(e) = s.set_nodelay(true) {
+                            debug!(error = %e, "cannot set TCP_NODELAY on an ADS connection");
+                        }
+                    })
+                });
+                info!(addr = ?local, "ADS server listening");
+                builder
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+            }
+        }
+    }
+
+    /// Refuses a stream without an accepted bearer token (when tokens are required).
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Box<Status>> {
+        match &self.shared.security.tokens {
+            Some(tokens) => tokens.check(request),
+            None => Ok(()),
+        }
     }
 
     /// Takes a stream slot, or refuses the stream with `RESOURCE_EXHAUSTED`.
@@ -167,6 +196,7 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        self.authorize(&request).map_err(|e| *e)?;
         let permit = self.admit(StreamKind::Sotw).map_err(|e| *e)?;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let peer = request.remote_addr();
@@ -180,6 +210,7 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        self.authorize(&request).map_err(|e| *e)?;
         let permit = self.admit(StreamKind::Delta).map_err(|e| *e)?;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let peer = request.remote_addr();

@@ -1,6 +1,11 @@
 //! The server's limits and what it reports.
 
+use std::sync::Arc;
+
+use rocketmesh_remoting::tls::ServerTls;
 use serde::Serialize;
+
+use crate::transport::TokenSet;
 
 /// Server limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +27,15 @@ impl Default for ServerOptions {
             max_message_bytes: 16 * 1024 * 1024,
         }
     }
+}
+
+/// How the ADS listener is secured: TLS (a `rocketmesh_remoting::tls` policy: mode, client
+/// certificates, allowed identities; ALPN `h2` is added) and accepted bearer tokens. Default:
+/// plaintext, no token.
+#[derive(Debug, Clone, Default)]
+pub struct AdsSecurity {
+    pub tls: Option<Arc<ServerTls>>,
+    pub tokens: Option<Arc<TokenSet>>,
 }
 
 /// The last NACK a client sent.

@@ -47,6 +47,7 @@ pub(super) struct Shared {
     pub(super) next_stream_id: AtomicU64,
     /// Set when `serve`'s shutdown future completes: every stream task ends.
     pub(super) shutdown: watch::Sender<bool>,
+    pub(super) security: super::AdsSecurity,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -223,6 +223,7 @@ fn convert_cluster(
             subset_selectors,
             fallback,
             connect_timeout_ms: c.connect_timeout_ms,
+            tls: c.tls.clone(),
         },
         la,
     ))

@@ -37,6 +37,10 @@ pub struct ClusterDef {
     pub fallback: Option<FallbackDef>,
     #[serde(default)]
     pub connect_timeout_ms: Option<u64>,
+    /// Upstream TLS: `{ca_file, cert_file?, key_file?, sni?, identities?: [{kind: uri|dns|ip|any,
+    /// matcher: {exact|prefix|suffix|contains: ...}}]}` (files as the sidecars see them).
+    #[serde(default)]
+    pub tls: Option<crate::model::UpstreamTls>,
 }
 
 /// `no_fallback`, `any_endpoint`, or `{default_subset: {key: value}}`.
