@@ -194,6 +194,22 @@ route_config:
     }
 
     #[test]
+    fn a_cluster_may_carry_upstream_tls() {
+        let r = parse(
+            "clusters:\n  - name: c\n    endpoints:\n      - {address: 'h:1', broker_name: b, cluster_name: C}\n    tls:\n      ca_file: /etc/certs/ca.pem\n      sni: broker.mq\n      identities:\n        - {kind: uri, matcher: !exact 'spiffe://td/ns/mq/sa/broker'}\n",
+        )
+        .unwrap();
+        let tls = r.clusters[0].tls.as_ref().unwrap();
+        assert_eq!(tls.ca_file, "/etc/certs/ca.pem");
+        assert_eq!(tls.sni.as_deref(), Some("broker.mq"));
+        assert_eq!(
+            tls.identities[0].kind,
+            rocketmesh_remoting::tls::SanKind::Uri
+        );
+        assert!(r.clusters[1..].iter().all(|c| c.tls.is_none()));
+    }
+
+    #[test]
     fn unknown_fields_name_their_path() {
         let e = err("clusters:\n  - name: c\n    endpoints:\n      - address: a:1\n        broker_name: b\n        cluster_name: C\n        colour: red\n");
         assert!(e.contains("clusters[0].endpoints[0]"), "{e}");

@@ -38,7 +38,7 @@ pub struct ClusterDef {
     #[serde(default)]
     pub connect_timeout_ms: Option<u64>,
     /// Upstream TLS: `{ca_file, cert_file?, key_file?, sni?, identities?: [{kind: uri|dns|ip|any,
-    /// matcher: {exact|prefix|suffix|contains: ...}}]}` (files as the sidecars see them).
+    /// matcher: !exact|!prefix|!suffix|!contains VALUE}]}` (files as the sidecars see them).
     #[serde(default)]
     pub tls: Option<crate::model::UpstreamTls>,
 }
