@@ -72,6 +72,9 @@ pub const MAX_PULL_MESSAGES: usize = 32;
 pub const MAX_PULL_BYTES: usize = 256 * 1024;
 /// Most consume queue entries one [`MessageStore::get_messages`] call scans.
 pub const MAX_SCAN_ENTRIES: u64 = 800;
+/// In sync flush mode, the longest time between two full flush rounds (consume queues,
+/// checkpoint, pop log) while group commits (the commit log only) keep coming.
+const SYNC_FULL_ROUND: Duration = Duration::from_millis(200);
 /// Default maximum message body size: 4 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 << 20;
 
@@ -436,11 +439,18 @@ impl MessageStore {
         }
     }
 
-    /// Runs one flush round now: fsyncs the commit log up to its current end, then the consume
-    /// queues written meanwhile, writes the checkpoint and publishes the flushed offset; also
-    /// fsyncs the pop checkpoint log. Called by the flush thread; callable directly.
+    /// Runs one flush round now: fsyncs the commit log up to its current end and publishes the
+    /// flushed offset, then fsyncs the consume queues written meanwhile, writes the checkpoint
+    /// and fsyncs the pop checkpoint log. Called by the flush thread; callable directly.
     pub fn flush(&self) -> Result<()> {
-        let r = self.flush_round();
+        self.flush_checked(true)
+    }
+
+    /// A flush round; `full == false` makes it a group-commit round: only the commit log is
+    /// fsynced and its offset published (what a sync-flush send waits for), the rest is left to
+    /// the next full round.
+    fn flush_checked(&self, full: bool) -> Result<()> {
+        let r = self.flush_round(full);
         if let Err(e) = &r {
             error!("flush failed; the store refuses further writes: {e}");
             self.poisoned.store(true, Ordering::Release);
@@ -449,33 +459,52 @@ impl MessageStore {
         r
     }
 
-    fn flush_round(&self) -> Result<()> {
+    // A message is durable once the commit log holding it is: recovery replays the commit log
+    // from the last checkpoint and rebuilds the consume queue entries past it, so the queues and
+    // the checkpoint need not be fsynced before a send is answered. The checkpoint is written
+    // only after the queues it vouches for are fsynced.
+    fn flush_round(&self, full: bool) -> Result<()> {
         let started = Instant::now();
         let mut progress = self.flush_progress.lock();
         let (end, dirty, ckpt) = {
             let mut ws = self.write_state();
-            let queues = self.queues.read().len();
             let end = self.commit_log.end_offset();
-            let ckpt = StoreCheckpoint {
-                commit_log_offset: end,
-                queues: queues as u64,
-                queue_entries: ws.total_entries,
-            };
-            (end, std::mem::take(&mut ws.dirty), ckpt)
+            if full {
+                let queues = self.queues.read().len();
+                let ckpt = StoreCheckpoint {
+                    commit_log_offset: end,
+                    queues: queues as u64,
+                    queue_entries: ws.total_entries,
+                };
+                (end, std::mem::take(&mut ws.dirty), Some(ckpt))
+            } else {
+                (end, HashMap::new(), None)
+            }
         };
         let mut n = 0;
-        if end != progress.flushed || !dirty.is_empty() {
+        if end != progress.flushed || progress.last_checkpoint.is_none() {
             n += self.commit_log.sync(progress.flushed, end)?;
+        }
+        progress.flushed = end;
+        self.durable_tx.send_if_modified(|d| {
+            if d.offset < end {
+                d.offset = end;
+                true
+            } else {
+                false
+            }
+        });
+        if let Some(ckpt) = ckpt {
             for q in dirty.values() {
                 n += q.sync()?;
             }
-        }
-        if progress.last_checkpoint != Some(ckpt) {
-            ckpt.save(&self.checkpoint_path)?;
-            progress.last_checkpoint = Some(ckpt);
-        }
-        if self.pop.sync()? {
-            n += 1;
+            if progress.last_checkpoint != Some(ckpt) {
+                ckpt.save(&self.checkpoint_path)?;
+                progress.last_checkpoint = Some(ckpt);
+            }
+            if self.pop.sync()? {
+                n += 1;
+            }
         }
         if n > 0 {
             self.flushes.fetch_add(1, Ordering::Relaxed);
@@ -486,15 +515,6 @@ impl MessageStore {
                 .record(started.elapsed().as_secs_f64());
         }
         self.config.metrics.size_bytes.set(end as f64);
-        progress.flushed = end;
-        self.durable_tx.send_if_modified(|d| {
-            if d.offset < end {
-                d.offset = end;
-                true
-            } else {
-                false
-            }
-        });
         Ok(())
     }
 
@@ -773,8 +793,9 @@ fn flush_loop(
         FlushMode::Sync => persist_every.min(Duration::from_secs(1)),
     };
     let mut last_persist = Instant::now();
+    let mut last_full = Instant::now();
     loop {
-        {
+        let woken = {
             let mut f = signal.lock();
             if !f.stop && !f.pending {
                 let _ = signal.cv.wait_for(&mut f, wait);
@@ -782,13 +803,25 @@ fn flush_loop(
             if f.stop {
                 return;
             }
-            f.pending = false;
-        }
+            std::mem::replace(&mut f.pending, false)
+        };
         let Some(store) = store.upgrade() else { return };
-        if !store.poisoned.load(Ordering::Acquire) {
-            let _ = store.flush();
+        let persist = last_persist.elapsed() >= persist_every;
+        // Sync mode: a round woken by writes is a group commit (the commit log only); the
+        // queues, the checkpoint and the pop log follow every SYNC_FULL_ROUND, when the store is
+        // quiet, and before consumer offsets are persisted (pop positions must never be durable
+        // ahead of the pop checkpoints that redeliver what they skip).
+        let full = !matches!(mode, FlushMode::Sync)
+            || !woken
+            || persist
+            || last_full.elapsed() >= SYNC_FULL_ROUND;
+        if full {
+            last_full = Instant::now();
         }
-        if last_persist.elapsed() >= persist_every {
+        if !store.poisoned.load(Ordering::Acquire) {
+            let _ = store.flush_checked(full);
+        }
+        if persist {
             last_persist = Instant::now();
             if let Err(e) = store.persist_offsets() {
                 error!("persisting consumer offsets failed: {e}");
