@@ -1070,6 +1070,8 @@ fn reading_corrupt_entries_is_an_error_not_a_panic() {
     for i in 0..4 {
         store.put(msg("X", 0, &body(i, 40), None)).unwrap();
     }
+    // The queue's entries are in its file once flushed (until then they are held in memory).
+    store.flush().unwrap();
     // Overwrite a live CQ entry behind the store's back: the pull reports corruption.
     let cq = d
         .path()
@@ -1095,4 +1097,46 @@ fn reading_corrupt_entries_is_an_error_not_a_panic() {
         .is_err());
     // Must not panic either way.
     let _ = store.search_offset_by_timestamp("X", 0, 1);
+}
+
+/// Consume queue entries held in memory before their write read the same as written ones,
+/// across the file boundary and segment switches; a sync writes them all; a queue reloaded
+/// without a sync has a prefix of them.
+#[test]
+fn consume_queue_pending_entries() {
+    let d = TestDir::new("cq-pending");
+    let root = d.path().join("cq");
+    let entry = |i: u64| CqEntry {
+        commit_log_offset: (i * 100) as i64,
+        size: 100,
+        tags_code: i as i64,
+    };
+    let q = ConsumeQueue::create(&root, "P", 0, 50).unwrap();
+    for i in 0..333 {
+        q.append(i, entry(i)).unwrap();
+        // Every read, wherever it starts, sees every entry appended so far.
+        let from = i.saturating_sub(i % 7 + 40);
+        let got = q.get(from, 800).unwrap();
+        let want: Vec<CqEntry> = (from..=i).map(entry).collect();
+        assert_eq!(got, want, "after append {i}, from {from}");
+    }
+    drop(q);
+    let reloaded = ConsumeQueue::load(&root, "P", 0, 50).unwrap();
+    let max = reloaded.max_offset();
+    assert!(max <= 333, "{max}");
+    assert_eq!(
+        reloaded.get(0, 800).unwrap(),
+        (0..max).map(entry).collect::<Vec<_>>()
+    );
+    for i in max..400 {
+        reloaded.append(i, entry(i)).unwrap();
+    }
+    reloaded.sync().unwrap();
+    drop(reloaded);
+    let synced = ConsumeQueue::load(&root, "P", 0, 50).unwrap();
+    assert_eq!(synced.max_offset(), 400);
+    assert_eq!(
+        synced.get(0, 800).unwrap(),
+        (0..400).map(entry).collect::<Vec<_>>()
+    );
 }
