@@ -524,6 +524,8 @@ impl MessageStore {
 
     /// Persists consumer offsets (when changed).
     pub fn persist_offsets(&self) -> Result<()> {
+        // Pop positions are consumer offsets: never on disk ahead of their checkpoints.
+        self.pop.write_buffered()?;
         self.offsets.persist().map(|_| ())
     }
 
