@@ -3,8 +3,9 @@
 //! * `send`: N connections x M requests in flight, each a synchronous SEND_MESSAGE_V2 of S bytes
 //!   spread over the topic's write queues (from its route; with no route, the SDK's auto-create
 //!   fallback: `defaultTopic=TBW102`, 4 queues).
-//! * `pop`: POP_MESSAGE (32 per call) then one ACK_MESSAGE per message, the way a 5.x Pop consumer
-//!   works; counts acked messages.
+//! * `pop`: POP_MESSAGE (32 per call) then, with `--ack batch` (the default), one
+//!   BATCH_ACK_MESSAGE for the pop's messages, the way a 5.x Pop consumer acks; with
+//!   `--ack single`, one ACK_MESSAGE per message, one at a time. Counts acked messages.
 //! * `pull`: PULL_MESSAGE over every read queue from offset 0 (queues split across workers),
 //!   counts pulled messages.
 //! * `consume`: a 4.x push consumer's pull loop (`DefaultMQPushConsumer`, clustering): the route,
@@ -37,7 +38,7 @@ use rocketmesh_filters::codec::headers::{
 use rocketmesh_filters::codec::message::RecordIter;
 use rocketmesh_filters::codec::RemotingCommand;
 
-use crate::cli::{BenchArgs, BenchMode};
+use crate::cli::{BenchArgs, BenchMode, PopAck};
 use crate::remoting::tls::{ClientTls, ClientTlsOptions, DEFAULT_RELOAD_INTERVAL};
 use crate::remoting::RemotingClient;
 use crate::sdk;
@@ -255,6 +256,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
             .map(|q| q.broker_name.clone())
             .unwrap_or_default();
         let auto_create = route.is_none();
+        let ack = args.ack;
         tasks.push(tokio::spawn(async move {
             let mut hist = new_histogram();
             match mode {
@@ -274,7 +276,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
                 }
                 BenchMode::Pop => {
                     pop_worker(
-                        &client, &group, &topic, &broker, deadline, &shared, &mut hist,
+                        &client, &group, &topic, &broker, ack, deadline, &shared, &mut hist,
                     )
                     .await
                 }
@@ -382,11 +384,13 @@ async fn send_worker(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn pop_worker(
     client: &RemotingClient,
     group: &str,
     topic: &str,
     broker: &str,
+    ack: PopAck,
     deadline: Instant,
     shared: &Shared,
     hist: &mut Histogram<u64>,
@@ -429,17 +433,36 @@ async fn pop_worker(
                 continue;
             }
         };
-        for msg in messages {
-            shared.requests.fetch_add(1, Ordering::Relaxed);
-            match client
-                .invoke(sdk::ack(group, topic, &msg.handle), RPC_TIMEOUT)
-                .await
-            {
-                Ok(r) if r.code() == response_code::SUCCESS => {
-                    shared.add_messages(1);
+        match ack {
+            PopAck::Batch => {
+                let Some(req) = sdk::batch_ack(group, topic, messages.iter().map(|m| &m.handle))
+                else {
+                    continue;
+                };
+                shared.requests.fetch_add(1, Ordering::Relaxed);
+                match client.invoke(req, RPC_TIMEOUT).await {
+                    Ok(r) if r.code() == response_code::SUCCESS => {
+                        shared.add_messages(messages.len() as u64);
+                    }
+                    _ => {
+                        shared.errors.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-                _ => {
-                    shared.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            PopAck::Single => {
+                for msg in messages {
+                    shared.requests.fetch_add(1, Ordering::Relaxed);
+                    match client
+                        .invoke(sdk::ack(group, topic, &msg.handle), RPC_TIMEOUT)
+                        .await
+                    {
+                        Ok(r) if r.code() == response_code::SUCCESS => {
+                            shared.add_messages(1);
+                        }
+                        _ => {
+                            shared.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                 }
             }
         }

@@ -404,6 +404,15 @@ pub enum BenchMode {
     Connect,
 }
 
+/// How `bench --mode pop` acks what it popped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PopAck {
+    /// One BATCH_ACK_MESSAGE per pop.
+    Batch,
+    /// One ACK_MESSAGE per message, one at a time.
+    Single,
+}
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Address to load (a broker, a sidecar, or a proxy in front of either).
@@ -433,6 +442,10 @@ pub struct BenchArgs {
     /// Consumer group (pop, pull, consume).
     #[arg(long, default_value = "rocketmesh_bench")]
     pub group: String,
+    /// How pop mode acks: `batch`, one BATCH_ACK_MESSAGE per pop (as a 5.x client does), or
+    /// `single`, one ACK_MESSAGE per message.
+    #[arg(long, value_enum, default_value_t = PopAck::Batch)]
+    pub ack: PopAck,
     /// Also print one JSON line with the figures.
     #[arg(long)]
     pub json: bool,

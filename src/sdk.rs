@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rocketmesh_filters::codec::body::TopicRouteData;
+use rocketmesh_filters::codec::body::{
+    AckBitSet, BatchAck, BatchAckMessageRequestBody, TopicRouteData,
+};
 use rocketmesh_filters::codec::codes::{request_code, response_code};
 use rocketmesh_filters::codec::headers::{
     AckMessageRequestHeader, GetRouteInfoRequestHeader, PopMessageRequestHeader,
@@ -193,4 +195,58 @@ pub fn ack(consumer_group: &str, topic: &str, handle: &PopHandle) -> RemotingCom
         bname: Some(handle.broker_name.to_string()),
     };
     RemotingCommand::request_with_header(request_code::ACK_MESSAGE, &header)
+}
+
+/// BATCH_ACK_MESSAGE for popped messages of `topic`, as a 5.x client acks a pop's messages
+/// together: one `BatchAck` per checkpoint (the handle's checkpoint start, queue, pop time and
+/// retry flag), a bit per message. Every handle must name the same broker (one pop's do);
+/// `None` when `handles` is empty or a message lies outside its checkpoint's bit range.
+pub fn batch_ack<'a>(
+    consumer_group: &str,
+    topic: &str,
+    handles: impl IntoIterator<Item = &'a PopHandle>,
+) -> Option<RemotingCommand> {
+    let mut body = BatchAckMessageRequestBody::default();
+    for h in handles {
+        let bit = usize::try_from(h.queue_offset.checked_sub(h.ck_queue_offset)?)
+            .ok()
+            .filter(|b| *b < AckBitSet::MAX_BITS)?;
+        if body.broker_name.is_empty() {
+            body.broker_name = h.broker_name.to_string();
+        }
+        let retry = h.retry.as_str();
+        let same_ck = |a: &BatchAck| {
+            a.queue_id == h.queue_id
+                && a.start_offset == h.ck_queue_offset
+                && a.pop_time == h.pop_time
+                && a.invisible_time == h.invisible_time
+                && a.revive_queue_id == h.revive_qid
+                && a.retry == retry
+        };
+        let i = match body.acks.iter().position(same_ck) {
+            Some(i) => i,
+            None => {
+                body.acks.push(BatchAck {
+                    consumer_group: consumer_group.to_owned(),
+                    topic: topic.to_owned(),
+                    retry: retry.to_owned(),
+                    start_offset: h.ck_queue_offset,
+                    queue_id: h.queue_id,
+                    revive_queue_id: h.revive_qid,
+                    pop_time: h.pop_time,
+                    invisible_time: h.invisible_time,
+                    bit_set: AckBitSet::new(),
+                });
+                body.acks.len() - 1
+            }
+        };
+        body.acks[i].bit_set.set(bit);
+    }
+    if body.acks.is_empty() {
+        return None;
+    }
+    Some(
+        RemotingCommand::request(request_code::BATCH_ACK_MESSAGE)
+            .with_body(Bytes::from(body.to_json())),
+    )
 }

@@ -106,6 +106,53 @@ start_baseline() {
     PID_BASE="$LAST_PID"
 }
 
+# start_haproxy BACKEND: HAProxy in TCP mode (installed from Debian if missing) in front of
+# BACKEND; sets HAPROXY (its address) and PID_HAPROXY.
+start_haproxy() {
+    if ! command -v haproxy >/dev/null; then
+        log "installing haproxy"
+        local sudo=()
+        if [ "$(id -u)" -ne 0 ]; then sudo=(sudo); fi
+        "${sudo[@]}" apt-get install -y haproxy >/dev/null ||
+            { "${sudo[@]}" apt-get update >/dev/null && "${sudo[@]}" apt-get install -y haproxy >/dev/null; }
+    fi
+    local port
+    port="$(free_port)"
+    HAPROXY="127.0.0.1:$port"
+    printf '%s\n' "global" "    maxconn 4096" "defaults" "    mode tcp" "    timeout connect 5s" \
+        "    timeout client 60s" "    timeout server 60s" "frontend rocketmq" "    bind $HAPROXY" \
+        "    default_backend broker" "backend broker" "    server broker-a $1" >"$WORK/haproxy.cfg"
+    haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.out" 2>"$WORK/haproxy.log" &
+    PIDS+=("$!")
+    PID_HAPROXY="$!"
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return
+        sleep 0.1
+    done
+    echo "haproxy is not listening on $HAPROXY:" >&2
+    cat "$WORK/haproxy.log" >&2
+    exit 1
+}
+
+# fsync_us DIR: median latency in microseconds of a 64 KiB append followed by fdatasync, in a
+# scratch file in DIR (the disk the broker writes to), over about 2 s.
+FSYNC_PROBE='
+import os, sys, time
+path = os.path.join(sys.argv[1], "fsync-probe")
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+buf, lat, end = b"x" * 65536, [], time.monotonic() + 2
+while time.monotonic() < end:
+    t = time.perf_counter()
+    os.write(fd, buf)
+    os.fdatasync(fd)
+    lat.append(time.perf_counter() - t)
+os.close(fd)
+os.unlink(path)
+lat.sort()
+print(f"{lat[len(lat) // 2] * 1e6:.0f}")
+'
+fsync_us() { python3 -c "$FSYNC_PROBE" "$1"; }
+
 # bench TARGET SECONDS: one `rocketmesh bench --mode send` run of TOPIC, SIZE, CONNECTIONS and
 # INFLIGHT (the caller's settings); prints its JSON line.
 bench() {

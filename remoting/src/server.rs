@@ -623,8 +623,11 @@ async fn serve_connection<H: Handler>(admitted: Served, handler: Arc<H>, shared:
         watch.frames += 1;
         // A busy connection (a second frame within one watchdog period) reads into a large
         // buffer, so one `recv` takes many frames; a connection that only heartbeats keeps a
-        // small one.
-        if watch.frames - watch.frames_at_tick >= 2
+        // small one. The end of the stream is no frame: counting it grew the buffer of every
+        // connection closed soon after a request (10,000 clients leaving at once took the
+        // sidecar from 109 MiB to 894 MiB).
+        if next.is_some()
+            && watch.frames - watch.frames_at_tick >= 2
             && frames.read_buffer().capacity() < super::READ_BUFFER
         {
             frames.read_buffer_mut().reserve(super::READ_BUFFER);

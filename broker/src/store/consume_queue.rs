@@ -93,7 +93,17 @@ struct Inner {
     dirty_from: Option<usize>,
     /// A file was created since the directory was last fsynced.
     dir_dirty: bool,
+    /// Encoded entries `max - pending.len() / 20 .. max`, appended but not written to the last
+    /// file yet (see [`PENDING_ENTRIES`]); always in the last segment.
+    pending: Vec<u8>,
 }
+
+/// Entries kept in memory before they are written to the queue's file in one `pwrite`: one
+/// 20-byte write per message was 9% of the broker's CPU on 1 KiB sends. Reads see them; a sync
+/// writes them first (the checkpoint, which makes recovery trust the queues, is only written
+/// after that sync); a crash loses at most these, which recovery rebuilds from the commit log
+/// like any entry past the checkpoint.
+const PENDING_ENTRIES: usize = 128;
 
 /// One consume queue. Thread-safe (internal lock); appends are serialized by the store.
 #[derive(Debug)]
@@ -187,6 +197,7 @@ impl ConsumeQueue {
                 max,
                 dirty_from: None,
                 dir_dirty: false,
+                pending: Vec::new(),
             }),
         };
         // Trailing zero entries (left by a crash on some file systems).
@@ -256,6 +267,8 @@ impl ConsumeQueue {
                         ));
                     }
                 }
+                // The pending entries belong to the previous file.
+                Self::write_pending(&mut inner)?;
                 let path = self.dir.join(segment_file_name(start));
                 let file = OpenOptions::new()
                     .read(true)
@@ -274,12 +287,30 @@ impl ConsumeQueue {
                 inner.segments.len() - 1
             }
         };
-        let seg = &inner.segments[seg_idx];
-        seg.file
-            .write_all_at(&entry.encode(), (index - start) * CQ_ENTRY_SIZE)
-            .at(&seg.path)?;
+        inner.pending.extend_from_slice(&entry.encode());
         inner.max = index + 1;
         inner.dirty_from = Some(inner.dirty_from.map_or(seg_idx, |d| d.min(seg_idx)));
+        if inner.pending.len() >= PENDING_ENTRIES * CQ_ENTRY_SIZE as usize {
+            Self::write_pending(&mut inner)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the pending entries to the last file. On failure they stay pending.
+    fn write_pending(inner: &mut Inner) -> Result<()> {
+        if inner.pending.is_empty() {
+            return Ok(());
+        }
+        let Some(seg) = inner.segments.last() else {
+            return Err(StoreError::Unavailable(
+                "consume queue entries without a file",
+            ));
+        };
+        let first = inner.max - inner.pending.len() as u64 / CQ_ENTRY_SIZE;
+        seg.file
+            .write_all_at(&inner.pending, (first - seg.start) * CQ_ENTRY_SIZE)
+            .at(&seg.path)?;
+        inner.pending.clear();
         Ok(())
     }
 
@@ -291,17 +322,33 @@ impl ConsumeQueue {
     /// Up to `max_entries` entries from `from` (fewer at the end of the queue; none outside
     /// `min..max`).
     pub fn get(&self, from: u64, max_entries: u64) -> Result<Vec<CqEntry>> {
-        let (segs, min, max) = {
+        let (segs, min, end, file_end, tail) = {
             let inner = self.inner.lock();
-            (inner.segments.clone(), inner.min, inner.max)
+            let (min, max) = (inner.min, inner.max);
+            if from < min || from >= max {
+                return Ok(Vec::new());
+            }
+            let to = max.min(from.saturating_add(max_entries));
+            // Entries from `file_end` on are still in memory: copy the ones asked for.
+            let file_end = max - inner.pending.len() as u64 / CQ_ENTRY_SIZE;
+            let tail = if to > file_end {
+                let a = (from.max(file_end) - file_end) * CQ_ENTRY_SIZE;
+                let b = (to - file_end) * CQ_ENTRY_SIZE;
+                inner.pending[a as usize..b as usize].to_vec()
+            } else {
+                Vec::new()
+            };
+            let segs = if from < file_end {
+                inner.segments.clone()
+            } else {
+                Vec::new()
+            };
+            (segs, min, to, file_end, tail)
         };
-        if from < min || from >= max {
-            return Ok(Vec::new());
-        }
-        let to = max.min(from.saturating_add(max_entries));
-        let mut out = Vec::with_capacity((to - from) as usize);
+        let mut out = Vec::with_capacity((end - from) as usize);
         let mut idx = from;
         let mut buf = Vec::new();
+        let to = end.min(file_end);
         while idx < to {
             let start = idx - idx % self.per_segment;
             let Some(seg) = segs.get(((start - min) / self.per_segment) as usize) else {
@@ -319,6 +366,14 @@ impl ConsumeQueue {
             }
             idx += n;
         }
+        if idx < to {
+            return Ok(out);
+        }
+        for chunk in tail.chunks_exact(CQ_ENTRY_SIZE as usize) {
+            let mut e = [0u8; 20];
+            e.copy_from_slice(chunk);
+            out.push(CqEntry::decode(&e));
+        }
         Ok(out)
     }
 
@@ -329,6 +384,7 @@ impl ConsumeQueue {
         if new_max >= inner.max {
             return Ok(());
         }
+        Self::write_pending(&mut inner)?;
         let new_max = new_max.max(inner.min);
         while let Some(last) = inner.segments.last() {
             if last.start >= new_max {
@@ -356,6 +412,7 @@ impl ConsumeQueue {
     pub fn sync(&self) -> Result<usize> {
         let (segs, dir_dirty) = {
             let mut inner = self.inner.lock();
+            Self::write_pending(&mut inner)?;
             let segs: Vec<Arc<CqSegment>> = match inner.dirty_from.take() {
                 Some(from) => inner.segments.get(from..).unwrap_or(&[]).to_vec(),
                 None => Vec::new(),

@@ -62,7 +62,7 @@ pub use error::{Result, StoreError};
 pub use index::MessageIndex;
 pub use offsets::OffsetStore;
 pub use pop_store::{AckOutcome, ChangeInvisibleOutcome, PopCheckpoint, PopKey, PopStore};
-use recovery::verify_record;
+use recovery::{check_plausible, check_record, out_of_log};
 pub use util::{validate_group, validate_topic};
 
 /// Most messages one [`MessageStore::get_messages`] call returns.
@@ -70,8 +70,15 @@ pub const MAX_PULL_MESSAGES: usize = 32;
 /// Most record bytes one [`MessageStore::get_messages`] call returns (at least one record is
 /// always returned when one matches).
 pub const MAX_PULL_BYTES: usize = 256 * 1024;
+/// Longest commit log span read with one `pread` for the records of one pull.
+const MAX_SPAN_READ: u64 = 256 * 1024;
+/// A span is read whole only when at most this many times the bytes of its records.
+const SPAN_WASTE: u64 = 8;
 /// Most consume queue entries one [`MessageStore::get_messages`] call scans.
 pub const MAX_SCAN_ENTRIES: u64 = 800;
+/// In sync flush mode, the longest time between two full flush rounds (consume queues,
+/// checkpoint, pop log) while group commits (the commit log only) keep coming.
+const SYNC_FULL_ROUND: Duration = Duration::from_millis(200);
 /// Default maximum message body size: 4 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 << 20;
 
@@ -436,11 +443,18 @@ impl MessageStore {
         }
     }
 
-    /// Runs one flush round now: fsyncs the commit log up to its current end, then the consume
-    /// queues written meanwhile, writes the checkpoint and publishes the flushed offset; also
-    /// fsyncs the pop checkpoint log. Called by the flush thread; callable directly.
+    /// Runs one flush round now: fsyncs the commit log up to its current end and publishes the
+    /// flushed offset, then fsyncs the consume queues written meanwhile, writes the checkpoint
+    /// and fsyncs the pop checkpoint log. Called by the flush thread; callable directly.
     pub fn flush(&self) -> Result<()> {
-        let r = self.flush_round();
+        self.flush_checked(true)
+    }
+
+    /// A flush round; `full == false` makes it a group-commit round: only the commit log is
+    /// fsynced and its offset published (what a sync-flush send waits for), the rest is left to
+    /// the next full round.
+    fn flush_checked(&self, full: bool) -> Result<()> {
+        let r = self.flush_round(full);
         if let Err(e) = &r {
             error!("flush failed; the store refuses further writes: {e}");
             self.poisoned.store(true, Ordering::Release);
@@ -449,33 +463,52 @@ impl MessageStore {
         r
     }
 
-    fn flush_round(&self) -> Result<()> {
+    // A message is durable once the commit log holding it is: recovery replays the commit log
+    // from the last checkpoint and rebuilds the consume queue entries past it, so the queues and
+    // the checkpoint need not be fsynced before a send is answered. The checkpoint is written
+    // only after the queues it vouches for are fsynced.
+    fn flush_round(&self, full: bool) -> Result<()> {
         let started = Instant::now();
         let mut progress = self.flush_progress.lock();
         let (end, dirty, ckpt) = {
             let mut ws = self.write_state();
-            let queues = self.queues.read().len();
             let end = self.commit_log.end_offset();
-            let ckpt = StoreCheckpoint {
-                commit_log_offset: end,
-                queues: queues as u64,
-                queue_entries: ws.total_entries,
-            };
-            (end, std::mem::take(&mut ws.dirty), ckpt)
+            if full {
+                let queues = self.queues.read().len();
+                let ckpt = StoreCheckpoint {
+                    commit_log_offset: end,
+                    queues: queues as u64,
+                    queue_entries: ws.total_entries,
+                };
+                (end, std::mem::take(&mut ws.dirty), Some(ckpt))
+            } else {
+                (end, HashMap::new(), None)
+            }
         };
         let mut n = 0;
-        if end != progress.flushed || !dirty.is_empty() {
+        if end != progress.flushed || progress.last_checkpoint.is_none() {
             n += self.commit_log.sync(progress.flushed, end)?;
+        }
+        progress.flushed = end;
+        self.durable_tx.send_if_modified(|d| {
+            if d.offset < end {
+                d.offset = end;
+                true
+            } else {
+                false
+            }
+        });
+        if let Some(ckpt) = ckpt {
             for q in dirty.values() {
                 n += q.sync()?;
             }
-        }
-        if progress.last_checkpoint != Some(ckpt) {
-            ckpt.save(&self.checkpoint_path)?;
-            progress.last_checkpoint = Some(ckpt);
-        }
-        if self.pop.sync()? {
-            n += 1;
+            if progress.last_checkpoint != Some(ckpt) {
+                ckpt.save(&self.checkpoint_path)?;
+                progress.last_checkpoint = Some(ckpt);
+            }
+            if self.pop.sync()? {
+                n += 1;
+            }
         }
         if n > 0 {
             self.flushes.fetch_add(1, Ordering::Relaxed);
@@ -486,20 +519,13 @@ impl MessageStore {
                 .record(started.elapsed().as_secs_f64());
         }
         self.config.metrics.size_bytes.set(end as f64);
-        progress.flushed = end;
-        self.durable_tx.send_if_modified(|d| {
-            if d.offset < end {
-                d.offset = end;
-                true
-            } else {
-                false
-            }
-        });
         Ok(())
     }
 
     /// Persists consumer offsets (when changed).
     pub fn persist_offsets(&self) -> Result<()> {
+        // Pop positions are consumer offsets: never on disk ahead of their checkpoints.
+        self.pop.write_buffered()?;
         self.offsets.persist().map(|_| ())
     }
 
@@ -595,6 +621,51 @@ impl MessageStore {
         }
     }
 
+    /// Reads the records of `picked` (queue offset, entry; ascending) into `out`, checking each.
+    /// Records close together in the commit log (another queue's records between them, as
+    /// round-robin producers leave them) are read with one `pread` of the span they lie in
+    /// and sliced out of it: one read per pull instead of one per record.
+    fn read_records(
+        &self,
+        picked: &[(u64, CqEntry)],
+        topic: &str,
+        queue_id: i32,
+        out: &mut Vec<Bytes>,
+    ) -> Result<()> {
+        let seg_size = self.commit_log.segment_size();
+        let mut i = 0;
+        while i < picked.len() {
+            let start = picked[i].1.commit_log_offset as u64;
+            let (mut end, mut useful) = (picked[i].1.end(), picked[i].1.size as u64);
+            let mut j = i + 1;
+            while let Some((_, e)) = picked.get(j) {
+                let (o, e_end) = (e.commit_log_offset as u64, e.end());
+                let fits = o >= end
+                    && o / seg_size == start / seg_size
+                    && (e_end - 1) / seg_size == start / seg_size
+                    && e_end - start <= MAX_SPAN_READ
+                    && e_end - start <= SPAN_WASTE * (useful + e.size as u64);
+                if !fits {
+                    break;
+                }
+                (end, useful) = (e_end, useful + e.size as u64);
+                j += 1;
+            }
+            let span = self.commit_log.read(start, end - start).map_err(|err| {
+                let (idx, _) = picked[i];
+                out_of_log(&self.commit_log, err, start, topic, queue_id, idx)
+            })?;
+            for (idx, e) in &picked[i..j] {
+                let from = (e.commit_log_offset as u64 - start) as usize;
+                let rec = span.slice(from..from + e.size as usize);
+                check_record(&self.commit_log, e, &rec, topic, queue_id, *idx)?;
+                out.push(rec);
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
     /// Pulls messages from a queue, following RocketMQ's `DefaultMessageStore.getMessage`
     /// (4.9) on a master (protocol notes section 4.2):
     ///
@@ -652,20 +723,25 @@ impl MessageStore {
             res.status = GetStatus::NoMatchedMessage;
             let mut scanned = 0i64;
             let mut total = 0usize;
+            // Which entries: the filter and the count and byte budgets, from the queue alone.
+            let mut picked: Vec<(u64, CqEntry)> = Vec::new();
             for e in entries {
-                if res.records.len() >= max_count
-                    || (!res.records.is_empty() && total + e.size.max(0) as usize > max_bytes)
+                if picked.len() >= max_count
+                    || (!picked.is_empty() && total + e.size.max(0) as usize > max_bytes)
                 {
                     break;
                 }
-                let idx = offset + scanned;
+                let idx = (offset + scanned) as u64;
                 scanned += 1;
                 if !filter(e.tags_code) {
                     continue;
                 }
-                let bytes = verify_record(&self.commit_log, &e, topic, queue_id, idx as u64)?;
-                total += bytes.len();
-                res.records.push(bytes);
+                check_plausible(&self.commit_log, &e, topic, queue_id, idx)?;
+                total += e.size as usize;
+                picked.push((idx, e));
+            }
+            self.read_records(&picked, topic, queue_id, &mut res.records)?;
+            if !res.records.is_empty() {
                 res.status = GetStatus::Found;
             }
             res.next_begin_offset = offset + scanned;
@@ -773,8 +849,9 @@ fn flush_loop(
         FlushMode::Sync => persist_every.min(Duration::from_secs(1)),
     };
     let mut last_persist = Instant::now();
+    let mut last_full = Instant::now();
     loop {
-        {
+        let woken = {
             let mut f = signal.lock();
             if !f.stop && !f.pending {
                 let _ = signal.cv.wait_for(&mut f, wait);
@@ -782,13 +859,25 @@ fn flush_loop(
             if f.stop {
                 return;
             }
-            f.pending = false;
-        }
+            std::mem::replace(&mut f.pending, false)
+        };
         let Some(store) = store.upgrade() else { return };
-        if !store.poisoned.load(Ordering::Acquire) {
-            let _ = store.flush();
+        let persist = last_persist.elapsed() >= persist_every;
+        // Sync mode: a round woken by writes is a group commit (the commit log only); the
+        // queues, the checkpoint and the pop log follow every SYNC_FULL_ROUND, when the store is
+        // quiet, and before consumer offsets are persisted (pop positions must never be durable
+        // ahead of the pop checkpoints that redeliver what they skip).
+        let full = !matches!(mode, FlushMode::Sync)
+            || !woken
+            || persist
+            || last_full.elapsed() >= SYNC_FULL_ROUND;
+        if full {
+            last_full = Instant::now();
         }
-        if last_persist.elapsed() >= persist_every {
+        if !store.poisoned.load(Ordering::Acquire) {
+            let _ = store.flush_checked(full);
+        }
+        if persist {
             last_persist = Instant::now();
             if let Err(e) = store.persist_offsets() {
                 error!("persisting consumer offsets failed: {e}");

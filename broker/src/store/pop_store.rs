@@ -7,8 +7,13 @@
 //! Persistence: an append-only log `DIR/pop/checkpoint.log` of JSON lines, one per change
 //! (`{"op":"add","ck":{..}}`, `{"op":"ack","key":{..},"offset":n}`, `{"op":"acks","key":{..},
 //! "offsets":[n,..]}` for the offsets of one checkpoint a batch ack newly acked (one line, one
-//! write), `{"op":"remove","key":{..}}`). Lines are written at once (no fsync); [`PopStore::sync`]
-//! fsyncs the log, which the store does in each flush round. On open the log is replayed: a torn
+//! write), `{"op":"remove","key":{..}}`). Lines are collected in memory and written together
+//! (`LOG_BUFFER`), by [`PopStore::sync`] (which then fsyncs the log; the store does it in each
+//! full flush round), by [`PopStore::write_buffered`] (the store calls it before it persists
+//! consumer offsets, so a pop position never reaches the disk ahead of the checkpoint that
+//! redelivers what it skipped) and on drop: two `write`s per pop and batch ack were 5% of the
+//! broker's cycles serving pops. A crash loses at most the lines of changes made since the pop
+//! positions were last persisted, which are popped again. On open the log is replayed: a torn
 //! last line is cut off, a malformed line elsewhere is skipped with a warning. When the log has
 //! grown to more than `compact_threshold` lines and twice the live checkpoints, it is rewritten
 //! with one `add` line per live checkpoint (temporary file, fsync, rename).
@@ -197,7 +202,12 @@ struct Inner {
     log: File,
     lines: usize,
     dirty: bool,
+    /// Lines not written to `log` yet.
+    buf: Vec<u8>,
 }
+
+/// Bytes of log lines collected before they are written.
+const LOG_BUFFER: usize = 64 * 1024;
 
 /// The pop checkpoint table. Thread-safe.
 #[derive(Debug)]
@@ -305,6 +315,7 @@ impl PopStore {
                 log,
                 lines,
                 dirty: false,
+                buf: Vec::new(),
             }),
         };
         // Always rewrite after a replay that found bad lines, so a torn tail is not followed by
@@ -361,19 +372,40 @@ impl PopStore {
     }
 
     fn log(&self, inner: &mut Inner, rec: &LogRecord) -> Result<()> {
-        let mut line = serde_json::to_vec(rec).unwrap_or_default();
-        line.push(b'\n');
-        inner.log.write_all(&line).at(&self.path)?;
+        let mark = inner.buf.len();
+        if serde_json::to_writer(&mut inner.buf, rec).is_err() {
+            inner.buf.truncate(mark);
+            return Err(StoreError::Internal("cannot encode a pop log line".into()));
+        }
+        inner.buf.push(b'\n');
         inner.lines += 1;
         inner.dirty = true;
+        if inner.buf.len() >= LOG_BUFFER {
+            self.write_buf(inner)?;
+        }
         if inner.lines > self.compact_threshold.max(2 * inner.table.len()) {
             self.compact(inner)?;
         }
         Ok(())
     }
 
+    fn write_buf(&self, inner: &mut Inner) -> Result<()> {
+        if !inner.buf.is_empty() {
+            inner.log.write_all(&inner.buf).at(&self.path)?;
+            inner.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes the lines collected in memory to the log (no fsync).
+    pub fn write_buffered(&self) -> Result<()> {
+        self.write_buf(&mut self.inner.lock())
+    }
+
     /// Rewrites the log with one `add` line per live checkpoint.
     fn compact(&self, inner: &mut Inner) -> Result<()> {
+        // The table holds every change, the lines not yet written included.
+        inner.buf.clear();
         let tmp = tmp_path(&self.path);
         {
             let mut f = std::io::BufWriter::new(File::create(&tmp).at(&tmp)?);
@@ -651,6 +683,7 @@ impl PopStore {
             if !inner.dirty {
                 return Ok(false);
             }
+            self.write_buf(&mut inner)?;
             inner.dirty = false;
             inner.log.try_clone().at(&self.path)?
         };
@@ -659,5 +692,16 @@ impl PopStore {
             return Err(StoreError::io(&self.path, e));
         }
         Ok(true)
+    }
+}
+
+impl Drop for PopStore {
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut();
+        if !inner.buf.is_empty() {
+            if let Err(e) = inner.log.write_all(&inner.buf) {
+                warn!(path = %self.path.display(), "writing the pop checkpoint log: {e}");
+            }
+        }
     }
 }

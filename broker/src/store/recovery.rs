@@ -280,24 +280,64 @@ pub(super) fn verify_record(
     queue_id: i32,
     queue_offset: u64,
 ) -> Result<Bytes> {
-    if !e.is_plausible() {
-        return Err(StoreError::corrupt(
-            cl.dir(),
-            e.commit_log_offset.max(0) as u64,
-            format!("implausible consume queue entry {e:?} for {topic}/{queue_id}@{queue_offset}"),
-        ));
-    }
+    check_plausible(cl, e, topic, queue_id, queue_offset)?;
     let offset = e.commit_log_offset as u64;
     let bytes = cl
         .read(offset, e.size as u64)
-        .map_err(|err| match err {
-            StoreError::OutOfRange { .. } => cl.corrupt_at(
-                offset,
-                format!("consume queue entry {topic}/{queue_id}@{queue_offset} points outside the commit log"),
+        .map_err(|err| out_of_log(cl, err, offset, topic, queue_id, queue_offset))?;
+    check_record(cl, e, &bytes, topic, queue_id, queue_offset)?;
+    Ok(bytes)
+}
+
+/// An entry that cannot point at a record is corruption.
+pub(super) fn check_plausible(
+    cl: &CommitLog,
+    e: &CqEntry,
+    topic: &str,
+    queue_id: i32,
+    queue_offset: u64,
+) -> Result<()> {
+    if e.is_plausible() {
+        return Ok(());
+    }
+    Err(StoreError::corrupt(
+        cl.dir(),
+        e.commit_log_offset.max(0) as u64,
+        format!("implausible consume queue entry {e:?} for {topic}/{queue_id}@{queue_offset}"),
+    ))
+}
+
+/// A read for a consume queue entry that falls outside the commit log is corruption.
+pub(super) fn out_of_log(
+    cl: &CommitLog,
+    err: StoreError,
+    offset: u64,
+    topic: &str,
+    queue_id: i32,
+    queue_offset: u64,
+) -> StoreError {
+    match err {
+        StoreError::OutOfRange { .. } => cl.corrupt_at(
+            offset,
+            format!(
+                "consume queue entry {topic}/{queue_id}@{queue_offset} points outside the commit log"
             ),
-            other => other,
-        })?;
-    let ok = match RecordView::parse(&bytes) {
+        ),
+        other => other,
+    }
+}
+
+/// Checks that `bytes`, read where the entry `e` points, is the record it names.
+pub(super) fn check_record(
+    cl: &CommitLog,
+    e: &CqEntry,
+    bytes: &[u8],
+    topic: &str,
+    queue_id: i32,
+    queue_offset: u64,
+) -> Result<()> {
+    let offset = e.commit_log_offset as u64;
+    let ok = match RecordView::parse(bytes) {
         Ok(v) => {
             v.len() == bytes.len()
                 && v.topic() == topic
@@ -307,11 +347,11 @@ pub(super) fn verify_record(
         }
         Err(_) => false,
     };
-    if !ok {
-        return Err(cl.corrupt_at(
-            offset,
-            format!("record does not match consume queue entry {topic}/{queue_id}@{queue_offset}"),
-        ));
+    if ok {
+        return Ok(());
     }
-    Ok(bytes)
+    Err(cl.corrupt_at(
+        offset,
+        format!("record does not match consume queue entry {topic}/{queue_id}@{queue_offset}"),
+    ))
 }
