@@ -58,14 +58,17 @@ fn broadcasting_consumers_each_get_every_message_behind_one_and_two_sidecars() {
             ],
         )
     };
-    // Two behind the first sidecar, one behind the second.
-    let mut consumers = vec![consumer(s1), consumer(s1), consumer(s2)];
-    for c in &mut consumers {
+    // Two behind the first sidecar, one behind the second; started one at a time (consumers of
+    // one group in one HOME create the same local offset store directory at start).
+    let mut consumers = Vec::new();
+    for sc in [s1, s1, s2] {
+        let mut c = consumer(sc);
         let started = (0..60).any(|_| {
             c.next_line(Duration::from_secs(1))
                 .is_some_and(|l| l.contains("consumer started"))
         });
         assert!(started, "a broadcasting consumer did not start");
+        consumers.push(c);
     }
     // A broadcasting consumer starts at the queues' max offsets, asked when it rebalances:
     // wait until every consumer has pulled once (the sidecars relay those pulls).
@@ -202,30 +205,30 @@ fn broadcasting_and_pull_consumers_directly_against_a_broker() {
     assert!(took < Duration::from_secs(8), "empty queues took {took:?}");
 
     let stop = dir.join("broadcast.stop");
-    let mut consumers: Vec<Py> = (0..2)
-        .map(|_| {
-            py_start(
-                &dir,
-                "consume",
-                &[
-                    ("namesrv", b.namesrv()),
-                    ("topic", TOPIC.into()),
-                    ("group", "CG_BroadcastDirect".into()),
-                    ("model", "broadcasting".into()),
-                    ("expect", N.to_string()),
-                    ("max_seconds", "90".into()),
-                    ("settle", "1".into()),
-                    ("stop_file", stop.display().to_string()),
-                ],
-            )
-        })
-        .collect();
-    for c in &mut consumers {
+    // One at a time: broadcasting C++ consumers of one group in one HOME create the same local
+    // offset store directory at start, and two at once can race on it.
+    let mut consumers: Vec<Py> = Vec::new();
+    for _ in 0..2 {
+        let mut c = py_start(
+            &dir,
+            "consume",
+            &[
+                ("namesrv", b.namesrv()),
+                ("topic", TOPIC.into()),
+                ("group", "CG_BroadcastDirect".into()),
+                ("model", "broadcasting".into()),
+                ("expect", N.to_string()),
+                ("max_seconds", "90".into()),
+                ("settle", "1".into()),
+                ("stop_file", stop.display().to_string()),
+            ],
+        );
         let started = (0..60).any(|_| {
             c.next_line(Duration::from_secs(1))
                 .is_some_and(|l| l.contains("consumer started"))
         });
         assert!(started, "a broadcasting consumer did not start");
+        consumers.push(c);
     }
     // Broadcasting consumers start at the queues' max offsets, read when they rebalance.
     std::thread::sleep(Duration::from_secs(4));
