@@ -38,6 +38,7 @@ pub mod register;
 pub mod runtime;
 pub mod schedule;
 pub mod store;
+pub mod topic_admin;
 pub mod topics;
 
 use std::net::SocketAddr;

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rocketmesh_filters::codec::body::{
-    perm, BrokerData, ClusterInfo, ConsumerListBody, HeartbeatData, QueueData, RouteJsonStyle,
-    SubscriptionData, TopicConfig, TopicRouteData,
+    perm, BrokerData, ConsumerListBody, HeartbeatData, SubscriptionData, TopicConfig,
 };
 use rocketmesh_filters::codec::codes::{request_code as rc, response_code as code};
 use rocketmesh_filters::codec::headers::*;
@@ -24,7 +23,7 @@ use rocketmesh_filters::codec::pop::{dlq_topic, retry_topic_v4, RETRY_GROUP_TOPI
 use rocketmesh_filters::codec::{CommandHeader, HeaderError, RemotingCommand};
 
 use super::store::{GetStatus, PutResult, StoreError};
-use super::topics::{TopicError, AUTO_CREATE_TOPIC_KEY};
+use super::topics::TopicError;
 use super::Broker;
 use rocketmesh_remoting::{Connection, Handler};
 
@@ -67,10 +66,10 @@ impl Handler for BrokerHandler {
             rc::UNREGISTER_CLIENT => unregister(b, &req),
             rc::GET_CONSUMER_LIST_BY_GROUP => consumer_list(b, &req),
             rc::CONSUMER_SEND_MSG_BACK => send_back(b, &req).await,
-            rc::GET_ROUTEINFO_BY_TOPIC => route(b, &req),
-            rc::GET_BROKER_CLUSTER_INFO => cluster_info(b, &req),
-            rc::UPDATE_AND_CREATE_TOPIC => create_topic(b, &req),
-            rc::GET_ALL_TOPIC_CONFIG => all_topics(b, &req),
+            rc::GET_ROUTEINFO_BY_TOPIC => super::topic_admin::route(b, &req),
+            rc::GET_BROKER_CLUSTER_INFO => super::topic_admin::cluster_info(b, &req),
+            rc::UPDATE_AND_CREATE_TOPIC => super::topic_admin::create_topic(b, &req),
+            rc::GET_ALL_TOPIC_CONFIG => super::topic_admin::all_topics(b, &req),
             rc::POP_MESSAGE => super::pop::pop(b, &req).await,
             rc::ACK_MESSAGE => super::pop::ack(b, &req).await,
             rc::BATCH_ACK_MESSAGE => super::pop::batch_ack(b, &req).await,
@@ -676,84 +675,6 @@ async fn send_back(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingCommand {
         }
         Err(e) => store_error(b, req, e),
     }
-}
-
-// ----- nameserver-style and admin -----
-
-fn route(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
-    let h: GetRouteInfoRequestHeader = match header(b, req, code::SYSTEM_ERROR) {
-        Ok(h) => h,
-        Err(resp) => return resp,
-    };
-    let Some(cfg) = b.topics.get(&h.topic) else {
-        return error(
-            b,
-            req,
-            code::TOPIC_NOT_EXIST,
-            format!(
-                "No topic route info in name server for the topic: {}",
-                h.topic
-            ),
-        );
-    };
-    let route = TopicRouteData {
-        queue_datas: vec![QueueData {
-            broker_name: b.config.name.clone(),
-            read_queue_nums: cfg.read_queue_nums,
-            write_queue_nums: cfg.write_queue_nums,
-            perm: cfg.perm,
-            topic_sys_flag: cfg.topic_sys_flag,
-        }],
-        broker_datas: vec![b.broker_data()],
-        ..TopicRouteData::default()
-    };
-    let style =
-        RouteJsonStyle::for_request(req.version(), h.accept_standard_json_only.unwrap_or(false));
-    reply(b, req, code::SUCCESS).with_body(route.encode(style))
-}
-
-fn cluster_info(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
-    let mut info = ClusterInfo::default();
-    info.broker_addr_table
-        .insert(b.config.name.clone(), b.broker_data());
-    info.cluster_addr_table.insert(
-        b.config.cluster.clone(),
-        std::iter::once(b.config.name.clone()).collect(),
-    );
-    let standard = RouteJsonStyle::for_request(req.version(), false).is_standard();
-    reply(b, req, code::SUCCESS).with_body(info.to_json(standard))
-}
-
-fn create_topic(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
-    let h: CreateTopicRequestHeader = match header(b, req, code::SYSTEM_ERROR) {
-        Ok(h) => h,
-        Err(resp) => return resp,
-    };
-    if h.topic == AUTO_CREATE_TOPIC_KEY {
-        return error(
-            b,
-            req,
-            code::SYSTEM_ERROR,
-            "the topic conflicts with the auto-create key",
-        );
-    }
-    let cfg = TopicConfig {
-        topic_name: h.topic,
-        read_queue_nums: h.read_queue_nums,
-        write_queue_nums: h.write_queue_nums,
-        perm: h.perm,
-        topic_sys_flag: h.topic_sys_flag.unwrap_or(0),
-        order: h.order,
-        ..TopicConfig::default()
-    };
-    match b.topics.create(cfg) {
-        Ok(_) => reply(b, req, code::SUCCESS),
-        Err(e) => error(b, req, code::SYSTEM_ERROR, e.to_string()),
-    }
-}
-
-fn all_topics(b: &Broker, req: &RemotingCommand) -> RemotingCommand {
-    reply(b, req, code::SUCCESS).with_body(b.topics.snapshot().to_json())
 }
 
 impl Broker {

@@ -4,6 +4,7 @@
 
 pub mod advertise;
 pub mod client;
+mod connection;
 pub mod drain;
 mod gate;
 mod log_budget;
