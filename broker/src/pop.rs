@@ -310,12 +310,22 @@ pub(crate) async fn pop(b: &Arc<Broker>, req: &RemotingCommand) -> RemotingComma
             msg_offset_info: Some(build_msg_offset_info(&offsets)),
             ..PopMessageResponseHeader::default()
         };
-        b.metrics.pops.increment(1);
-        b.metrics.popped.increment(records.len() as u64);
-        return reply(b, req, code::SUCCESS)
-            .with_header(&header)
-            .with_body(concat(&records));
+        return found(b, req, &header, &records);
     }
+}
+
+/// The answer to a pop that found messages (plain or orderly), counted.
+pub(crate) fn found(
+    b: &Broker,
+    req: &RemotingCommand,
+    header: &PopMessageResponseHeader,
+    records: &[Bytes],
+) -> RemotingCommand {
+    b.metrics.pops.increment(1);
+    b.metrics.popped.increment(records.len() as u64);
+    reply(b, req, code::SUCCESS)
+        .with_header(header)
+        .with_body(concat(records))
 }
 
 /// Reads up to `want` messages of one queue from the group's pop position and advances it.

@@ -59,7 +59,7 @@ use rocketmesh_filters::codec::RemotingCommand;
 use super::long_poll::ANY_QUEUE;
 use super::order_info::{Commit, Gate, OrderCounts, OrderKey};
 use super::pop::MAX_POLL;
-use super::processor::{concat, error, reply};
+use super::processor::{error, reply};
 use super::store::{GetStatus, StoreError};
 use super::Broker;
 
@@ -218,11 +218,7 @@ pub(crate) async fn pop(
             msg_offset_info: Some(build_msg_offset_info(&offsets)),
             order_count_info: Some(build_order_count_info(&counts)),
         };
-        b.metrics.pops.increment(1);
-        b.metrics.popped.increment(records.len() as u64);
-        return reply(b, req, code::SUCCESS)
-            .with_header(&header)
-            .with_body(concat(&records));
+        return super::pop::found(b, req, &header, &records);
     }
 }
 
