@@ -337,7 +337,7 @@ fn connect_timeout(sel: &Selection<'_>) -> Option<Duration> {
 }
 
 /// `broker` (its master if it has one) in `route`, with its cluster's connect timeout.
-fn broker_in(route: &TopicRoute, broker: &str) -> Option<(Endpoint, Option<Duration>)> {
+pub(crate) fn broker_in(route: &TopicRoute, broker: &str) -> Option<(Endpoint, Option<Duration>)> {
     let e = route
         .broker(broker, Some(0))
         .or_else(|| route.broker(broker, None))?;

@@ -75,15 +75,10 @@ async fn masters(
         .brokers
         .iter()
         .filter_map(|b| {
-            let e = route.broker(&b.name, Some(0))?;
-            let connect_timeout = route
-                .clusters
-                .values()
-                .find(|c| c.endpoints.iter().any(|x| x.address == e.address))
-                .and_then(|c| c.spec.connect_timeout_ms.map(Duration::from_millis));
+            let (e, connect_timeout) = super::router::broker_in(&route, &b.name)?;
             Some(Master {
                 name: b.name.clone(),
-                addr: e.address.clone(),
+                addr: e.address,
                 connect_timeout,
             })
         })
